@@ -1,0 +1,21 @@
+//! What every treecast role must agree on.
+//!
+//! The origin produces segments, the edge caches and pushes them, peers forward
+//! and verify them. All three name channels and segments the same way, check
+//! the same signatures, and stream segment bodies that are still growing.
+//!
+//! # Layout
+//!
+//! - [`names`]: channel names and segment file names (`<seq>.ts`, `<seq>.sig`).
+//! - [`signature`]: the origin's Ed25519 key and the signed digest record that
+//!   proves a segment's bytes came from the origin unchanged.
+//! - [`body`]: a segment body that grows as bytes arrive and that many readers
+//!   stream from at once (origin live segments, edge single-flight fetches).
+
+pub mod body;
+pub mod names;
+pub mod signature;
+
+pub use body::{BodyReader, GrowingBody};
+pub use names::{ChannelName, InvalidChannelName, SegmentFile};
+pub use signature::{OriginKey, OriginPublicKey, SegmentRecord, SignedSegment, VerifyError};
