@@ -1,1 +1,2 @@
 pub mod ts;
+pub mod segmenter;

@@ -9,11 +9,13 @@
 
 use super::{PACKET_LEN, SYNC_BYTE};
 
-/// What the framer skipped while resynchronising.
+/// What the framer found in the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncLoss {
+pub enum Framed<'a> {
+    /// One whole packet.
+    Packet(&'a [u8; PACKET_LEN]),
     /// Bytes thrown away before sync was found again.
-    pub skipped: usize,
+    Lost(usize),
 }
 
 /// Splits a byte stream into packets; see the module docs.
@@ -31,14 +33,9 @@ impl Framer {
         Self::default()
     }
 
-    /// Feeds `input`, calling `packet` for each whole packet and `lost` for
-    /// each run of skipped bytes.
-    pub fn feed(
-        &mut self,
-        input: &[u8],
-        mut packet: impl FnMut(&[u8; PACKET_LEN]),
-        mut lost: impl FnMut(SyncLoss),
-    ) {
+    /// Feeds `input`, calling `out` for each whole packet and each run of
+    /// skipped bytes.
+    pub fn feed(&mut self, input: &[u8], mut out: impl FnMut(Framed<'_>)) {
         self.buf.extend_from_slice(input);
         let buf = &self.buf;
         let mut pos = 0;
@@ -51,11 +48,9 @@ impl Framer {
                 }
                 if buf[next] == SYNC_BYTE {
                     if self.skipping > 0 {
-                        lost(SyncLoss {
-                            skipped: std::mem::take(&mut self.skipping),
-                        });
+                        out(Framed::Lost(std::mem::take(&mut self.skipping)));
                     }
-                    packet(as_packet(&buf[pos..next]));
+                    out(Framed::Packet(as_packet(&buf[pos..next])));
                     pos = next;
                     continue;
                 }
@@ -71,20 +66,16 @@ impl Framer {
 
     /// Flushes at the end of input: a final whole packet is emitted without
     /// the look-ahead confirmation; anything else left is reported lost.
-    pub fn finish(
-        &mut self,
-        mut packet: impl FnMut(&[u8; PACKET_LEN]),
-        mut lost: impl FnMut(SyncLoss),
-    ) {
+    pub fn finish(&mut self, mut out: impl FnMut(Framed<'_>)) {
         let mut skipped = std::mem::take(&mut self.skipping);
         if self.buf.len() == PACKET_LEN && self.buf[0] == SYNC_BYTE {
-            packet(as_packet(&self.buf));
+            out(Framed::Packet(as_packet(&self.buf)));
         } else {
             skipped += self.buf.len();
         }
         self.buf.clear();
         if skipped > 0 {
-            lost(SyncLoss { skipped });
+            out(Framed::Lost(skipped));
         }
     }
 }
@@ -113,10 +104,14 @@ mod tests {
         let mut f = Framer::new();
         let mut ids = Vec::new();
         let mut skipped = 0;
+        let mut on = |f: Framed<'_>| match f {
+            Framed::Packet(p) => ids.push(p[1]),
+            Framed::Lost(n) => skipped += n,
+        };
         for c in chunks {
-            f.feed(c, |p| ids.push(p[1]), |l| skipped += l.skipped);
+            f.feed(c, &mut on);
         }
-        f.finish(|p| ids.push(p[1]), |l| skipped += l.skipped);
+        f.finish(&mut on);
         (ids, skipped)
     }
 
@@ -148,9 +143,13 @@ mod tests {
             let mut f = Framer::new();
             let mut total = 0usize;
             let mut skipped = 0usize;
-            f.feed(&data[..split], |p| { assert_eq!(p[0], SYNC_BYTE); total += PACKET_LEN }, |l| skipped += l.skipped);
-            f.feed(&data[split..], |p| { assert_eq!(p[0], SYNC_BYTE); total += PACKET_LEN }, |l| skipped += l.skipped);
-            f.finish(|_| total += PACKET_LEN, |l| skipped += l.skipped);
+            let mut on = |f: Framed<'_>| match f {
+                Framed::Packet(p) => { assert_eq!(p[0], SYNC_BYTE); total += PACKET_LEN }
+                Framed::Lost(n) => skipped += n,
+            };
+            f.feed(&data[..split], &mut on);
+            f.feed(&data[split..], &mut on);
+            f.finish(&mut on);
             // Every input byte is either in a packet or counted as skipped.
             prop_assert_eq!(total + skipped, data.len());
         }
