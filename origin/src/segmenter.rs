@@ -167,6 +167,49 @@ pub enum Notice {
     },
 }
 
+impl Notice {
+    /// A short stable name, used as the `kind` label of the problems metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notice::SyncLost { .. } => "sync_lost",
+            Notice::BadPacket(_) => "bad_packet",
+            Notice::ContinuityError { .. } => "continuity_error",
+            Notice::TransportError { .. } => "transport_error",
+            Notice::BadSection { .. } => "bad_section",
+            Notice::PesDropped { .. } => "pes_dropped",
+            Notice::ProgramChanged => "program_changed",
+            Notice::UnsupportedStream { .. } => "unsupported_stream",
+            Notice::NoPlayableStream => "no_playable_stream",
+            Notice::TimelineJump { .. } => "timeline_jump",
+            Notice::ForcedCut { .. } => "forced_cut",
+            Notice::WaitingForKeyframe { .. } => "waiting_for_keyframe",
+            Notice::KeyframeWithoutParameterSets => "keyframe_without_parameter_sets",
+            Notice::HeldDataDropped { .. } => "held_data_dropped",
+        }
+    }
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::SyncLost { skipped } => write!(f, "lost packet sync, skipped {skipped} bytes"),
+            Notice::BadPacket(e) => write!(f, "bad packet: {e}"),
+            Notice::ContinuityError { pid } => write!(f, "continuity counter gap on PID {pid:#x}: packets lost"),
+            Notice::TransportError { pid } => write!(f, "packet on PID {pid:#x} flagged as damaged by the sender"),
+            Notice::BadSection { pid, error } => write!(f, "bad PSI section on PID {pid:#x}: {error}"),
+            Notice::PesDropped { pid, reason } => write!(f, "dropped a PES on PID {pid:#x}: {reason:?}"),
+            Notice::ProgramChanged => write!(f, "the PMT's streams changed mid-stream; starting a discontinuity"),
+            Notice::UnsupportedStream { pid, stream_type } => write!(f, "stream type {stream_type:#04x} on PID {pid:#x} is not supported (use H.264 or H.265 video); not carried"),
+            Notice::NoPlayableStream => write!(f, "the program has no H.264/H.265 video or audio stream to segment"),
+            Notice::TimelineJump { pid } => write!(f, "timestamps on PID {pid:#x} jumped (source looped or restarted); marking a discontinuity"),
+            Notice::ForcedCut { elapsed_ticks } => write!(f, "no keyframe within the target duration ({:.2} s); cut on a non-keyframe. Set the encoder's GOP to at most the segment duration", *elapsed_ticks as f64 / 90_000.0),
+            Notice::WaitingForKeyframe { waited_ticks } => write!(f, "no keyframe for {:.1} s of media; nothing is published until one arrives", *waited_ticks as f64 / 90_000.0),
+            Notice::KeyframeWithoutParameterSets => write!(f, "keyframe without in-band SPS/PPS cannot start a segment; have the encoder repeat headers"),
+            Notice::HeldDataDropped { bytes } => write!(f, "dropped {bytes} bytes of audio/data held while waiting for video"),
+        }
+    }
+}
+
 /// Why a PES was dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DropReason {

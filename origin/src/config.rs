@@ -1,0 +1,229 @@
+//! The origin's configuration: one TOML file, overridden by flags.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"        # HTTP address for HLS, ingest, API, metrics
+//! data_dir = "./origin-data"       # signing key and per-channel state
+//! max_channels = 16
+//!
+//! [publish]
+//! key = "change-me"                # publishers must present it (optional)
+//!
+//! [segments]
+//! segment_seconds = 2.0            # cut at the first keyframe after this much media
+//! target_duration = 3              # EXT-X-TARGETDURATION; no segment is longer
+//! window_segments = 6              # fewest segments listed in the live playlist
+//!
+//! [[udp]]                          # MPEG-TS over UDP into a channel
+//! listen = "127.0.0.1:5000"
+//! channel = "demo"
+//! ```
+//!
+//! Every field has a default; `origin serve` runs with no file at all.
+//! Defaults live in one place: the `Default` impls below.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use treecast_proto::ChannelName;
+
+use crate::playlist::MIN_WINDOW_SEGMENTS;
+
+/// The whole origin configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// HTTP listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory for the signing key (`origin.key`) and channel state
+    /// (`channels/<name>.json`). Created if missing. Default `./origin-data`.
+    pub data_dir: PathBuf,
+    /// Signing key file (hex Ed25519 seed). Default `<data_dir>/origin.key`,
+    /// generated on first start.
+    pub signing_key: Option<PathBuf>,
+    /// Most channels served at once. Default 16.
+    pub max_channels: usize,
+    /// Most concurrent HTTP connections. Default 4096.
+    pub max_connections: usize,
+    /// Who may publish.
+    pub publish: PublishConfig,
+    /// How streams are cut and listed.
+    pub segments: SegmentsConfig,
+    /// UDP inputs.
+    pub udp: Vec<UdpInput>,
+}
+
+/// Publishing access.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Shared publish key. When set, `/ingest/` requests must send
+    /// `Authorization: Bearer <key>` or `?key=<key>`. Default: none (anyone
+    /// who can reach the origin may publish; bind it to a private address).
+    pub key: Option<String>,
+}
+
+/// Segmenting and playlist shape.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentsConfig {
+    /// Media per segment to aim for, in seconds: a segment is cut at the
+    /// first keyframe at or after this. Default 2.0 (match the encoder's GOP).
+    pub segment_seconds: f64,
+    /// EXT-X-TARGETDURATION in seconds, fixed for the stream. No segment is
+    /// longer: a GOP that runs past it is cut on a non-keyframe (see
+    /// docs/segmenting.md). Default 3.
+    pub target_duration: u64,
+    /// Fewest segments listed in the live playlist; the window also always
+    /// spans at least three target durations. Default 6 (the minimum).
+    pub window_segments: usize,
+}
+
+/// One UDP MPEG-TS input.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UdpInput {
+    /// Address to receive datagrams on.
+    pub listen: SocketAddr,
+    /// Channel the datagrams are published to.
+    pub channel: String,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./origin-data"),
+            signing_key: None,
+            max_channels: 16,
+            max_connections: 4096,
+            publish: PublishConfig::default(),
+            segments: SegmentsConfig::default(),
+            udp: Vec::new(),
+        }
+    }
+}
+
+impl Default for SegmentsConfig {
+    fn default() -> Self {
+        Self {
+            segment_seconds: 2.0,
+            target_duration: 3,
+            window_segments: MIN_WINDOW_SEGMENTS,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl OriginConfig {
+    /// Reads a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks values against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.segments;
+        if !(s.segment_seconds > 0.0 && s.segment_seconds <= 60.0) {
+            return Err(ConfigError::Invalid(format!(
+                "segments.segment_seconds = {} must be above 0 and at most 60",
+                s.segment_seconds
+            )));
+        }
+        if (s.target_duration as f64) < s.segment_seconds.ceil() || s.target_duration > 60 {
+            return Err(ConfigError::Invalid(format!(
+                "segments.target_duration = {} must be at least segment_seconds rounded up ({}) and at most 60",
+                s.target_duration,
+                s.segment_seconds.ceil()
+            )));
+        }
+        if s.window_segments < MIN_WINDOW_SEGMENTS || s.window_segments > 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "segments.window_segments = {} must be between {MIN_WINDOW_SEGMENTS} and 1000",
+                s.window_segments
+            )));
+        }
+        if self.max_channels == 0 || self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_channels and max_connections must be at least 1".into(),
+            ));
+        }
+        if self.publish.key.as_deref() == Some("") {
+            return Err(ConfigError::Invalid("publish.key must not be empty".into()));
+        }
+        for u in &self.udp {
+            ChannelName::new(&u.channel).map_err(|e| ConfigError::Invalid(format!("udp input {}: {e}", u.listen)))?;
+        }
+        Ok(())
+    }
+
+    /// Where the signing key lives.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("origin.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_example_parses() {
+        let doc = include_str!("config.rs");
+        let start = doc.find("//! ```toml").expect("example") + "//! ```toml".len();
+        let end = start + doc[start..].find("//! ```").expect("end");
+        let toml_text: String = doc[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: OriginConfig = toml::from_str(&toml_text).expect("example parses");
+        c.validate().expect("example is valid");
+        assert_eq!(c.udp.len(), 1);
+        assert_eq!(c.publish.key.as_deref(), Some("change-me"));
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_explained() {
+        OriginConfig::default().validate().expect("defaults valid");
+        let mut c = OriginConfig::default();
+        c.segments.target_duration = 1;
+        let e = c.validate().expect_err("target below segment").to_string();
+        assert!(e.contains("target_duration"), "{e}");
+        let e = toml::from_str::<OriginConfig>("listen = 5").expect_err("bad type").to_string();
+        assert!(e.contains("listen"), "{e}");
+        assert!(toml::from_str::<OriginConfig>("lisen = \"x\"").is_err(), "typo rejected");
+    }
+}
