@@ -171,7 +171,10 @@ impl Channel {
         }
         s.publisher = Some(id);
         s.status.live = true;
-        self.metrics.publishers.with_label_values(&[self.name.as_str()]).set(1);
+        self.metrics
+            .publishers
+            .with_label_values(&[self.name.as_str()])
+            .set(1);
         Ok(())
     }
 
@@ -190,7 +193,10 @@ impl Channel {
             s.segments.remove(&open.seq);
             open.writer.fail("the publisher went away mid-segment");
         }
-        self.metrics.publishers.with_label_values(&[self.name.as_str()]).set(0);
+        self.metrics
+            .publishers
+            .with_label_values(&[self.name.as_str()])
+            .set(0);
         drop(s);
         self.changed.send_modify(|v| *v += 1);
     }
@@ -198,7 +204,10 @@ impl Channel {
     /// Counts received bytes.
     pub fn add_bytes_in(&self, n: usize) {
         self.lock().status.bytes_in += n as u64;
-        self.metrics.bytes.with_label_values(&[self.name.as_str()]).inc_by(n as u64);
+        self.metrics
+            .bytes
+            .with_label_values(&[self.name.as_str()])
+            .inc_by(n as u64);
     }
 
     /// Applies one segmenter event at wall-clock time `now`. Returns state
@@ -208,7 +217,8 @@ impl Channel {
         let mut persist = None;
         match event {
             Event::SegmentStart(start) => {
-                let discontinuity = start.discontinuity || std::mem::take(&mut s.source_discontinuity);
+                let discontinuity =
+                    start.discontinuity || std::mem::take(&mut s.source_discontinuity);
                 let pdt = match (discontinuity, s.last_end) {
                     (false, Some(end)) => end,
                     _ => now,
@@ -216,12 +226,21 @@ impl Channel {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 let (writer, body) = GrowingBody::new();
-                s.segments.insert(seq, Stored { body, signature: None });
+                s.segments.insert(
+                    seq,
+                    Stored {
+                        body,
+                        signature: None,
+                    },
+                );
                 if let Some(old) = s.open.replace(OpenSegment {
                     seq,
                     writer,
                     hasher: blake3::Hasher::new(),
-                    start: SegmentStart { discontinuity, ..start },
+                    start: SegmentStart {
+                        discontinuity,
+                        ..start
+                    },
                     program_date_time: pdt,
                 }) {
                     // The segmenter always ends a segment before starting one;
@@ -246,7 +265,9 @@ impl Channel {
                 return None;
             }
             Event::SegmentEnd { duration_ticks } => {
-                let Some(open) = s.open.take() else { return None };
+                let Some(open) = s.open.take() else {
+                    return None;
+                };
                 self.complete(&mut s, open, duration_ticks, now);
             }
             Event::Notice(n) => {
@@ -261,9 +282,15 @@ impl Channel {
 
     fn count_problem(&self, s: &mut State, n: &Notice) {
         let name = self.name.as_str();
-        self.metrics.problems.with_label_values(&[name, n.kind()]).inc();
+        self.metrics
+            .problems
+            .with_label_values(&[name, n.kind()])
+            .inc();
         if let Notice::SyncLost { skipped } = n {
-            self.metrics.skipped_bytes.with_label_values(&[name]).inc_by(*skipped as u64);
+            self.metrics
+                .skipped_bytes
+                .with_label_values(&[name])
+                .inc_by(*skipped as u64);
         }
         s.status.input_errors += 1;
         s.status.last_error = Some(n.to_string());
@@ -300,7 +327,10 @@ impl Channel {
         s.status.window_segments = s.playlist.entries().count();
         let name = self.name.as_str();
         self.metrics.segments.with_label_values(&[name]).inc();
-        self.metrics.segment_duration.with_label_values(&[name]).observe(secs);
+        self.metrics
+            .segment_duration
+            .with_label_values(&[name])
+            .observe(secs);
         self.metrics
             .window_segments
             .with_label_values(&[name])
@@ -426,7 +456,11 @@ impl Channels {
 
     /// The channel named `name`, if it was ever published since start.
     pub fn get(&self, name: &ChannelName) -> Option<Arc<Channel>> {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Every channel, sorted by name.

@@ -182,7 +182,8 @@ impl OriginConfig {
             return Err(ConfigError::Invalid("publish.key must not be empty".into()));
         }
         for u in &self.udp {
-            ChannelName::new(&u.channel).map_err(|e| ConfigError::Invalid(format!("udp input {}: {e}", u.listen)))?;
+            ChannelName::new(&u.channel)
+                .map_err(|e| ConfigError::Invalid(format!("udp input {}: {e}", u.listen)))?;
         }
         Ok(())
     }
@@ -222,8 +223,13 @@ mod tests {
         c.segments.target_duration = 1;
         let e = c.validate().expect_err("target below segment").to_string();
         assert!(e.contains("target_duration"), "{e}");
-        let e = toml::from_str::<OriginConfig>("listen = 5").expect_err("bad type").to_string();
+        let e = toml::from_str::<OriginConfig>("listen = 5")
+            .expect_err("bad type")
+            .to_string();
         assert!(e.contains("listen"), "{e}");
-        assert!(toml::from_str::<OriginConfig>("lisen = \"x\"").is_err(), "typo rejected");
+        assert!(
+            toml::from_str::<OriginConfig>("lisen = \"x\"").is_err(),
+            "typo rejected"
+        );
     }
 }

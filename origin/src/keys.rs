@@ -77,6 +77,9 @@ mod tests {
         assert!(!created);
         assert_eq!(a.public(), b.public());
         std::fs::write(&path, "not hex").expect("write");
-        assert!(matches!(load_or_create(&path), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            load_or_create(&path),
+            Err(KeyError::Malformed { .. })
+        ));
     }
 }

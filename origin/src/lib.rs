@@ -1,7 +1,38 @@
-pub mod ts;
-pub mod segmenter;
-pub mod playlist;
+//! The treecast origin: a live MPEG-TS feed in, signed HLS out.
+//!
+//! A producer pushes MPEG-TS (HTTP PUT/POST, UDP, or the `origin ingest`
+//! CLI for files and stdin). Each channel's stream is cut into segments at
+//! keyframes, every segment is signed with the origin's Ed25519 key, and a
+//! sliding-window live playlist is served for edges to pull.
+//!
+//! # Layout
+//!
+//! - [`ts`]: MPEG-TS parsing pieces (framing, packets, PSI, PES, NAL units,
+//!   timestamps), all sans-IO.
+//! - [`segmenter`]: the sans-IO segmenter, bytes in, segment events out.
+//! - [`playlist`]: the sans-IO live playlist window and its rendering.
+//! - [`channel`]: a channel's segments, signatures and playlist; the
+//!   registry of channels and their persisted state.
+//! - [`ingest`]: publishing sessions, and the UDP input driver.
+//! - [`server`]: the HTTP routes; [`http`] holds response helpers.
+//! - [`run`]: starting and stopping a whole origin ([`OriginHandle`]).
+//! - [`push`]: the `origin ingest` client that pushes a file, stdin or UDP
+//!   feed to an origin and shows the producer what is happening.
+//! - [`config`], [`keys`], [`metrics`]: configuration, the signing key file,
+//!   Prometheus metrics.
+
 pub mod channel;
-pub mod metrics;
 pub mod config;
+pub mod http;
+pub mod ingest;
 pub mod keys;
+pub mod metrics;
+pub mod playlist;
+pub mod push;
+pub mod run;
+pub mod segmenter;
+pub mod server;
+pub mod ts;
+
+pub use config::OriginConfig;
+pub use run::OriginHandle;

@@ -1,1 +1,219 @@
-fn main() {}
+//! `origin`: serve live HLS from an MPEG-TS feed, or push a feed to an origin.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use treecast_origin::config::UdpInput;
+use treecast_origin::push::{run_push, Input, PushConfig};
+use treecast_origin::{OriginConfig, OriginHandle};
+use treecast_proto::ChannelName;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "origin",
+    version,
+    about = "treecast origin: live MPEG-TS in, signed HLS out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the origin: accept publishers, cut and sign segments, serve HLS.
+    Serve(ServeArgs),
+    /// Push a file, stdin or a UDP feed to a running origin and show its health.
+    Ingest(IngestArgs),
+    /// Print the origin's public signing key (creating the key if needed).
+    Key(KeyArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// TOML config file (see docs/origin.md); flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory for the signing key and channel state [default: ./origin-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Require this publish key from publishers.
+    #[arg(long, env = "TREECAST_PUBLISH_KEY", hide_env_values = true)]
+    publish_key: Option<String>,
+    /// Receive MPEG-TS over UDP: ADDR=CHANNEL, e.g. 127.0.0.1:5000=demo. Repeatable.
+    #[arg(long, value_name = "ADDR=CHANNEL")]
+    udp: Vec<String>,
+    /// Seconds of media per segment (cut at the first keyframe after this).
+    #[arg(long)]
+    segment_seconds: Option<f64>,
+    /// EXT-X-TARGETDURATION in seconds.
+    #[arg(long)]
+    target_duration: Option<u64>,
+}
+
+#[derive(Parser, Debug)]
+struct IngestArgs {
+    /// MPEG-TS file to push, or - for stdin. Omit with --udp.
+    input: Option<String>,
+    /// Base URL of the origin.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    origin: http::Uri,
+    /// Channel to publish to.
+    #[arg(long, default_value = "demo")]
+    channel: ChannelName,
+    /// Publish key, if the origin requires one.
+    #[arg(long, env = "TREECAST_PUBLISH_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Repeat the file forever (the origin marks each restart as a discontinuity).
+    #[arg(long = "loop")]
+    looped: bool,
+    /// Send at the stream's own pace, by its timestamps (like ffmpeg -re).
+    #[arg(long)]
+    realtime: bool,
+    /// Relay MPEG-TS datagrams received on this address instead of a file.
+    #[arg(long, value_name = "ADDR", conflicts_with = "input")]
+    udp: Option<SocketAddr>,
+    /// Don't print the status line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Parser, Debug)]
+struct KeyArgs {
+    /// Data directory holding origin.key [default: ./origin-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Config file naming the data directory or key file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<OriginConfig> {
+    Ok(match path {
+        Some(p) => OriginConfig::from_file(p)?,
+        None => OriginConfig::default(),
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => {
+            let mut config = load_config(a.config.as_ref())?;
+            if let Some(l) = a.listen {
+                config.listen = l;
+            }
+            if let Some(d) = a.data {
+                config.data_dir = d;
+            }
+            if a.publish_key.is_some() {
+                config.publish.key = a.publish_key;
+            }
+            if let Some(s) = a.segment_seconds {
+                config.segments.segment_seconds = s;
+            }
+            if let Some(t) = a.target_duration {
+                config.segments.target_duration = t;
+            }
+            for u in &a.udp {
+                let (addr, channel) = u
+                    .split_once('=')
+                    .with_context(|| format!("--udp {u}: expected ADDR=CHANNEL"))?;
+                config.udp.push(UdpInput {
+                    listen: addr
+                        .parse()
+                        .with_context(|| format!("--udp {u}: bad address"))?,
+                    channel: channel.to_owned(),
+                });
+            }
+            let origin = OriginHandle::start(config).await?;
+            eprintln!(
+                "origin serving on http://{0}  (playlists at http://{0}/live/<channel>/index.m3u8, publish with PUT http://{0}/ingest/<channel>)\npublic key: {1}",
+                origin.local_addr(),
+                origin.public_key()
+            );
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            eprintln!("shutting down");
+            origin.shutdown().await;
+            Ok(())
+        }
+        Command::Ingest(a) => {
+            let input = match (a.input.as_deref(), a.udp) {
+                (_, Some(addr)) => Input::Udp(addr),
+                (Some("-"), None) => Input::Stdin,
+                (Some(path), None) => Input::File(PathBuf::from(path)),
+                (None, None) => anyhow::bail!("give an input file, - for stdin, or --udp ADDR"),
+            };
+            let config = PushConfig {
+                input,
+                origin: a.origin,
+                channel: a.channel,
+                key: a.key,
+                looped: a.looped,
+                realtime: a.realtime,
+                status_every: (!a.quiet).then_some(Duration::from_secs(1)),
+            };
+            let (stop_tx, stop_rx) = watch::channel(false);
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    let _ = stop_tx.send(true);
+                }
+            });
+            let summary = run_push(config, stop_rx).await?;
+            eprintln!(
+                "done: sent {:.1} MB, origin cut {} segments, {} input problems seen",
+                summary.bytes as f64 / 1e6,
+                summary.segments,
+                summary.local_problems
+            );
+            Ok(())
+        }
+        Command::Key(a) => {
+            let mut config = load_config(a.config.as_ref())?;
+            if let Some(d) = a.data {
+                config.data_dir = d;
+            }
+            let path = config.signing_key_path();
+            let (key, created) = treecast_origin::keys::load_or_create(&path)?;
+            if created {
+                eprintln!("generated a new signing key in {}", path.display());
+            }
+            println!("{}", key.public());
+            Ok(())
+        }
+    }
+}

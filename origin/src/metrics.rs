@@ -49,13 +49,17 @@ pub struct OriginMetrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(c.clone())).expect("unique metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric name");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(g.clone())).expect("unique metric name");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric name");
     g
 }
 
@@ -78,18 +82,63 @@ impl OriginMetrics {
             .register(Box::new(segment_duration.clone()))
             .expect("unique metric name");
         let ingest = IngestMetrics {
-            bytes: counter(r, "treecast_origin_ingest_bytes_total", "Bytes of MPEG-TS received from publishers.", &["channel"]),
-            segments: counter(r, "treecast_origin_segments_total", "Segments completed and published.", &["channel"]),
-            problems: counter(r, "treecast_origin_ingest_problems_total", "Problems found in the input stream, by kind.", &["channel", "kind"]),
-            skipped_bytes: counter(r, "treecast_origin_ingest_skipped_bytes_total", "Bytes thrown away while resynchronising on packet sync.", &["channel"]),
-            sessions: counter(r, "treecast_origin_ingest_sessions_total", "Publishing sessions that ended, by outcome.", &["channel", "outcome"]),
-            publishers: gauge(r, "treecast_origin_publishers", "Publishers connected now.", &["channel"]),
+            bytes: counter(
+                r,
+                "treecast_origin_ingest_bytes_total",
+                "Bytes of MPEG-TS received from publishers.",
+                &["channel"],
+            ),
+            segments: counter(
+                r,
+                "treecast_origin_segments_total",
+                "Segments completed and published.",
+                &["channel"],
+            ),
+            problems: counter(
+                r,
+                "treecast_origin_ingest_problems_total",
+                "Problems found in the input stream, by kind.",
+                &["channel", "kind"],
+            ),
+            skipped_bytes: counter(
+                r,
+                "treecast_origin_ingest_skipped_bytes_total",
+                "Bytes thrown away while resynchronising on packet sync.",
+                &["channel"],
+            ),
+            sessions: counter(
+                r,
+                "treecast_origin_ingest_sessions_total",
+                "Publishing sessions that ended, by outcome.",
+                &["channel", "outcome"],
+            ),
+            publishers: gauge(
+                r,
+                "treecast_origin_publishers",
+                "Publishers connected now.",
+                &["channel"],
+            ),
             segment_duration,
-            window_segments: gauge(r, "treecast_origin_playlist_segments", "Segments listed in the live playlist.", &["channel"]),
+            window_segments: gauge(
+                r,
+                "treecast_origin_playlist_segments",
+                "Segments listed in the live playlist.",
+                &["channel"],
+            ),
         };
         let http = HttpMetrics {
-            requests: counter(r, "treecast_origin_http_requests_total", "HTTP requests answered, by route and status class.", &["route", "status"]),
-            response_bytes: counter(r, "treecast_origin_http_response_bytes_total", "HTTP response body bytes sent, by route.", &["route"]),
+            requests: counter(
+                r,
+                "treecast_origin_http_requests_total",
+                "HTTP requests answered, by route and status class.",
+                &["route", "status"],
+            ),
+            response_bytes: counter(
+                r,
+                "treecast_origin_http_response_bytes_total",
+                "HTTP response body bytes sent, by route.",
+                &["route"],
+            ),
         };
         Self {
             registry,

@@ -122,7 +122,9 @@ impl Playlist {
             if self.listed_ticks() - head < min_ticks {
                 break;
             }
-            let Some(gone) = self.entries.pop_front() else { break };
+            let Some(gone) = self.entries.pop_front() else {
+                break;
+            };
             self.media_sequence += 1;
             if gone.discontinuity {
                 self.discontinuity_sequence += 1;
@@ -244,7 +246,10 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut p = Playlist::new(config(), 10, 0);
         for i in 0..8u64 {
-            p.handle_segment(seg(10 + i, 2 * T, i == 7, t0 + Duration::from_secs(2 * i)), t0);
+            p.handle_segment(
+                seg(10 + i, 2 * T, i == 7, t0 + Duration::from_secs(2 * i)),
+                t0,
+            );
         }
         let text = p.render();
         let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("parses back");
@@ -254,7 +259,10 @@ mod tests {
         assert_eq!(parsed.segments[0].uri, "12.ts");
         assert!(parsed.segments[5].discontinuity);
         assert!(parsed.independent_segments);
-        assert!(parsed.segments.iter().all(|s| s.program_date_time.is_some()));
+        assert!(parsed
+            .segments
+            .iter()
+            .all(|s| s.program_date_time.is_some()));
         assert!(!parsed.end_list);
     }
 

@@ -432,7 +432,12 @@ impl Segmenter {
         let pat = match section.and_then(|s| Pat::parse(&s)) {
             Ok(Some(pat)) => pat,
             Ok(None) => return self.notice(Notice::NoPlayableStream),
-            Err(error) => return self.notice(Notice::BadSection { pid: PAT_PID, error }),
+            Err(error) => {
+                return self.notice(Notice::BadSection {
+                    pid: PAT_PID,
+                    error,
+                })
+            }
         };
         if self.pat.is_some_and(|old| old.pmt_pid != pat.pmt_pid) {
             self.pmt_asm = SectionAssembler::default();
@@ -496,8 +501,11 @@ impl Segmenter {
             EsKind::Video(c) => Some(c),
             _ => None,
         });
-        self.stats.audio_streams =
-            self.streams.iter().filter(|s| s.kind == EsKind::Audio).count() as u32;
+        self.stats.audio_streams = self
+            .streams
+            .iter()
+            .filter(|s| s.kind == EsKind::Audio)
+            .count() as u32;
         if self.driver.is_none() {
             self.notice(Notice::NoPlayableStream);
         }
@@ -758,7 +766,9 @@ impl Segmenter {
         self.held.push_back(Held { es, pts_raw, buf });
         let mut dropped = 0;
         while self.held_bytes > self.config.max_held_bytes {
-            let Some(h) = self.held.pop_front() else { break };
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
             self.held_bytes -= h.buf.len();
             dropped += h.buf.len();
         }

@@ -78,7 +78,11 @@ fn audio_only_is_cut_on_audio_frames() {
 fn pts_wrap_is_unwrapped() {
     // Start 5 s before the 33-bit clock wraps.
     let offset = (1u64 << 33) - 5 * TICKS - 126_000;
-    let run = segment(&shift_timestamps(&sample(), offset), default_config(), 65536);
+    let run = segment(
+        &shift_timestamps(&sample(), offset),
+        default_config(),
+        65536,
+    );
     check_ts_rules(&run);
     assert_eq!(run.segments.len(), 8);
     assert!(run.segments.iter().all(|s| !s.start.discontinuity));
@@ -94,12 +98,17 @@ fn looped_source_is_a_discontinuity() {
     let run = segment(&twice, default_config(), 65536);
     check_ts_rules(&run);
     assert_eq!(run.segments.len(), 16);
-    let disc: Vec<usize> = (0..16).filter(|&i| run.segments[i].start.discontinuity).collect();
+    let disc: Vec<usize> = (0..16)
+        .filter(|&i| run.segments[i].start.discontinuity)
+        .collect();
     assert_eq!(disc, vec![8]);
     // The segment before the loop keeps its real length, not the jump.
     let before = run.segments[7].duration_ticks.expect("ended");
     assert!(before <= 2 * TICKS + 3000 && before > TICKS, "{before}");
-    assert!(run.notices.iter().any(|n| matches!(n, Notice::TimelineJump { .. })));
+    assert!(run
+        .notices
+        .iter()
+        .any(|n| matches!(n, Notice::TimelineJump { .. })));
 }
 
 #[test]
@@ -113,7 +122,10 @@ fn long_gop_forces_a_cut_within_the_target() {
         // EXTINF rounded is never above the target duration.
         assert!(d < TICKS + TICKS / 2, "{d}");
     }
-    assert!(run.notices.iter().any(|n| matches!(n, Notice::ForcedCut { .. })));
+    assert!(run
+        .notices
+        .iter()
+        .any(|n| matches!(n, Notice::ForcedCut { .. })));
 }
 
 #[test]
@@ -143,7 +155,10 @@ fn garbage_and_truncated_packets_resync() {
         })
         .sum();
     assert!(lost > 0);
-    assert!(run.notices.iter().any(|n| matches!(n, Notice::ContinuityError { .. })));
+    assert!(run
+        .notices
+        .iter()
+        .any(|n| matches!(n, Notice::ContinuityError { .. })));
 }
 
 #[test]
@@ -166,10 +181,16 @@ fn lost_video_packet_drops_until_next_keyframe() {
     }
     let run = segment(&out, default_config(), 65536);
     check_ts_rules(&run);
-    assert!(run.notices.iter().any(|n| matches!(n, Notice::ContinuityError { .. })));
+    assert!(run
+        .notices
+        .iter()
+        .any(|n| matches!(n, Notice::ContinuityError { .. })));
     assert!(run.notices.iter().any(|n| matches!(
         n,
-        Notice::PesDropped { reason: treecast_origin::segmenter::DropReason::AwaitingKeyframe, .. }
+        Notice::PesDropped {
+            reason: treecast_origin::segmenter::DropReason::AwaitingKeyframe,
+            ..
+        }
     )));
     assert_eq!(run.segments.len(), 8);
 }
@@ -195,7 +216,12 @@ fn stream_without_keyframes_is_reported_and_publishes_nothing() {
     assert_eq!(run_all.segments.len(), 8);
     // Remove every IDR access unit, renumbering the video PID's continuity
     // counters so the result is a clean stream that simply has no keyframes.
-    let video_pid = program(&data).1.iter().find(|s| s.1 == 0x1B).expect("video").0;
+    let video_pid = program(&data)
+        .1
+        .iter()
+        .find(|s| s.1 == 0x1B)
+        .expect("video")
+        .0;
     let mut out = Vec::new();
     let mut in_idr = false;
     let mut cc = 0u8;
@@ -219,13 +245,17 @@ fn stream_without_keyframes_is_reported_and_publishes_nothing() {
     }
     let run = segment(&out, default_config(), 65536);
     assert!(run.segments.is_empty());
-    assert!(run.notices.iter().any(|n| matches!(n, Notice::WaitingForKeyframe { .. })));
+    assert!(run
+        .notices
+        .iter()
+        .any(|n| matches!(n, Notice::WaitingForKeyframe { .. })));
 }
 
 #[test]
 fn pure_garbage_publishes_nothing() {
-    let garbage: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let run = segment(&garbage, default_config(), 4096);
     assert!(run.segments.is_empty());
 }
-

@@ -280,12 +280,21 @@ mod tests {
             w.push(Bytes::copy_from_slice(part));
         }
         let mut early = body.reader();
-        assert_eq!(early.next_chunk().await, Ok(Some(Bytes::from_static(b"12"))));
+        assert_eq!(
+            early.next_chunk().await,
+            Ok(Some(Bytes::from_static(b"12")))
+        );
         w.finish();
         // The early reader continues from its offset within the joined buffer.
-        assert_eq!(early.next_chunk().await, Ok(Some(Bytes::from_static(b"3456"))));
+        assert_eq!(
+            early.next_chunk().await,
+            Ok(Some(Bytes::from_static(b"3456")))
+        );
         assert_eq!(early.next_chunk().await, Ok(None));
-        assert_eq!(body.wait_complete().await, Ok(Bytes::from_static(b"123456")));
+        assert_eq!(
+            body.wait_complete().await,
+            Ok(Bytes::from_static(b"123456"))
+        );
     }
 
     #[tokio::test]

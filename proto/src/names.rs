@@ -28,7 +28,8 @@ pub struct InvalidChannelName {
 impl ChannelName {
     /// Validates `name`.
     pub fn new(name: &str) -> Result<Self, InvalidChannelName> {
-        let ok_char = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_';
+        let ok_char =
+            |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_';
         let bytes = name.as_bytes();
         let valid = !bytes.is_empty()
             && bytes.len() <= MAX_CHANNEL_LEN
@@ -112,17 +113,42 @@ mod tests {
     fn channel_names() {
         assert!(ChannelName::new("demo").is_ok());
         assert!(ChannelName::new("town-hall_2026").is_ok());
-        for bad in ["", "Demo", "-x", "_x", "a/b", "a.b", "..", "a b", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "Demo",
+            "-x",
+            "_x",
+            "a/b",
+            "a.b",
+            "..",
+            "a b",
+            &"x".repeat(65),
+        ] {
             assert!(ChannelName::new(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn segment_files() {
-        assert_eq!(SegmentFile::parse("index.m3u8"), Some(SegmentFile::Playlist));
+        assert_eq!(
+            SegmentFile::parse("index.m3u8"),
+            Some(SegmentFile::Playlist)
+        );
         assert_eq!(SegmentFile::parse("42.ts"), Some(SegmentFile::Segment(42)));
-        assert_eq!(SegmentFile::parse("42.sig"), Some(SegmentFile::Signature(42)));
-        for bad in ["", ".ts", "+1.ts", "-1.ts", "1.mp4", "a.ts", "1.ts.ts", "99999999999999999999999.ts"] {
+        assert_eq!(
+            SegmentFile::parse("42.sig"),
+            Some(SegmentFile::Signature(42))
+        );
+        for bad in [
+            "",
+            ".ts",
+            "+1.ts",
+            "-1.ts",
+            "1.mp4",
+            "a.ts",
+            "1.ts.ts",
+            "99999999999999999999999.ts",
+        ] {
             assert_eq!(SegmentFile::parse(bad), None, "{bad:?} accepted");
         }
     }

@@ -327,7 +327,8 @@ mod tests {
         let signed = key.sign(SegmentRecord::for_bytes(demo(), 5, &bytes));
         let decoded = SignedSegment::from_json(signed.to_json().as_bytes()).expect("decodes");
         assert_eq!(decoded, signed);
-        pk.verify_segment(&decoded, &demo(), 5, &bytes).expect("verifies");
+        pk.verify_segment(&decoded, &demo(), 5, &bytes)
+            .expect("verifies");
 
         let other = ChannelName::new("other").expect("valid");
         assert!(matches!(

@@ -103,7 +103,11 @@ impl NalScanner {
                     _ => {}
                 }
                 // 16..=21 are BLA, IDR and CRA; 22..=23 are reserved IRAP types.
-                (t <= 31, (16..=23).contains(&t), SEEN_VPS | SEEN_SPS | SEEN_PPS)
+                (
+                    t <= 31,
+                    (16..=23).contains(&t),
+                    SEEN_VPS | SEEN_SPS | SEEN_PPS,
+                )
             }
         };
         if vcl {
@@ -136,14 +140,21 @@ mod tests {
             0, 0, 1, 0x65, 0x88, // IDR slice
         ];
         for split in 0..au.len() {
-            assert_eq!(scan(VideoCodec::H264, &au, split), Some(AccessUnitKind::RandomAccess));
+            assert_eq!(
+                scan(VideoCodec::H264, &au, split),
+                Some(AccessUnitKind::RandomAccess)
+            );
         }
     }
 
     #[test]
     fn h264_non_idr_and_bare_idr() {
         assert_eq!(
-            scan(VideoCodec::H264, &[0, 0, 0, 1, 0x09, 0xF0, 0, 0, 1, 0x41, 0x9A], 3),
+            scan(
+                VideoCodec::H264,
+                &[0, 0, 0, 1, 0x09, 0xF0, 0, 0, 1, 0x41, 0x9A],
+                3
+            ),
             Some(AccessUnitKind::Other)
         );
         assert_eq!(
@@ -163,7 +174,10 @@ mod tests {
             0, 0, 1, 0x26, 0x01, // IDR_W_RADL (19)
         ];
         for split in 0..au.len() {
-            assert_eq!(scan(VideoCodec::H265, &au, split), Some(AccessUnitKind::RandomAccess));
+            assert_eq!(
+                scan(VideoCodec::H265, &au, split),
+                Some(AccessUnitKind::RandomAccess)
+            );
         }
         // TRAIL_R (1) is an ordinary picture.
         assert_eq!(

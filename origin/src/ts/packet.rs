@@ -125,7 +125,10 @@ mod tests {
         assert!(h.discontinuity);
         assert_eq!(h.payload_offset, 12);
         p[4] = 184;
-        assert_eq!(PacketHeader::parse(&p), Err(PacketError::BadAdaptationLength(184)));
+        assert_eq!(
+            PacketHeader::parse(&p),
+            Err(PacketError::BadAdaptationLength(184))
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ impl PesHeader {
         let total_len = (len != 0).then_some(6 + len);
         // Streams without the optional header: program_stream_map, padding,
         // private_stream_2, ECM, EMM, directory, DSMCC, H.222.1 type E.
-        if matches!(stream_id, 0xBC | 0xBE | 0xBF | 0xF0 | 0xF1 | 0xF2 | 0xF8 | 0xFF) {
+        if matches!(
+            stream_id,
+            0xBC | 0xBE | 0xBF | 0xF0 | 0xF1 | 0xF2 | 0xF8 | 0xFF
+        ) {
             return Ok(Self {
                 stream_id,
                 total_len,
@@ -122,7 +125,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_prefix_and_truncation() {
-        assert_eq!(PesHeader::parse(&[0, 0, 2, 0xE0, 0, 0]), Err(PesError::NoStartCode));
-        assert_eq!(PesHeader::parse(&header(1, 1)[..12]), Err(PesError::Truncated));
+        assert_eq!(
+            PesHeader::parse(&[0, 0, 2, 0xE0, 0, 0]),
+            Err(PesError::NoStartCode)
+        );
+        assert_eq!(
+            PesHeader::parse(&header(1, 1)[..12]),
+            Err(PesError::Truncated)
+        );
     }
 }

@@ -43,7 +43,11 @@ pub struct SectionAssembler {
 
 impl SectionAssembler {
     /// Feeds one packet payload; returns a complete section when one ends here.
-    pub fn push(&mut self, payload_start: bool, payload: &[u8]) -> Option<Result<Vec<u8>, PsiError>> {
+    pub fn push(
+        &mut self,
+        payload_start: bool,
+        payload: &[u8],
+    ) -> Option<Result<Vec<u8>, PsiError>> {
         let mut data = payload;
         if payload_start {
             let pointer = usize::from(*payload.first()?);

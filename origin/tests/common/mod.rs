@@ -14,7 +14,9 @@ use treecast_origin::ts::psi::{Pat, Pmt, SectionAssembler};
 use treecast_origin::ts::PACKET_LEN;
 
 pub fn repo_file(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
 }
 
 pub fn sample() -> Vec<u8> {
@@ -116,17 +118,33 @@ pub fn check_ts_rules(run: &Run) {
     for (n, seg) in run.segments.iter().enumerate() {
         let data = &seg.bytes;
         assert!(!data.is_empty(), "segment {n} is empty");
-        assert_eq!(data.len() % PACKET_LEN, 0, "segment {n} is not whole packets");
+        assert_eq!(
+            data.len() % PACKET_LEN,
+            0,
+            "segment {n} is not whole packets"
+        );
         let (pmt_pid, streams) = program(data);
         let mut it = packets(data);
         let first = PacketHeader::parse(it.next().expect("packet")).expect("valid");
         assert_eq!(first.pid, 0, "segment {n} does not open with the PAT");
         let second = PacketHeader::parse(it.next().expect("packet")).expect("valid");
-        assert_eq!(second.pid, pmt_pid, "segment {n}: PMT does not follow the PAT");
+        assert_eq!(
+            second.pid, pmt_pid,
+            "segment {n}: PMT does not follow the PAT"
+        );
         let video = streams
             .iter()
             .find(|(_, t)| *t == 0x1B || *t == 0x24)
-            .map(|&(pid, t)| (pid, if t == 0x1B { VideoCodec::H264 } else { VideoCodec::H265 }));
+            .map(|&(pid, t)| {
+                (
+                    pid,
+                    if t == 0x1B {
+                        VideoCodec::H264
+                    } else {
+                        VideoCodec::H265
+                    },
+                )
+            });
         let mut seen_payload: HashMap<u16, bool> = HashMap::new();
         // Scanner over the segment's first video access unit, fed until the
         // next video PES starts.
@@ -136,11 +154,20 @@ pub fn check_ts_rules(run: &Run) {
             let h = PacketHeader::parse(p).expect("valid packet");
             if h.has_payload {
                 if let Some(prev) = cc.get(&h.pid) {
-                    assert_eq!(h.continuity, (prev + 1) & 0xF, "segment {n}: CC gap on PID {:#x}", h.pid);
+                    assert_eq!(
+                        h.continuity,
+                        (prev + 1) & 0xF,
+                        "segment {n}: CC gap on PID {:#x}",
+                        h.pid
+                    );
                 }
                 cc.insert(h.pid, h.continuity);
                 if seen_payload.insert(h.pid, true).is_none() {
-                    assert!(h.payload_start, "segment {n}: PID {:#x} starts mid-PES", h.pid);
+                    assert!(
+                        h.payload_start,
+                        "segment {n}: PID {:#x} starts mid-PES",
+                        h.pid
+                    );
                 }
             }
             let Some((vpid, codec)) = video else { continue };
@@ -181,7 +208,11 @@ pub fn shift_timestamps(data: &[u8], offset: u64) -> Vec<u8> {
         if h.payload_offset > 5 && p[5] & 0x10 != 0 {
             // PCR: 33-bit base, 6 reserved bits, 9-bit extension.
             let b = &p[6..12];
-            let base = u64::from(b[0]) << 25 | u64::from(b[1]) << 17 | u64::from(b[2]) << 9 | u64::from(b[3]) << 1 | u64::from(b[4] >> 7);
+            let base = u64::from(b[0]) << 25
+                | u64::from(b[1]) << 17
+                | u64::from(b[2]) << 9
+                | u64::from(b[3]) << 1
+                | u64::from(b[4] >> 7);
             let base = (base + offset) % wrap;
             p[6] = (base >> 25) as u8;
             p[7] = (base >> 17) as u8;
@@ -196,10 +227,12 @@ pub fn shift_timestamps(data: &[u8], offset: u64) -> Vec<u8> {
                     let flags = p[at + 7] >> 6;
                     if let Some(pts) = pes.pts {
                         let prefix = if flags == 0b11 { 0b0011 } else { 0b0010 };
-                        p[at + 9..at + 14].copy_from_slice(&encode_timestamp(prefix, (pts + offset) % wrap));
+                        p[at + 9..at + 14]
+                            .copy_from_slice(&encode_timestamp(prefix, (pts + offset) % wrap));
                     }
                     if let Some(dts) = pes.dts {
-                        p[at + 14..at + 19].copy_from_slice(&encode_timestamp(0b0001, (dts + offset) % wrap));
+                        p[at + 14..at + 19]
+                            .copy_from_slice(&encode_timestamp(0b0001, (dts + offset) % wrap));
                     }
                 }
             }
@@ -209,5 +242,9 @@ pub fn shift_timestamps(data: &[u8], offset: u64) -> Vec<u8> {
 }
 
 pub fn total_ticks(run: &Run) -> u64 {
-    run.segments.iter().map(|s| s.duration_ticks.expect("ended")).sum()
+    run.segments
+        .iter()
+        .map(|s| s.duration_ticks.expect("ended"))
+        .sum()
 }
+pub mod net;

@@ -1,0 +1,121 @@
+//! Small HTTP helpers shared by the origin's handlers: response bodies,
+//! CORS and caching headers, error responses.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use treecast_proto::GrowingBody;
+
+/// Error type of streamed response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body the origin sends.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Content type of HLS playlists.
+pub const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
+/// Content type of MPEG-TS segments.
+pub const SEGMENT_TYPE: &str = "video/mp2t";
+/// Cache-Control of immutable objects (segments, signatures).
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// A body of fixed bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A response with an empty body.
+pub fn empty_response() -> Response<Body> {
+    Response::new(empty())
+}
+
+/// A body that streams a growing segment as its bytes arrive. If the
+/// segment fails, the response is cut off with an error, so a client never
+/// takes a partial segment for a whole one.
+pub fn growing(body: &GrowingBody) -> Body {
+    let reader = body.reader();
+    let s = stream::unfold(reader, |mut r| async move {
+        match r.next_chunk().await {
+            Ok(Some(chunk)) => Some((Ok(Frame::data(chunk)), r)),
+            Ok(None) => None,
+            Err(e) => Some((Err(Box::new(e) as BoxError), r)),
+        }
+    });
+    StreamBody::new(s).boxed_unsync()
+}
+
+/// Adds the headers every response carries: CORS for hls.js in pages from
+/// any origin.
+pub fn with_cors(mut resp: Response<Body>) -> Response<Body> {
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Length, Content-Type, Date"),
+    );
+    resp
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut msg = msg.into();
+    msg.push('\n');
+    let mut r = Response::new(full(msg));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A JSON response.
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The response to a CORS preflight.
+pub fn preflight() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS, PUT, POST"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, Range"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
+}

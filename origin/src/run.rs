@@ -1,0 +1,217 @@
+//! Starting and stopping a whole origin: key, channels, HTTP server, UDP
+//! inputs and the retention sweeper, all owned by one [`OriginHandle`].
+//!
+//! Every task is in the handle's `JoinSet`; [`OriginHandle::shutdown`] sends
+//! one signal, lets open requests finish for a moment, then aborts what is
+//! left. Dropping the handle aborts everything.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use treecast_proto::{ChannelName, OriginPublicKey};
+
+use crate::channel::Channels;
+use crate::config::{ConfigError, OriginConfig};
+use crate::ingest::{run_udp, Ingest};
+use crate::keys::{self, KeyError};
+use crate::metrics::OriginMetrics;
+use crate::playlist::PlaylistConfig;
+use crate::server::OriginService;
+
+/// How long open requests may run on after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// Why the origin could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The signing key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another process using it?)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+}
+
+/// A running origin.
+#[derive(Debug)]
+pub struct OriginHandle {
+    local_addr: SocketAddr,
+    udp_addrs: Vec<SocketAddr>,
+    public_key: OriginPublicKey,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl OriginHandle {
+    /// Loads the key, binds every socket and starts serving.
+    pub async fn start(config: OriginConfig) -> Result<Self, StartError> {
+        config.validate()?;
+        let key_path = config.signing_key_path();
+        let (key, created) = keys::load_or_create(&key_path)?;
+        let public_key = key.public();
+        if created {
+            info!(path = %key_path.display(), %public_key, "generated a new origin signing key; give peers this public key");
+        }
+        let metrics = OriginMetrics::new();
+        let channels = Arc::new(Channels::new(
+            Arc::new(key),
+            metrics.ingest.clone(),
+            PlaylistConfig {
+                target_duration: config.segments.target_duration,
+                window_segments: config.segments.window_segments,
+            },
+            config.data_dir.join("channels"),
+            config.max_channels,
+        ));
+        let ingest = Arc::new(Ingest::new(
+            channels.clone(),
+            config.segments.clone(),
+            metrics.ingest.clone(),
+        ));
+        let service = Arc::new(OriginService {
+            ingest: ingest.clone(),
+            channels: channels.clone(),
+            metrics,
+            publish_key: config.publish.key.clone(),
+            public_key,
+        });
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut udp_addrs = Vec::new();
+        for input in &config.udp {
+            let socket =
+                UdpSocket::bind(input.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: input.listen,
+                        source,
+                    })?;
+            udp_addrs.push(socket.local_addr().unwrap_or(input.listen));
+            // Validated in `config.validate()`.
+            let Ok(channel) = ChannelName::new(&input.channel) else {
+                continue;
+            };
+            info!(listen = %input.listen, %channel, "receiving MPEG-TS over UDP");
+            tasks.spawn(run_udp(ingest.clone(), socket, channel, rx.clone()));
+        }
+        tasks.spawn(sweep(channels, rx.clone()));
+        tasks.spawn(serve(listener, service, config.max_connections, rx));
+        info!(%local_addr, "origin listening");
+        Ok(Self {
+            local_addr,
+            udp_addrs,
+            public_key,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The UDP input addresses actually bound, in config order.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+
+    /// The origin's public signing key.
+    pub fn public_key(&self) -> OriginPublicKey {
+        self.public_key
+    }
+
+    /// Stops accepting, lets open requests finish briefly, then stops all.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+    }
+}
+
+async fn sweep(channels: Arc<Channels>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => channels.sweep(SystemTime::now()),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    service: Arc<OriginService>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    warn!(%peer, max_connections, "connection limit reached; refusing connection");
+                    continue;
+                };
+                let svc = service.clone();
+                let conn = http1::Builder::new()
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| {
+                            let svc = svc.clone();
+                            async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
+                        }),
+                    );
+                let conn = graceful.watch(conn);
+                conns.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    conns.abort_all();
+}

@@ -1,0 +1,332 @@
+//! End to end: the real `origin` binary, fed through `/ingest/` by the real
+//! `origin ingest` CLI and by ffmpeg, read back with ffmpeg and ffprobe, and
+//! every segment's signature verified.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::net::*;
+use http::{Method, StatusCode};
+use treecast_proto::{ChannelName, OriginPublicKey, SignedSegment};
+
+fn ingest_cmd(base: &str, channel: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_origin"))
+        .args(["ingest", "--quiet", "--origin", base, "--channel", channel])
+        .args(extra)
+        .output()
+        .expect("origin ingest runs")
+}
+
+fn listed_segments(playlist: &str) -> Vec<u64> {
+    let p = m3u8_rs::parse_media_playlist_res(playlist.as_bytes()).expect("valid playlist");
+    p.segments
+        .iter()
+        .map(|s| {
+            s.uri
+                .trim_end_matches(".ts")
+                .parse()
+                .expect("numbered segment")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_clip_is_served_as_valid_signed_hls() {
+    require_tool("ffmpeg");
+    require_tool("ffprobe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_origin, base) = spawn_origin(dir.path(), &[]).await;
+    let sample = common::repo_file("media/sample.ts");
+
+    let out = ingest_cmd(&base, "demo", &[sample.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "ingest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("origin cut 8 segments"), "{stderr}");
+
+    // Playlist: type, caching, CORS, window.
+    let pl = get(&format!("{base}/live/demo/index.m3u8")).await;
+    assert_eq!(pl.status, StatusCode::OK);
+    assert_eq!(pl.header("content-type"), "application/vnd.apple.mpegurl");
+    assert_eq!(pl.header("cache-control"), "public, max-age=1");
+    assert_eq!(pl.header("access-control-allow-origin"), "*");
+    let text = String::from_utf8(pl.body.to_vec()).expect("utf-8");
+    assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:"));
+    assert!(text.contains("#EXT-X-INDEPENDENT-SEGMENTS"));
+    let listed = listed_segments(&text);
+    assert_eq!(listed, vec![2, 3, 4, 5, 6, 7]);
+
+    // Every segment (listed, and the two retained after leaving the window)
+    // verifies against the origin's public key and starts on a keyframe.
+    let key: OriginPublicKey =
+        String::from_utf8(get(&format!("{base}/origin/key")).await.body.to_vec())
+            .expect("utf-8")
+            .parse()
+            .expect("public key");
+    let demo = ChannelName::new("demo").expect("name");
+    for seq in 0..8u64 {
+        let seg = get(&format!("{base}/live/demo/{seq}.ts")).await;
+        assert_eq!(seg.status, StatusCode::OK, "segment {seq}");
+        assert_eq!(seg.header("content-type"), "video/mp2t");
+        assert_eq!(
+            seg.header("cache-control"),
+            "public, max-age=31536000, immutable"
+        );
+        let sig = get(&format!("{base}/live/demo/{seq}.sig")).await;
+        assert_eq!(sig.status, StatusCode::OK);
+        let signed = SignedSegment::from_json(&sig.body).expect("signature record");
+        key.verify_segment(&signed, &demo, seq, &seg.body)
+            .expect("signature verifies");
+        let mut tampered = seg.body.to_vec();
+        tampered[1000] ^= 0x55;
+        assert!(key.verify_segment(&signed, &demo, seq, &tampered).is_err());
+
+        let path =
+            std::env::temp_dir().join(format!("treecast-test-{}-{seq}.ts", std::process::id()));
+        std::fs::write(&path, &seg.body).expect("write segment");
+        let probe = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v",
+                "-read_intervals",
+                "%+#1",
+                "-show_entries",
+                "frame=key_frame,pict_type",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&path)
+            .output()
+            .expect("ffprobe runs");
+        let _ = std::fs::remove_file(&path);
+        let first = String::from_utf8_lossy(&probe.stdout);
+        assert!(
+            first.starts_with("1,I"),
+            "segment {seq} first frame: {first:?}"
+        );
+    }
+
+    // A real HLS client reads the live playlist cleanly.
+    let ff = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-live_start_index",
+            "0",
+            "-i",
+        ])
+        .arg(format!("{base}/live/demo/index.m3u8"))
+        .args(["-c", "copy", "-t", "11.5", "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(ff.status.success());
+    assert!(
+        ff.stderr.is_empty(),
+        "ffmpeg reported: {}",
+        String::from_utf8_lossy(&ff.stderr)
+    );
+
+    // Garbage requests get clear errors and change nothing.
+    for (path, status) in [
+        ("/live/demo/99.ts", StatusCode::NOT_FOUND),
+        ("/live/demo/../../etc/passwd", StatusCode::NOT_FOUND),
+        ("/live/Bad!/index.m3u8", StatusCode::BAD_REQUEST),
+        ("/live/nochannel/index.m3u8", StatusCode::NOT_FOUND),
+        ("/live/demo/x.mp4", StatusCode::NOT_FOUND),
+    ] {
+        let r = get(&format!("{base}{path}")).await;
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(
+            r.header("cache-control"),
+            "no-store",
+            "{path}: errors are not cached"
+        );
+    }
+    let r = request(
+        Method::DELETE,
+        &format!("{base}/live/demo/index.m3u8"),
+        vec![],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = request(
+        Method::OPTIONS,
+        &format!("{base}/live/demo/index.m3u8"),
+        vec![],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.header("access-control-allow-origin"), "*");
+
+    // Garbage published to another channel hurts nobody.
+    let junk: Vec<u8> = (0..500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let r = request(Method::PUT, &format!("{base}/ingest/junk"), junk, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let summary: serde_json::Value = serde_json::from_slice(&r.body).expect("summary json");
+    assert_eq!(summary["segments"], 0);
+    assert!(summary["problems"].as_u64().expect("count") > 0);
+    assert_eq!(
+        get(&format!("{base}/live/demo/index.m3u8")).await.body,
+        pl.body
+    );
+    let metrics =
+        String::from_utf8(get(&format!("{base}/metrics")).await.body.to_vec()).expect("utf-8");
+    assert!(
+        metrics
+            .contains("treecast_origin_ingest_problems_total{channel=\"junk\",kind=\"sync_lost\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("treecast_origin_segments_total{channel=\"demo\"} 8"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_can_publish_with_put() {
+    require_tool("ffmpeg");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_origin, base) = spawn_origin(dir.path(), &[]).await;
+    let sample = common::repo_file("media/sample.ts");
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(&sample)
+        .args(["-c", "copy", "-f", "mpegts", "-method", "PUT"])
+        .arg(format!("{base}/ingest/ff"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ffmpeg is done writing; wait for the origin to finish the session.
+    let url = format!("{base}/api/channels/ff");
+    wait_until(Duration::from_secs(20), || async {
+        serde_json::from_slice::<serde_json::Value>(&get(&url).await.body)
+            .is_ok_and(|v| v["live"] == false)
+    })
+    .await;
+    let status: serde_json::Value = serde_json::from_slice(&get(&url).await.body).expect("json");
+    assert_eq!(status["segments_cut"], 8, "{status}");
+    assert_eq!(status["input_errors"], 0, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_key_busy_channel_and_unreachable_origin_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_origin, base) = spawn_origin(dir.path(), &["--publish-key", "s3cret"]).await;
+    let sample = common::repo_file("media/sample.ts");
+    let sample = sample.to_str().expect("path");
+
+    let out = ingest_cmd(&base, "demo", &[sample, "--key", "wrong"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("publish key missing or wrong"), "{err}");
+
+    let out = ingest_cmd(&base, "demo", &[sample, "--key", "s3cret"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = ingest_cmd(&base, "demo", &["/no/such/file.ts", "--key", "s3cret"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read input /no/such/file.ts"));
+
+    let not_ts = dir.path().join("not.ts");
+    std::fs::write(
+        &not_ts,
+        b"\x00\x00\x00\x20ftypisom not a transport stream at all",
+    )
+    .expect("write");
+    let out = ingest_cmd(
+        &base,
+        "demo",
+        &[not_ts.to_str().expect("path"), "--key", "s3cret"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not look like MPEG-TS"));
+
+    let out = ingest_cmd("http://127.0.0.1:9", "demo", &[sample]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the origin") && err.contains("origin serve"),
+        "{err}"
+    );
+
+    // A second publisher on a live channel is refused while the first runs.
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_origin"))
+        .args([
+            "ingest",
+            "--quiet",
+            "--origin",
+            &base,
+            "--channel",
+            "busy",
+            "--key",
+            "s3cret",
+            "--realtime",
+            "--loop",
+            sample,
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_until(Duration::from_secs(20), || async {
+        let r = get(&format!("{base}/api/channels/busy")).await;
+        r.status == StatusCode::OK
+            && serde_json::from_slice::<serde_json::Value>(&r.body).is_ok_and(|v| v["live"] == true)
+    })
+    .await;
+    let out = ingest_cmd(&base, "busy", &[sample, "--key", "s3cret"]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already has a publisher"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_origin_never_reuses_segment_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = common::repo_file("media/sample.ts");
+    let sample = sample.to_str().expect("path");
+    let first_key;
+    {
+        let (_origin, base) = spawn_origin(dir.path(), &[]).await;
+        assert!(ingest_cmd(&base, "demo", &[sample]).status.success());
+        first_key = get(&format!("{base}/origin/key")).await.body;
+    }
+    let (_origin, base) = spawn_origin(dir.path(), &[]).await;
+    assert_eq!(
+        get(&format!("{base}/origin/key")).await.body,
+        first_key,
+        "key is kept"
+    );
+    assert!(ingest_cmd(&base, "demo", &[sample]).status.success());
+    let text = String::from_utf8(
+        get(&format!("{base}/live/demo/index.m3u8"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .expect("utf-8");
+    let p = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("playlist");
+    assert_eq!(listed_segments(&text), vec![10, 11, 12, 13, 14, 15]);
+    assert!(p.media_sequence >= 10);
+    // The first segment after the restart (8) left the window; its
+    // discontinuity is counted in the discontinuity sequence.
+    assert_eq!(p.discontinuity_sequence, 1);
+}
