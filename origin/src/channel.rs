@@ -265,9 +265,7 @@ impl Channel {
                 return None;
             }
             Event::SegmentEnd { duration_ticks } => {
-                let Some(open) = s.open.take() else {
-                    return None;
-                };
+                let open = s.open.take()?;
                 self.complete(&mut s, open, duration_ticks, now);
             }
             Event::Notice(n) => {

@@ -533,9 +533,8 @@ pub async fn run_push(
     if tty && config.status_every.is_some() {
         eprintln!();
     }
-    match source.await {
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(e)) = source.await {
+        return Err(e);
     }
     let response = response.map_err(|e| PushError::Unreachable {
         url: put_uri.to_string(),

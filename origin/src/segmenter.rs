@@ -18,9 +18,10 @@
 //!   go into the segment that is open when they complete);
 //! - durations are measured in 90 kHz ticks from cut PTS to next cut PTS, on
 //!   a timeline unwrapped across the 33-bit PTS wrap;
-//! - a segment never runs past the target duration: if the GOP is longer, the
-//!   segment is cut at the first frame past the target and the next segment
-//!   is marked not independent ([`SegmentStart::independent`] false);
+//! - a segment's EXTINF, rounded, is never above the target duration: if the
+//!   GOP is longer, the segment is cut at the first frame at or past the
+//!   target and the next segment is marked not independent
+//!   ([`SegmentStart::independent`] false);
 //! - a timestamp jump (looped or restarted source) or a changed PMT ends the
 //!   segment and marks the next one as a discontinuity;
 //! - damaged PES (continuity gap, transport error, bad header, oversized) are
@@ -676,8 +677,22 @@ impl Segmenter {
         let pid = es.pid;
         if es.after_loss {
             if !is_rap {
-                if let (None, Some((_, pts))) = (self.segment, pts) {
-                    self.wait_for_keyframe(pts.ticks);
+                if let Some((_, pts)) = pts {
+                    match self.segment {
+                        None => self.wait_for_keyframe(pts.ticks),
+                        // The open segment carries only other streams now;
+                        // it still may not outgrow the target. What follows
+                        // has a hole in its video: a discontinuity.
+                        Some(seg) if self.breaks_timeline(&seg, &pts, frame) => {
+                            self.end_segment(seg.max_end - seg.start);
+                            self.pending_discontinuity = true;
+                        }
+                        Some(seg) if pts.ticks - seg.start >= self.config.target_ticks as i64 => {
+                            self.end_segment(pts.ticks - seg.start);
+                            self.pending_discontinuity = true;
+                        }
+                        Some(_) => {}
+                    }
                 }
                 return self.notice(Notice::PesDropped {
                     pid,
@@ -700,7 +715,7 @@ impl Segmenter {
                 }
                 self.start_segment(pts.ticks, raw, true);
             }
-            Some(seg) if pts.jump => {
+            Some(seg) if self.breaks_timeline(&seg, &pts, frame) => {
                 self.end_segment(seg.max_end - seg.start);
                 self.pending_discontinuity = true;
                 if !is_rap {
@@ -736,6 +751,14 @@ impl Segmenter {
             seg.max_end = seg.max_end.max(pts.ticks + frame);
         }
         self.append(i, pes.buf);
+    }
+
+    /// Whether `pts` cannot belong to the open segment: a jump, or a step
+    /// past the target inside one segment (a hole from lost frames or a
+    /// damaged timestamp), which is treated the same way.
+    fn breaks_timeline(&self, seg: &OpenSegment, pts: &Unwrapped, frame: i64) -> bool {
+        let elapsed = pts.ticks - seg.start;
+        pts.jump || elapsed > self.config.target_ticks as i64 + frame || elapsed < -MAX_BACKWARD
     }
 
     fn wait_for_keyframe(&mut self, ticks: i64) {

@@ -259,3 +259,44 @@ fn pure_garbage_publishes_nothing() {
     let run = segment(&garbage, default_config(), 4096);
     assert!(run.segments.is_empty());
 }
+
+mod corrupted_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever damage the input takes (flipped bytes, cut-out runs,
+        /// inserted junk), everything published still follows the
+        /// transport stream rules.
+        #[test]
+        fn damage_never_breaks_published_segments(
+            flips in proptest::collection::vec((0usize..1_000_000, any::<u8>()), 0..200),
+            cuts in proptest::collection::vec((0usize..1_000_000, 1usize..400), 0..20),
+            junk in proptest::collection::vec((0usize..1_000_000, proptest::collection::vec(any::<u8>(), 1..300)), 0..20),
+            chunk in 1usize..70_000,
+        ) {
+            let mut data = sample()[..1_000_000].to_vec();
+            for (at, x) in flips {
+                data[at % 1_000_000] ^= x | 1;
+            }
+            for (at, len) in cuts {
+                let at = at % data.len();
+                let end = (at + len).min(data.len());
+                data.drain(at..end);
+            }
+            for (at, bytes) in junk {
+                let at = at % data.len();
+                data.splice(at..at, bytes);
+            }
+            let run = segment(&data, default_config(), chunk);
+            check_ts_rules(&run);
+            for s in &run.segments {
+                // EXTINF rounded to the nearest second is never above the target.
+                let d = s.duration_ticks.expect("ended");
+                prop_assert!((d + TICKS / 2) / TICKS <= 3, "{} ticks", d);
+            }
+        }
+    }
+}
