@@ -16,6 +16,10 @@
 //! [[udp]]                          # MPEG-TS over UDP into a channel
 //! listen = "127.0.0.1:5000"
 //! channel = "demo"
+//!
+//! [[file]]                         # a file looped in real time into a channel
+//! path = "media/sample.ts"
+//! channel = "loop"
 //! ```
 //!
 //! Every field has a default; `origin serve` runs with no file at all.
@@ -51,6 +55,8 @@ pub struct OriginConfig {
     pub segments: SegmentsConfig,
     /// UDP inputs.
     pub udp: Vec<UdpInput>,
+    /// Files looped into channels in real time (a test card, a demo).
+    pub file: Vec<FileInput>,
 }
 
 /// Publishing access.
@@ -89,6 +95,17 @@ pub struct UdpInput {
     pub channel: String,
 }
 
+/// One MPEG-TS file played into a channel forever, paced by its own
+/// timestamps; each pass starts with a discontinuity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileInput {
+    /// The file.
+    pub path: PathBuf,
+    /// Channel it is published to.
+    pub channel: String,
+}
+
 impl Default for OriginConfig {
     fn default() -> Self {
         Self {
@@ -100,6 +117,7 @@ impl Default for OriginConfig {
             publish: PublishConfig::default(),
             segments: SegmentsConfig::default(),
             udp: Vec::new(),
+            file: Vec::new(),
         }
     }
 }
@@ -210,7 +228,10 @@ mod tests {
             .map(|l| l.trim_start_matches("//!").trim_start())
             .collect::<Vec<_>>()
             .join("\n");
-        let c: OriginConfig = toml::from_str(&toml_text).expect("example parses");
+        let mut c: OriginConfig = toml::from_str(&toml_text).expect("example parses");
+        // The example's path is relative to the repository root.
+        assert_eq!(c.file[0].path, PathBuf::from("media/sample.ts"));
+        c.file[0].path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../media/sample.ts");
         c.validate().expect("example is valid");
         assert_eq!(c.udp.len(), 1);
         assert_eq!(c.publish.key.as_deref(), Some("change-me"));

@@ -268,3 +268,52 @@ pub async fn run_udp(
         }
     }
 }
+
+/// Plays `path` into `channel` forever, paced in real time, until `shutdown`.
+/// A read error ends the session, is logged, and the file is retried after
+/// [`UDP_IDLE`].
+pub async fn run_file(
+    ingest: Arc<Ingest>,
+    path: std::path::PathBuf,
+    channel: ChannelName,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::push::{read_source, Input, SourceConfig};
+    loop {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let source = SourceConfig {
+            input: Input::File(path.clone()),
+            looped: true,
+            realtime: true,
+        };
+        let reader = tokio::spawn(read_source(source, tx, shutdown.clone()));
+        let result = match ingest.start(&channel, &format!("file {}", path.display())) {
+            Ok(mut session) => {
+                while let Some(chunk) = rx.recv().await {
+                    session.feed(&chunk);
+                }
+                let result = reader.await;
+                let error = match &result {
+                    Ok(Err(e)) => Some(e.to_string()),
+                    _ => None,
+                };
+                session.finish(error.as_deref());
+                error
+            }
+            Err(e) => {
+                reader.abort();
+                Some(e.to_string())
+            }
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Some(e) = result {
+            warn!(file = %path.display(), %channel, error = %e, "file input failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(UDP_IDLE) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

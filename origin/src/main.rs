@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use treecast_origin::config::UdpInput;
+use treecast_origin::config::{FileInput, UdpInput};
 use treecast_origin::push::{run_push, Input, PushConfig};
 use treecast_origin::{OriginConfig, OriginHandle};
 use treecast_proto::ChannelName;
@@ -51,6 +51,10 @@ struct ServeArgs {
     /// Receive MPEG-TS over UDP: ADDR=CHANNEL, e.g. 127.0.0.1:5000=demo. Repeatable.
     #[arg(long, value_name = "ADDR=CHANNEL")]
     udp: Vec<String>,
+    /// Loop an MPEG-TS file into a channel in real time: PATH=CHANNEL, e.g.
+    /// media/sample.ts=demo. Repeatable.
+    #[arg(long, value_name = "PATH=CHANNEL")]
+    file: Vec<String>,
     /// Seconds of media per segment (cut at the first keyframe after this).
     #[arg(long)]
     segment_seconds: Option<f64>,
@@ -158,12 +162,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel: channel.to_owned(),
                 });
             }
+            for f in &a.file {
+                let (path, channel) = f
+                    .rsplit_once('=')
+                    .with_context(|| format!("--file {f}: expected PATH=CHANNEL"))?;
+                config.file.push(FileInput {
+                    path: PathBuf::from(path),
+                    channel: channel.to_owned(),
+                });
+            }
+            let looped: Vec<String> = config.file.iter().map(|f| f.channel.clone()).collect();
             let origin = OriginHandle::start(config).await?;
             eprintln!(
                 "origin serving on http://{0}  (playlists at http://{0}/live/<channel>/index.m3u8, publish with PUT http://{0}/ingest/<channel>)\npublic key: {1}",
                 origin.local_addr(),
                 origin.public_key()
             );
+            for f in &looped {
+                eprintln!("play: http://{}/live/{}/index.m3u8", origin.local_addr(), f);
+            }
             tokio::signal::ctrl_c()
                 .await
                 .context("waiting for Ctrl-C")?;

@@ -188,8 +188,21 @@ pub fn looks_like_ts(head: &[u8]) -> bool {
 
 const CHUNK: usize = 7 * PACKET_LEN * 8;
 
-async fn read_source(
-    config: PushConfig,
+/// How a source is read.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The input.
+    pub input: Input,
+    /// Repeat a file forever.
+    pub looped: bool,
+    /// Pace by the stream's own timestamps.
+    pub realtime: bool,
+}
+
+/// Reads `source` into `tx` until it ends, the receiver goes away or
+/// `stop` fires. Also used by `origin serve --file` to loop a file in.
+pub async fn read_source(
+    config: SourceConfig,
     tx: mpsc::Sender<Bytes>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), PushError> {
@@ -273,7 +286,7 @@ async fn read_source(
 async fn pump(
     mut reader: impl tokio::io::AsyncRead + Unpin,
     name: &str,
-    config: &PushConfig,
+    config: &SourceConfig,
     tx: &mpsc::Sender<Bytes>,
     stop: &mut watch::Receiver<bool>,
     pacer: &mut Pacer,
@@ -465,7 +478,12 @@ pub async fn run_push(
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(64);
     let source_stop = stop.clone();
-    let source = tokio::spawn(read_source(config.clone(), tx, source_stop));
+    let source_config = SourceConfig {
+        input: config.input.clone(),
+        looped: config.looped,
+        realtime: config.realtime,
+    };
+    let source = tokio::spawn(read_source(source_config, tx, source_stop));
 
     let body = StreamBody::new(stream::unfold(body_rx, |mut rx| async move {
         rx.recv()

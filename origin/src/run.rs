@@ -21,7 +21,7 @@ use treecast_proto::{ChannelName, OriginPublicKey};
 
 use crate::channel::Channels;
 use crate::config::{ConfigError, OriginConfig};
-use crate::ingest::{run_udp, Ingest};
+use crate::ingest::{run_file, run_udp, Ingest};
 use crate::keys::{self, KeyError};
 use crate::metrics::OriginMetrics;
 use crate::playlist::PlaylistConfig;
@@ -121,6 +121,18 @@ impl OriginHandle {
             };
             info!(listen = %input.listen, %channel, "receiving MPEG-TS over UDP");
             tasks.spawn(run_udp(ingest.clone(), socket, channel, rx.clone()));
+        }
+        for input in &config.file {
+            let Ok(channel) = ChannelName::new(&input.channel) else {
+                continue;
+            };
+            info!(file = %input.path.display(), %channel, "looping file into channel in real time");
+            tasks.spawn(run_file(
+                ingest.clone(),
+                input.path.clone(),
+                channel,
+                rx.clone(),
+            ));
         }
         tasks.spawn(sweep(channels, rx.clone()));
         tasks.spawn(serve(listener, service, config.max_connections, rx));
