@@ -330,3 +330,73 @@ async fn restarted_origin_never_reuses_segment_numbers() {
     // discontinuity is counted in the discontinuity sequence.
     assert_eq!(p.discontinuity_sequence, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_and_stdin_inputs_publish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port");
+    let udp_arg = format!("127.0.0.1:{udp_port}=viaudp");
+    let (_origin, base) = spawn_origin(dir.path(), &["--udp", &udp_arg]).await;
+    let sample = std::fs::read(common::repo_file("media/sample.ts")).expect("sample");
+
+    // UDP: 7 packets a datagram, as encoders send, paced at about 8x real
+    // time (UDP has no flow control; a sender that outruns the receiver's
+    // socket buffer loses datagrams, which the origin would report).
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    for (i, dgram) in sample.chunks(7 * 188).enumerate() {
+        sock.send_to(dgram, ("127.0.0.1", udp_port))
+            .await
+            .expect("send");
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    // The session ends after the input has been idle, publishing the last
+    // segment. Loopback UDP may still drop a datagram on a loaded machine,
+    // costing at most a GOP, so allow that.
+    let url = format!("{base}/api/channels/viaudp");
+    wait_until(Duration::from_secs(30), || async {
+        serde_json::from_slice::<serde_json::Value>(&get(&url).await.body)
+            .is_ok_and(|v| v["live"] == false && v["segments_cut"].as_u64().is_some_and(|n| n >= 6))
+    })
+    .await;
+    let text = get(&format!("{base}/live/viaudp/index.m3u8")).await;
+    assert_eq!(text.status, StatusCode::OK);
+
+    // stdin through the CLI.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .args([
+            "ingest",
+            "--quiet",
+            "--origin",
+            &base,
+            "--channel",
+            "viastdin",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&sample).expect("write");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = get(&format!("{base}/live/viastdin/index.m3u8")).await;
+    assert_eq!(
+        listed_segments(std::str::from_utf8(&text.body).expect("utf-8")).len(),
+        6
+    );
+}
