@@ -71,33 +71,35 @@ pub fn with_cors(mut resp: Response<Body>) -> Response<Body> {
     resp
 }
 
-/// A plain-text response.
-pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    let mut msg = msg.into();
-    msg.push('\n');
-    let mut r = Response::new(full(msg));
+/// A response with `body`, its content type and caching policy.
+pub fn object(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+    cache_control: &'static str,
+) -> Response<Body> {
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
     );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-/// A JSON response.
+/// A plain-text response, never cached.
+pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut msg = msg.into();
+    msg.push('\n');
+    object(status, msg, "text/plain; charset=utf-8", "no-store")
+}
+
+/// A JSON response, never cached.
 pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    object(status, body, "application/json", "no-store")
 }
 
 /// The response to a CORS preflight.

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -143,19 +144,12 @@ impl OriginService {
         match file {
             SegmentFile::Playlist => match ch.playlist() {
                 Some(text) => {
-                    let mut r = Response::new(h::full(text));
-                    let hs = r.headers_mut();
-                    hs.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static(h::PLAYLIST_TYPE),
-                    );
+                    let mut r = h::object(StatusCode::OK, text, h::PLAYLIST_TYPE, "no-cache");
                     // At most half a target duration (whole seconds, so round down).
                     let max_age = ch.target_duration() / 2;
-                    hs.insert(
-                        header::CACHE_CONTROL,
-                        HeaderValue::from_str(&format!("public, max-age={max_age}"))
-                            .unwrap_or(HeaderValue::from_static("no-cache")),
-                    );
+                    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+                        r.headers_mut().insert(header::CACHE_CONTROL, v);
+                    }
                     r
                 }
                 None => h::text(
@@ -169,17 +163,14 @@ impl OriginService {
                     other => other,
                 };
                 match found {
-                    SegmentLookup::Found(body) => {
-                        let complete = body.bytes();
-                        let mut r = Response::new(match &complete {
-                            Some(b) => h::full(b.clone()),
-                            None => h::growing(&body),
-                        });
-                        let hs = r.headers_mut();
-                        hs.insert(header::CONTENT_TYPE, HeaderValue::from_static(h::SEGMENT_TYPE));
-                        hs.insert(header::CACHE_CONTROL, HeaderValue::from_static(h::IMMUTABLE));
-                        r
-                    }
+                    SegmentLookup::Found(body) => match body.bytes() {
+                        Some(b) => h::object(StatusCode::OK, b, h::SEGMENT_TYPE, h::IMMUTABLE),
+                        None => {
+                            let mut r = h::object(StatusCode::OK, Bytes::new(), h::SEGMENT_TYPE, h::IMMUTABLE);
+                            *r.body_mut() = h::growing(&body);
+                            r
+                        }
+                    },
                     _ => h::text(
                         StatusCode::NOT_FOUND,
                         format!("segment {seq} of channel {name} is not available (expired or not yet cut)"),
@@ -198,13 +189,7 @@ impl OriginService {
                     }
                 }
                 match ch.signature(seq) {
-                    Some(doc) => {
-                        let mut r = Response::new(h::full(doc));
-                        let hs = r.headers_mut();
-                        hs.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                        hs.insert(header::CACHE_CONTROL, HeaderValue::from_static(h::IMMUTABLE));
-                        r
-                    }
+                    Some(doc) => h::object(StatusCode::OK, doc, "application/json", h::IMMUTABLE),
                     None => h::text(
                         StatusCode::NOT_FOUND,
                         format!("no signature for segment {seq} of channel {name} (expired, failed or not yet cut)"),
