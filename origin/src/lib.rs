@@ -14,7 +14,7 @@
 //! - [`channel`]: a channel's segments, signatures and playlist; the
 //!   registry of channels and their persisted state.
 //! - [`ingest`]: publishing sessions, and the UDP input driver.
-//! - [`server`]: the HTTP routes; [`http`] holds response helpers.
+//! - [`server`]: the HTTP routes.
 //! - [`run`]: starting and stopping a whole origin ([`OriginHandle`]).
 //! - [`push`]: the `origin ingest` client that pushes a file, stdin or UDP
 //!   feed to an origin and shows the producer what is happening.
@@ -23,7 +23,6 @@
 
 pub mod channel;
 pub mod config;
-pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;

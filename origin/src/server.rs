@@ -28,9 +28,9 @@ use hyper::body::Incoming;
 use treecast_proto::{ChannelName, OriginPublicKey, SegmentFile};
 
 use crate::channel::{Channels, SegmentLookup};
-use crate::http::{self as h, Body};
 use crate::ingest::{Ingest, StartError};
 use crate::metrics::OriginMetrics;
+use treecast_proto::http::{self as h, Body};
 
 /// Everything request handlers need.
 #[derive(Debug)]

@@ -11,8 +11,10 @@
 //!   proves a segment's bytes came from the origin unchanged.
 //! - [`body`]: a segment body that grows as bytes arrive and that many readers
 //!   stream from at once (origin live segments, edge single-flight fetches).
+//! - [`http`]: response helpers every role's HTTP server uses.
 
 pub mod body;
+pub mod http;
 pub mod names;
 pub mod signature;
 

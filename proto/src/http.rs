@@ -1,8 +1,10 @@
-//! Small HTTP helpers shared by the origin's handlers: response bodies,
-//! CORS and caching headers, error responses.
+//! HTTP response helpers shared by every role's server (origin, edge, the
+//! peer's local proxy): fixed and growing bodies, CORS and caching headers,
+//! plain-text errors that are never cached.
 
 use std::convert::Infallible;
 
+use crate::GrowingBody;
 use bytes::Bytes;
 use futures_util::stream;
 use http::header::{self, HeaderValue};
@@ -10,11 +12,10 @@ use http::{Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use treecast_proto::GrowingBody;
 
 /// Error type of streamed response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Every response body the origin sends.
+/// Every response body a treecast server sends.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Content type of HLS playlists.
