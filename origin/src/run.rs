@@ -9,14 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::info;
+use treecast_proto::http::serve;
 use treecast_proto::{ChannelName, OriginPublicKey};
 
 use crate::channel::Channels;
@@ -26,9 +23,6 @@ use crate::keys::{self, KeyError};
 use crate::metrics::OriginMetrics;
 use crate::playlist::PlaylistConfig;
 use crate::server::OriginService;
-
-/// How long open requests may run on after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(3);
 
 /// Why the origin could not start.
 #[derive(Debug, thiserror::Error)]
@@ -164,9 +158,10 @@ impl OriginHandle {
     /// Stops accepting, lets open requests finish briefly, then stops all.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
-            while self.tasks.join_next().await.is_some() {}
-        })
+        let _ = tokio::time::timeout(
+            treecast_proto::http::DRAIN + Duration::from_secs(1),
+            async { while self.tasks.join_next().await.is_some() {} },
+        )
         .await;
         self.tasks.abort_all();
     }
@@ -180,50 +175,4 @@ async fn sweep(channels: Arc<Channels>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
     }
-}
-
-async fn serve(
-    listener: TcpListener,
-    service: Arc<OriginService>,
-    max_connections: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let limit = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
-                };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    warn!(%peer, max_connections, "connection limit reached; refusing connection");
-                    continue;
-                };
-                let svc = service.clone();
-                let conn = http1::Builder::new()
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| {
-                            let svc = svc.clone();
-                            async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
-                        }),
-                    );
-                let conn = graceful.watch(conn);
-                conns.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    drop(permit);
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
-    conns.abort_all();
 }

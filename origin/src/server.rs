@@ -47,9 +47,8 @@ pub struct OriginService {
     pub public_key: OriginPublicKey,
 }
 
-impl OriginService {
-    /// Answers one request. Never fails: every problem is a response.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+impl h::Handler for OriginService {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let route = route_of(req.uri().path());
         let head = req.method() == Method::HEAD;
         let resp = self.route(req).await;
@@ -73,7 +72,9 @@ impl OriginService {
         }
         resp
     }
+}
 
+impl OriginService {
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();

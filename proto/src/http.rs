@@ -3,15 +3,26 @@
 //! plain-text errors that are never cached.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::GrowingBody;
 use bytes::Bytes;
 use futures_util::stream;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::warn;
 
 /// Error type of streamed response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -121,4 +132,66 @@ pub fn preflight() -> Response<Body> {
         HeaderValue::from_static("86400"),
     );
     r
+}
+
+/// How long open requests may run on after a shutdown signal.
+pub const DRAIN: Duration = Duration::from_secs(3);
+
+/// A server's request handler: answers every request (problems are
+/// responses, never errors).
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Serves HTTP/1.1 on `listener` with `service` until `shutdown` changes:
+/// at most `max_connections` at once (more are refused), every connection
+/// task owned here, open requests given [`DRAIN`] to finish at shutdown.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    service: Arc<H>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    warn!(%peer, max_connections, "connection limit reached; refusing connection");
+                    continue;
+                };
+                let svc = service.clone();
+                let conn = http1::Builder::new()
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| {
+                            let svc = svc.clone();
+                            async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
+                        }),
+                    );
+                let conn = graceful.watch(conn);
+                conns.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    conns.abort_all();
 }

@@ -1,0 +1,95 @@
+//! `edge`: cache an origin and serve its HLS to peers and players.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use treecast_edge::{EdgeConfig, EdgeHandle};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edge",
+    version,
+    about = "treecast edge: a coalescing cache of the origin"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the edge.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// TOML config file (see docs/edge.md); flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8081].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Base URL of the origin [default: http://127.0.0.1:8080].
+    #[arg(long)]
+    origin: Option<String>,
+    /// Byte budget of the segment cache in MiB [default: 512].
+    #[arg(long)]
+    cache_max_mb: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Command::Serve(a) = cli.command;
+    let mut config = match &a.config {
+        Some(p) => EdgeConfig::from_file(p)?,
+        None => EdgeConfig::default(),
+    };
+    if let Some(l) = a.listen {
+        config.listen = l;
+    }
+    if let Some(o) = a.origin {
+        config.origin = o;
+    }
+    if let Some(m) = a.cache_max_mb {
+        config.cache_max_mb = m;
+    }
+    let edge = EdgeHandle::start(config).await?;
+    eprintln!(
+        "edge serving on http://{0}  (playlists at http://{0}/live/<channel>/index.m3u8, metrics at http://{0}/metrics)",
+        edge.local_addr()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    eprintln!("shutting down");
+    edge.shutdown().await;
+    Ok(())
+}

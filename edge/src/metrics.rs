@@ -1,0 +1,142 @@
+//! The edge's Prometheus metrics, one struct per subsystem. Labels are fixed
+//! small sets (object kind, outcome, route): no per-peer or per-path labels.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// The pull-through cache.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics {
+    /// Requests by object kind and result: `hit` (complete object cached),
+    /// `coalesced` (joined a fetch in flight), `miss` (started a fetch),
+    /// `stale` (origin unreachable, last playlist served).
+    pub requests: IntCounterVec,
+    /// Fetches from the origin by kind and outcome (`ok`, `not_found`,
+    /// `error`, `unreachable`).
+    pub origin_fetches: IntCounterVec,
+    /// 1 when the last origin fetch reached the origin, else 0.
+    pub origin_up: IntGauge,
+    /// Bytes of objects held.
+    pub bytes: IntGauge,
+    /// Objects held.
+    pub objects: IntGauge,
+    /// Objects evicted to stay within the byte budget.
+    pub evictions: IntCounter,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    /// Requests answered by route and status class.
+    pub requests: IntCounterVec,
+    /// Bytes the edge sent, by path: `http` (HTTP responses to players and
+    /// peers' fallbacks).
+    pub egress_bytes: IntCounterVec,
+}
+
+/// All of the edge's metrics and their registry.
+#[derive(Debug, Clone)]
+pub struct EdgeMetrics {
+    registry: Registry,
+    /// Cache.
+    pub cache: CacheMetrics,
+    /// HTTP.
+    pub http: HttpMetrics,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Static definitions with unique names: registration cannot fail.
+    let _ = r.register(Box::new(m.clone()));
+    m
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    reg(
+        r,
+        IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
+impl EdgeMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let cache = CacheMetrics {
+            requests: counter_vec(
+                r,
+                "treecast_edge_cache_requests_total",
+                "Cache requests by object kind and result.",
+                &["kind", "result"],
+            ),
+            origin_fetches: counter_vec(
+                r,
+                "treecast_edge_origin_fetches_total",
+                "Fetches from the origin by object kind and outcome.",
+                &["kind", "outcome"],
+            ),
+            origin_up: gauge(
+                r,
+                "treecast_edge_origin_up",
+                "1 when the last origin fetch reached the origin.",
+            ),
+            bytes: gauge(
+                r,
+                "treecast_edge_cache_bytes",
+                "Bytes of objects held in the cache.",
+            ),
+            objects: gauge(
+                r,
+                "treecast_edge_cache_objects",
+                "Objects held in the cache.",
+            ),
+            evictions: reg(
+                r,
+                IntCounter::new(
+                    "treecast_edge_cache_evictions_total",
+                    "Objects evicted to stay within the byte budget.",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}")),
+            ),
+        };
+        let http = HttpMetrics {
+            requests: counter_vec(
+                r,
+                "treecast_edge_http_requests_total",
+                "HTTP requests answered by route and status class.",
+                &["route", "status"],
+            ),
+            egress_bytes: counter_vec(
+                r,
+                "treecast_edge_egress_bytes_total",
+                "Bytes sent by the edge, by delivery path.",
+                &["path"],
+            ),
+        };
+        Self {
+            registry,
+            cache,
+            http,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

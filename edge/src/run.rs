@@ -1,0 +1,103 @@
+//! Starting and stopping a whole edge; every task is owned by the
+//! [`EdgeHandle`] and stopped by one shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::info;
+use treecast_proto::http::{serve, DRAIN};
+
+use crate::cache::{Cache, CacheConfig};
+use crate::config::{ConfigError, EdgeConfig};
+use crate::metrics::EdgeMetrics;
+use crate::origin::OriginClient;
+use crate::server::EdgeService;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another process using it?)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+}
+
+/// A running edge.
+#[derive(Debug)]
+pub struct EdgeHandle {
+    local_addr: SocketAddr,
+    cache: Arc<Cache>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl EdgeHandle {
+    /// Binds and starts serving.
+    pub async fn start(config: EdgeConfig) -> Result<Self, StartError> {
+        config.validate()?;
+        let origin = OriginClient::new(
+            &config.origin_uri()?,
+            Duration::from_millis(config.origin_timeout_ms),
+        );
+        let metrics = EdgeMetrics::new();
+        let cache = Cache::new(
+            origin,
+            CacheConfig {
+                max_bytes: config.cache_max_mb << 20,
+                default_playlist_ttl: Duration::from_secs(1),
+            },
+            metrics.cache.clone(),
+        );
+        let service = Arc::new(EdgeService {
+            cache: cache.clone(),
+            metrics,
+        });
+        let bind_err = |source| StartError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve(listener, service, config.max_connections, rx));
+        info!(%local_addr, origin = %config.origin, "edge listening");
+        Ok(Self {
+            local_addr,
+            cache,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The cache (for status and tests).
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Stops accepting, lets open requests finish briefly, then stops all.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+    }
+}

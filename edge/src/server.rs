@@ -1,0 +1,138 @@
+//! The edge's HTTP server: the origin's URL layout, served from the cache.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET/HEAD | `/live/<channel>/index.m3u8` | playlist, at most half a target duration old while the origin is reachable |
+//! | GET/HEAD | `/live/<channel>/<seq>.ts`, `.sig` | segment or signature; streamed while it arrives from the origin |
+//! | GET | `/metrics` | Prometheus metrics |
+//! | GET | `/healthz` | liveness |
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prometheus::IntCounter;
+use treecast_proto::http::{self as h, Body, BoxError};
+use treecast_proto::{ChannelName, GrowingBody, SegmentFile};
+
+use crate::cache::Cache;
+use crate::metrics::EdgeMetrics;
+
+/// Everything request handlers need.
+#[derive(Debug)]
+pub struct EdgeService {
+    /// The cache of the origin.
+    pub cache: Arc<Cache>,
+    /// Metrics.
+    pub metrics: EdgeMetrics,
+}
+
+impl h::Handler for EdgeService {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let head = req.method() == Method::HEAD;
+        let route = if req.uri().path().starts_with("/live/") {
+            "live"
+        } else {
+            "other"
+        };
+        let resp = h::with_cors(self.route(&req).await);
+        let status = format!("{}xx", resp.status().as_u16() / 100);
+        self.metrics
+            .http
+            .requests
+            .with_label_values(&[route, &status])
+            .inc();
+        if head {
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, h::empty());
+        }
+        resp
+    }
+}
+
+impl EdgeService {
+    async fn route(&self, req: &Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        let method = req.method();
+        if method == Method::OPTIONS {
+            return h::preflight();
+        }
+        if method != Method::GET && method != Method::HEAD {
+            return h::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            );
+        }
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["live", channel, file] => self.live(channel, file).await,
+            ["metrics"] => {
+                let mut r = h::text(StatusCode::OK, self.metrics.render());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            ["healthz"] => h::text(StatusCode::OK, "ok"),
+            _ => h::text(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
+        }
+    }
+
+    async fn live(&self, channel: &str, file: &str) -> Response<Body> {
+        let channel = match ChannelName::new(channel) {
+            Ok(c) => c,
+            Err(e) => return h::text(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let Some(file) = SegmentFile::parse(file) else {
+            return h::text(
+                StatusCode::NOT_FOUND,
+                format!("no such file in channel {channel}: {file}"),
+            );
+        };
+        let hit = match self.cache.get(&channel, file).await {
+            Ok(hit) => hit,
+            Err(e) => return h::text(e.status(), format!("{channel}/{}: {e}", file.file_name())),
+        };
+        let (content_type, cache_control) = match file {
+            SegmentFile::Playlist => (h::PLAYLIST_TYPE, "public, max-age=1"),
+            SegmentFile::Segment(_) => (h::SEGMENT_TYPE, h::IMMUTABLE),
+            SegmentFile::Signature(_) => ("application/json", h::IMMUTABLE),
+        };
+        let mut r = h::object(StatusCode::OK, Bytes::new(), content_type, cache_control);
+        if hit.stale {
+            r.headers_mut().insert(
+                "x-treecast-stale",
+                HeaderValue::from_static("origin unreachable"),
+            );
+        }
+        let egress = self.metrics.http.egress_bytes.with_label_values(&["http"]);
+        *r.body_mut() = match hit.body.bytes() {
+            Some(b) => {
+                egress.inc_by(b.len() as u64);
+                h::full(b)
+            }
+            None => counted(&hit.body, egress),
+        };
+        r
+    }
+}
+
+/// Streams a growing body, counting the bytes sent.
+fn counted(body: &GrowingBody, egress: IntCounter) -> Body {
+    let s = stream::unfold((body.reader(), egress), |(mut r, egress)| async move {
+        match r.next_chunk().await {
+            Ok(Some(chunk)) => {
+                egress.inc_by(chunk.len() as u64);
+                Some((Ok(Frame::data(chunk)), (r, egress)))
+            }
+            Ok(None) => None,
+            Err(e) => Some((Err(Box::new(e) as BoxError), (r, egress))),
+        }
+    });
+    StreamBody::new(s).boxed_unsync()
+}
