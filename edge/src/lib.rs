@@ -21,3 +21,4 @@ pub mod server;
 
 pub use config::EdgeConfig;
 pub use run::EdgeHandle;
+pub mod tracker;

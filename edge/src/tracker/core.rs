@@ -1,0 +1,960 @@
+//! The tracker's placement state machine (sans-IO).
+//!
+//! - [`Tracker::handle_join`]: a newcomer is placed as a leaf under the
+//!   shallowest parent with a free slot, preferring one on its own site, and
+//!   gets a backup parent elsewhere in the tree;
+//! - [`Tracker::handle_heartbeat`]: a peer is alive, and reports the bytes it
+//!   received from its parent; that credit is its parent's *measured* upload,
+//!   which sets how many children the parent may have;
+//! - [`Tracker::handle_leave`], [`Tracker::handle_report`] and the heartbeat
+//!   timeout in [`Tracker::handle_timeout`] remove peers; their children move
+//!   to their backup where it has room, else to the best free slot, with
+//!   their whole subtrees;
+//! - [`Tracker::poll_event`]: moves and evictions for the driver to tell the
+//!   peers.
+//!
+//! Policy (decision 4 of the design): newcomers start as leaves and may take
+//! children once they have been around `promote_after` (earlier only when no
+//! established peer has room); a parent's slots come from the upload its
+//! children measured, not from what it claims; peers that ask for no upload
+//! are always leaves; no peer is deeper than `max_depth`; the tree is filled
+//! breadth first, so stable, proven peers sit shallow.
+//!
+//! Invariants (checked by [`Tracker::check_invariants`] in property tests):
+//! no peer is its own ancestor, no parent has more children than slots, the
+//! depth bound holds, and every live peer has a path to the root unless
+//! there is no free slot in the whole tree (then it is an orphan that is
+//! placed at the next tick with room).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Index value meaning "the root" (the edge).
+const ROOT: u32 = u32::MAX;
+/// Index value meaning "no node".
+const NONE: u32 = u32::MAX - 1;
+
+/// A peer's identity: slab index and generation, so a stale id of a peer
+/// that left never names the peer that took its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl PeerId {
+    fn new(index: u32, generation: u32) -> Self {
+        Self(u64::from(generation) << 32 | u64::from(index))
+    }
+    fn index(self) -> u32 {
+        self.0 as u32
+    }
+    fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// A node of the tree: the edge or a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// The edge, root of every tree.
+    Root,
+    /// A peer.
+    Peer(PeerId),
+}
+
+/// Tunables of the placement policy.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Children the edge itself feeds.
+    pub root_slots: u32,
+    /// Deepest allowed depth (the edge's children are at depth 1).
+    pub max_depth: u8,
+    /// Most children any peer may have.
+    pub max_children: u8,
+    /// Stream bitrate in kb/s: one slot per this much measured upload.
+    pub stream_kbps: u32,
+    /// Slots a promoted peer gets before any upload is measured.
+    pub probation_slots: u8,
+    /// Age at which a newcomer may take children.
+    pub promote_after: Duration,
+    /// A peer silent for this long is gone.
+    pub heartbeat_timeout: Duration,
+    /// Window over which measured upload is averaged.
+    pub upload_window: Duration,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            root_slots: 4,
+            max_depth: 12,
+            max_children: 6,
+            stream_kbps: 2_000,
+            probation_slots: 2,
+            promote_after: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(6),
+            upload_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a joining peer tells the tracker.
+#[derive(Debug, Clone, Default)]
+pub struct JoinRequest {
+    /// Site or subnet label (peers on the same site are preferred as parents).
+    pub site: u32,
+    /// Upload cap the viewer set, in kb/s; `Some(0)` means leaf only.
+    pub max_upload_kbps: Option<u32>,
+}
+
+/// Where a peer gets the stream from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    /// The peer.
+    pub id: PeerId,
+    /// Its parent.
+    pub parent: Option<Node>,
+    /// Its warm backup parent.
+    pub backup: Option<Node>,
+    /// Its depth (edge's children: 1); 0 while orphaned.
+    pub depth: u8,
+}
+
+/// A peer's periodic report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Heartbeat {
+    /// Bytes received from its parent since the last heartbeat.
+    pub bytes_from_parent: u64,
+}
+
+/// What a peer reports about its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// Data from the parent stopped: move me.
+    ParentGap,
+    /// The parent sent data that failed verification: evict it.
+    ParentCorrupt,
+}
+
+/// Things the driver must tell peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackerEvent {
+    /// A peer has a new parent or backup.
+    Moved(Assignment),
+    /// A peer was removed for misbehaving or going silent.
+    Evicted {
+        /// The peer.
+        id: PeerId,
+        /// Why.
+        reason: EvictReason,
+    },
+}
+
+/// Why a peer was removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictReason {
+    /// No heartbeat within the timeout.
+    Silent,
+    /// A child reported corrupt data from it.
+    Corrupt,
+}
+
+/// A join that could not be placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// No free slot within the depth bound: play from the edge over HTTP
+    /// and join again later.
+    #[error("no free slot in the delivery tree; play from the edge and retry")]
+    NoCapacity,
+}
+
+/// The id names no live peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown peer {0:?}: it left, was evicted, or the tracker restarted; join again")]
+pub struct UnknownPeer(pub PeerId);
+
+#[derive(Debug)]
+struct Peer {
+    generation: u32,
+    live: bool,
+    parent: u32,
+    backup: u32,
+    children: Vec<u32>,
+    depth: u8,
+    leaf_only: bool,
+    promoted: bool,
+    in_open: bool,
+    site: u32,
+    joined: Instant,
+    last_seen: Instant,
+    cap_kbps: Option<u32>,
+    credit_bytes: u64,
+    credit_since: Instant,
+    measured_kbps: u32,
+}
+
+/// The placement state machine; see the module docs.
+#[derive(Debug)]
+pub struct Tracker {
+    config: TrackerConfig,
+    peers: Vec<Peer>,
+    free: Vec<u32>,
+    root_children: Vec<u32>,
+    /// Per depth, peers that may have a free slot (checked when used).
+    open: Vec<Vec<u32>>,
+    /// Newcomers in join order, for promotion (checked when used).
+    newcomers: VecDeque<u32>,
+    /// Peers without a parent, placed at the next tick with room.
+    orphans: Vec<u32>,
+    events: VecDeque<TrackerEvent>,
+    live: usize,
+}
+
+impl Tracker {
+    /// An empty tree.
+    pub fn new(config: TrackerConfig) -> Self {
+        let depths = usize::from(config.max_depth) + 1;
+        Self {
+            config,
+            peers: Vec::new(),
+            free: Vec::new(),
+            root_children: Vec::new(),
+            open: vec![Vec::new(); depths],
+            newcomers: VecDeque::new(),
+            orphans: Vec::new(),
+            events: VecDeque::new(),
+            live: 0,
+        }
+    }
+
+    /// Live peers.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether no peer is live.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn lookup(&self, id: PeerId) -> Result<u32, UnknownPeer> {
+        let i = id.index();
+        match self.peers.get(i as usize) {
+            Some(p) if p.live && p.generation == id.generation() => Ok(i),
+            _ => Err(UnknownPeer(id)),
+        }
+    }
+
+    fn id_of(&self, i: u32) -> PeerId {
+        PeerId::new(i, self.peers[i as usize].generation)
+    }
+
+    fn node(&self, i: u32) -> Option<Node> {
+        match i {
+            ROOT => Some(Node::Root),
+            NONE => None,
+            i => Some(Node::Peer(self.id_of(i))),
+        }
+    }
+
+    /// The current assignment of `id`.
+    pub fn assignment(&self, id: PeerId) -> Result<Assignment, UnknownPeer> {
+        let i = self.lookup(id)?;
+        Ok(self.assignment_of(i))
+    }
+
+    fn assignment_of(&self, i: u32) -> Assignment {
+        let p = &self.peers[i as usize];
+        Assignment {
+            id: self.id_of(i),
+            parent: self.node(p.parent),
+            backup: self.node(p.backup),
+            depth: if p.parent == NONE { 0 } else { p.depth },
+        }
+    }
+
+    /// Places a new peer.
+    pub fn handle_join(&mut self, req: JoinRequest, now: Instant) -> Result<Assignment, JoinError> {
+        let leaf_only = req.max_upload_kbps == Some(0);
+        let peer = Peer {
+            generation: 0,
+            live: true,
+            parent: NONE,
+            backup: NONE,
+            children: Vec::new(),
+            depth: 0,
+            leaf_only,
+            promoted: false,
+            in_open: false,
+            site: req.site,
+            joined: now,
+            last_seen: now,
+            cap_kbps: req.max_upload_kbps,
+            credit_bytes: 0,
+            credit_since: now,
+            measured_kbps: 0,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                let generation = self.peers[i as usize].generation.wrapping_add(1);
+                self.peers[i as usize] = Peer { generation, ..peer };
+                i
+            }
+            None => {
+                self.peers.push(peer);
+                (self.peers.len() - 1) as u32
+            }
+        };
+        let Some(parent) = self.find_parent(i, req.site, now) else {
+            // Not kept: the peer plays from the edge and joins again later.
+            self.peers[i as usize].live = false;
+            self.free.push(i);
+            return Err(JoinError::NoCapacity);
+        };
+        self.live += 1;
+        self.attach(i, parent);
+        if !leaf_only {
+            self.newcomers.push_back(i);
+        }
+        self.peers[i as usize].backup = self.find_backup(i);
+        Ok(self.assignment_of(i))
+    }
+
+    /// Records a heartbeat; answers the peer's current assignment.
+    pub fn handle_heartbeat(
+        &mut self,
+        id: PeerId,
+        hb: Heartbeat,
+        now: Instant,
+    ) -> Result<Assignment, UnknownPeer> {
+        let i = self.lookup(id)?;
+        let parent = {
+            let p = &mut self.peers[i as usize];
+            p.last_seen = now;
+            p.parent
+        };
+        if parent != ROOT && parent != NONE {
+            let window = self.config.upload_window;
+            let par = &mut self.peers[parent as usize];
+            par.credit_bytes += hb.bytes_from_parent;
+            let elapsed = now.saturating_duration_since(par.credit_since);
+            if elapsed >= window {
+                par.measured_kbps =
+                    (par.credit_bytes * 8 / elapsed.as_millis().max(1) as u64) as u32;
+                par.credit_bytes = 0;
+                par.credit_since = now;
+                self.mark_open(parent);
+                self.shed_excess(parent, now);
+            }
+        }
+        Ok(self.assignment_of(i))
+    }
+
+    /// A peer leaves politely.
+    pub fn handle_leave(&mut self, id: PeerId, now: Instant) -> Result<(), UnknownPeer> {
+        let i = self.lookup(id)?;
+        self.remove(i, now);
+        Ok(())
+    }
+
+    /// A peer reports a problem with its parent.
+    pub fn handle_report(
+        &mut self,
+        id: PeerId,
+        report: Report,
+        now: Instant,
+    ) -> Result<(), UnknownPeer> {
+        let i = self.lookup(id)?;
+        let parent = self.peers[i as usize].parent;
+        match report {
+            Report::ParentCorrupt if parent != ROOT && parent != NONE => {
+                let bad = self.id_of(parent);
+                self.remove(parent, now);
+                self.events.push_back(TrackerEvent::Evicted {
+                    id: bad,
+                    reason: EvictReason::Corrupt,
+                });
+            }
+            Report::ParentGap | Report::ParentCorrupt => {
+                if parent != NONE {
+                    self.detach(i);
+                    self.replace(i, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Expires silent peers, places orphans, promotes newcomers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timeout = self.config.heartbeat_timeout;
+        let silent: Vec<u32> = (0..self.peers.len() as u32)
+            .filter(|&i| {
+                let p = &self.peers[i as usize];
+                p.live && now.saturating_duration_since(p.last_seen) > timeout
+            })
+            .collect();
+        for i in silent {
+            let id = self.id_of(i);
+            self.remove(i, now);
+            self.events.push_back(TrackerEvent::Evicted {
+                id,
+                reason: EvictReason::Silent,
+            });
+        }
+        while let Some(&i) = self.newcomers.front() {
+            let p = &self.peers[i as usize];
+            if !p.live || p.promoted {
+                self.newcomers.pop_front();
+                continue;
+            }
+            if now.saturating_duration_since(p.joined) < self.config.promote_after {
+                break;
+            }
+            self.newcomers.pop_front();
+            self.promote(i);
+        }
+        for i in std::mem::take(&mut self.orphans) {
+            if self.peers[i as usize].live && self.peers[i as usize].parent == NONE {
+                self.replace(i, now);
+            }
+        }
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<TrackerEvent> {
+        self.events.pop_front()
+    }
+
+    fn slots(&self, i: u32) -> usize {
+        if i == ROOT {
+            return self.config.root_slots as usize;
+        }
+        let p = &self.peers[i as usize];
+        if p.leaf_only || !p.promoted {
+            return 0;
+        }
+        let stream = self.config.stream_kbps.max(1);
+        let mut slots =
+            ((p.measured_kbps / stream) as usize).max(usize::from(self.config.probation_slots));
+        if let Some(cap) = p.cap_kbps {
+            slots = slots.min((cap / stream) as usize);
+        }
+        slots.min(usize::from(self.config.max_children))
+    }
+
+    fn children(&self, i: u32) -> &[u32] {
+        if i == ROOT {
+            &self.root_children
+        } else {
+            &self.peers[i as usize].children
+        }
+    }
+
+    fn depth(&self, i: u32) -> u8 {
+        if i == ROOT {
+            0
+        } else {
+            self.peers[i as usize].depth
+        }
+    }
+
+    fn has_room(&self, i: u32) -> bool {
+        (i == ROOT || (self.peers[i as usize].live && self.peers[i as usize].parent != NONE))
+            && self.children(i).len() < self.slots(i)
+            && self.depth(i) < self.config.max_depth
+    }
+
+    fn mark_open(&mut self, i: u32) {
+        let p = &self.peers[i as usize];
+        if !p.in_open && p.live && p.parent != NONE && self.has_room(i) {
+            let d = usize::from(p.depth);
+            self.peers[i as usize].in_open = true;
+            self.open[d].push(i);
+        }
+    }
+
+    fn promote(&mut self, i: u32) {
+        self.peers[i as usize].promoted = true;
+        self.mark_open(i);
+    }
+
+    /// The shallowest parent with room for `i` (and the subtree below it),
+    /// preferring one on `site`; promotes a newcomer early if nobody has room.
+    fn find_parent(&mut self, i: u32, site: u32, now: Instant) -> Option<u32> {
+        let height = self.subtree_height(i);
+        loop {
+            if let Some(p) = self.pick_open(i, site, height) {
+                return Some(p);
+            }
+            // Nobody established has room: promote the oldest newcomer early.
+            let early = loop {
+                let &c = self.newcomers.front()?;
+                let p = &self.peers[c as usize];
+                if p.live && !p.promoted && p.parent != NONE && c != i {
+                    break c;
+                }
+                self.newcomers.pop_front();
+            };
+            self.newcomers.pop_front();
+            let _ = now;
+            self.promote(early);
+        }
+    }
+
+    fn pick_open(&mut self, i: u32, site: u32, height: u8) -> Option<u32> {
+        if self.root_children.len() < self.config.root_slots as usize
+            && height < self.config.max_depth
+        {
+            return Some(ROOT);
+        }
+        for d in 1..self.open.len() {
+            if d + usize::from(height) + 1 > usize::from(self.config.max_depth) {
+                return None;
+            }
+            // Drop stale entries from the top, then look at a few for the site.
+            while let Some(&top) = self.open[d].last() {
+                if self.has_room(top) && usize::from(self.peers[top as usize].depth) == d {
+                    break;
+                }
+                self.open[d].pop();
+                self.peers[top as usize].in_open = false;
+                self.mark_open(top);
+            }
+            let n = self.open[d].len();
+            let mut chosen = None;
+            // Look at the top few for a same-site parent; if none of them
+            // fits at all (say, they are all below `i`), look at the rest.
+            let mut from = n.saturating_sub(8);
+            let mut k = n;
+            while k > 0 {
+                k -= 1;
+                if k < from {
+                    if chosen.is_some() {
+                        break;
+                    }
+                    from = 0;
+                }
+                let c = self.open[d][k];
+                if c != i
+                    && self.has_room(c)
+                    && self.depth(c) as usize == d
+                    && !self.is_in_subtree(c, i)
+                {
+                    if self.peers[c as usize].site == site {
+                        chosen = Some(c);
+                        break;
+                    }
+                    chosen.get_or_insert(c);
+                }
+            }
+            if let Some(c) = chosen {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Whether `c` is `root` or below it.
+    fn is_in_subtree(&self, c: u32, root: u32) -> bool {
+        let mut cur = c;
+        for _ in 0..=self.config.max_depth {
+            if cur == root {
+                return true;
+            }
+            if cur == ROOT || cur == NONE {
+                return false;
+            }
+            cur = self.peers[cur as usize].parent;
+        }
+        false
+    }
+
+    fn subtree_height(&self, i: u32) -> u8 {
+        let mut h = 0;
+        let mut level: Vec<u32> = self.peers[i as usize].children.clone();
+        while !level.is_empty() {
+            h += 1;
+            level = level
+                .iter()
+                .flat_map(|&c| self.peers[c as usize].children.iter().copied())
+                .collect();
+        }
+        h
+    }
+
+    fn find_backup(&self, i: u32) -> u32 {
+        let parent = self.peers[i as usize].parent;
+        // A shallow peer with room that is neither the parent nor below us.
+        for d in 1..usize::from(self.depth_of_parent_slot(i)) {
+            for &c in self.open[d].iter().rev().take(8) {
+                if c != parent && c != i && self.has_room(c) && !self.is_in_subtree(c, i) {
+                    return c;
+                }
+            }
+        }
+        if parent == ROOT {
+            NONE
+        } else {
+            ROOT
+        }
+    }
+
+    fn depth_of_parent_slot(&self, i: u32) -> u8 {
+        self.peers[i as usize].depth.max(1)
+    }
+
+    fn attach(&mut self, i: u32, parent: u32) {
+        if parent == ROOT {
+            self.root_children.push(i);
+        } else {
+            self.peers[parent as usize].children.push(i);
+        }
+        self.peers[i as usize].parent = parent;
+        let base = self.depth(parent) + 1;
+        self.set_depths(i, base);
+    }
+
+    fn set_depths(&mut self, i: u32, depth: u8) {
+        let mut stack = vec![(i, depth)];
+        while let Some((n, d)) = stack.pop() {
+            let p = &mut self.peers[n as usize];
+            p.depth = d;
+            p.in_open = false;
+            for &c in &p.children {
+                stack.push((c, d + 1));
+            }
+            self.mark_open(n);
+        }
+    }
+
+    fn detach(&mut self, i: u32) {
+        let parent = self.peers[i as usize].parent;
+        let list = match parent {
+            NONE => return,
+            ROOT => &mut self.root_children,
+            p => &mut self.peers[p as usize].children,
+        };
+        if let Some(pos) = list.iter().position(|&c| c == i) {
+            list.swap_remove(pos);
+        }
+        self.peers[i as usize].parent = NONE;
+        if parent != ROOT {
+            self.mark_open(parent);
+        }
+    }
+
+    /// Gives `i` (already detached) a new parent: its backup if it has
+    /// room, else the best free slot; an orphan if there is none.
+    fn replace(&mut self, i: u32, now: Instant) {
+        let backup = self.peers[i as usize].backup;
+        let height = self.subtree_height(i);
+        let backup_ok = backup != NONE
+            && (backup == ROOT || self.peers[backup as usize].live)
+            && self.has_room(backup)
+            && !self.is_in_subtree(backup, i)
+            && self.depth(backup) + 1 + height <= self.config.max_depth;
+        let site = self.peers[i as usize].site;
+        let target = if backup_ok {
+            Some(backup)
+        } else {
+            self.find_parent(i, site, now)
+        };
+        match target {
+            Some(t) => {
+                self.attach(i, t);
+                self.peers[i as usize].backup = self.find_backup(i);
+                self.events
+                    .push_back(TrackerEvent::Moved(self.assignment_of(i)));
+            }
+            None => self.orphans.push(i),
+        }
+    }
+
+    /// Moves the newest children of `i` elsewhere when its measured upload
+    /// no longer covers them all.
+    fn shed_excess(&mut self, i: u32, now: Instant) {
+        while self.peers[i as usize].children.len() > self.slots(i) {
+            let Some(&c) = self.peers[i as usize].children.last() else {
+                break;
+            };
+            self.detach(c);
+            self.replace(c, now);
+        }
+    }
+
+    fn remove(&mut self, i: u32, now: Instant) {
+        self.detach(i);
+        let children = std::mem::take(&mut self.peers[i as usize].children);
+        {
+            let p = &mut self.peers[i as usize];
+            p.live = false;
+            p.in_open = false;
+            p.backup = NONE;
+        }
+        self.live -= 1;
+        self.free.push(i);
+        for c in children {
+            self.peers[c as usize].parent = NONE;
+            if self.peers[c as usize].backup == i {
+                self.peers[c as usize].backup = NONE;
+            }
+            self.replace(c, now);
+        }
+    }
+
+    /// Checks every invariant in the module docs; `Err` names the first broken.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.root_children.len() > self.config.root_slots as usize {
+            return Err("root over its slots".into());
+        }
+        let mut live = 0;
+        for (i, p) in self.peers.iter().enumerate() {
+            if !p.live {
+                continue;
+            }
+            live += 1;
+            let i = i as u32;
+            if p.children.len() > self.slots(i) {
+                return Err(format!(
+                    "peer {i} has {} children, {} slots",
+                    p.children.len(),
+                    self.slots(i)
+                ));
+            }
+            if p.leaf_only && !p.children.is_empty() {
+                return Err(format!("leaf-only peer {i} has children"));
+            }
+            for &c in &p.children {
+                let cp = &self.peers[c as usize];
+                if !cp.live || cp.parent != i {
+                    return Err(format!("peer {i} lists {c} as child, which disagrees"));
+                }
+            }
+            if p.parent == NONE {
+                if !self.orphans.contains(&i) {
+                    return Err(format!(
+                        "peer {i} has no parent and is not queued as an orphan"
+                    ));
+                }
+                continue;
+            }
+            // Path to the root within the depth bound, depths consistent.
+            let mut cur = i;
+            let mut steps = 0u8;
+            while cur != ROOT && cur != NONE {
+                // NONE: below an orphan, allowed while it waits for room.
+                let c = &self.peers[cur as usize];
+                if !c.live {
+                    return Err(format!("peer {i} hangs below dead peer {cur}"));
+                }
+                if steps > 0 && cur == i {
+                    return Err(format!("peer {i} is its own ancestor"));
+                }
+                steps += 1;
+                if steps > self.config.max_depth {
+                    return Err(format!("peer {i}: path longer than max depth (a cycle?)"));
+                }
+                cur = c.parent;
+            }
+            if cur == ROOT && steps != p.depth {
+                return Err(format!(
+                    "peer {i} depth {} but {} steps to the root",
+                    p.depth, steps
+                ));
+            }
+            if p.parent == ROOT && !self.root_children.contains(&i) {
+                return Err(format!("root does not list child {i}"));
+            }
+        }
+        if live != self.live {
+            return Err(format!("live count {} but {} live peers", self.live, live));
+        }
+        Ok(())
+    }
+
+    /// Peers with no path to the root right now.
+    pub fn orphan_count(&self) -> usize {
+        self.orphans
+            .iter()
+            .filter(|&&i| self.peers[i as usize].live && self.peers[i as usize].parent == NONE)
+            .count()
+    }
+
+    /// Deepest depth in use.
+    pub fn max_depth_in_use(&self) -> u8 {
+        self.peers
+            .iter()
+            .filter(|p| p.live && p.parent != NONE)
+            .map(|p| p.depth)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Join { site: u32, cap: Option<u32> },
+        Leave(usize),
+        Heartbeat(usize, u64),
+        Report(usize, bool),
+        Tick(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u32..3, prop_oneof![Just(None), Just(Some(0)), (1u32..20_000).prop_map(Some)])
+                .prop_map(|(site, cap)| Op::Join { site, cap }),
+            2 => any::<usize>().prop_map(Op::Leave),
+            4 => (any::<usize>(), 0u64..5_000_000).prop_map(|(k, b)| Op::Heartbeat(k, b)),
+            1 => (any::<usize>(), any::<bool>()).prop_map(|(k, c)| Op::Report(k, c)),
+            2 => (1u64..8).prop_map(Op::Tick),
+        ]
+    }
+
+    fn config() -> TrackerConfig {
+        TrackerConfig {
+            root_slots: 3,
+            max_depth: 5,
+            max_children: 4,
+            stream_kbps: 1_000,
+            probation_slots: 2,
+            promote_after: Duration::from_secs(3),
+            heartbeat_timeout: Duration::from_secs(6),
+            upload_window: Duration::from_secs(2),
+        }
+    }
+
+    /// Whether some orphan could have been placed: a node with room, not
+    /// below it, shallow enough for its subtree.
+    fn orphan_had_a_place(t: &Tracker) -> bool {
+        t.orphans.iter().any(|&o| {
+            let p = &t.peers[o as usize];
+            if !p.live || p.parent != NONE {
+                return false;
+            }
+            let h = t.subtree_height(o);
+            std::iter::once(ROOT)
+                .chain((0..t.peers.len() as u32).filter(|&c| t.peers[c as usize].live))
+                .any(|c| {
+                    c != o
+                        && t.has_room(c)
+                        && !t.is_in_subtree(c, o)
+                        && t.depth(c) + 1 + h <= t.config.max_depth
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..300)) {
+            let start = Instant::now();
+            let mut now = start;
+            let mut t = Tracker::new(config());
+            let mut ids: Vec<PeerId> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Join { site, cap } => {
+                        if let Ok(a) = t.handle_join(JoinRequest { site, max_upload_kbps: cap }, now) {
+                            prop_assert!(a.parent.is_some());
+                            prop_assert!(a.depth >= 1 && a.depth <= 5);
+                            ids.push(a.id);
+                        }
+                    }
+                    Op::Leave(k) if !ids.is_empty() => {
+                        let id = ids.swap_remove(k % ids.len());
+                        let _ = t.handle_leave(id, now);
+                        prop_assert!(t.assignment(id).is_err(), "a peer that left is gone");
+                    }
+                    Op::Heartbeat(k, bytes) if !ids.is_empty() => {
+                        let _ = t.handle_heartbeat(ids[k % ids.len()], Heartbeat { bytes_from_parent: bytes }, now);
+                    }
+                    Op::Report(k, corrupt) if !ids.is_empty() => {
+                        let id = ids[k % ids.len()];
+                        let parent = t.assignment(id).ok().and_then(|a| a.parent);
+                        let report = if corrupt { Report::ParentCorrupt } else { Report::ParentGap };
+                        let _ = t.handle_report(id, report, now);
+                        if let (true, Some(Node::Peer(p))) = (corrupt, parent) {
+                            prop_assert!(t.assignment(p).is_err(), "corrupt parent evicted");
+                        }
+                    }
+                    Op::Tick(secs) => {
+                        now += Duration::from_secs(secs);
+                        // Everyone alive keeps heartbeating except a few.
+                        for (n, id) in ids.iter().enumerate() {
+                            if n % 7 != 3 {
+                                let _ = t.handle_heartbeat(*id, Heartbeat::default(), now);
+                            }
+                        }
+                        t.handle_timeout(now);
+                        prop_assert!(!orphan_had_a_place(&t), "an orphan was left while there was room for it");
+                    }
+                    _ => {}
+                }
+                if let Err(e) = t.check_invariants() {
+                    prop_assert!(false, "{}", e);
+                }
+                ids.retain(|id| t.assignment(*id).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn newcomers_are_leaves_and_leaf_only_peers_stay_leaves() {
+        let now = Instant::now();
+        let mut t = Tracker::new(config());
+        let a = t
+            .handle_join(
+                JoinRequest {
+                    site: 0,
+                    max_upload_kbps: Some(0),
+                },
+                now,
+            )
+            .expect("placed");
+        let b = t.handle_join(JoinRequest::default(), now).expect("placed");
+        let c = t.handle_join(JoinRequest::default(), now).expect("placed");
+        // The root has 3 slots: all three hang off the edge.
+        for x in [a, b, c] {
+            assert_eq!(x.parent, Some(Node::Root));
+        }
+        // The fourth finds no established parent; the oldest newcomer that
+        // may upload (b, not the leaf-only a) is promoted early.
+        let d = t.handle_join(JoinRequest::default(), now).expect("placed");
+        assert_eq!(d.parent, Some(Node::Peer(b.id)));
+        assert_eq!(d.depth, 2);
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_departed_parents_children_move_with_their_subtrees() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            ..config()
+        });
+        let a = t.handle_join(JoinRequest::default(), now).expect("a");
+        now += Duration::from_secs(4);
+        t.handle_timeout(now);
+        let b = t.handle_join(JoinRequest::default(), now).expect("b");
+        assert_eq!(b.parent, Some(Node::Peer(a.id)));
+        now += Duration::from_secs(4);
+        let _ = t.handle_heartbeat(a.id, Heartbeat::default(), now);
+        let _ = t.handle_heartbeat(b.id, Heartbeat::default(), now);
+        t.handle_timeout(now);
+        let c = t.handle_join(JoinRequest::default(), now).expect("c");
+        assert_eq!(c.depth, 2, "{c:?}");
+        t.handle_leave(a.id, now).expect("leave");
+        // b takes the root slot a left; c stays with b or moves, but is placed.
+        let b2 = t.assignment(b.id).expect("b");
+        assert_eq!(b2.parent, Some(Node::Root));
+        assert!(t.assignment(c.id).expect("c").parent.is_some());
+        assert!(matches!(t.poll_event(), Some(TrackerEvent::Moved(m)) if m.id == b.id));
+        t.check_invariants().expect("invariants");
+    }
+}

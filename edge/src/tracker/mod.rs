@@ -1,0 +1,14 @@
+//! The tracker: places every peer of a channel in a delivery tree rooted at
+//! the edge.
+//!
+//! [`core`] is the placement policy as a pure state machine: joins,
+//! heartbeats, leaves and reports go in with the time passed in; peers'
+//! parents and backups come out. No sockets, no clock: it can be tested and
+//! simulated at a million peers deterministically.
+
+pub mod core;
+
+pub use self::core::{
+    Assignment, Heartbeat, JoinError, JoinRequest, Node, PeerId, Report, Tracker, TrackerConfig,
+    TrackerEvent, UnknownPeer,
+};
