@@ -433,8 +433,10 @@ impl Tracker {
             return 0;
         }
         let stream = self.config.stream_kbps.max(1);
-        let mut slots =
-            ((p.measured_kbps / stream) as usize).max(usize::from(self.config.probation_slots));
+        // What children measured, plus one slot to probe for more: a parent
+        // that fills it and delivers earns the next at the next window.
+        let proven = (p.measured_kbps / stream) as usize;
+        let mut slots = (proven + 1).max(usize::from(self.config.probation_slots));
         if let Some(cap) = p.cap_kbps {
             slots = slots.min((cap / stream) as usize);
         }
@@ -501,13 +503,23 @@ impl Tracker {
     }
 
     fn pick_open(&mut self, i: u32, site: u32, height: u8) -> Option<u32> {
-        if self.root_children.len() < self.config.root_slots as usize
-            && height < self.config.max_depth
-        {
+        // Peers that will never upload take the deepest free slot, leaving
+        // shallow ones to peers that will feed others.
+        let leaf_only = self.peers[i as usize].leaf_only;
+        let root_free = self.root_children.len() < self.config.root_slots as usize;
+        if !leaf_only && root_free && height < self.config.max_depth {
             return Some(ROOT);
         }
-        for d in 1..self.open.len() {
+        let depths: Vec<usize> = if leaf_only {
+            (1..self.open.len()).rev().collect()
+        } else {
+            (1..self.open.len()).collect()
+        };
+        for d in depths {
             if d + usize::from(height) + 1 > usize::from(self.config.max_depth) {
+                if leaf_only {
+                    continue;
+                }
                 return None;
             }
             // Drop stale entries from the top, then look at a few for the site.
@@ -549,6 +561,9 @@ impl Tracker {
             if let Some(c) = chosen {
                 return Some(c);
             }
+        }
+        if leaf_only && root_free {
+            return Some(ROOT);
         }
         None
     }
