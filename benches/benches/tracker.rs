@@ -7,7 +7,9 @@
 //! fibre uplink at 2-4 Mb/s streams; residential uplinks earn fewer slots
 //! through measured upload), with the tracker's tick
 //! (`handle_timeout`: expiry, promotion, orphans) run every simulated
-//! second, the way the edge's driver does. Memory is counted by a counting
+//! second, the way the edge's driver does, after every peer's heartbeat for
+//! that second (so `join_1m` times 1M joins plus ~5M heartbeats and 10
+//! ticks: a conservative joins-per-second figure). Memory is counted by a counting
 //! allocator around the whole tracker.
 //! Run with `cargo bench -p treecast-benches --bench tracker`.
 
@@ -67,7 +69,17 @@ fn fill(n: usize) -> (Tracker, Vec<PeerId>, Instant) {
         }
         now += JOIN_STEP;
         if now >= next_tick {
-            // Everyone is fresh on the simulated clock; the tick still scans.
+            // Every peer heartbeats once a simulated second, reporting a
+            // second of a 2 Mb/s stream from its parent, then the tick runs.
+            for id in &ids {
+                let _ = t.handle_heartbeat(
+                    *id,
+                    Heartbeat {
+                        bytes_from_parent: 250_000,
+                    },
+                    now,
+                );
+            }
             t.handle_timeout(now);
             next_tick += Duration::from_secs(1);
         }
