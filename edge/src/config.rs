@@ -6,6 +6,20 @@
 //! origin_timeout_ms = 10000          # wait for an origin response head
 //! cache_max_mb = 512                 # byte budget for cached segments
 //! max_connections = 8192
+//! data_dir = "./edge-data"           # the ticket signing key (edge.key)
+//!
+//! [tracker]
+//! root_slots = 4                     # peers the edge feeds itself
+//! max_depth = 12                     # deepest a peer may sit
+//! max_children = 6                   # most children of any peer
+//! stream_kbps = 2000                 # one child slot per this much measured upload
+//! promote_after_secs = 10            # newcomers are leaves this long
+//! heartbeat_timeout_secs = 6         # silent this long: gone
+//! ticket_ttl_secs = 60
+//! rate_per_sec = 20                  # tracker requests per client address
+//!
+//! [tracker.viewer_tokens]            # channels that need a viewer token
+//! # town-hall = "s3cret"
 //! ```
 //!
 //! Defaults live in the `Default` impl below; `edge serve` runs without a file.
@@ -31,6 +45,53 @@ pub struct EdgeConfig {
     pub cache_max_mb: usize,
     /// Most concurrent HTTP connections. Default 8192.
     pub max_connections: usize,
+    /// Directory for the ticket signing key (`edge.key`, generated on first
+    /// start). Default `./edge-data`.
+    pub data_dir: PathBuf,
+    /// The tracker.
+    pub tracker: TrackerSection,
+}
+
+/// Tracker settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerSection {
+    /// Peers the edge feeds itself. Default 4.
+    pub root_slots: u32,
+    /// Deepest depth a peer may sit at. Default 12.
+    pub max_depth: u8,
+    /// Most children of any peer. Default 6.
+    pub max_children: u8,
+    /// Stream bitrate in kb/s: a parent gets a child slot per this much
+    /// upload its children measured. Default 2000.
+    pub stream_kbps: u32,
+    /// Seconds a newcomer stays a leaf. Default 10.
+    pub promote_after_secs: u64,
+    /// Seconds without a heartbeat after which a peer is gone. Default 6.
+    pub heartbeat_timeout_secs: u64,
+    /// Seconds a ticket stays valid. Default 60.
+    pub ticket_ttl_secs: u64,
+    /// Tracker requests per second per client address (burst twice that).
+    /// Default 20.
+    pub rate_per_sec: f64,
+    /// Viewer tokens of channels that require one. Default none.
+    pub viewer_tokens: std::collections::HashMap<String, String>,
+}
+
+impl Default for TrackerSection {
+    fn default() -> Self {
+        Self {
+            root_slots: 4,
+            max_depth: 12,
+            max_children: 6,
+            stream_kbps: 2000,
+            promote_after_secs: 10,
+            heartbeat_timeout_secs: 6,
+            ticket_ttl_secs: 60,
+            rate_per_sec: 20.0,
+            viewer_tokens: Default::default(),
+        }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -41,6 +102,8 @@ impl Default for EdgeConfig {
             origin_timeout_ms: 10_000,
             cache_max_mb: 512,
             max_connections: 8192,
+            data_dir: PathBuf::from("./edge-data"),
+            tracker: TrackerSection::default(),
         }
     }
 }
@@ -100,6 +163,16 @@ impl EdgeConfig {
     /// Checks values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.origin_uri()?;
+        let t = &self.tracker;
+        if t.root_slots == 0
+            || t.max_depth == 0
+            || t.max_children == 0
+            || t.stream_kbps == 0
+            || t.rate_per_sec <= 0.0
+            || t.heartbeat_timeout_secs == 0
+        {
+            return Err(ConfigError::Invalid("tracker: root_slots, max_depth, max_children, stream_kbps, rate_per_sec and heartbeat_timeout_secs must be above 0".into()));
+        }
         if self.origin_timeout_ms < 100 || self.cache_max_mb == 0 || self.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "origin_timeout_ms must be at least 100; cache_max_mb and max_connections at least 1".into(),
@@ -123,9 +196,21 @@ mod tests {
             .map(|l| l.trim_start_matches("//!").trim_start())
             .collect::<Vec<_>>()
             .join("\n");
+        let text = text.replace("# town-hall", "town-hall");
         let c: EdgeConfig = toml::from_str(&text).expect("example parses");
         c.validate().expect("example valid");
-        assert_eq!(c, EdgeConfig::default());
+        assert_eq!(
+            c.tracker.viewer_tokens.get("town-hall").map(String::as_str),
+            Some("s3cret")
+        );
+        let defaults = EdgeConfig::default();
+        assert_eq!(
+            EdgeConfig {
+                tracker: defaults.tracker.clone(),
+                ..c
+            },
+            defaults
+        );
         let bad = EdgeConfig {
             origin: "ftp://x".into(),
             ..EdgeConfig::default()

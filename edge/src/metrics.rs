@@ -1,7 +1,11 @@
 //! The edge's Prometheus metrics, one struct per subsystem. Labels are fixed
 //! small sets (object kind, outcome, route): no per-peer or per-path labels.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::tracker::service::TrackerMetrics;
 
 /// The pull-through cache.
 #[derive(Debug, Clone)]
@@ -33,6 +37,14 @@ pub struct HttpMetrics {
     pub egress_bytes: IntCounterVec,
 }
 
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    reg(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
 /// All of the edge's metrics and their registry.
 #[derive(Debug, Clone)]
 pub struct EdgeMetrics {
@@ -41,6 +53,8 @@ pub struct EdgeMetrics {
     pub cache: CacheMetrics,
     /// HTTP.
     pub http: HttpMetrics,
+    /// Tracker.
+    pub tracker: TrackerMetrics,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -120,10 +134,43 @@ impl EdgeMetrics {
                 &["path"],
             ),
         };
+        let tracker = TrackerMetrics {
+            viewers: gauge_vec(
+                r,
+                "treecast_edge_viewers",
+                "Peers in the channel's delivery tree.",
+                &["channel"],
+            ),
+            depth: gauge_vec(
+                r,
+                "treecast_edge_tree_depth",
+                "Deepest depth in use in the channel's tree.",
+                &["channel"],
+            ),
+            requests: counter_vec(
+                r,
+                "treecast_edge_tracker_requests_total",
+                "Tracker requests by endpoint and outcome.",
+                &["endpoint", "outcome"],
+            ),
+            repairs: counter_vec(
+                r,
+                "treecast_edge_tree_repairs_total",
+                "Peers moved to a new parent.",
+                &["channel"],
+            ),
+            evictions: counter_vec(
+                r,
+                "treecast_edge_tree_evictions_total",
+                "Peers evicted from the tree, by reason.",
+                &["channel", "reason"],
+            ),
+        };
         Self {
             registry,
             cache,
             http,
+            tracker,
         }
     }
 

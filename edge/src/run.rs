@@ -10,6 +10,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::info;
 use treecast_proto::http::{serve, DRAIN};
+use treecast_proto::keyfile::{self, KeyError};
+use treecast_proto::ticket::SigningKey;
+
+use crate::tracker::service::{TrackerService, TrackerSettings};
+use crate::tracker::TrackerConfig;
 
 use crate::cache::{Cache, CacheConfig};
 use crate::config::{ConfigError, EdgeConfig};
@@ -23,6 +28,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The ticket signing key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source} (is another process using it?)")]
     Bind {
@@ -59,9 +67,35 @@ impl EdgeHandle {
             },
             metrics.cache.clone(),
         );
+        let key_path = config.data_dir.join("edge.key");
+        let (seed, created) = keyfile::load_or_create(&key_path)?;
+        let t = &config.tracker;
+        let tracker = Arc::new(TrackerService::new(
+            TrackerSettings {
+                core: TrackerConfig {
+                    root_slots: t.root_slots,
+                    max_depth: t.max_depth,
+                    max_children: t.max_children,
+                    stream_kbps: t.stream_kbps,
+                    promote_after: Duration::from_secs(t.promote_after_secs),
+                    heartbeat_timeout: Duration::from_secs(t.heartbeat_timeout_secs),
+                    ..TrackerConfig::default()
+                },
+                ticket_ttl: Duration::from_secs(t.ticket_ttl_secs),
+                viewer_tokens: t.viewer_tokens.clone(),
+                max_channels: 64,
+                rate_per_sec: t.rate_per_sec,
+            },
+            SigningKey::from_bytes(&seed),
+            metrics.tracker.clone(),
+        ));
+        if created {
+            info!(path = %key_path.display(), ticket_key = %tracker.ticket_key(), "generated a new ticket signing key");
+        }
         let service = Arc::new(EdgeService {
             cache: cache.clone(),
             metrics,
+            tracker: tracker.clone(),
         });
         let bind_err = |source| StartError::Bind {
             addr: config.listen,
@@ -71,7 +105,8 @@ impl EdgeHandle {
         let local_addr = listener.local_addr().map_err(bind_err)?;
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve(listener, service, config.max_connections, rx));
+        tasks.spawn(serve(listener, service, config.max_connections, rx.clone()));
+        tasks.spawn(tick(tracker, rx));
         info!(%local_addr, origin = %config.origin, "edge listening");
         Ok(Self {
             local_addr,
@@ -99,5 +134,16 @@ impl EdgeHandle {
         })
         .await;
         self.tasks.abort_all();
+    }
+}
+
+/// Runs the tracker's timeouts every half second until shutdown.
+async fn tick(tracker: Arc<TrackerService>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = every.tick() => tracker.tick(),
+            _ = shutdown.changed() => return,
+        }
     }
 }

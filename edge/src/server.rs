@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | GET/HEAD | `/live/<channel>/index.m3u8` | playlist, at most half a target duration old while the origin is reachable |
 //! | GET/HEAD | `/live/<channel>/<seq>.ts`, `.sig` | segment or signature; streamed while it arrives from the origin |
+//! | POST | `/tracker/v1/{join,heartbeat,leave,report}` | the tracker (see `docs/tracker.md`) |
 //! | GET | `/metrics` | Prometheus metrics |
 //! | GET | `/healthz` | liveness |
 
@@ -21,6 +22,8 @@ use treecast_proto::{ChannelName, GrowingBody, SegmentFile};
 
 use crate::cache::Cache;
 use crate::metrics::EdgeMetrics;
+use crate::tracker::service::TrackerService;
+use crate::tracker::wire::MAX_BODY;
 
 /// Everything request handlers need.
 #[derive(Debug)]
@@ -29,17 +32,27 @@ pub struct EdgeService {
     pub cache: Arc<Cache>,
     /// Metrics.
     pub metrics: EdgeMetrics,
+    /// The tracker.
+    pub tracker: Arc<TrackerService>,
 }
 
 impl h::Handler for EdgeService {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let head = req.method() == Method::HEAD;
-        let route = if req.uri().path().starts_with("/live/") {
+        let path = req.uri().path();
+        let route = if path.starts_with("/live/") {
             "live"
+        } else if path.starts_with("/tracker/") {
+            "tracker"
         } else {
             "other"
         };
-        let resp = h::with_cors(self.route(&req).await);
+        let resp = if route == "tracker" && req.method() == Method::POST {
+            self.tracker_request(req).await
+        } else {
+            self.route(&req).await
+        };
+        let resp = h::with_cors(resp);
         let status = format!("{}xx", resp.status().as_u16() / 100);
         self.metrics
             .http
@@ -80,6 +93,38 @@ impl EdgeService {
             }
             ["healthz"] => h::text(StatusCode::OK, "ok"),
             _ => h::text(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
+        }
+    }
+
+    async fn tracker_request(&self, req: Request<Incoming>) -> Response<Body> {
+        let from = req
+            .extensions()
+            .get::<h::RemoteAddr>()
+            .map_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.0);
+        let path = req.uri().path().to_owned();
+        let Some(endpoint) = path.strip_prefix("/tracker/v1/") else {
+            return h::text(
+                StatusCode::NOT_FOUND,
+                format!("unknown tracker protocol path {path}; this edge speaks /tracker/v1/"),
+            );
+        };
+        let endpoint = endpoint.to_owned();
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return h::text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("tracker request body over {MAX_BODY} bytes, or unreadable"),
+                )
+            }
+        };
+        let tracker = self.tracker.clone();
+        match tracker.handle(&endpoint, &body, from) {
+            Ok(a) => h::json(StatusCode::OK, &a),
+            Err(r) => h::text(r.status, r.message),
         }
     }
 

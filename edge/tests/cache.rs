@@ -65,10 +65,18 @@ async fn edge_for(origin: &OriginHandle) -> EdgeHandle {
     EdgeHandle::start(EdgeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         origin: format!("http://{}", origin.local_addr()),
+        data_dir: origin_data_sibling(origin),
         ..EdgeConfig::default()
     })
     .await
     .expect("edge starts")
+}
+
+/// A fresh directory for the edge's key, per test.
+fn origin_data_sibling(_origin: &OriginHandle) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Kept until the process ends; the test's own tempdir holds the origin's.
+    dir.keep()
 }
 
 async fn next_seq(origin: &str) -> u64 {

@@ -18,13 +18,11 @@
 //! - [`run`]: starting and stopping a whole origin ([`OriginHandle`]).
 //! - [`push`]: the `origin ingest` client that pushes a file, stdin or UDP
 //!   feed to an origin and shows the producer what is happening.
-//! - [`config`], [`keys`], [`metrics`]: configuration, the signing key file,
-//!   Prometheus metrics.
+//! - [`config`], [`metrics`]: configuration and Prometheus metrics.
 
 pub mod channel;
 pub mod config;
 pub mod ingest;
-pub mod keys;
 pub mod metrics;
 pub mod playlist;
 pub mod push;

@@ -225,7 +225,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.data_dir = d;
             }
             let path = config.signing_key_path();
-            let (key, created) = treecast_origin::keys::load_or_create(&path)?;
+            let (seed, created) = treecast_proto::keyfile::load_or_create(&path)?;
+            let key = treecast_proto::OriginKey::from_seed(seed);
             if created {
                 eprintln!("generated a new signing key in {}", path.display());
             }

@@ -19,10 +19,10 @@ use treecast_proto::{ChannelName, OriginPublicKey};
 use crate::channel::Channels;
 use crate::config::{ConfigError, OriginConfig};
 use crate::ingest::{run_file, run_udp, Ingest};
-use crate::keys::{self, KeyError};
 use crate::metrics::OriginMetrics;
 use crate::playlist::PlaylistConfig;
 use crate::server::OriginService;
+use treecast_proto::keyfile::{self, KeyError};
 
 /// Why the origin could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,8 @@ impl OriginHandle {
     pub async fn start(config: OriginConfig) -> Result<Self, StartError> {
         config.validate()?;
         let key_path = config.signing_key_path();
-        let (key, created) = keys::load_or_create(&key_path)?;
+        let (seed, created) = keyfile::load_or_create(&key_path)?;
+        let key = treecast_proto::OriginKey::from_seed(seed);
         let public_key = key.public();
         if created {
             info!(path = %key_path.display(), %public_key, "generated a new origin signing key; give peers this public key");

@@ -134,6 +134,10 @@ pub fn preflight() -> Response<Body> {
     r
 }
 
+/// The client's address, put in every request's extensions by [`serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
 /// How long open requests may run on after a shutdown signal.
 pub const DRAIN: Duration = Duration::from_secs(3);
 
@@ -174,7 +178,8 @@ pub async fn serve<H: Handler>(
                 let conn = http1::Builder::new()
                     .serve_connection(
                         TokioIo::new(stream),
-                        service_fn(move |req| {
+                        service_fn(move |mut req: Request<Incoming>| {
+                            req.extensions_mut().insert(RemoteAddr(peer));
                             let svc = svc.clone();
                             async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
                         }),

@@ -12,11 +12,15 @@
 //! - [`body`]: a segment body that grows as bytes arrive and that many readers
 //!   stream from at once (origin live segments, edge single-flight fetches).
 //! - [`http`]: response helpers every role's HTTP server uses.
+//! - [`keyfile`]: signing keys kept on disk.
+//! - [`ticket`]: the edge's signed permission for a child to join a parent.
 
 pub mod body;
 pub mod http;
+pub mod keyfile;
 pub mod names;
 pub mod signature;
+pub mod ticket;
 
 pub use body::{BodyReader, GrowingBody};
 pub use names::{ChannelName, InvalidChannelName, SegmentFile};

@@ -194,19 +194,7 @@ impl fmt::Debug for OriginKey {
     }
 }
 
-/// Failure to create a key from the operating system's randomness.
-#[derive(Debug, thiserror::Error)]
-#[error("the operating system's random number generator failed: {0}")]
-pub struct KeyGenError(String);
-
 impl OriginKey {
-    /// Generates a fresh key from the operating system's randomness.
-    pub fn generate() -> Result<Self, KeyGenError> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| KeyGenError(e.to_string()))?;
-        Ok(Self::from_seed(seed))
-    }
-
     /// Rebuilds a key from its 32-byte secret seed.
     pub fn from_seed(seed: [u8; 32]) -> Self {
         Self(SigningKey::from_bytes(&seed))

@@ -275,7 +275,9 @@ impl Tracker {
     pub fn handle_join(&mut self, req: JoinRequest, now: Instant) -> Result<Assignment, JoinError> {
         let leaf_only = req.max_upload_kbps == Some(0);
         let peer = Peer {
-            generation: 0,
+            // Generations start at 1, so no id is 0 (which names the edge on
+            // the wire).
+            generation: 1,
             live: true,
             parent: NONE,
             backup: NONE,
@@ -294,7 +296,7 @@ impl Tracker {
         };
         let i = match self.free.pop() {
             Some(i) => {
-                let generation = self.peers[i as usize].generation.wrapping_add(1);
+                let generation = self.peers[i as usize].generation.wrapping_add(1).max(1);
                 self.peers[i as usize] = Peer { generation, ..peer };
                 i
             }

@@ -4,9 +4,12 @@
 //! [`core`] is the placement policy as a pure state machine: joins,
 //! heartbeats, leaves and reports go in with the time passed in; peers'
 //! parents and backups come out. No sockets, no clock: it can be tested and
-//! simulated at a million peers deterministically.
+//! simulated at a million peers deterministically. [`service`] drives it
+//! from HTTP+JSON requests ([`wire`]), signing tickets and limiting rates.
 
 pub mod core;
+pub mod service;
+pub mod wire;
 
 pub use self::core::{
     Assignment, Heartbeat, JoinError, JoinRequest, Node, PeerId, Report, Tracker, TrackerConfig,

@@ -1,10 +1,9 @@
-//! The origin's signing key on disk: a hex-encoded Ed25519 seed, generated
-//! on first start and readable only by its owner.
+//! A signing key on disk (the origin's segment key, the edge's ticket key):
+//! a hex-encoded Ed25519 seed, generated on first start and readable only by
+//! its owner.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use treecast_proto::OriginKey;
 
 /// Why the signing key could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -18,19 +17,19 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The file does not hold 64 hex characters.
-    #[error("signing key file {path} is not a hex Ed25519 seed (64 hex characters); restore it from backup, or delete it to generate a new key (peers must then be given the new public key)")]
+    #[error("signing key file {path} is not a hex Ed25519 seed (64 hex characters); restore it from backup, or delete it to generate a new key (whoever verifies with it must then be given the new public key)")]
     Malformed {
         /// The key file.
         path: PathBuf,
     },
     /// The system random number generator failed.
-    #[error(transparent)]
-    Generate(#[from] treecast_proto::signature::KeyGenError),
+    #[error("the operating system's random number generator failed: {0}")]
+    Generate(String),
 }
 
-/// Loads the key at `path`, generating and saving a new one if it is absent.
-/// Returns the key and whether it was created.
-pub fn load_or_create(path: &Path) -> Result<(OriginKey, bool), KeyError> {
+/// Loads the 32-byte seed at `path`, generating and saving a new one if it
+/// is absent. Returns the seed and whether it was created.
+pub fn load_or_create(path: &Path) -> Result<([u8; 32], bool), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -41,10 +40,11 @@ pub fn load_or_create(path: &Path) -> Result<(OriginKey, bool), KeyError> {
             hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| KeyError::Malformed {
                 path: path.to_owned(),
             })?;
-            Ok((OriginKey::from_seed(seed), false))
+            Ok((seed, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = OriginKey::generate()?;
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| KeyError::Generate(e.to_string()))?;
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
@@ -56,8 +56,8 @@ pub fn load_or_create(path: &Path) -> Result<(OriginKey, bool), KeyError> {
                 opts.mode(0o600);
             }
             let mut f = opts.open(path).map_err(io)?;
-            writeln!(f, "{}", hex::encode(key.seed())).map_err(io)?;
-            Ok((key, true))
+            writeln!(f, "{}", hex::encode(seed)).map_err(io)?;
+            Ok((seed, true))
         }
         Err(e) => Err(io(e)),
     }
@@ -75,7 +75,7 @@ mod tests {
         assert!(created);
         let (b, created) = load_or_create(&path).expect("loaded");
         assert!(!created);
-        assert_eq!(a.public(), b.public());
+        assert_eq!(a, b);
         std::fs::write(&path, "not hex").expect("write");
         assert!(matches!(
             load_or_create(&path),
