@@ -14,6 +14,7 @@
 //! - [`http`]: response helpers every role's HTTP server uses.
 //! - [`keyfile`]: signing keys kept on disk.
 //! - [`ticket`]: the edge's signed permission for a child to join a parent.
+//! - [`wire`]: the frames parents and children exchange over QUIC.
 
 pub mod body;
 pub mod http;
@@ -21,6 +22,7 @@ pub mod keyfile;
 pub mod names;
 pub mod signature;
 pub mod ticket;
+pub mod wire;
 
 pub use body::{BodyReader, GrowingBody};
 pub use names::{ChannelName, InvalidChannelName, SegmentFile};
