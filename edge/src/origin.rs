@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use treecast_proto::app::error_chain;
 
 /// Why a fetch from the origin failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,15 +110,4 @@ impl OriginClient {
             body: resp.into_body(),
         })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -24,6 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
+use treecast_proto::app::error_chain;
 use treecast_proto::ChannelName;
 
 use crate::channel::ChannelStatus;
@@ -599,17 +600,6 @@ where
     }
     let body = resp.into_body().collect().await.ok()?.to_bytes();
     serde_json::from_slice(&body).ok()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`app`]: what every binary does alike (logging, runtime, config files).
 //! - [`names`]: channel names and segment file names (`<seq>.ts`, `<seq>.sig`).
 //! - [`signature`]: the origin's Ed25519 key and the signed digest record that
 //!   proves a segment's bytes came from the origin unchanged.
@@ -16,6 +17,7 @@
 //! - [`ticket`]: the edge's signed permission for a child to join a parent.
 //! - [`wire`]: the frames parents and children exchange over QUIC.
 
+pub mod app;
 pub mod body;
 pub mod http;
 pub mod keyfile;
