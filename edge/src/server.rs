@@ -60,8 +60,7 @@ impl h::Handler for EdgeService {
             .with_label_values(&[route, &status])
             .inc();
         if head {
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, h::empty());
+            return h::head_only(resp);
         }
         resp
     }

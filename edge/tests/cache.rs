@@ -61,22 +61,15 @@ async fn looping_origin(
     OriginHandle::start(config).await.expect("origin starts")
 }
 
-async fn edge_for(origin: &OriginHandle) -> EdgeHandle {
+async fn edge_for(origin: &OriginHandle, data: &std::path::Path) -> EdgeHandle {
     EdgeHandle::start(EdgeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         origin: format!("http://{}", origin.local_addr()),
-        data_dir: origin_data_sibling(origin),
+        data_dir: data.join("edge"),
         ..EdgeConfig::default()
     })
     .await
     .expect("edge starts")
-}
-
-/// A fresh directory for the edge's key, per test.
-fn origin_data_sibling(_origin: &OriginHandle) -> std::path::PathBuf {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // Kept until the process ends; the test's own tempdir holds the origin's.
-    dir.keep()
 }
 
 async fn next_seq(origin: &str) -> u64 {
@@ -103,7 +96,7 @@ async fn next_seq(origin: &str) -> u64 {
 async fn two_hundred_concurrent_misses_make_one_origin_fetch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let origin = looping_origin(dir.path(), None).await;
-    let edge = edge_for(&origin).await;
+    let edge = edge_for(&origin, dir.path()).await;
     let o = format!("http://{}", origin.local_addr());
     let e = format!("http://{}", edge.local_addr());
 
@@ -175,7 +168,7 @@ async fn two_hundred_concurrent_misses_make_one_origin_fetch() {
 async fn playlist_is_never_older_than_half_a_target_duration() {
     let dir = tempfile::tempdir().expect("tempdir");
     let origin = looping_origin(dir.path(), None).await;
-    let edge = edge_for(&origin).await;
+    let edge = edge_for(&origin, dir.path()).await;
     let o = format!("http://{}", origin.local_addr());
     let e = format!("http://{}", edge.local_addr());
     next_seq(&o).await;
@@ -215,7 +208,7 @@ async fn origin_restart_mid_stream_is_survived() {
     let dir = tempfile::tempdir().expect("tempdir");
     let origin = looping_origin(dir.path(), None).await;
     let addr = origin.local_addr();
-    let edge = edge_for(&origin).await;
+    let edge = edge_for(&origin, dir.path()).await;
     let o = format!("http://{addr}");
     let e = format!("http://{}", edge.local_addr());
     let seq = next_seq(&o).await - 1;

@@ -67,8 +67,7 @@ impl h::Handler for OriginService {
                 .inc_by(len);
         }
         if head {
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, h::empty());
+            return h::head_only(resp);
         }
         resp
     }

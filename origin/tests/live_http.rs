@@ -113,6 +113,13 @@ async fn pushed_clip_is_served_as_valid_signed_hls() {
         );
     }
 
+    // HEAD answers the headers, with the length, and no body.
+    let head = request(Method::HEAD, &format!("{base}/live/demo/3.ts"), vec![], &[]).await;
+    let full = get(&format!("{base}/live/demo/3.ts")).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), full.body.len().to_string());
+
     // A real HLS client reads the live playlist cleanly.
     let ff = Command::new("ffmpeg")
         .args([

@@ -83,6 +83,19 @@ pub fn with_cors(mut resp: Response<Body>) -> Response<Body> {
     resp
 }
 
+/// The answer to a HEAD request: `resp` without its body, keeping the
+/// length the body would have had when it is known.
+pub fn head_only(resp: Response<Body>) -> Response<Body> {
+    let len = http_body::Body::size_hint(resp.body()).exact();
+    let (mut parts, _) = resp.into_parts();
+    if let Some(len) = len {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(parts, empty())
+}
+
 /// A response with `body`, its content type and caching policy.
 pub fn object(
     status: StatusCode,
