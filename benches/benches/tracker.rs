@@ -63,6 +63,7 @@ fn fill(n: usize) -> (Tracker, Vec<PeerId>, Instant) {
         let req = JoinRequest {
             site: (k % 64) as u32,
             max_upload_kbps: if k % 5 == 0 { Some(0) } else { None },
+            resume_parent: None,
         };
         if let Ok(a) = t.handle_join(req, now) {
             ids.push(a.id);

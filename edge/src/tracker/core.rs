@@ -103,6 +103,10 @@ pub struct JoinRequest {
     pub site: u32,
     /// Upload cap the viewer set, in kb/s; `Some(0)` means leaf only.
     pub max_upload_kbps: Option<u32>,
+    /// The parent the peer is still receiving from, when it joins again
+    /// after a tracker restart. Kept if it is in the tree and has room, so
+    /// the tree rebuilds as it was instead of reshuffling live streams.
+    pub resume_parent: Option<PeerId>,
 }
 
 /// Where a peer gets the stream from.
@@ -305,7 +309,18 @@ impl Tracker {
                 (self.peers.len() - 1) as u32
             }
         };
-        let Some(parent) = self.find_parent(i, req.site, now) else {
+        let resumed = req
+            .resume_parent
+            .and_then(|p| self.lookup(p).ok())
+            .filter(|&p| {
+                // A parent from before the restart was established: let it take
+                // children again at once.
+                if !self.peers[p as usize].promoted {
+                    self.promote(p);
+                }
+                self.has_room(p)
+            });
+        let Some(parent) = resumed.or_else(|| self.find_parent(i, req.site, now)) else {
             // Not kept: the peer plays from the edge and joins again later.
             self.peers[i as usize].live = false;
             self.free.push(i);
@@ -877,7 +892,8 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Join { site, cap } => {
-                        if let Ok(a) = t.handle_join(JoinRequest { site, max_upload_kbps: cap }, now) {
+                        let resume_parent = ids.first().copied().filter(|_| site == 2);
+                        if let Ok(a) = t.handle_join(JoinRequest { site, max_upload_kbps: cap, resume_parent }, now) {
                             prop_assert!(a.parent.is_some());
                             prop_assert!(a.depth >= 1 && a.depth <= 5);
                             ids.push(a.id);
@@ -922,14 +938,51 @@ mod tests {
     }
 
     #[test]
+    fn after_a_restart_peers_resume_under_the_parent_they_still_have() {
+        let now = Instant::now();
+        let mut t = Tracker::new(config());
+        // Root slots fill up first, then c asks to stay under b.
+        let a = t.handle_join(JoinRequest::default(), now).expect("a");
+        let b = t.handle_join(JoinRequest::default(), now).expect("b");
+        let _ = t.handle_join(JoinRequest::default(), now).expect("x");
+        let c = t
+            .handle_join(
+                JoinRequest {
+                    resume_parent: Some(b.id),
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("c");
+        assert_eq!(c.parent, Some(Node::Peer(b.id)));
+        // Without the hint, the oldest newcomer (a) would have been promoted
+        // and chosen; b, promoted by the hint, now also takes newcomers.
+        let d = t.handle_join(JoinRequest::default(), now).expect("d");
+        assert_eq!(d.parent, Some(Node::Peer(b.id)));
+        assert_ne!(a.id, b.id);
+        // A hint naming nobody is ignored.
+        let e = t
+            .handle_join(
+                JoinRequest {
+                    resume_parent: Some(PeerId(999)),
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("e");
+        assert!(e.parent.is_some());
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
     fn newcomers_are_leaves_and_leaf_only_peers_stay_leaves() {
         let now = Instant::now();
         let mut t = Tracker::new(config());
         let a = t
             .handle_join(
                 JoinRequest {
-                    site: 0,
                     max_upload_kbps: Some(0),
+                    ..JoinRequest::default()
                 },
                 now,
             )

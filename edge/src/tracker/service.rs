@@ -188,12 +188,21 @@ impl TrackerService {
                     tracker: Tracker::new(self.settings.core.clone()),
                     addrs: HashMap::new(),
                 });
+                // After a tracker restart a peer names the parent it still
+                // receives from by address; its old id is gone.
+                let resume_parent = req.resume_parent_addr.and_then(|want| {
+                    tree.addrs
+                        .iter()
+                        .find(|(_, a)| **a == want)
+                        .map(|(id, _)| *id)
+                });
                 let a = tree
                     .tracker
                     .handle_join(
                         core::JoinRequest {
                             site,
                             max_upload_kbps: req.max_upload_kbps,
+                            resume_parent,
                         },
                         now,
                     )

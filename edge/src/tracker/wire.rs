@@ -29,6 +29,10 @@ pub struct JoinRequest {
     /// Viewer token, for channels that require one.
     #[serde(default)]
     pub token: Option<String>,
+    /// QUIC address of the parent the peer still receives from, when it
+    /// joins again after a tracker restart (its old id is unknown now).
+    #[serde(default)]
+    pub resume_parent_addr: Option<SocketAddr>,
 }
 
 /// `POST /tracker/v1/heartbeat`.
