@@ -16,12 +16,14 @@
 //! - [`keyfile`]: signing keys kept on disk.
 //! - [`ticket`]: the edge's signed permission for a child to join a parent.
 //! - [`wire`]: the frames parents and children exchange over QUIC.
+//! - [`quic`]: QUIC endpoint configs with pinned self-signed certificates.
 
 pub mod app;
 pub mod body;
 pub mod http;
 pub mod keyfile;
 pub mod names;
+pub mod quic;
 pub mod signature;
 pub mod ticket;
 pub mod wire;
