@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8081"          # HTTP for players, peers and operators
+//! quic_listen = "127.0.0.1:8444"     # UDP: the root of the delivery tree
 //! origin = "http://127.0.0.1:8080"   # the origin to pull from
 //! origin_timeout_ms = 10000          # wait for an origin response head
 //! cache_max_mb = 512                 # byte budget for cached segments
@@ -35,6 +36,9 @@ use serde::Deserialize;
 pub struct EdgeConfig {
     /// HTTP listen address. Default `127.0.0.1:8081`.
     pub listen: SocketAddr,
+    /// QUIC (UDP) address where the edge's direct children connect.
+    /// Default `127.0.0.1:8444`.
+    pub quic_listen: SocketAddr,
     /// Base URL of the origin. Default `http://127.0.0.1:8080`.
     pub origin: String,
     /// Longest wait for the origin's response head, in milliseconds. The
@@ -98,6 +102,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            quic_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
             origin: "http://127.0.0.1:8080".into(),
             origin_timeout_ms: 10_000,
             cache_max_mb: 512,

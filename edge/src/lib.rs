@@ -21,4 +21,5 @@ pub mod server;
 
 pub use config::EdgeConfig;
 pub use run::EdgeHandle;
+pub mod root;
 pub mod tracker;

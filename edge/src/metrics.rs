@@ -5,6 +5,7 @@ use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::root::RootMetrics;
 use crate::tracker::service::TrackerMetrics;
 
 /// The pull-through cache.
@@ -32,8 +33,9 @@ pub struct CacheMetrics {
 pub struct HttpMetrics {
     /// Requests answered by route and status class.
     pub requests: IntCounterVec,
-    /// Bytes the edge sent, by path: `http` (HTTP responses to players and
-    /// peers' fallbacks).
+    /// Bytes the edge sent, by path: `tree` (segments pushed to its direct
+    /// children over QUIC) and `http` (HTTP responses to players and peers'
+    /// fallbacks).
     pub egress_bytes: IntCounterVec,
 }
 
@@ -55,6 +57,8 @@ pub struct EdgeMetrics {
     pub http: HttpMetrics,
     /// Tracker.
     pub tracker: TrackerMetrics,
+    /// Root of the tree.
+    pub root: RootMetrics,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -166,11 +170,36 @@ impl EdgeMetrics {
                 &["channel", "reason"],
             ),
         };
+        let root = RootMetrics {
+            egress: http.egress_bytes.with_label_values(&["tree"]),
+            children: gauge(
+                r,
+                "treecast_edge_tree_children",
+                "Peers connected to the edge as direct children.",
+            ),
+            refused: reg(
+                r,
+                IntCounter::new(
+                    "treecast_edge_tree_refused_total",
+                    "Children refused (bad ticket, wrong protocol).",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}")),
+            ),
+            abandoned: reg(
+                r,
+                IntCounter::new(
+                    "treecast_edge_tree_abandoned_total",
+                    "Segment deliveries to a child abandoned (slow or gone).",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}")),
+            ),
+        };
         Self {
             registry,
             cache,
             http,
             tracker,
+            root,
         }
     }
 

@@ -13,8 +13,10 @@ use treecast_proto::http::{serve, DRAIN};
 use treecast_proto::keyfile::{self, KeyError};
 use treecast_proto::ticket::SigningKey;
 
+use crate::root::{self, Root};
 use crate::tracker::service::{TrackerService, TrackerSettings};
 use crate::tracker::TrackerConfig;
+use treecast_proto::quic::{Identity, QuicSetupError};
 
 use crate::cache::{Cache, CacheConfig};
 use crate::config::{ConfigError, EdgeConfig};
@@ -31,6 +33,9 @@ pub enum StartError {
     /// The ticket signing key could not be loaded or created.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The QUIC endpoint could not be set up.
+    #[error(transparent)]
+    Quic(#[from] QuicSetupError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source} (is another process using it?)")]
     Bind {
@@ -45,6 +50,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct EdgeHandle {
     local_addr: SocketAddr,
+    quic_addr: SocketAddr,
     cache: Arc<Cache>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -67,6 +73,17 @@ impl EdgeHandle {
             },
             metrics.cache.clone(),
         );
+        let identity = Identity::generate()?;
+        let quic_server = identity.server_config()?;
+        let endpoint =
+            root::bind(config.quic_listen, quic_server).map_err(|source| StartError::Bind {
+                addr: config.quic_listen,
+                source,
+            })?;
+        let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.quic_listen,
+            source,
+        })?;
         let key_path = config.data_dir.join("edge.key");
         let (seed, created) = keyfile::load_or_create(&key_path)?;
         let t = &config.tracker;
@@ -85,6 +102,8 @@ impl EdgeHandle {
                 viewer_tokens: t.viewer_tokens.clone(),
                 max_channels: 64,
                 rate_per_sec: t.rate_per_sec,
+                root_addr: Some(quic_addr),
+                root_fingerprint: Some(identity.fingerprint_hex()),
             },
             SigningKey::from_bytes(&seed),
             metrics.tracker.clone(),
@@ -92,6 +111,8 @@ impl EdgeHandle {
         if created {
             info!(path = %key_path.display(), ticket_key = %tracker.ticket_key(), "generated a new ticket signing key");
         }
+        let ticket_key = SigningKey::from_bytes(&seed).verifying_key();
+        let root = Root::new(cache.clone(), ticket_key, metrics.root.clone());
         let service = Arc::new(EdgeService {
             cache: cache.clone(),
             metrics,
@@ -106,10 +127,12 @@ impl EdgeHandle {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(serve(listener, service, config.max_connections, rx.clone()));
-        tasks.spawn(tick(tracker, rx));
-        info!(%local_addr, origin = %config.origin, "edge listening");
+        tasks.spawn(tick(tracker, rx.clone()));
+        tasks.spawn(root.serve(endpoint, rx));
+        info!(%local_addr, %quic_addr, origin = %config.origin, "edge listening");
         Ok(Self {
             local_addr,
+            quic_addr,
             cache,
             shutdown,
             tasks,
@@ -119,6 +142,11 @@ impl EdgeHandle {
     /// The HTTP address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The QUIC address actually bound (the root of the tree).
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
     }
 
     /// The cache (for status and tests).

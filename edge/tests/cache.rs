@@ -64,6 +64,7 @@ async fn looping_origin(
 async fn edge_for(origin: &OriginHandle, data: &std::path::Path) -> EdgeHandle {
     EdgeHandle::start(EdgeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
+        quic_listen: "127.0.0.1:0".parse().expect("addr"),
         origin: format!("http://{}", origin.local_addr()),
         data_dir: data.join("edge"),
         ..EdgeConfig::default()

@@ -46,6 +46,7 @@ async fn edge(rate: f64) -> (EdgeHandle, String, tempfile::TempDir) {
         .insert("private".into(), "letmein".into());
     let e = EdgeHandle::start(EdgeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
+        quic_listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.path().to_owned(),
         tracker,
         ..EdgeConfig::default()

@@ -52,6 +52,10 @@ pub struct TrackerSettings {
     pub max_channels: usize,
     /// Requests per second allowed per client address (burst: twice that).
     pub rate_per_sec: f64,
+    /// The edge's QUIC address, given to its children.
+    pub root_addr: Option<SocketAddr>,
+    /// The edge's certificate fingerprint (hex), given to its children.
+    pub root_fingerprint: Option<String>,
 }
 
 /// A request refused; the status and message go to the client.
@@ -77,7 +81,7 @@ fn refuse(status: StatusCode, outcome: &'static str, message: impl Into<String>)
 #[derive(Debug)]
 struct ChannelTree {
     tracker: Tracker,
-    addrs: HashMap<PeerId, SocketAddr>,
+    addrs: HashMap<PeerId, (SocketAddr, Option<String>)>,
 }
 
 #[derive(Debug, Default)]
@@ -193,7 +197,7 @@ impl TrackerService {
                 let resume_parent = req.resume_parent_addr.and_then(|want| {
                     tree.addrs
                         .iter()
-                        .find(|(_, a)| **a == want)
+                        .find(|(_, a)| a.0 == want)
                         .map(|(id, _)| *id)
                 });
                 let a = tree
@@ -213,7 +217,8 @@ impl TrackerService {
                             e.to_string(),
                         )
                     })?;
-                tree.addrs.insert(a.id, req.addr);
+                tree.addrs
+                    .insert(a.id, (req.addr, req.cert_fingerprint.clone()));
                 self.gauges(&channel, tree);
                 Ok(self.answer(&channel, tree, a))
             }
@@ -345,9 +350,22 @@ impl TrackerService {
         let expires = unix_now() + self.settings.ticket_ttl.as_secs();
         let node = |n: Option<Node>| {
             n.map(|n| {
-                let (kind, id, addr) = match n {
-                    Node::Root => ("edge", 0, None),
-                    Node::Peer(p) => ("peer", p.0, tree.addrs.get(&p).copied()),
+                let (kind, id, addr, cert_fingerprint) = match n {
+                    Node::Root => (
+                        "edge",
+                        0,
+                        self.settings.root_addr,
+                        self.settings.root_fingerprint.clone(),
+                    ),
+                    Node::Peer(p) => {
+                        let known = tree.addrs.get(&p);
+                        (
+                            "peer",
+                            p.0,
+                            known.map(|k| k.0),
+                            known.and_then(|k| k.1.clone()),
+                        )
+                    }
                 };
                 let ticket = TicketClaims {
                     channel: channel.clone(),
@@ -360,6 +378,7 @@ impl TrackerService {
                     kind: kind.into(),
                     id,
                     addr,
+                    cert_fingerprint,
                     ticket,
                 }
             })

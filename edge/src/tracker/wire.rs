@@ -29,6 +29,10 @@ pub struct JoinRequest {
     /// Viewer token, for channels that require one.
     #[serde(default)]
     pub token: Option<String>,
+    /// Fingerprint (hex BLAKE3 of the DER) of the peer's QUIC certificate,
+    /// which its children will pin.
+    #[serde(default)]
+    pub cert_fingerprint: Option<String>,
     /// QUIC address of the parent the peer still receives from, when it
     /// joins again after a tracker restart (its old id is unknown now).
     #[serde(default)]
@@ -87,8 +91,10 @@ pub struct NodeInfo {
     pub kind: String,
     /// Peer id; 0 for the edge.
     pub id: u64,
-    /// QUIC address (absent for the edge until it serves QUIC).
+    /// QUIC address.
     pub addr: Option<SocketAddr>,
+    /// Fingerprint of its QUIC certificate (hex): accept exactly this one.
+    pub cert_fingerprint: Option<String>,
     /// Ticket to show this node, signed by the edge.
     pub ticket: String,
 }
