@@ -1,14 +1,16 @@
 //! The treecast edge: what viewers' peers and players connect to.
 //!
-//! Today it is a pull-through cache of the origin that serves the origin's
-//! URL layout with one origin fetch per object. The tracker and the root of
-//! the delivery tree come next (see `docs/edge.md`).
+//! A pull-through cache of the origin serving its URL layout with one origin
+//! fetch per object; the tracker that places peers in delivery trees; and
+//! the root of those trees, pushing segments to its children over QUIC.
 //!
 //! # Layout
 //!
 //! - [`cache`]: the single-flight pull-through cache.
 //! - [`origin`]: the HTTP client for the origin.
 //! - [`server`]: HTTP routes.
+//! - [`tracker`]: the placement state machine and its HTTP+JSON driver.
+//! - [`root`]: the QUIC root of every delivery tree.
 //! - [`run`]: starting and stopping a whole edge ([`EdgeHandle`]).
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.
 

@@ -39,6 +39,9 @@ struct ServeArgs {
     /// Byte budget of the segment cache in MiB [default: 512].
     #[arg(long)]
     cache_max_mb: Option<usize>,
+    /// QUIC (UDP) address for the edge's direct children [default: 127.0.0.1:8444].
+    #[arg(long)]
+    quic_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -60,10 +63,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(m) = a.cache_max_mb {
         config.cache_max_mb = m;
     }
+    if let Some(q) = a.quic_listen {
+        config.quic_listen = q;
+    }
     let edge = EdgeHandle::start(config).await?;
     eprintln!(
-        "edge serving on http://{0}  (playlists at http://{0}/live/<channel>/index.m3u8, metrics at http://{0}/metrics)",
-        edge.local_addr()
+        "edge serving on http://{0}  (playlists at http://{0}/live/<channel>/index.m3u8, tracker at http://{0}/tracker/v1/, metrics at http://{0}/metrics); tree root on QUIC {1}",
+        edge.local_addr(),
+        edge.quic_addr()
     );
     tokio::signal::ctrl_c()
         .await
