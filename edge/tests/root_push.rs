@@ -106,30 +106,44 @@ async fn connect(a: &Assignment) -> quinn::Connection {
         .expect("handshake")
 }
 
+/// A child's connection to the edge with its control stream open.
+struct Child {
+    conn: quinn::Connection,
+    _control: (quinn::SendStream, quinn::RecvStream),
+}
+
+/// Connects to the edge as `a`'s peer, says `Hello` as `peer_id` with `a`'s
+/// ticket, and returns the connection and the edge's first answer.
+async fn hello_as(a: &Assignment, peer_id: u64) -> (Child, Option<Frame>) {
+    let conn = connect(a).await;
+    let (mut control, mut control_rx) = conn.open_bi().await.expect("control stream");
+    let ticket = a.parent.as_ref().expect("parent").ticket.clone();
+    let hello = Frame::Hello {
+        version: VERSION,
+        channel: "demo".into(),
+        peer_id,
+        ticket,
+    };
+    control.write_all(&encode(&hello)).await.expect("hello");
+    let mut d = FrameDecoder::new();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut control_rx, &mut d))
+        .await
+        .expect("answer in time");
+    let child = Child {
+        conn,
+        _control: (control, control_rx),
+    };
+    (child, answer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_of_the_edge_receives_signed_segments_as_they_are_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (origin, edge) = setup(dir.path()).await;
     let a = join(&edge).await;
-    let conn = connect(&a).await;
-    let (mut control, mut control_rx) = conn.open_bi().await.expect("control stream");
-    let ticket = a.parent.as_ref().expect("parent").ticket.clone();
-    control
-        .write_all(&encode(&Frame::Hello {
-            version: VERSION,
-            channel: "demo".into(),
-            peer_id: a.peer_id,
-            ticket,
-        }))
-        .await
-        .expect("hello");
-    let mut d = FrameDecoder::new();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(10), read_frame(&mut control_rx, &mut d))
-            .await
-            .expect("welcome in time"),
-        Some(Frame::Welcome { version: VERSION })
-    );
+    let (child, answer) = hello_as(&a, a.peer_id).await;
+    let conn = &child.conn;
+    assert_eq!(answer, Some(Frame::Welcome { version: VERSION }));
 
     // The first whole segment pushed to us.
     let segment = tokio::time::timeout(Duration::from_secs(20), async {
@@ -209,23 +223,8 @@ async fn a_child_without_a_valid_ticket_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (origin, edge) = setup(dir.path()).await;
     let a = join(&edge).await;
-    let conn = connect(&a).await;
-    let (mut control, mut control_rx) = conn.open_bi().await.expect("control stream");
     // Someone else's id with this ticket.
-    let ticket = a.parent.as_ref().expect("parent").ticket.clone();
-    control
-        .write_all(&encode(&Frame::Hello {
-            version: VERSION,
-            channel: "demo".into(),
-            peer_id: a.peer_id + 1,
-            ticket,
-        }))
-        .await
-        .expect("hello");
-    let mut d = FrameDecoder::new();
-    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut control_rx, &mut d))
-        .await
-        .expect("answer in time");
+    let (_conn, answer) = hello_as(&a, a.peer_id + 1).await;
     assert!(
         matches!(answer, Some(Frame::Refuse { ref reason }) if reason.contains("another channel, child or parent")),
         "{answer:?}"
