@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -53,11 +53,10 @@ impl h::Handler for EdgeService {
             self.route(&req).await
         };
         let resp = h::with_cors(resp);
-        let status = format!("{}xx", resp.status().as_u16() / 100);
         self.metrics
             .http
             .requests
-            .with_label_values(&[route, &status])
+            .with_label_values(&[route, h::status_class(&resp)])
             .inc();
         if head {
             return h::head_only(resp);
@@ -82,14 +81,7 @@ impl EdgeService {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["live", channel, file] => self.live(channel, file).await,
-            ["metrics"] => {
-                let mut r = h::text(StatusCode::OK, self.metrics.render());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                r
-            }
+            ["metrics"] => h::prometheus(self.metrics.render()),
             ["healthz"] => h::text(StatusCode::OK, "ok"),
             _ => h::text(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
         }

@@ -4,14 +4,13 @@
 //! origin's and carrying the origin's signature; a child without a valid
 //! ticket is refused.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use treecast_edge::tracker::wire::Assignment;
 use treecast_edge::{EdgeConfig, EdgeHandle};
 use treecast_origin::config::FileInput;
@@ -21,21 +20,8 @@ use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 use treecast_proto::{ChannelName, SignedSegment};
 
 async fn http(method: Method, url: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
-        .await
-        .expect("answer")
-        .expect("request");
-    let status = resp.status();
-    (
-        status,
-        resp.into_body().collect().await.expect("body").to_bytes(),
-    )
+    let r = common::http(method, url, body).await;
+    (r.status, r.body)
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream, d: &mut FrameDecoder) -> Option<Frame> {
@@ -193,21 +179,10 @@ async fn a_child_of_the_edge_receives_signed_segments_as_they_are_cut() {
     )
     .expect("verifies");
 
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let m = client
-        .get(
-            format!("http://{}/metrics", edge.local_addr())
-                .parse()
-                .expect("url"),
-        )
-        .await
-        .expect("metrics");
     let m = String::from_utf8(
-        m.into_body()
-            .collect()
+        common::get(&format!("http://{}/metrics", edge.local_addr()))
             .await
-            .expect("body")
-            .to_bytes()
+            .body
             .to_vec(),
     )
     .expect("utf-8");

@@ -3,13 +3,10 @@
 //! tree; malformed, oversized, unauthorised and flooding requests are
 //! refused and change nothing.
 
-use std::time::Duration;
+mod common;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 use treecast_edge::config::TrackerSection;
 use treecast_edge::tracker::wire::Assignment;
 use treecast_edge::{EdgeConfig, EdgeHandle};
@@ -17,21 +14,8 @@ use treecast_proto::ticket::{self, VerifyingKey};
 use treecast_proto::ChannelName;
 
 async fn post(base: &str, endpoint: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("{base}/tracker/v1/{endpoint}"))
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .expect("answer")
-        .expect("request");
-    let status = resp.status();
-    (
-        status,
-        resp.into_body().collect().await.expect("body").to_bytes(),
-    )
+    let r = common::http(Method::POST, &format!("{base}/tracker/v1/{endpoint}"), body).await;
+    (r.status, r.body)
 }
 
 async fn edge(rate: f64) -> (EdgeHandle, String, tempfile::TempDir) {
@@ -150,22 +134,8 @@ async fn joins_heartbeats_leaves_and_tickets() {
     let with_token = br#"{"channel":"private","addr":"127.0.0.1:9","token":"letmein"}"#.to_vec();
     assert_eq!(post(&base, "join", with_token).await.0, StatusCode::OK);
 
-    let metrics = {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let resp = client
-            .get(format!("{base}/metrics").parse().expect("url"))
-            .await
-            .expect("metrics");
-        String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes()
-                .to_vec(),
-        )
-        .expect("utf-8")
-    };
+    let metrics = String::from_utf8(common::get(&format!("{base}/metrics")).await.body.to_vec())
+        .expect("utf-8");
     assert!(
         metrics.contains("treecast_edge_viewers{channel=\"demo\"} 3"),
         "{metrics}"

@@ -132,16 +132,7 @@ impl Default for SegmentsConfig {
     }
 }
 
-/// A configuration that cannot work.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read or parsed.
-    #[error(transparent)]
-    File(#[from] treecast_proto::app::ConfigFileError),
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use treecast_proto::app::ConfigError;
 
 impl OriginConfig {
     /// Reads a config file.

@@ -53,11 +53,10 @@ impl h::Handler for OriginService {
         let head = req.method() == Method::HEAD;
         let resp = self.route(req).await;
         let resp = h::with_cors(resp);
-        let status = format!("{}xx", resp.status().as_u16() / 100);
         self.metrics
             .http
             .requests
-            .with_label_values(&[route, &status])
+            .with_label_values(&[route, h::status_class(&resp)])
             .inc();
         if let Some(len) = http_body::Body::size_hint(resp.body()).exact() {
             self.metrics
@@ -100,14 +99,7 @@ impl OriginService {
                 Err(resp) => resp,
             },
             (["origin", "key"], true) => h::text(StatusCode::OK, self.public_key.to_string()),
-            (["metrics"], true) => {
-                let mut r = h::text(StatusCode::OK, self.metrics.render());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                r
-            }
+            (["metrics"], true) => h::prometheus(self.metrics.render()),
             (["healthz"], true) => h::text(StatusCode::OK, "ok"),
             ([""], true) => h::text(
                 StatusCode::OK,

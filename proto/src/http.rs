@@ -127,6 +127,27 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body
     object(status, body, "application/json", "no-store")
 }
 
+/// A Prometheus text exposition response.
+pub fn prometheus(text: String) -> Response<Body> {
+    object(
+        StatusCode::OK,
+        text,
+        "text/plain; version=0.0.4; charset=utf-8",
+        "no-store",
+    )
+}
+
+/// The status class label of a response (`2xx`, `4xx`, ...).
+pub fn status_class(resp: &Response<Body>) -> &'static str {
+    match resp.status().as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// The response to a CORS preflight.
 pub fn preflight() -> Response<Body> {
     let mut r = Response::new(empty());
