@@ -134,6 +134,18 @@ impl Root {
         feed
     }
 
+    /// Stops a channel's feed once its last child is gone, so the edge does
+    /// not keep pulling a channel nobody receives through the tree.
+    fn drop_idle_feed(&self, channel: &ChannelName) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        if feeds
+            .get(channel)
+            .is_some_and(|f| f.segments.receiver_count() == 0)
+        {
+            feeds.remove(channel);
+        }
+    }
+
     /// Accepts children on `endpoint` until `shutdown`.
     pub async fn serve(
         self: Arc<Self>,
@@ -196,6 +208,7 @@ impl Root {
         self.metrics.children.inc();
         let result = self.push(&conn, &mut control, &channel).await;
         self.metrics.children.dec();
+        self.drop_idle_feed(&channel);
         result
     }
 
