@@ -206,7 +206,7 @@ impl Root {
             .map_err(|e| e.to_string())?;
         info!(%channel, peer_id, remote = %conn.remote_address(), "child connected to the edge");
         self.metrics.children.inc();
-        let result = self.push(&conn, &mut control, &channel).await;
+        let result = self.push(&conn, &mut control, &mut recv, &channel).await;
         self.metrics.children.dec();
         self.drop_idle_feed(&channel);
         result
@@ -237,12 +237,14 @@ impl Root {
         self: &Arc<Self>,
         conn: &quinn::Connection,
         control: &mut quinn::SendStream,
+        control_rx: &mut quinn::RecvStream,
         channel: &ChannelName,
     ) -> Result<(), String> {
         let feed = self.feed(channel);
         let mut segments = feed.segments.subscribe();
         let mut playlist = feed.playlist.subscribe();
         let mut sends = JoinSet::new();
+        let mut inbound = FrameDecoder::new();
         let first = playlist.borrow_and_update().clone();
         if let Some(p) = first {
             control
@@ -275,6 +277,22 @@ impl Root {
                     }
                 }
                 Some(_) = sends.join_next(), if !sends.is_empty() => {}
+                chunk = control_rx.read_chunk(64 * 1024, true) => {
+                    // The child speaks on the control stream only to ping.
+                    match chunk.map_err(|e| e.to_string())? {
+                        None => return Ok(()),
+                        Some(c) => {
+                            inbound.feed(&c.bytes);
+                            while let Some(frame) = inbound.poll_frame().map_err(|e| e.to_string())? {
+                                match frame {
+                                    Frame::Ping(n) => control.write_all(&encode(&Frame::Pong(n))).await.map_err(|e| e.to_string())?,
+                                    Frame::Pong(_) => {}
+                                    other => return Err(format!("unexpected {other:?} from a child")),
+                                }
+                            }
+                        }
+                    }
+                }
                 reason = conn.closed() => return Err(reason.to_string()),
             }
         }

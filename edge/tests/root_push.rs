@@ -95,7 +95,9 @@ async fn connect(a: &Assignment) -> quinn::Connection {
 /// A child's connection to the edge with its control stream open.
 struct Child {
     conn: quinn::Connection,
-    _control: (quinn::SendStream, quinn::RecvStream),
+    control: quinn::SendStream,
+    control_rx: quinn::RecvStream,
+    decoder: FrameDecoder,
 }
 
 /// Connects to the edge as `a`'s peer, says `Hello` as `peer_id` with `a`'s
@@ -117,7 +119,9 @@ async fn hello_as(a: &Assignment, peer_id: u64) -> (Child, Option<Frame>) {
         .expect("answer in time");
     let child = Child {
         conn,
-        _control: (control, control_rx),
+        control,
+        control_rx,
+        decoder: d,
     };
     (child, answer)
 }
@@ -127,7 +131,24 @@ async fn a_child_of_the_edge_receives_signed_segments_as_they_are_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (origin, edge) = setup(dir.path()).await;
     let a = join(&edge).await;
-    let (child, answer) = hello_as(&a, a.peer_id).await;
+    let (mut child, answer) = hello_as(&a, a.peer_id).await;
+    // The control stream answers pings (after any playlist frames).
+    child
+        .control
+        .write_all(&encode(&Frame::Ping(7)))
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match read_frame(&mut child.control_rx, &mut child.decoder).await {
+                Some(Frame::Playlist(p)) => assert!(p.starts_with(b"#EXTM3U")),
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("pong in time");
+    assert_eq!(pong, Some(Frame::Pong(7)));
     let conn = &child.conn;
     assert_eq!(answer, Some(Frame::Welcome { version: VERSION }));
 
