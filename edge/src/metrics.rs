@@ -1,9 +1,7 @@
 //! The edge's Prometheus metrics, one struct per subsystem. Labels are fixed
 //! small sets (object kind, outcome, route): no per-peer or per-path labels.
 
-use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::root::RootMetrics;
 use crate::tracker::service::TrackerMetrics;
@@ -205,9 +203,7 @@ impl EdgeMetrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        treecast_proto::http::render_metrics(&self.registry)
     }
 }
 

@@ -38,7 +38,6 @@ pub struct EdgeService {
 
 impl h::Handler for EdgeService {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let head = req.method() == Method::HEAD;
         let path = req.uri().path();
         let route = if path.starts_with("/live/") {
             "live"
@@ -52,15 +51,11 @@ impl h::Handler for EdgeService {
         } else {
             self.route(&req).await
         };
-        let resp = h::with_cors(resp);
         self.metrics
             .http
             .requests
             .with_label_values(&[route, h::status_class(&resp)])
             .inc();
-        if head {
-            return h::head_only(resp);
-        }
         resp
     }
 }

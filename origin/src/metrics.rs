@@ -3,9 +3,7 @@
 //! Every series is labelled by at most the channel name (bounded by
 //! `max_channels` in the config) and a small fixed set of kinds or routes.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Ingest and segmenting, per channel.
 #[derive(Debug, Clone)]
@@ -149,10 +147,7 @@ impl OriginMetrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        // Encoding gathered families into a Vec does not fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        treecast_proto::http::render_metrics(&self.registry)
     }
 }
 

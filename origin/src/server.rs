@@ -50,9 +50,7 @@ pub struct OriginService {
 impl h::Handler for OriginService {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let route = route_of(req.uri().path());
-        let head = req.method() == Method::HEAD;
         let resp = self.route(req).await;
-        let resp = h::with_cors(resp);
         self.metrics
             .http
             .requests
@@ -64,9 +62,6 @@ impl h::Handler for OriginService {
                 .response_bytes
                 .with_label_values(&[route])
                 .inc_by(len);
-        }
-        if head {
-            return h::head_only(resp);
         }
         resp
     }

@@ -157,23 +157,14 @@ async fn pushed_clip_is_served_as_valid_signed_hls() {
             "{path}: errors are not cached"
         );
     }
-    let r = request(
-        Method::DELETE,
-        &format!("{base}/live/demo/index.m3u8"),
-        vec![],
-        &[],
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
-    let r = request(
-        Method::OPTIONS,
-        &format!("{base}/live/demo/index.m3u8"),
-        vec![],
-        &[],
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(r.header("access-control-allow-origin"), "*");
+    for (method, want) in [
+        (Method::DELETE, StatusCode::METHOD_NOT_ALLOWED),
+        (Method::OPTIONS, StatusCode::NO_CONTENT),
+    ] {
+        let r = request(method, &format!("{base}/live/demo/index.m3u8"), vec![], &[]).await;
+        assert_eq!(r.status, want);
+        assert_eq!(r.header("access-control-allow-origin"), "*");
+    }
 
     // Garbage published to another channel hurts nobody.
     let junk: Vec<u8> = (0..500_000u32)

@@ -127,6 +127,15 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body
     object(status, body, "application/json", "no-store")
 }
 
+/// The text exposition of every metric in `registry`.
+pub fn render_metrics(registry: &prometheus::Registry) -> String {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    // Encoding gathered families into a Vec does not fail.
+    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// A Prometheus text exposition response.
 pub fn prometheus(text: String) -> Response<Body> {
     object(
@@ -176,7 +185,8 @@ pub struct RemoteAddr(pub std::net::SocketAddr);
 pub const DRAIN: Duration = Duration::from_secs(3);
 
 /// A server's request handler: answers every request (problems are
-/// responses, never errors).
+/// responses, never errors). [`serve`] adds the CORS headers and strips the
+/// body of answers to HEAD, so handlers answer HEAD as they answer GET.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
     fn handle(
@@ -214,8 +224,12 @@ pub async fn serve<H: Handler>(
                         TokioIo::new(stream),
                         service_fn(move |mut req: Request<Incoming>| {
                             req.extensions_mut().insert(RemoteAddr(peer));
+                            let head = req.method() == http::Method::HEAD;
                             let svc = svc.clone();
-                            async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
+                            async move {
+                                let resp = with_cors(svc.handle(req).await);
+                                Ok::<_, Infallible>(if head { head_only(resp) } else { resp })
+                            }
                         }),
                     );
                 let conn = graceful.watch(conn);
