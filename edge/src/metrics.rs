@@ -167,6 +167,18 @@ impl EdgeMetrics {
                 "Peers evicted from the tree, by reason.",
                 &["channel", "reason"],
             ),
+            peer_bytes: counter_vec(
+                r,
+                "treecast_edge_peer_bytes_total",
+                "Bytes peers report in heartbeats: received from the tree (`tree`), fetched from the edge over HTTP (`edge`), uploaded to children (`uploaded`).",
+                &["channel", "source"],
+            ),
+            peer_events: counter_vec(
+                r,
+                "treecast_edge_peer_events_total",
+                "Events peers report in heartbeats: `stall` (a player request not in memory), `fallback` (a segment fetched from the edge), `corrupt` (a segment that failed verification).",
+                &["channel", "event"],
+            ),
         };
         let root = RootMetrics {
             egress: http.egress_bytes.with_label_values(&["tree"]),

@@ -66,7 +66,7 @@ impl EdgeHandle {
         );
         let metrics = EdgeMetrics::new();
         let cache = Cache::new(
-            origin,
+            origin.clone(),
             CacheConfig {
                 max_bytes: config.cache_max_mb << 20,
                 default_playlist_ttl: Duration::from_secs(1),
@@ -117,6 +117,8 @@ impl EdgeHandle {
             cache: cache.clone(),
             metrics,
             tracker: tracker.clone(),
+            origin,
+            origin_key: tokio::sync::OnceCell::new(),
         });
         let bind_err = |source| StartError::Bind {
             addr: config.listen,

@@ -5,6 +5,7 @@
 //! | GET/HEAD | `/live/<channel>/index.m3u8` | playlist, at most half a target duration old while the origin is reachable |
 //! | GET/HEAD | `/live/<channel>/<seq>.ts`, `.sig` | segment or signature; streamed while it arrives from the origin |
 //! | POST | `/tracker/v1/{join,heartbeat,leave,report}` | the tracker (see `docs/tracker.md`) |
+//! | GET | `/origin/key` | the origin's public key (hex), fetched once from the origin |
 //! | GET | `/metrics` | Prometheus metrics |
 //! | GET | `/healthz` | liveness |
 
@@ -22,6 +23,7 @@ use treecast_proto::{ChannelName, GrowingBody, SegmentFile};
 
 use crate::cache::Cache;
 use crate::metrics::EdgeMetrics;
+use crate::origin::OriginClient;
 use crate::tracker::service::TrackerService;
 use crate::tracker::wire::MAX_BODY;
 
@@ -34,6 +36,10 @@ pub struct EdgeService {
     pub metrics: EdgeMetrics,
     /// The tracker.
     pub tracker: Arc<TrackerService>,
+    /// The origin, for its public key.
+    pub origin: OriginClient,
+    /// The origin's public key once fetched.
+    pub origin_key: tokio::sync::OnceCell<Bytes>,
 }
 
 impl h::Handler for EdgeService {
@@ -76,6 +82,7 @@ impl EdgeService {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["live", channel, file] => self.live(channel, file).await,
+            ["origin", "key"] => self.origin_key().await,
             ["metrics"] => h::prometheus(self.metrics.render()),
             ["healthz"] => h::text(StatusCode::OK, "ok"),
             _ => h::text(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
@@ -111,6 +118,25 @@ impl EdgeService {
         match tracker.handle(&endpoint, &body, from) {
             Ok(a) => h::json(StatusCode::OK, &a),
             Err(r) => h::text(r.status, r.message),
+        }
+    }
+
+    /// Peers verify segments with the origin's key; the edge relays it so a
+    /// peer needs only the edge's address.
+    async fn origin_key(&self) -> Response<Body> {
+        let key = self
+            .origin_key
+            .get_or_try_init(|| async {
+                let body = self.origin.get("/origin/key").await?.collect().await;
+                body.map_err(|e| crate::origin::OriginError::Transport(e.to_string()))
+            })
+            .await;
+        match key {
+            Ok(k) => h::object(StatusCode::OK, k.clone(), "text/plain", "no-cache"),
+            Err(e) => h::text(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot get the origin's key: {e}"),
+            ),
         }
     }
 

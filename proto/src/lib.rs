@@ -17,6 +17,7 @@
 //! - [`ticket`]: the edge's signed permission for a child to join a parent.
 //! - [`wire`]: the frames parents and children exchange over QUIC.
 //! - [`quic`]: QUIC endpoint configs with pinned self-signed certificates.
+//! - [`tree`]: the parent side of the tree protocol (admit a child, push to it).
 
 pub mod app;
 pub mod body;
@@ -26,6 +27,7 @@ pub mod names;
 pub mod quic;
 pub mod signature;
 pub mod ticket;
+pub mod tree;
 pub mod wire;
 
 pub use body::{BodyReader, GrowingBody};

@@ -77,7 +77,9 @@ impl Identity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| QuicSetupError::Tls(e.to_string()))?;
-        Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(transport());
+        Ok(config)
     }
 }
 
@@ -97,7 +99,19 @@ pub fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, QuicS
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| QuicSetupError::Tls(e.to_string()))?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// Keep-alives every second hold a warm backup connection open (and
+/// through NATs); ten silent seconds end a connection whose other side
+/// vanished without closing it.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(10_000).into()));
+    Arc::new(t)
 }
 
 /// Parses a hex fingerprint.

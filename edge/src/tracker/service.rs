@@ -37,6 +37,12 @@ pub struct TrackerMetrics {
     pub repairs: IntCounterVec,
     /// Peers evicted, by reason (`silent`, `corrupt`).
     pub evictions: IntCounterVec,
+    /// Bytes peers report, by channel and source (`tree`, `edge`,
+    /// `uploaded`).
+    pub peer_bytes: IntCounterVec,
+    /// Events peers report, by channel and kind (`stall`, `fallback`,
+    /// `corrupt`).
+    pub peer_events: IntCounterVec,
 }
 
 /// Settings of the tracker service.
@@ -237,6 +243,7 @@ impl TrackerService {
                         now,
                     )
                     .map_err(unknown)?;
+                self.record_stats(&channel, &req);
                 let out = self.answer(&channel, tree, a);
                 self.drain(&channel, tree);
                 Ok(out)
@@ -291,6 +298,25 @@ impl TrackerService {
                 "bad_request",
                 format!("no tracker endpoint {other:?}; use join, heartbeat, leave or report"),
             )),
+        }
+    }
+
+    fn record_stats(&self, channel: &ChannelName, hb: &wire::HeartbeatRequest) {
+        let ch = channel.as_str();
+        let m = &self.metrics;
+        for (source, n) in [
+            ("tree", hb.bytes_from_parent),
+            ("edge", hb.bytes_from_edge),
+            ("uploaded", hb.bytes_uploaded),
+        ] {
+            m.peer_bytes.with_label_values(&[ch, source]).inc_by(n);
+        }
+        for (event, n) in [
+            ("stall", hb.stalls),
+            ("fallback", hb.fallbacks),
+            ("corrupt", hb.corrupt),
+        ] {
+            m.peer_events.with_label_values(&[ch, event]).inc_by(n);
         }
     }
 

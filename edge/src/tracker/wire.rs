@@ -50,6 +50,24 @@ pub struct HeartbeatRequest {
     /// Bytes received from the parent since the last heartbeat.
     #[serde(default)]
     pub bytes_from_parent: u64,
+    /// Bytes fetched from the edge over HTTP since the last heartbeat.
+    #[serde(default)]
+    pub bytes_from_edge: u64,
+    /// Bytes sent to children since the last heartbeat.
+    #[serde(default)]
+    pub bytes_uploaded: u64,
+    /// Player requests for a segment not yet in memory, since the last
+    /// heartbeat.
+    #[serde(default)]
+    pub stalls: u64,
+    /// Segments fetched from the edge because the tree did not deliver
+    /// them in time, since the last heartbeat.
+    #[serde(default)]
+    pub fallbacks: u64,
+    /// Segments from the parent that failed verification, since the last
+    /// heartbeat.
+    #[serde(default)]
+    pub corrupt: u64,
 }
 
 /// `POST /tracker/v1/leave`.

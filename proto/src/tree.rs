@@ -1,0 +1,491 @@
+//! The parent's side of the tree protocol, shared by the edge (the root)
+//! and by every peer that relays to children.
+//!
+//! - a [`Feed`] holds what a parent has for its children: the few most
+//!   recent segments (complete or still growing), a broadcast of each new
+//!   one, and the latest playlist;
+//! - [`admit`] takes a new connection through `Hello` → ticket check →
+//!   `Welcome` (or `Refuse`);
+//! - [`push`] then sends the child the recent segments and every new one,
+//!   each on its own unidirectional stream, chunk by chunk as the bytes
+//!   arrive (cut-through), closed by the origin's signature; playlists go on
+//!   the control stream, pings are answered;
+//! - a child that falls behind skips ahead (the broadcast lags), a segment
+//!   that cannot be delivered within the deadline is abandoned, and a
+//!   child that already has a segment stops its stream: nothing is buffered
+//!   per child beyond what the QUIC stream window holds.
+//!
+//! See `docs/tree-protocol.md` for the exchange.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use prometheus::IntCounter;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinSet;
+
+use crate::body::GrowingBody;
+use crate::wire::{Frame, FrameDecoder, WireError, VERSION};
+
+/// Largest piece of a segment sent in one frame.
+pub const CHUNK: usize = 16 * 1024;
+/// How long a child has to open its control stream and say `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Recent segments a parent keeps for a child that just connected: the one
+/// being cut and the two before it, so a new or switching child can fill
+/// its buffer from the tree instead of the edge.
+const RECENT: usize = 3;
+
+/// One segment on its way down the tree.
+#[derive(Debug)]
+pub struct TreeSegment {
+    /// Media sequence number.
+    pub seq: u64,
+    /// The segment bytes, growing while they arrive from upstream.
+    pub data: GrowingBody,
+    /// The origin's `.sig` document, complete once the data is.
+    pub signature: GrowingBody,
+}
+
+/// What a parent offers its children for one channel.
+#[derive(Debug)]
+pub struct Feed {
+    recent: Mutex<VecDeque<Arc<TreeSegment>>>,
+    segments: broadcast::Sender<Arc<TreeSegment>>,
+    playlist: watch::Sender<Option<Bytes>>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Feed {
+    /// An empty feed.
+    pub fn new() -> Self {
+        // Room for a few segments: a child further behind skips ahead.
+        let (segments, _) = broadcast::channel(4);
+        let (playlist, _) = watch::channel(None);
+        Self {
+            recent: Mutex::new(VecDeque::new()),
+            segments,
+            playlist,
+        }
+    }
+
+    fn recent(&self) -> MutexGuard<'_, VecDeque<Arc<TreeSegment>>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands a segment (usually still growing) to every child. A segment
+    /// with the sequence number of an earlier one replaces it: that is a
+    /// second attempt after the first failed.
+    pub fn publish(&self, segment: Arc<TreeSegment>) {
+        {
+            let mut recent = self.recent();
+            recent.retain(|s| s.seq != segment.seq);
+            recent.push_back(segment.clone());
+            while recent.len() > RECENT {
+                recent.pop_front();
+            }
+        }
+        let _ = self.segments.send(segment);
+    }
+
+    /// Sets the playlist children receive; false when it did not change.
+    pub fn set_playlist(&self, bytes: Bytes) -> bool {
+        self.playlist.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&bytes) {
+                false
+            } else {
+                *cur = Some(bytes);
+                true
+            }
+        })
+    }
+
+    /// The latest playlist.
+    pub fn playlist(&self) -> Option<Bytes> {
+        self.playlist.borrow().clone()
+    }
+
+    /// Children subscribed now.
+    pub fn children(&self) -> usize {
+        self.segments.receiver_count()
+    }
+}
+
+/// Why a tree connection or stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// The QUIC connection failed or was closed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing a stream failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading a stream failed.
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The stream was already finished or reset.
+    #[error("stream already closed")]
+    Closed(#[from] quinn::ClosedStream),
+    /// The other side sent bytes that are not a frame.
+    #[error("bad frame: {0}")]
+    Wire(#[from] WireError),
+    /// The other side was silent too long.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// A stream ended before a whole frame arrived.
+    #[error("stream ended mid-frame")]
+    Truncated,
+    /// The other side broke the protocol (wrong frame, refused ticket...).
+    #[error("{0}")]
+    Protocol(String),
+    /// The upstream copy of a segment failed.
+    #[error("segment source failed: {0}")]
+    Source(String),
+}
+
+/// Encodes one frame.
+pub fn encode(frame: &Frame) -> Bytes {
+    let mut b = BytesMut::new();
+    frame.encode(&mut b);
+    b.freeze()
+}
+
+/// Reads exactly one frame from a stream.
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, TreeError> {
+    let mut d = FrameDecoder::new();
+    loop {
+        if let Some(f) = d.poll_frame()? {
+            return Ok(f);
+        }
+        match recv.read_chunk(64 * 1024, true).await? {
+            Some(c) => d.feed(&c.bytes),
+            None => return Err(TreeError::Truncated),
+        }
+    }
+}
+
+/// A child that said `Hello` with an acceptable ticket.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Its connection.
+    pub conn: quinn::Connection,
+    /// The control stream, parent to child.
+    pub control: quinn::SendStream,
+    /// The control stream, child to parent.
+    pub control_rx: quinn::RecvStream,
+    /// The channel it asked for.
+    pub channel: String,
+    /// Its peer id.
+    pub peer_id: u64,
+}
+
+/// Accepts a connection: waits for the control stream and `Hello`, asks
+/// `check(channel, peer_id, ticket)`, and answers `Welcome` or `Refuse`
+/// (with the reason, then closes).
+pub async fn admit(
+    incoming: quinn::Incoming,
+    check: impl FnOnce(&str, u64, &str) -> Result<(), String>,
+) -> Result<Admitted, TreeError> {
+    let conn = incoming.await?;
+    let (mut control, mut control_rx) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| TreeError::Timeout("control stream"))??;
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut control_rx))
+        .await
+        .map_err(|_| TreeError::Timeout("Hello"))??;
+    let verdict = match hello {
+        Frame::Hello {
+            version,
+            channel,
+            peer_id,
+            ticket,
+        } => {
+            if version != VERSION {
+                Err(format!(
+                    "protocol version {version} not supported (this node speaks {VERSION})"
+                ))
+            } else {
+                check(&channel, peer_id, &ticket).map(|()| (channel, peer_id))
+            }
+        }
+        other => Err(format!("expected Hello first, got {}", frame_name(&other))),
+    };
+    match verdict {
+        Ok((channel, peer_id)) => {
+            control
+                .write_all(&encode(&Frame::Welcome { version: VERSION }))
+                .await?;
+            Ok(Admitted {
+                conn,
+                control,
+                control_rx,
+                channel,
+                peer_id,
+            })
+        }
+        Err(reason) => {
+            let _ = control
+                .write_all(&encode(&Frame::Refuse {
+                    reason: reason.clone(),
+                }))
+                .await;
+            let _ = control.finish();
+            // Let the refusal reach the child before closing.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            conn.close(1u32.into(), b"refused");
+            Err(TreeError::Protocol(reason))
+        }
+    }
+}
+
+/// A frame's name for logs (never its payload).
+pub fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello { .. } => "Hello",
+        Frame::Welcome { .. } => "Welcome",
+        Frame::Refuse { .. } => "Refuse",
+        Frame::Playlist(_) => "Playlist",
+        Frame::Ping(_) => "Ping",
+        Frame::Pong(_) => "Pong",
+        Frame::SegmentStart { .. } => "SegmentStart",
+        Frame::SegmentData(_) => "SegmentData",
+        Frame::SegmentEnd { .. } => "SegmentEnd",
+    }
+}
+
+/// Counters a parent keeps about what it pushes.
+#[derive(Debug, Clone)]
+pub struct PushMetrics {
+    /// Segment bytes written to children.
+    pub egress: IntCounter,
+    /// Segment deliveries abandoned (slow or gone child, failed source).
+    pub abandoned: IntCounter,
+}
+
+/// How a parent pushes.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Longest time one segment may take to deliver to one child.
+    pub deadline: Duration,
+    /// Shared upload cap over all children, if any.
+    pub cap: Option<Arc<UploadCap>>,
+    /// Fault injection for tests and the swarm harness: flip one byte in
+    /// every segment whose sequence number is a multiple of this.
+    pub tamper_every: Option<u64>,
+    /// Counters.
+    pub metrics: PushMetrics,
+}
+
+/// Pushes `feed` to an admitted child until it or the connection goes.
+pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Result<(), TreeError> {
+    let mut segments = feed.segments.subscribe();
+    let mut playlist = feed.playlist.subscribe();
+    let recent: Vec<Arc<TreeSegment>> = feed.recent().iter().cloned().collect();
+    let mut sends = JoinSet::new();
+    let mut inbound = FrameDecoder::new();
+    let conn = child.conn.clone();
+    let spawn_send = |sends: &mut JoinSet<()>, seg: Arc<TreeSegment>| {
+        let (conn, opts) = (conn.clone(), opts.clone());
+        sends.spawn(async move {
+            let sent = tokio::time::timeout(opts.deadline, send_segment(&conn, &seg, &opts)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                opts.metrics.abandoned.inc();
+            }
+        });
+    };
+    let first = playlist.borrow_and_update().clone();
+    if let Some(p) = first {
+        child
+            .control
+            .write_all(&encode(&Frame::Playlist(p)))
+            .await?;
+    }
+    for seg in &recent {
+        spawn_send(&mut sends, seg.clone());
+    }
+    loop {
+        tokio::select! {
+            seg = segments.recv() => match seg {
+                Ok(seg) => {
+                    if !recent.iter().any(|r| Arc::ptr_eq(r, &seg)) {
+                        spawn_send(&mut sends, seg);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(child = child.peer_id, skipped = n, "child fell behind; skipping ahead");
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            changed = playlist.changed() => {
+                if changed.is_err() { return Ok(()); }
+                let p = playlist.borrow_and_update().clone();
+                if let Some(p) = p {
+                    child.control.write_all(&encode(&Frame::Playlist(p))).await?;
+                }
+            }
+            Some(_) = sends.join_next(), if !sends.is_empty() => {}
+            chunk = child.control_rx.read_chunk(64 * 1024, true) => {
+                // A child speaks on the control stream only to ping.
+                let Some(c) = chunk? else { return Ok(()) };
+                inbound.feed(&c.bytes);
+                while let Some(frame) = inbound.poll_frame()? {
+                    match frame {
+                        Frame::Ping(n) => child.control.write_all(&encode(&Frame::Pong(n))).await?,
+                        Frame::Pong(_) => {}
+                        other => return Err(TreeError::Protocol(format!("unexpected {} from a child", frame_name(&other)))),
+                    }
+                }
+            }
+            reason = conn.closed() => return Err(reason.into()),
+        }
+    }
+}
+
+/// Sends one segment on its own stream: start, data as it arrives, end.
+/// A child that stops the stream (it has the segment already) ends it
+/// quietly; a failed source resets it, so the child sees an incomplete
+/// segment rather than a wrong one.
+async fn send_segment(
+    conn: &quinn::Connection,
+    seg: &TreeSegment,
+    opts: &PushOptions,
+) -> Result<(), TreeError> {
+    let mut s = conn.open_uni().await?;
+    match write_segment(&mut s, seg, opts).await {
+        Ok(()) => Ok(()),
+        Err(TreeError::Write(quinn::WriteError::Stopped(_))) => Ok(()),
+        Err(e) => {
+            let _ = s.reset(1u32.into());
+            Err(e)
+        }
+    }
+}
+
+async fn write_segment(
+    s: &mut quinn::SendStream,
+    seg: &TreeSegment,
+    opts: &PushOptions,
+) -> Result<(), TreeError> {
+    s.write_all(&encode(&Frame::SegmentStart { seq: seg.seq }))
+        .await?;
+    let tamper = opts.tamper_every.is_some_and(|n| n > 0 && seg.seq % n == 0);
+    let mut tampered = false;
+    let mut reader = seg.data.reader();
+    while let Some(chunk) = reader
+        .next_chunk()
+        .await
+        .map_err(|e| TreeError::Source(e.to_string()))?
+    {
+        for piece in chunk.chunks(CHUNK) {
+            if let Some(cap) = &opts.cap {
+                cap.take(piece.len()).await;
+            }
+            let mut data = chunk.slice_ref(piece);
+            if tamper && !tampered && !data.is_empty() {
+                let mut bad = BytesMut::from(&data[..]);
+                let mid = bad.len() / 2;
+                bad[mid] ^= 0xff;
+                data = bad.freeze();
+                tampered = true;
+            }
+            s.write_all(&encode(&Frame::SegmentData(data))).await?;
+            opts.metrics.egress.inc_by(piece.len() as u64);
+        }
+    }
+    let signature = seg
+        .signature
+        .wait_complete()
+        .await
+        .map_err(|e| TreeError::Source(e.to_string()))?;
+    s.write_all(&encode(&Frame::SegmentEnd { signature }))
+        .await?;
+    s.finish()?;
+    Ok(())
+}
+
+/// A token bucket shared by all of a parent's children: the viewer's
+/// upload cap. A burst of one second is allowed; beyond that a sender
+/// waits, and a child that waits too long falls behind and is skipped.
+#[derive(Debug)]
+pub struct UploadCap {
+    bytes_per_sec: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl UploadCap {
+    /// A cap of `kbps` kilobits per second.
+    pub fn new(kbps: u32) -> Self {
+        let bytes_per_sec = f64::from(kbps.max(1)) * 1000.0 / 8.0;
+        Self {
+            bytes_per_sec,
+            state: Mutex::new((bytes_per_sec, Instant::now())),
+        }
+    }
+
+    /// Waits until `n` bytes may be sent.
+    pub async fn take(&self, n: usize) {
+        let wait = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let refill = now.saturating_duration_since(st.1).as_secs_f64() * self.bytes_per_sec;
+            st.0 = (st.0 + refill).min(self.bytes_per_sec);
+            st.1 = now;
+            st.0 -= n as f64;
+            if st.0 >= 0.0 {
+                return;
+            }
+            Duration::from_secs_f64(-st.0 / self.bytes_per_sec)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(seq: u64) -> Arc<TreeSegment> {
+        Arc::new(TreeSegment {
+            seq,
+            data: GrowingBody::complete(Bytes::from_static(b"x")),
+            signature: GrowingBody::complete(Bytes::from_static(b"{}")),
+        })
+    }
+
+    #[test]
+    fn feed_keeps_the_latest_attempt_of_the_last_few_segments() {
+        let feed = Feed::new();
+        for s in 1..=5 {
+            feed.publish(seg(s));
+        }
+        let retry = seg(5);
+        feed.publish(retry.clone());
+        let recent: Vec<u64> = feed.recent().iter().map(|s| s.seq).collect();
+        assert_eq!(recent, vec![3, 4, 5]);
+        assert!(Arc::ptr_eq(&feed.recent()[2], &retry));
+        assert!(feed.set_playlist(Bytes::from_static(b"a")));
+        assert!(!feed.set_playlist(Bytes::from_static(b"a")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upload_cap_paces_beyond_the_burst() {
+        let cap = UploadCap::new(800); // 100 kB/s
+        let start = tokio::time::Instant::now();
+        cap.take(100_000).await; // the burst
+        cap.take(50_000).await; // half a second more
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(450) && waited <= Duration::from_millis(600),
+            "{waited:?}"
+        );
+    }
+}
