@@ -17,6 +17,7 @@
 //! - [`ticket`]: the edge's signed permission for a child to join a parent.
 //! - [`wire`]: the frames parents and children exchange over QUIC.
 //! - [`quic`]: QUIC endpoint configs with pinned self-signed certificates.
+//! - [`tracker`]: the tracker's HTTP+JSON messages (peer ↔ edge).
 //! - [`tree`]: the parent side of the tree protocol (admit a child, push to it).
 
 pub mod app;
@@ -27,6 +28,7 @@ pub mod names;
 pub mod quic;
 pub mod signature;
 pub mod ticket;
+pub mod tracker;
 pub mod tree;
 pub mod wire;
 

@@ -1,0 +1,140 @@
+//! The peer's HTTP client for its edge: tracker requests, the origin's
+//! key, and fallback fetches of playlists and segments. Every answer is
+//! size-limited and time-limited; nothing the edge sends is trusted beyond
+//! what the caller verifies.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use treecast_proto::app::error_chain;
+
+/// Why a request to the edge failed. All are worth retrying later.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The URL could not be built.
+    #[error("bad edge URL {0}")]
+    Url(String),
+    /// No connection, or the request failed in transport.
+    #[error("request to the edge failed: {0}")]
+    Transport(String),
+    /// No complete answer in time.
+    #[error("the edge did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The answer was larger than allowed.
+    #[error("the edge's answer exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The edge answered with an error status.
+    #[error("the edge answered {status}: {message}")]
+    Status {
+        /// Its status.
+        status: StatusCode,
+        /// Its explanation (the start of its body).
+        message: String,
+    },
+    /// The answer was not the JSON expected.
+    #[error("unexpected answer from the edge: {0}")]
+    Json(String),
+}
+
+/// A client for one edge.
+#[derive(Debug, Clone)]
+pub struct EdgeClient {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl EdgeClient {
+    /// A client for the edge at `base` (`http://host:port`).
+    pub fn new(base: &Uri) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        Self {
+            base: base.to_string().trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// The edge's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GETs `path`, whole, at most `limit` bytes, within `timeout`.
+    pub async fn get(
+        &self,
+        path: &str,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Bytes, EdgeError> {
+        self.request(Method::GET, path, Bytes::new(), limit, timeout)
+            .await
+    }
+
+    /// POSTs JSON to `path` and parses the JSON answer.
+    pub async fn post_json<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+        timeout: Duration,
+    ) -> Result<A, EdgeError> {
+        let body = serde_json::to_vec(body).map_err(|e| EdgeError::Json(e.to_string()))?;
+        let answer = self
+            .request(Method::POST, path, body.into(), 64 * 1024, timeout)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| EdgeError::Json(e.to_string()))
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Bytes, EdgeError> {
+        let url = format!("{}{path}", self.base);
+        let uri: Uri = url.parse().map_err(|_| EdgeError::Url(url.clone()))?;
+        let mut req = Request::builder().method(method).uri(uri);
+        if !body.is_empty() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body)).map_err(|_| EdgeError::Url(url))?;
+        let work = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| EdgeError::Transport(error_chain(&e)))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        EdgeError::TooLarge(limit)
+                    } else {
+                        EdgeError::Transport(e.to_string())
+                    }
+                })?
+                .to_bytes();
+            if status != StatusCode::OK {
+                let message = String::from_utf8_lossy(&bytes)
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect();
+                return Err(EdgeError::Status { status, message });
+            }
+            Ok(bytes)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| EdgeError::Timeout(timeout))?
+    }
+}

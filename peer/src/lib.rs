@@ -1,0 +1,39 @@
+//! treecast peer: the agent on each viewer's machine.
+//!
+//! It joins the channel's tree through the edge's tracker, receives each
+//! segment from its parent over QUIC as it is cut, forwards every chunk to
+//! its own children at once, verifies each segment against the origin's
+//! signature, and serves the viewer's player from a loopback HTTP proxy a
+//! little behind live. What the tree does not deliver in time comes from the
+//! edge over HTTP.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`PeerConfig`], the one configuration struct.
+//! - [`store`]: sans-IO segment store and local playlist (verification,
+//!   deadlines, the trailing window).
+//! - [`shared`]: state the tasks share; where every segment and playlist
+//!   enters.
+//! - [`upstream`]: the link to the parent and the warm backup; switching.
+//! - [`downstream`]: admitting children and pushing to them.
+//! - [`fallback`]: fetching from the edge what the tree did not deliver.
+//! - [`tracker`]: join, heartbeat with stats, report, leave.
+//! - [`proxy`]: the player's local HTTP server and `/status`.
+//! - [`edge_client`]: HTTP requests to the edge.
+//! - [`metrics`]: Prometheus counters.
+//! - [`run`]: [`PeerHandle`], starting and stopping it all.
+
+pub mod config;
+pub mod downstream;
+pub mod edge_client;
+pub mod fallback;
+pub mod metrics;
+pub mod proxy;
+pub mod run;
+pub mod shared;
+pub mod store;
+pub mod tracker;
+pub mod upstream;
+
+pub use config::PeerConfig;
+pub use run::{PeerHandle, StartError};

@@ -1,0 +1,155 @@
+//! The peer's Prometheus metrics (`/metrics` on the local proxy) and the
+//! counters its status page and heartbeats are built from. Labels are small
+//! fixed sets.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use treecast_proto::tree::PushMetrics;
+
+/// Every metric of one peer.
+#[derive(Debug, Clone)]
+pub struct PeerMetrics {
+    registry: Registry,
+    /// Segment bytes received from the parent over QUIC.
+    pub bytes_from_tree: IntCounter,
+    /// Segment bytes fetched from the edge over HTTP.
+    pub bytes_from_edge: IntCounter,
+    /// Segment bytes sent to children.
+    pub bytes_uploaded: IntCounter,
+    /// Segments verified, by source (`tree`, `edge`).
+    pub verified: IntCounterVec,
+    /// Segments that failed verification (from the parent or the edge).
+    pub corrupt: IntCounter,
+    /// Segments fetched from the edge because the tree did not deliver
+    /// them within the grace period.
+    pub fallbacks: IntCounter,
+    /// Player requests for a segment not in memory yet.
+    pub stalls: IntCounter,
+    /// Parent changes, by reason (`assigned`, `gap`, `corrupt`, `closed`).
+    pub parent_switches: IntCounterVec,
+    /// Frames or streams from a parent or child that broke the protocol.
+    pub bad_input: IntCounter,
+    /// Children refused (bad ticket, leaf only).
+    pub children_refused: IntCounter,
+    /// Segment deliveries to children abandoned.
+    pub abandoned: IntCounter,
+    /// Children connected now.
+    pub children: IntGauge,
+    /// 1 while a parent is streaming to this peer.
+    pub connected: IntGauge,
+    /// Depth in the tree (0: none).
+    pub depth: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Static definitions with unique names: registration cannot fail.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
+impl PeerMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        Self {
+            bytes_from_tree: counter(
+                r,
+                "treecast_peer_tree_bytes_total",
+                "Segment bytes received from the parent.",
+            ),
+            bytes_from_edge: counter(
+                r,
+                "treecast_peer_edge_bytes_total",
+                "Segment bytes fetched from the edge over HTTP.",
+            ),
+            bytes_uploaded: counter(
+                r,
+                "treecast_peer_uploaded_bytes_total",
+                "Segment bytes sent to children.",
+            ),
+            verified: counter_vec(
+                r,
+                "treecast_peer_segments_verified_total",
+                "Segments verified against the origin's signature, by source.",
+                &["source"],
+            ),
+            corrupt: counter(
+                r,
+                "treecast_peer_segments_corrupt_total",
+                "Segments that failed verification.",
+            ),
+            fallbacks: counter(
+                r,
+                "treecast_peer_fallbacks_total",
+                "Segments fetched from the edge because the tree was late.",
+            ),
+            stalls: counter(
+                r,
+                "treecast_peer_stalls_total",
+                "Player requests for a segment not yet in memory.",
+            ),
+            parent_switches: counter_vec(
+                r,
+                "treecast_peer_parent_switches_total",
+                "Parent changes, by reason.",
+                &["reason"],
+            ),
+            bad_input: counter(
+                r,
+                "treecast_peer_bad_input_total",
+                "Frames or streams that broke the tree protocol.",
+            ),
+            children_refused: counter(
+                r,
+                "treecast_peer_children_refused_total",
+                "Children refused (bad ticket, leaf only).",
+            ),
+            abandoned: counter(
+                r,
+                "treecast_peer_abandoned_total",
+                "Segment deliveries to children abandoned.",
+            ),
+            children: gauge(r, "treecast_peer_children", "Children connected now."),
+            connected: gauge(
+                r,
+                "treecast_peer_connected",
+                "1 while a parent streams to this peer.",
+            ),
+            depth: gauge(r, "treecast_peer_depth", "Depth in the tree (0: none)."),
+            registry,
+        }
+    }
+
+    /// What the push to children counts.
+    pub fn push(&self) -> PushMetrics {
+        PushMetrics {
+            egress: self.bytes_uploaded.clone(),
+            abandoned: self.abandoned.clone(),
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        treecast_proto::http::render_metrics(&self.registry)
+    }
+}
+
+impl Default for PeerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,244 @@
+//! The local proxy: the viewer's player talks to this, on loopback only.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET/HEAD | `/live/<channel>/index.m3u8` | the local playlist: `buffer_secs` behind live, every listed segment verified and in memory |
+//! | GET/HEAD | `/live/<channel>/<seq>.ts` | a verified segment, from memory |
+//! | GET | `/status` | JSON: connected, parent, depth, buffer, bytes by source (see `docs/peer.md`) |
+//! | GET | `/metrics` | Prometheus metrics |
+//! | GET | `/healthz` | liveness |
+//!
+//! A request for a segment not in memory yet (a player ahead of the local
+//! playlist) waits for it, since the fallback fetches it from the edge
+//! within the grace period, and counts as a stall; a request for the
+//! playlist before the first segment is verified waits for that. Nothing
+//! unverified is ever served.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Serialize;
+use treecast_proto::http::{self as h, Body};
+use treecast_proto::tracker::NodeInfo;
+use treecast_proto::SegmentFile;
+
+use crate::shared::Shared;
+
+/// Longest a request waits for the first playlist or a missing segment.
+const WAIT: Duration = Duration::from_secs(8);
+
+/// The proxy's request handler.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The peer's shared state.
+    pub shared: Arc<Shared>,
+}
+
+impl h::Handler for Proxy {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method();
+        if method == Method::OPTIONS {
+            // Pages on public origins may use a loopback peer only if the
+            // preflight says so (Private Network Access).
+            let mut r = h::preflight();
+            r.headers_mut().insert(
+                "access-control-allow-private-network",
+                HeaderValue::from_static("true"),
+            );
+            return r;
+        }
+        if method != Method::GET && method != Method::HEAD {
+            return h::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed here"),
+            );
+        }
+        let path = req.uri().path().to_owned();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["live", channel, file] => self.live(channel, file).await,
+            ["status"] => h::json(StatusCode::OK, &status(&self.shared)),
+            ["metrics"] => h::prometheus(self.shared.metrics.render()),
+            ["healthz"] => h::text(StatusCode::OK, "ok"),
+            [""] => h::text(
+                StatusCode::OK,
+                format!(
+                    "treecast peer for channel {0}\n\nGET /live/{0}/index.m3u8   play this\nGET /status                  peer status (JSON)\nGET /metrics                 Prometheus metrics",
+                    self.shared.channel
+                ),
+            ),
+            _ => h::text(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
+        }
+    }
+}
+
+impl Proxy {
+    async fn live(&self, channel: &str, file: &str) -> Response<Body> {
+        if channel != self.shared.channel.as_str() {
+            return h::text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "this peer relays channel {}, not {channel}",
+                    self.shared.channel
+                ),
+            );
+        }
+        match SegmentFile::parse(file) {
+            Some(SegmentFile::Playlist) => self.playlist().await,
+            Some(SegmentFile::Segment(seq)) => self.segment(seq).await,
+            _ => h::text(StatusCode::NOT_FOUND, format!("no such file: {file}")),
+        }
+    }
+
+    /// Waits until `ready` gives an answer or [`WAIT`] passes.
+    async fn wait_for<T>(&self, mut ready: impl FnMut(&Shared) -> Option<T>) -> Option<T> {
+        let mut changed = self.shared.changed.subscribe();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(v) = ready(&self.shared) {
+                    return Some(v);
+                }
+                if changed.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn playlist(&self) -> Response<Body> {
+        match self.wait_for(|s| s.store().playlist()).await {
+            Some(p) => h::object(StatusCode::OK, p, h::PLAYLIST_TYPE, "no-cache"),
+            None => h::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no verified segment yet: the peer is still connecting (retry shortly)",
+            ),
+        }
+    }
+
+    async fn segment(&self, seq: u64) -> Response<Body> {
+        if let Some(b) = self.shared.store().segment(seq) {
+            return h::object(StatusCode::OK, b, h::SEGMENT_TYPE, h::IMMUTABLE);
+        }
+        let plausible = {
+            let store = self.shared.store();
+            store.is_listed(seq) || store.live_last().is_some_and(|l| seq <= l + 2)
+        };
+        if !plausible {
+            return h::text(
+                StatusCode::NOT_FOUND,
+                format!("segment {seq} is not in the live window"),
+            );
+        }
+        self.shared.metrics.stalls.inc();
+        match self.wait_for(|s| s.store().segment(seq)).await {
+            Some(b) => h::object(StatusCode::OK, b, h::SEGMENT_TYPE, h::IMMUTABLE),
+            None => h::text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("segment {seq} did not arrive in time"),
+            ),
+        }
+    }
+}
+
+/// A node as the status page shows it.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    /// `edge` or `peer`.
+    pub kind: String,
+    /// Peer id (0: the edge).
+    pub id: u64,
+    /// QUIC address.
+    pub addr: Option<String>,
+}
+
+impl From<&NodeInfo> for NodeStatus {
+    fn from(n: &NodeInfo) -> Self {
+        Self {
+            kind: n.kind.clone(),
+            id: n.id,
+            addr: n.addr.map(|a| a.to_string()),
+        }
+    }
+}
+
+/// `GET /status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Channel relayed.
+    pub channel: String,
+    /// Peer id from the tracker (0 before joining).
+    pub peer_id: u64,
+    /// True while a parent streams to this peer.
+    pub connected: bool,
+    /// Depth in the tree (0: not placed).
+    pub depth: u8,
+    /// The parent streaming now.
+    pub parent: Option<NodeStatus>,
+    /// The warm backup the tracker named.
+    pub backup: Option<NodeStatus>,
+    /// Children connected now.
+    pub children: i64,
+    /// Media time between the end of the local playlist and live, ms.
+    pub buffer_ms: u64,
+    /// First and last segment of the local playlist.
+    pub playlist_first: Option<u64>,
+    /// Last segment of the local playlist.
+    pub playlist_last: Option<u64>,
+    /// Last segment listed live.
+    pub live_last: Option<u64>,
+    /// Segment bytes from the parent.
+    pub bytes_from_tree: u64,
+    /// Segment bytes from the edge (fallbacks).
+    pub bytes_from_edge: u64,
+    /// Segment bytes sent to children.
+    pub bytes_uploaded: u64,
+    /// Segments verified.
+    pub segments_verified: u64,
+    /// Segments fetched from the edge because the tree was late.
+    pub fallbacks: u64,
+    /// Segments that failed verification.
+    pub corrupt: u64,
+    /// Player requests that had to wait.
+    pub stalls: u64,
+    /// Seconds since the peer started.
+    pub uptime_s: u64,
+}
+
+/// The peer's status now.
+pub fn status(shared: &Shared) -> Status {
+    let a = shared.assignment.borrow().clone();
+    let (window, buffer, live_last) = {
+        let s = shared.store();
+        (s.window(), s.behind_live(), s.live_last())
+    };
+    let m = &shared.metrics;
+    let parent = shared.parent();
+    Status {
+        channel: shared.channel.to_string(),
+        peer_id: a.as_ref().map_or(0, |a| a.peer_id),
+        connected: parent.is_some(),
+        depth: a.as_ref().map_or(0, |a| a.depth),
+        parent: parent.as_ref().map(|p| (&p.node).into()),
+        backup: a.as_ref().and_then(|a| a.backup.as_ref()).map(Into::into),
+        children: m.children.get(),
+        buffer_ms: buffer.as_millis() as u64,
+        playlist_first: window.map(|w| w.first),
+        playlist_last: window.map(|w| w.last),
+        live_last,
+        bytes_from_tree: m.bytes_from_tree.get(),
+        bytes_from_edge: m.bytes_from_edge.get(),
+        bytes_uploaded: m.bytes_uploaded.get(),
+        segments_verified: m.verified.with_label_values(&["tree"]).get()
+            + m.verified.with_label_values(&["edge"]).get(),
+        fallbacks: m.fallbacks.get(),
+        corrupt: m.corrupt.get(),
+        stalls: m.stalls.get(),
+        uptime_s: shared.started.elapsed().as_secs(),
+    }
+}

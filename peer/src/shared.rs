@@ -1,0 +1,195 @@
+//! What the peer's tasks share: the store, the feed to children, the
+//! current assignment, counters. Every segment and playlist, whatever its
+//! source, enters through [`Shared::on_segment`] and
+//! [`Shared::on_playlist`], so verification and bookkeeping happen in one
+//! place.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+use treecast_proto::tracker::{Assignment, NodeInfo, ReportKind};
+use treecast_proto::tree::Feed;
+use treecast_proto::{ChannelName, VerifyError};
+
+use crate::config::PeerConfig;
+use crate::edge_client::EdgeClient;
+use crate::metrics::PeerMetrics;
+use crate::store::{PlaylistUpdate, Store};
+
+/// Where bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The parent, over QUIC.
+    Tree,
+    /// The edge, over HTTP.
+    Edge,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Tree => "tree",
+            Source::Edge => "edge",
+        }
+    }
+}
+
+/// The parent this peer is streaming from.
+#[derive(Debug, Clone)]
+pub struct ParentLink {
+    /// The node.
+    pub node: NodeInfo,
+    /// Since when.
+    pub since: Instant,
+}
+
+/// State shared by the peer's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Settings.
+    pub config: PeerConfig,
+    store: Mutex<Store>,
+    /// Bumped whenever the store changes (a segment verified, the local
+    /// playlist moved), for requests waiting on it.
+    pub changed: watch::Sender<u64>,
+    /// What children receive.
+    pub feed: Feed,
+    /// Counters.
+    pub metrics: PeerMetrics,
+    /// The edge.
+    pub edge: EdgeClient,
+    /// The tracker's latest answer.
+    pub assignment: watch::Sender<Option<Assignment>>,
+    /// The parent streaming now.
+    pub parent: Mutex<Option<ParentLink>>,
+    /// When the parent last sent a playlist.
+    pub last_tree_playlist: Mutex<Option<Instant>>,
+    /// Requests for the tracker task.
+    pub tracker: mpsc::Sender<ReportKind>,
+    /// This peer's QUIC address as given to the tracker.
+    pub advertise: SocketAddr,
+    /// Its certificate fingerprint.
+    pub fingerprint: String,
+    /// When the peer started.
+    pub started: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single call; a panic elsewhere
+    // leaves them consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Builds the shared state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        channel: ChannelName,
+        config: PeerConfig,
+        store: Store,
+        metrics: PeerMetrics,
+        edge: EdgeClient,
+        tracker: mpsc::Sender<ReportKind>,
+        advertise: SocketAddr,
+        fingerprint: String,
+    ) -> Self {
+        Self {
+            channel,
+            config,
+            store: Mutex::new(store),
+            changed: watch::channel(0).0,
+            feed: Feed::new(),
+            metrics,
+            edge,
+            assignment: watch::channel(None).0,
+            parent: Mutex::new(None),
+            last_tree_playlist: Mutex::new(None),
+            tracker,
+            advertise,
+            fingerprint,
+            started: Instant::now(),
+        }
+    }
+
+    /// The store, locked.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// A live playlist from `source`. Bad playlists are logged and counted,
+    /// never forwarded.
+    pub fn on_playlist(&self, bytes: Bytes, source: Source) {
+        let now = Instant::now();
+        let result = self.store().handle_playlist(&bytes, now);
+        match result {
+            Ok(PlaylistUpdate::Stale) => debug!(source = source.label(), "stale playlist ignored"),
+            Ok(_) => {
+                if source == Source::Tree {
+                    *lock(&self.last_tree_playlist) = Some(now);
+                }
+                self.feed.set_playlist(bytes);
+                self.store().refresh();
+                self.bump();
+            }
+            Err(e) => {
+                self.metrics.bad_input.inc();
+                warn!(source = source.label(), error = %e, "unusable playlist ignored");
+            }
+        }
+    }
+
+    /// A complete segment from `source` with the origin's signature
+    /// document: verified and kept, or refused. `Ok(false)` when it was
+    /// already there.
+    pub fn on_segment(
+        &self,
+        seq: u64,
+        bytes: Bytes,
+        signature: &[u8],
+        source: Source,
+    ) -> Result<bool, VerifyError> {
+        let result = self.store().handle_segment(seq, bytes, signature);
+        match &result {
+            Ok(true) => {
+                self.metrics
+                    .verified
+                    .with_label_values(&[source.label()])
+                    .inc();
+                self.store().refresh();
+                self.bump();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.metrics.corrupt.inc();
+                warn!(seq, source = source.label(), error = %e, "segment failed verification; not used");
+            }
+        }
+        result
+    }
+
+    /// The parent streaming now.
+    pub fn parent(&self) -> Option<ParentLink> {
+        lock(&self.parent).clone()
+    }
+
+    /// Records the parent streaming now.
+    pub fn set_parent(&self, link: Option<ParentLink>) {
+        self.metrics.connected.set(i64::from(link.is_some()));
+        *lock(&self.parent) = link;
+    }
+
+    /// When the parent last sent a playlist.
+    pub fn last_tree_playlist(&self) -> Option<Instant> {
+        *lock(&self.last_tree_playlist)
+    }
+}

@@ -1,0 +1,175 @@
+//! The peer's side of the tracker protocol (`docs/tracker.md`): join,
+//! heartbeat with the stats since the last one, report a bad parent, leave.
+//!
+//! - every answer is an assignment (parent, backup, depth), published on
+//!   [`Shared::assignment`] for the upstream and downstream tasks;
+//! - a tracker that forgot this peer (restart, eviction) answers a
+//!   heartbeat with 404: the peer joins again, naming the parent it still
+//!   streams from so the tree is rebuilt as it is;
+//! - stats are deltas since the last heartbeat that got through, so a lost
+//!   heartbeat loses nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use treecast_proto::tracker::{
+    Assignment, HeartbeatRequest, JoinRequest, LeaveRequest, ReportKind, ReportRequest,
+};
+
+use crate::edge_client::EdgeError;
+use crate::shared::Shared;
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Counter values sent in the last heartbeat that got through.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sent {
+    tree: u64,
+    edge: u64,
+    uploaded: u64,
+    stalls: u64,
+    fallbacks: u64,
+    corrupt: u64,
+}
+
+impl Sent {
+    fn now(shared: &Shared) -> Self {
+        let m = &shared.metrics;
+        Self {
+            tree: m.bytes_from_tree.get(),
+            edge: m.bytes_from_edge.get(),
+            uploaded: m.bytes_uploaded.get(),
+            stalls: m.stalls.get(),
+            fallbacks: m.fallbacks.get(),
+            corrupt: m.corrupt.get(),
+        }
+    }
+}
+
+/// Runs until `shutdown`, then leaves.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut reports: mpsc::Receiver<ReportKind>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut peer_id: Option<u64> = None;
+    let mut sent = Sent::default();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let Some(id) = peer_id else {
+            match join(&shared).await {
+                Ok(a) => {
+                    info!(peer_id = a.peer_id, depth = a.depth, parent = ?a.parent.as_ref().map(|p| p.id), "joined the tree");
+                    peer_id = Some(a.peer_id);
+                    publish(&shared, a);
+                    backoff = Duration::from_millis(250);
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot join the tree; retrying (the player is served from the edge meanwhile)");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            continue;
+        };
+        let interval = shared
+            .assignment
+            .borrow()
+            .as_ref()
+            .map_or(1000, |a| a.heartbeat_interval_ms)
+            .clamp(200, 30_000);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(interval)) => {
+                let now = Sent::now(&shared);
+                match heartbeat(&shared, id, sent, now).await {
+                    Ok(a) => {
+                        sent = now;
+                        publish(&shared, a);
+                    }
+                    Err(EdgeError::Status { status: StatusCode::NOT_FOUND, .. }) => {
+                        warn!(peer_id = id, "the tracker no longer knows this peer; joining again");
+                        peer_id = None;
+                    }
+                    Err(e) => warn!(error = %e, "heartbeat failed"),
+                }
+            }
+            Some(kind) = reports.recv() => {
+                let req = ReportRequest { channel: shared.channel.to_string(), peer_id: id, report: kind };
+                match shared.edge.post_json::<_, Assignment>("/tracker/v1/report", &req, TIMEOUT).await {
+                    Ok(a) => publish(&shared, a),
+                    Err(e) => warn!(error = %e, ?kind, "report to the tracker failed"),
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    if let Some(id) = peer_id {
+        let req = LeaveRequest {
+            channel: shared.channel.to_string(),
+            peer_id: id,
+        };
+        match shared
+            .edge
+            .post_json::<_, Assignment>("/tracker/v1/leave", &req, Duration::from_secs(1))
+            .await
+        {
+            Ok(_) => info!(peer_id = id, "left the tree"),
+            Err(e) => {
+                warn!(error = %e, "leave not acknowledged; the tracker will time this peer out")
+            }
+        }
+    }
+}
+
+fn publish(shared: &Shared, a: Assignment) {
+    shared.metrics.depth.set(i64::from(a.depth));
+    shared.assignment.send_replace(Some(a));
+}
+
+async fn join(shared: &Shared) -> Result<Assignment, EdgeError> {
+    let c = &shared.config;
+    let req = JoinRequest {
+        channel: shared.channel.to_string(),
+        addr: shared.advertise,
+        site: c.site.clone(),
+        max_upload_kbps: c.max_upload_kbps,
+        token: c.token.clone(),
+        cert_fingerprint: Some(shared.fingerprint.clone()),
+        resume_parent_addr: shared.parent().and_then(|p| p.node.addr),
+    };
+    shared
+        .edge
+        .post_json("/tracker/v1/join", &req, TIMEOUT)
+        .await
+}
+
+async fn heartbeat(
+    shared: &Shared,
+    peer_id: u64,
+    sent: Sent,
+    now: Sent,
+) -> Result<Assignment, EdgeError> {
+    let req = HeartbeatRequest {
+        channel: shared.channel.to_string(),
+        peer_id,
+        bytes_from_parent: now.tree - sent.tree,
+        bytes_from_edge: now.edge - sent.edge,
+        bytes_uploaded: now.uploaded - sent.uploaded,
+        stalls: now.stalls - sent.stalls,
+        fallbacks: now.fallbacks - sent.fallbacks,
+        corrupt: now.corrupt - sent.corrupt,
+    };
+    shared
+        .edge
+        .post_json("/tracker/v1/heartbeat", &req, TIMEOUT)
+        .await
+}

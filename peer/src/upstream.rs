@@ -1,0 +1,496 @@
+//! Receiving the stream: the link to the parent, and the warm backup.
+//!
+//! - the manager follows the tracker's assignment: it connects to the
+//!   parent it names (certificate pinned to the fingerprint the tracker
+//!   vouches for), says `Hello` with the ticket, and only then drops the
+//!   old parent (make before break); it keeps a QUIC connection to the
+//!   backup open, so switching costs one round trip;
+//! - a link reads the control stream (playlists, pongs) and one stream per
+//!   segment: each chunk goes straight into a growing body that children
+//!   are already streaming from (cut-through), and the whole segment is
+//!   verified against the origin's signature at its end;
+//! - the link ends when the parent goes silent for `gap_ms` (pings every
+//!   third of that), closes, breaks the protocol, or sends a segment that
+//!   fails verification; the manager then switches to the warm backup at
+//!   once and tells the tracker, which names a new backup;
+//! - what a hostile parent can make this peer hold is bounded: segments in
+//!   flight per link, bytes per segment, time per segment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+use treecast_proto::quic::{client_config, parse_fingerprint, SERVER_NAME};
+use treecast_proto::tracker::{NodeInfo, ReportKind};
+use treecast_proto::tree::{encode, frame_name, read_frame, TreeError, TreeSegment};
+use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
+use treecast_proto::GrowingBody;
+
+use crate::shared::{ParentLink, Shared, Source};
+
+/// Segment streams one parent may have open to this peer at once.
+const MAX_INFLIGHT: usize = 6;
+/// Longest a connection attempt or `Hello` may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A parent that failed is not tried again for this long.
+const FAILED_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// Why a link to a parent ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkEnd {
+    /// Silent for longer than `gap_ms`.
+    #[error("the parent went silent")]
+    Gap,
+    /// A segment failed verification.
+    #[error("segment {0} from the parent failed verification")]
+    Corrupt(u64),
+    /// The connection closed or broke the protocol.
+    #[error("the link closed: {0}")]
+    Closed(TreeError),
+}
+
+struct Link {
+    node: NodeInfo,
+    number: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Warm {
+    node: NodeInfo,
+    conn: quinn::Connection,
+}
+
+fn same(a: &NodeInfo, b: &NodeInfo) -> bool {
+    a.id == b.id && a.addr == b.addr && a.kind == b.kind
+}
+
+fn key(n: &NodeInfo) -> (u64, Option<SocketAddr>) {
+    (n.id, n.addr)
+}
+
+/// Runs the manager until `shutdown`.
+pub async fn run(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut assignments = shared.assignment.subscribe();
+    let (ended_tx, mut ended) = mpsc::channel::<(u64, LinkEnd)>(8);
+    let mut m = Manager {
+        shared: shared.clone(),
+        endpoint,
+        current: None,
+        warm: None,
+        failed: HashMap::new(),
+        links: 0,
+        ended_tx,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            changed = assignments.changed() => {
+                if changed.is_err() { break; }
+                m.reconcile().await;
+            }
+            _ = tick.tick() => m.reconcile().await,
+            Some((number, end)) = ended.recv() => m.link_ended(number, end).await,
+            _ = shutdown.changed() => break,
+        }
+    }
+    shared.set_parent(None);
+}
+
+struct Manager {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    current: Option<Link>,
+    warm: Option<Warm>,
+    failed: HashMap<(u64, Option<SocketAddr>), Instant>,
+    links: u64,
+    ended_tx: mpsc::Sender<(u64, LinkEnd)>,
+}
+
+impl Manager {
+    fn recently_failed(&mut self, n: &NodeInfo) -> bool {
+        self.failed.retain(|_, at| at.elapsed() < FAILED_COOLDOWN);
+        self.failed.contains_key(&key(n))
+    }
+
+    /// Brings the links in line with the tracker's latest assignment.
+    async fn reconcile(&mut self) {
+        let Some(a) = self.shared.assignment.borrow().clone() else {
+            return;
+        };
+        if let Some(want) = &a.parent {
+            let on_it = self.current.as_ref().is_some_and(|l| same(&l.node, want));
+            if !on_it && !self.recently_failed(want) {
+                let reason = if self.current.is_some() {
+                    "assigned"
+                } else {
+                    "joined"
+                };
+                if let Err(e) = self.switch_to(want.clone(), reason).await {
+                    warn!(parent = want.id, addr = ?want.addr, error = %e, "cannot connect to the assigned parent");
+                    self.failed.insert(key(want), Instant::now());
+                }
+            }
+        }
+        match &a.backup {
+            Some(b)
+                if !self.warm.as_ref().is_some_and(|w| same(&w.node, b))
+                    && !self.current.as_ref().is_some_and(|l| same(&l.node, b))
+                    && !self.recently_failed(b) =>
+            {
+                match self.connect(b).await {
+                    Ok(conn) => {
+                        debug!(backup = b.id, "backup parent connection warm");
+                        self.warm = Some(Warm {
+                            node: b.clone(),
+                            conn,
+                        });
+                    }
+                    Err(e) => {
+                        debug!(backup = b.id, error = %e, "cannot warm the backup parent");
+                        self.failed.insert(key(b), Instant::now());
+                    }
+                }
+            }
+            None => self.warm = None,
+            _ => {}
+        }
+        if self
+            .warm
+            .as_ref()
+            .is_some_and(|w| w.conn.close_reason().is_some())
+        {
+            self.warm = None;
+        }
+    }
+
+    async fn link_ended(&mut self, number: u64, end: LinkEnd) {
+        let Some(link) = self.current.take_if(|l| l.number == number) else {
+            return;
+        };
+        let node = link.node.clone();
+        drop(link);
+        self.shared.set_parent(None);
+        self.failed.insert(key(&node), Instant::now());
+        let (report, reason) = match &end {
+            LinkEnd::Gap => (ReportKind::ParentGap, "gap"),
+            LinkEnd::Corrupt(_) => (ReportKind::ParentCorrupt, "corrupt"),
+            LinkEnd::Closed(_) => (ReportKind::ParentGap, "closed"),
+        };
+        warn!(parent = node.id, reason = %end, "lost the parent; switching to the backup");
+        let _ = self.shared.tracker.try_send(report);
+        if let Some(w) = self.warm.take() {
+            if let Err(e) = self.start(w.node.clone(), w.conn, reason).await {
+                warn!(backup = w.node.id, error = %e, "the backup parent refused; waiting for the tracker");
+                self.failed.insert(key(&w.node), Instant::now());
+            }
+        }
+    }
+
+    async fn connect(&self, node: &NodeInfo) -> Result<quinn::Connection, TreeError> {
+        let addr = node
+            .addr
+            .ok_or_else(|| TreeError::Protocol("the tracker gave no address".into()))?;
+        let fp = node
+            .cert_fingerprint
+            .as_deref()
+            .and_then(parse_fingerprint)
+            .ok_or_else(|| {
+                TreeError::Protocol("the tracker gave no valid certificate fingerprint".into())
+            })?;
+        let config = client_config(fp).map_err(|e| TreeError::Protocol(e.to_string()))?;
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(|e| TreeError::Protocol(e.to_string()))?;
+        Ok(tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| TreeError::Timeout("connecting"))??)
+    }
+
+    async fn switch_to(&mut self, node: NodeInfo, reason: &'static str) -> Result<(), TreeError> {
+        let conn = match self.warm.take_if(|w| same(&w.node, &node)) {
+            Some(w) if w.conn.close_reason().is_none() => w.conn,
+            _ => self.connect(&node).await?,
+        };
+        self.start(node, conn, reason).await
+    }
+
+    /// Says `Hello` on `conn` and makes it the current link.
+    async fn start(
+        &mut self,
+        node: NodeInfo,
+        conn: quinn::Connection,
+        reason: &'static str,
+    ) -> Result<(), TreeError> {
+        let my_id = self
+            .shared
+            .assignment
+            .borrow()
+            .as_ref()
+            .map_or(0, |a| a.peer_id);
+        let hello = Frame::Hello {
+            version: VERSION,
+            channel: self.shared.channel.to_string(),
+            peer_id: my_id,
+            ticket: node.ticket.clone(),
+        };
+        let (control, control_rx) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let (mut tx, mut rx) = conn.open_bi().await?;
+            tx.write_all(&encode(&hello)).await?;
+            match read_frame(&mut rx).await? {
+                Frame::Welcome { .. } => Ok((tx, rx)),
+                Frame::Refuse { reason } => Err(TreeError::Protocol(format!("refused: {reason}"))),
+                other => Err(TreeError::Protocol(format!(
+                    "expected Welcome, got {}",
+                    frame_name(&other)
+                ))),
+            }
+        })
+        .await
+        .map_err(|_| TreeError::Timeout("Hello"))??;
+        self.links += 1;
+        let number = self.links;
+        let ended = self.ended_tx.clone();
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            let end = run_link(shared, conn, control, control_rx).await;
+            let _ = ended.send((number, end)).await;
+        });
+        info!(parent = node.id, kind = %node.kind, addr = ?node.addr, reason, "streaming from a new parent");
+        self.shared
+            .metrics
+            .parent_switches
+            .with_label_values(&[reason])
+            .inc();
+        self.shared.set_parent(Some(ParentLink {
+            node: node.clone(),
+            since: Instant::now(),
+        }));
+        // The old link (if any) is aborted only now: make before break.
+        self.current = Some(Link { node, number, task });
+        Ok(())
+    }
+}
+
+/// Milliseconds since `base`, for a lock-free "last heard" stamp.
+fn stamp(base: Instant) -> u64 {
+    base.elapsed().as_millis() as u64
+}
+
+async fn run_link(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut control: quinn::SendStream,
+    mut control_rx: quinn::RecvStream,
+) -> LinkEnd {
+    let end = link_loop(&shared, &conn, &mut control, &mut control_rx).await;
+    conn.close(0u32.into(), b"switching parent");
+    end
+}
+
+async fn link_loop(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    control: &mut quinn::SendStream,
+    control_rx: &mut quinn::RecvStream,
+) -> LinkEnd {
+    let base = Instant::now();
+    let heard = Arc::new(AtomicU64::new(0));
+    let gap = Duration::from_millis(shared.config.gap_ms);
+    let mut ping = tokio::time::interval(gap / 3);
+    let mut pings = 0u64;
+    let mut segments: JoinSet<Result<(), LinkEnd>> = JoinSet::new();
+    let mut decoder = FrameDecoder::new();
+    loop {
+        tokio::select! {
+            chunk = control_rx.read_chunk(64 * 1024, true) => {
+                let c = match chunk {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return LinkEnd::Closed(TreeError::Protocol("parent ended the control stream".into())),
+                    Err(e) => return LinkEnd::Closed(e.into()),
+                };
+                heard.store(stamp(base), Ordering::Relaxed);
+                decoder.feed(&c.bytes);
+                loop {
+                    match decoder.poll_frame() {
+                        Ok(None) => break,
+                        Ok(Some(Frame::Playlist(p))) => shared.on_playlist(p, Source::Tree),
+                        Ok(Some(Frame::Pong(_))) => {}
+                        Ok(Some(Frame::Ping(n))) => {
+                            if let Err(e) = control.write_all(&encode(&Frame::Pong(n))).await {
+                                return LinkEnd::Closed(e.into());
+                            }
+                        }
+                        Ok(Some(other)) => {
+                            shared.metrics.bad_input.inc();
+                            return LinkEnd::Closed(TreeError::Protocol(format!("unexpected {} on the control stream", frame_name(&other))));
+                        }
+                        Err(e) => {
+                            shared.metrics.bad_input.inc();
+                            return LinkEnd::Closed(e.into());
+                        }
+                    }
+                }
+            }
+            uni = conn.accept_uni() => {
+                let mut recv = match uni {
+                    Ok(r) => r,
+                    Err(e) => return LinkEnd::Closed(e.into()),
+                };
+                if segments.len() >= MAX_INFLIGHT {
+                    shared.metrics.bad_input.inc();
+                    warn!("parent opened too many segment streams at once; refusing one");
+                    let _ = recv.stop(2u32.into());
+                    continue;
+                }
+                let (shared, heard) = (shared.clone(), heard.clone());
+                segments.spawn(async move { receive_segment(&shared, &mut recv, &heard, base).await });
+            }
+            Some(done) = segments.join_next(), if !segments.is_empty() => {
+                if let Ok(Err(end)) = done {
+                    return end;
+                }
+            }
+            _ = ping.tick() => {
+                let silent = Duration::from_millis(stamp(base).saturating_sub(heard.load(Ordering::Relaxed)));
+                if silent > gap {
+                    return LinkEnd::Gap;
+                }
+                pings += 1;
+                if let Err(e) = control.write_all(&encode(&Frame::Ping(pings))).await {
+                    return LinkEnd::Closed(e.into());
+                }
+            }
+        }
+    }
+}
+
+/// Receives one segment stream. Incomplete or malformed streams are logged
+/// and dropped (the fallback covers the segment); only a segment that
+/// fails verification ends the link.
+async fn receive_segment(
+    shared: &Shared,
+    recv: &mut quinn::RecvStream,
+    heard: &AtomicU64,
+    base: Instant,
+) -> Result<(), LinkEnd> {
+    let deadline = shared
+        .store()
+        .target_duration()
+        .map_or(Duration::from_secs(10), |t| {
+            (t * 3).max(Duration::from_secs(6))
+        });
+    match tokio::time::timeout(deadline, segment_stream(shared, recv, heard, base)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(StreamEnd::Corrupt(seq))) => Err(LinkEnd::Corrupt(seq)),
+        Ok(Err(StreamEnd::Incomplete(why))) => {
+            debug!(%why, "incomplete segment stream");
+            Ok(())
+        }
+        Err(_) => {
+            warn!("a segment stream from the parent did not end in time; dropped");
+            let _ = recv.stop(3u32.into());
+            Ok(())
+        }
+    }
+}
+
+enum StreamEnd {
+    Corrupt(u64),
+    Incomplete(String),
+}
+
+async fn segment_stream(
+    shared: &Shared,
+    recv: &mut quinn::RecvStream,
+    heard: &AtomicU64,
+    base: Instant,
+) -> Result<(), StreamEnd> {
+    let bad = |why: String| {
+        shared.metrics.bad_input.inc();
+        StreamEnd::Incomplete(why)
+    };
+    let first = read_frame(recv)
+        .await
+        .map_err(|e| StreamEnd::Incomplete(e.to_string()))?;
+    let Frame::SegmentStart { seq } = first else {
+        return Err(bad(format!(
+            "segment stream began with {}",
+            frame_name(&first)
+        )));
+    };
+    if !shared.store().wants(seq) {
+        // Already verified (a backfill or a repeat): tell the parent to stop.
+        let _ = recv.stop(0u32.into());
+        return Ok(());
+    }
+    let (data_w, data) = GrowingBody::new();
+    let (sig_w, signature) = GrowingBody::new();
+    shared.feed.publish(Arc::new(TreeSegment {
+        seq,
+        data: data.clone(),
+        signature,
+    }));
+    let max = shared.config.max_segment_bytes;
+    let mut decoder = FrameDecoder::new();
+    loop {
+        let chunk = recv
+            .read_chunk(64 * 1024, true)
+            .await
+            .map_err(|e| StreamEnd::Incomplete(e.to_string()))?;
+        let Some(chunk) = chunk else {
+            return Err(StreamEnd::Incomplete(format!(
+                "segment {seq} ended without its signature"
+            )));
+        };
+        heard.store(stamp(base), Ordering::Relaxed);
+        decoder.feed(&chunk.bytes);
+        while let Some(frame) = decoder.poll_frame().map_err(|e| bad(e.to_string()))? {
+            match frame {
+                Frame::SegmentData(b) => {
+                    if data_w.len() + b.len() > max {
+                        return Err(bad(format!("segment {seq} exceeds {max} bytes")));
+                    }
+                    shared.metrics.bytes_from_tree.inc_by(b.len() as u64);
+                    data_w.push(b);
+                }
+                Frame::SegmentEnd { signature } => {
+                    data_w.finish();
+                    let bytes = data.bytes().unwrap_or_default();
+                    return match shared.on_segment(seq, bytes, &signature, Source::Tree) {
+                        Ok(_) => {
+                            sig_w.push(signature);
+                            sig_w.finish();
+                            Ok(())
+                        }
+                        Err(_) => {
+                            sig_w.fail("failed verification");
+                            Err(StreamEnd::Corrupt(seq))
+                        }
+                    };
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unexpected {} in segment {seq}",
+                        frame_name(&other)
+                    )));
+                }
+            }
+        }
+    }
+}
