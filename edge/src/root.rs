@@ -201,12 +201,14 @@ impl Root {
 /// segment (still growing) and each new playlist to the feed.
 async fn follow(cache: Arc<Cache>, channel: ChannelName, feed: Arc<Feed>) {
     loop {
-        // Where is live? The segment after the last listed one is being cut.
-        let Some(next) = current_playlist(&cache, &channel, &feed).await else {
+        // Where is live? The segment after the last listed one is being
+        // cut. Start two segments before it, so the first children can fill
+        // their buffers from the tree too.
+        let Some((first, next)) = current_playlist(&cache, &channel, &feed).await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        let mut seq = next;
+        let mut seq = next.saturating_sub(2).max(first);
         loop {
             let Ok(hit) = cache.get(&channel, SegmentFile::Segment(seq)).await else {
                 break;
@@ -253,9 +255,13 @@ async fn fetch_signature(
         .map_err(|e| e.to_string())
 }
 
-/// Refreshes the feed's playlist; returns the sequence number after the
-/// last listed segment.
-async fn current_playlist(cache: &Arc<Cache>, channel: &ChannelName, feed: &Feed) -> Option<u64> {
+/// Refreshes the feed's playlist; returns the first listed sequence number
+/// and the one after the last listed segment.
+async fn current_playlist(
+    cache: &Arc<Cache>,
+    channel: &ChannelName,
+    feed: &Feed,
+) -> Option<(u64, u64)> {
     let bytes = cache
         .get(channel, SegmentFile::Playlist)
         .await
@@ -266,7 +272,7 @@ async fn current_playlist(cache: &Arc<Cache>, channel: &ChannelName, feed: &Feed
         .ok()?;
     let p = m3u8_rs::parse_media_playlist_res(&bytes).ok()?;
     feed.set_playlist(bytes);
-    Some(p.media_sequence + p.segments.len() as u64)
+    Some((p.media_sequence, p.media_sequence + p.segments.len() as u64))
 }
 
 /// Binds the root's QUIC endpoint.

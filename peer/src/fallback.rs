@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::StatusCode;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use treecast_proto::tree::TreeSegment;
 use treecast_proto::{GrowingBody, SegmentFile};
 
+use crate::edge_client::EdgeError;
 use crate::shared::{Shared, Source};
 
 /// Runs until `shutdown`.
@@ -65,6 +67,15 @@ async fn poll_playlist(shared: Arc<Shared>) {
     let p = path(&shared, SegmentFile::Playlist);
     match shared.edge.get(&p, 1 << 20, Duration::from_secs(3)).await {
         Ok(bytes) => shared.on_playlist(bytes, Source::Edge),
+        // The channel has not started yet: expected, and retried.
+        Err(
+            e @ EdgeError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            },
+        ) => {
+            debug!(error = %e, "no live playlist at the edge yet")
+        }
         Err(e) => warn!(error = %e, "cannot get the live playlist from the edge"),
     }
 }
@@ -81,7 +92,7 @@ async fn fetch(shared: Arc<Shared>, seq: u64) {
             .edge
             .get(&path(&shared, SegmentFile::Segment(seq)), limit, timeout)
             .await?;
-        Ok::<(Bytes, Bytes), crate::edge_client::EdgeError>((bytes, sig))
+        Ok::<(Bytes, Bytes), EdgeError>((bytes, sig))
     }
     .await;
     match result {

@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the command line (`peer`, `treecast peer`).
 //! - [`config`]: [`PeerConfig`], the one configuration struct.
 //! - [`store`]: sans-IO segment store and local playlist (verification,
 //!   deadlines, the trailing window).
@@ -23,6 +24,7 @@
 //! - [`metrics`]: Prometheus counters.
 //! - [`run`]: [`PeerHandle`], starting and stopping it all.
 
+pub mod cli;
 pub mod config;
 pub mod downstream;
 pub mod edge_client;

@@ -208,6 +208,11 @@ pub struct Status {
     pub stalls: u64,
     /// Seconds since the peer started.
     pub uptime_s: u64,
+    /// The last segments verified (up to 32), oldest first.
+    pub recent: Vec<crate::shared::Verified>,
+    /// The last repair times in ms (parent's last sign of life to the new
+    /// parent streaming), oldest first.
+    pub repairs_ms: Vec<u64>,
 }
 
 /// The peer's status now.
@@ -240,5 +245,7 @@ pub fn status(shared: &Shared) -> Status {
         corrupt: m.corrupt.get(),
         stalls: m.stalls.get(),
         uptime_s: shared.started.elapsed().as_secs(),
+        recent: shared.recent(),
+        repairs_ms: shared.repairs(),
     }
 }

@@ -4,6 +4,7 @@
 //! [`Shared::on_playlist`], so verification and bookkeeping happen in one
 //! place.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -36,6 +37,28 @@ impl Source {
             Source::Edge => "edge",
         }
     }
+}
+
+/// A segment verified: when, from where, at what depth.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Verified {
+    /// Media sequence number.
+    pub seq: u64,
+    /// `tree` or `edge`.
+    pub source: &'static str,
+    /// Wall clock, Unix milliseconds.
+    pub at_ms: u64,
+    /// Depth in the tree at the time.
+    pub depth: u8,
+}
+
+/// Recent events kept for `/status`.
+const HISTORY: usize = 32;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The parent this peer is streaming from.
@@ -78,6 +101,11 @@ pub struct Shared {
     pub fingerprint: String,
     /// When the peer started.
     pub started: Instant,
+    /// The last segments verified.
+    recent: Mutex<VecDeque<Verified>>,
+    /// The last repair times: from the parent's last sign of life to the
+    /// new parent streaming, in milliseconds.
+    repairs: Mutex<VecDeque<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,6 +142,8 @@ impl Shared {
             advertise,
             fingerprint,
             started: Instant::now(),
+            recent: Mutex::new(VecDeque::new()),
+            repairs: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -165,6 +195,16 @@ impl Shared {
                     .verified
                     .with_label_values(&[source.label()])
                     .inc();
+                let depth = self.assignment.borrow().as_ref().map_or(0, |a| a.depth);
+                push_bounded(
+                    &self.recent,
+                    Verified {
+                        seq,
+                        source: source.label(),
+                        at_ms: unix_ms(),
+                        depth,
+                    },
+                );
                 self.store().refresh();
                 self.bump();
             }
@@ -192,4 +232,27 @@ impl Shared {
     pub fn last_tree_playlist(&self) -> Option<Instant> {
         *lock(&self.last_tree_playlist)
     }
+
+    /// Records a repair that took `ms`.
+    pub fn record_repair(&self, ms: u64) {
+        push_bounded(&self.repairs, ms);
+    }
+
+    /// The last segments verified, oldest first.
+    pub fn recent(&self) -> Vec<Verified> {
+        lock(&self.recent).iter().copied().collect()
+    }
+
+    /// The last repair times in milliseconds, oldest first.
+    pub fn repairs(&self) -> Vec<u64> {
+        lock(&self.repairs).iter().copied().collect()
+    }
+}
+
+fn push_bounded<T>(q: &Mutex<VecDeque<T>>, v: T) {
+    let mut q = lock(q);
+    if q.len() == HISTORY {
+        q.pop_front();
+    }
+    q.push_back(v);
 }

@@ -86,7 +86,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut assignments = shared.assignment.subscribe();
-    let (ended_tx, mut ended) = mpsc::channel::<(u64, LinkEnd)>(8);
+    let (ended_tx, mut ended) = mpsc::channel::<(u64, LinkEnd, Instant)>(8);
     let mut m = Manager {
         shared: shared.clone(),
         endpoint,
@@ -95,6 +95,7 @@ pub async fn run(
         failed: HashMap::new(),
         links: 0,
         ended_tx,
+        lost_at: None,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -104,7 +105,7 @@ pub async fn run(
                 m.reconcile().await;
             }
             _ = tick.tick() => m.reconcile().await,
-            Some((number, end)) = ended.recv() => m.link_ended(number, end).await,
+            Some((number, end, last_heard)) = ended.recv() => m.link_ended(number, end, last_heard).await,
             _ = shutdown.changed() => break,
         }
     }
@@ -118,7 +119,9 @@ struct Manager {
     warm: Option<Warm>,
     failed: HashMap<(u64, Option<SocketAddr>), Instant>,
     links: u64,
-    ended_tx: mpsc::Sender<(u64, LinkEnd)>,
+    ended_tx: mpsc::Sender<(u64, LinkEnd, Instant)>,
+    /// The lost parent's last sign of life, until a new parent streams.
+    lost_at: Option<Instant>,
 }
 
 impl Manager {
@@ -178,10 +181,11 @@ impl Manager {
         }
     }
 
-    async fn link_ended(&mut self, number: u64, end: LinkEnd) {
+    async fn link_ended(&mut self, number: u64, end: LinkEnd, last_heard: Instant) {
         let Some(link) = self.current.take_if(|l| l.number == number) else {
             return;
         };
+        self.lost_at = Some(last_heard);
         let node = link.node.clone();
         drop(link);
         self.shared.set_parent(None);
@@ -249,11 +253,12 @@ impl Manager {
             peer_id: my_id,
             ticket: node.ticket.clone(),
         };
-        let (control, control_rx) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let (control, control_rx, decoder) = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let (mut tx, mut rx) = conn.open_bi().await?;
             tx.write_all(&encode(&hello)).await?;
-            match read_frame(&mut rx).await? {
-                Frame::Welcome { .. } => Ok((tx, rx)),
+            let mut d = FrameDecoder::new();
+            match read_frame(&mut rx, &mut d).await? {
+                Frame::Welcome { .. } => Ok((tx, rx, d)),
                 Frame::Refuse { reason } => Err(TreeError::Protocol(format!("refused: {reason}"))),
                 other => Err(TreeError::Protocol(format!(
                     "expected Welcome, got {}",
@@ -268,9 +273,12 @@ impl Manager {
         let ended = self.ended_tx.clone();
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
-            let end = run_link(shared, conn, control, control_rx).await;
-            let _ = ended.send((number, end)).await;
+            let (end, last_heard) = run_link(shared, conn, control, control_rx, decoder).await;
+            let _ = ended.send((number, end, last_heard)).await;
         });
+        if let Some(lost) = self.lost_at.take() {
+            self.shared.record_repair(lost.elapsed().as_millis() as u64);
+        }
         info!(parent = node.id, kind = %node.kind, addr = ?node.addr, reason, "streaming from a new parent");
         self.shared
             .metrics
@@ -297,10 +305,23 @@ async fn run_link(
     conn: quinn::Connection,
     mut control: quinn::SendStream,
     mut control_rx: quinn::RecvStream,
-) -> LinkEnd {
-    let end = link_loop(&shared, &conn, &mut control, &mut control_rx).await;
+    decoder: FrameDecoder,
+) -> (LinkEnd, Instant) {
+    let base = Instant::now();
+    let heard = Arc::new(AtomicU64::new(0));
+    let end = link_loop(
+        &shared,
+        &conn,
+        &mut control,
+        &mut control_rx,
+        decoder,
+        base,
+        &heard,
+    )
+    .await;
     conn.close(0u32.into(), b"switching parent");
-    end
+    let last_heard = base + Duration::from_millis(heard.load(Ordering::Relaxed));
+    (end, last_heard)
 }
 
 async fn link_loop(
@@ -308,14 +329,18 @@ async fn link_loop(
     conn: &quinn::Connection,
     control: &mut quinn::SendStream,
     control_rx: &mut quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    base: Instant,
+    heard: &Arc<AtomicU64>,
 ) -> LinkEnd {
-    let base = Instant::now();
-    let heard = Arc::new(AtomicU64::new(0));
     let gap = Duration::from_millis(shared.config.gap_ms);
     let mut ping = tokio::time::interval(gap / 3);
     let mut pings = 0u64;
     let mut segments: JoinSet<Result<(), LinkEnd>> = JoinSet::new();
-    let mut decoder = FrameDecoder::new();
+    // Frames that arrived with `Welcome`.
+    if let Err(end) = control_frames(shared, control, &mut decoder).await {
+        return end;
+    }
     loop {
         tokio::select! {
             chunk = control_rx.read_chunk(64 * 1024, true) => {
@@ -326,25 +351,8 @@ async fn link_loop(
                 };
                 heard.store(stamp(base), Ordering::Relaxed);
                 decoder.feed(&c.bytes);
-                loop {
-                    match decoder.poll_frame() {
-                        Ok(None) => break,
-                        Ok(Some(Frame::Playlist(p))) => shared.on_playlist(p, Source::Tree),
-                        Ok(Some(Frame::Pong(_))) => {}
-                        Ok(Some(Frame::Ping(n))) => {
-                            if let Err(e) = control.write_all(&encode(&Frame::Pong(n))).await {
-                                return LinkEnd::Closed(e.into());
-                            }
-                        }
-                        Ok(Some(other)) => {
-                            shared.metrics.bad_input.inc();
-                            return LinkEnd::Closed(TreeError::Protocol(format!("unexpected {} on the control stream", frame_name(&other))));
-                        }
-                        Err(e) => {
-                            shared.metrics.bad_input.inc();
-                            return LinkEnd::Closed(e.into());
-                        }
-                    }
+                if let Err(end) = control_frames(shared, control, &mut decoder).await {
+                    return end;
                 }
             }
             uni = conn.accept_uni() => {
@@ -375,6 +383,36 @@ async fn link_loop(
                 if let Err(e) = control.write_all(&encode(&Frame::Ping(pings))).await {
                     return LinkEnd::Closed(e.into());
                 }
+            }
+        }
+    }
+}
+
+/// Handles the complete frames `decoder` holds from the control stream.
+async fn control_frames(
+    shared: &Shared,
+    control: &mut quinn::SendStream,
+    decoder: &mut FrameDecoder,
+) -> Result<(), LinkEnd> {
+    loop {
+        match decoder.poll_frame() {
+            Ok(None) => return Ok(()),
+            Ok(Some(Frame::Playlist(p))) => shared.on_playlist(p, Source::Tree),
+            Ok(Some(Frame::Pong(_))) => {}
+            Ok(Some(Frame::Ping(n))) => control
+                .write_all(&encode(&Frame::Pong(n)))
+                .await
+                .map_err(|e| LinkEnd::Closed(e.into()))?,
+            Ok(Some(other)) => {
+                shared.metrics.bad_input.inc();
+                return Err(LinkEnd::Closed(TreeError::Protocol(format!(
+                    "unexpected {} on the control stream",
+                    frame_name(&other)
+                ))));
+            }
+            Err(e) => {
+                shared.metrics.bad_input.inc();
+                return Err(LinkEnd::Closed(e.into()));
             }
         }
     }
@@ -425,7 +463,8 @@ async fn segment_stream(
         shared.metrics.bad_input.inc();
         StreamEnd::Incomplete(why)
     };
-    let first = read_frame(recv)
+    let mut decoder = FrameDecoder::new();
+    let first = read_frame(recv, &mut decoder)
         .await
         .map_err(|e| StreamEnd::Incomplete(e.to_string()))?;
     let Frame::SegmentStart { seq } = first else {
@@ -447,19 +486,9 @@ async fn segment_stream(
         signature,
     }));
     let max = shared.config.max_segment_bytes;
-    let mut decoder = FrameDecoder::new();
+    let mut chunk_bytes = bytes::Bytes::new();
     loop {
-        let chunk = recv
-            .read_chunk(64 * 1024, true)
-            .await
-            .map_err(|e| StreamEnd::Incomplete(e.to_string()))?;
-        let Some(chunk) = chunk else {
-            return Err(StreamEnd::Incomplete(format!(
-                "segment {seq} ended without its signature"
-            )));
-        };
-        heard.store(stamp(base), Ordering::Relaxed);
-        decoder.feed(&chunk.bytes);
+        decoder.feed(&chunk_bytes);
         while let Some(frame) = decoder.poll_frame().map_err(|e| bad(e.to_string()))? {
             match frame {
                 Frame::SegmentData(b) => {
@@ -492,5 +521,16 @@ async fn segment_stream(
                 }
             }
         }
+        let chunk = recv
+            .read_chunk(64 * 1024, true)
+            .await
+            .map_err(|e| StreamEnd::Incomplete(e.to_string()))?;
+        let Some(chunk) = chunk else {
+            return Err(StreamEnd::Incomplete(format!(
+                "segment {seq} ended without its signature"
+            )));
+        };
+        heard.store(stamp(base), Ordering::Relaxed);
+        chunk_bytes = chunk.bytes;
     }
 }

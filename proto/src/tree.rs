@@ -159,9 +159,12 @@ pub fn encode(frame: &Frame) -> Bytes {
     b.freeze()
 }
 
-/// Reads exactly one frame from a stream.
-pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, TreeError> {
-    let mut d = FrameDecoder::new();
+/// Reads the next frame from a stream through `d`, which keeps any bytes
+/// of later frames that arrived with it.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    d: &mut FrameDecoder,
+) -> Result<Frame, TreeError> {
     loop {
         if let Some(f) = d.poll_frame()? {
             return Ok(f);
@@ -186,6 +189,9 @@ pub struct Admitted {
     pub channel: String,
     /// Its peer id.
     pub peer_id: u64,
+    /// Decoder of the control stream from the child (holds bytes that
+    /// arrived after `Hello`).
+    pub inbound: FrameDecoder,
 }
 
 /// Accepts a connection: waits for the control stream and `Hello`, asks
@@ -199,7 +205,8 @@ pub async fn admit(
     let (mut control, mut control_rx) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| TreeError::Timeout("control stream"))??;
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut control_rx))
+    let mut inbound = FrameDecoder::new();
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut control_rx, &mut inbound))
         .await
         .map_err(|_| TreeError::Timeout("Hello"))??;
     let verdict = match hello {
@@ -230,6 +237,7 @@ pub async fn admit(
                 control_rx,
                 channel,
                 peer_id,
+                inbound,
             })
         }
         Err(reason) => {
@@ -291,7 +299,6 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
     let mut playlist = feed.playlist.subscribe();
     let recent: Vec<Arc<TreeSegment>> = feed.recent().iter().cloned().collect();
     let mut sends = JoinSet::new();
-    let mut inbound = FrameDecoder::new();
     let conn = child.conn.clone();
     let spawn_send = |sends: &mut JoinSet<()>, seg: Arc<TreeSegment>| {
         let (conn, opts) = (conn.clone(), opts.clone());
@@ -336,8 +343,8 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
             chunk = child.control_rx.read_chunk(64 * 1024, true) => {
                 // A child speaks on the control stream only to ping.
                 let Some(c) = chunk? else { return Ok(()) };
-                inbound.feed(&c.bytes);
-                while let Some(frame) = inbound.poll_frame()? {
+                child.inbound.feed(&c.bytes);
+                while let Some(frame) = child.inbound.poll_frame()? {
                     match frame {
                         Frame::Ping(n) => child.control.write_all(&encode(&Frame::Pong(n))).await?,
                         Frame::Pong(_) => {}

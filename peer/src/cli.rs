@@ -1,0 +1,99 @@
+//! The `peer` command line, shared by the `peer` binary and `treecast peer`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::{PeerConfig, PeerHandle};
+
+/// `peer` flags.
+#[derive(Parser, Debug)]
+#[command(
+    name = "peer",
+    version,
+    about = "treecast peer: receive a live channel through the viewer tree, relay it, and serve it to a local player"
+)]
+pub struct Cli {
+    /// TOML config file (see docs/peer.md); flags override it.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Base URL of the edge [default: http://127.0.0.1:8081].
+    #[arg(long)]
+    pub edge: Option<String>,
+    /// Channel to watch [default: demo].
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Local proxy address for the player, loopback only [default: 127.0.0.1:8090].
+    #[arg(long)]
+    pub proxy_listen: Option<SocketAddr>,
+    /// QUIC (UDP) address for parent and children [default: 0.0.0.0:0].
+    #[arg(long)]
+    pub quic_listen: Option<SocketAddr>,
+    /// QUIC address to give the tracker [default: the bound port on this host's address towards the edge].
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// Upload cap in kb/s over all children; 0 = leaf only [default: no cap].
+    #[arg(long = "max-upload", value_name = "KBPS")]
+    pub max_upload_kbps: Option<u32>,
+    /// Seconds the local playlist trails live [default: 2].
+    #[arg(long)]
+    pub buffer_secs: Option<f64>,
+    /// The origin's public key (hex) to pin [default: ask the edge].
+    #[arg(long)]
+    pub origin_key: Option<String>,
+    /// Site label; peers on one site prefer each other.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Viewer token, for channels that need one.
+    #[arg(long, env = "TREECAST_TOKEN")]
+    pub token: Option<String>,
+    /// Fault injection for tests: corrupt every Nth segment forwarded.
+    #[arg(long, hide = true)]
+    pub tamper_every: Option<u64>,
+}
+
+/// Runs a peer until Ctrl-C or SIGTERM, then leaves the tree.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = match &cli.config {
+        Some(p) => PeerConfig::from_file(p)?,
+        None => PeerConfig::default(),
+    };
+    macro_rules! set {
+        ($($field:ident),*) => {$(
+            if let Some(v) = cli.$field { config.$field = v; }
+        )*};
+    }
+    macro_rules! set_opt {
+        ($($field:ident),*) => {$(
+            if cli.$field.is_some() { config.$field = cli.$field; }
+        )*};
+    }
+    set!(edge, channel, proxy_listen, quic_listen, buffer_secs);
+    set_opt!(
+        advertise,
+        max_upload_kbps,
+        origin_key,
+        site,
+        token,
+        tamper_every
+    );
+    let peer = PeerHandle::start(config).await?;
+    // Scripts (the demo, the swarm harness) read this line.
+    println!(
+        "peer ready: play {}  status http://{}/status  quic {}",
+        peer.playlist_url(),
+        peer.proxy_addr(),
+        peer.quic_addr()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    eprintln!("leaving the tree");
+    peer.shutdown().await;
+    Ok(())
+}

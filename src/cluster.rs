@@ -1,0 +1,376 @@
+//! A whole treecast network on loopback: the origin and the edge run in
+//! this process, every peer is a child process (`<exe> peer ...`, the same
+//! code as the `peer` binary) talking real QUIC and HTTP.
+//!
+//! - the origin loops the shipped sample clip in real time on one channel;
+//! - the edge's tracker is configured for the run (root fan-out, children
+//!   per peer, no per-address rate limit since every peer is 127.0.0.1);
+//! - each peer is started, its "peer ready" line read for its proxy
+//!   address, its logs written to `<work_dir>/peer-<n>.log`; it can be
+//!   stopped politely (SIGTERM: it leaves the tree) or killed (SIGKILL).
+//!   Every child process is killed when its handle is dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use treecast_edge::config::TrackerSection;
+use treecast_edge::{EdgeConfig, EdgeHandle};
+use treecast_origin::config::{FileInput, OriginConfig};
+use treecast_origin::OriginHandle;
+use treecast_peer::edge_client::EdgeClient;
+
+/// The sample clip shipped in the repository (16 s, H.264 + AAC), looped by
+/// the origin.
+pub const SAMPLE: &[u8] = include_bytes!("../media/sample.ts");
+
+/// How the network is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Directory for the origin's and edge's state and the peers' logs.
+    pub work_dir: PathBuf,
+    /// Executable that runs a peer with `peer <flags>`.
+    pub peer_exe: PathBuf,
+    /// Channel name.
+    pub channel: String,
+    /// Origin HTTP address (port 0: any).
+    pub origin_listen: SocketAddr,
+    /// Edge HTTP address (port 0: any).
+    pub edge_listen: SocketAddr,
+    /// Peers the edge feeds itself.
+    pub root_slots: u32,
+    /// Most children of any peer.
+    pub max_children: u8,
+    /// Deepest a peer may sit.
+    pub max_depth: u8,
+    /// Seconds a newcomer stays a leaf.
+    pub promote_after_secs: u64,
+    /// Seconds the peers' local playlists trail live.
+    pub buffer_secs: f64,
+}
+
+impl ClusterConfig {
+    /// Defaults for a run in `work_dir` with peers run by `peer_exe`.
+    pub fn new(work_dir: PathBuf, peer_exe: PathBuf) -> Self {
+        Self {
+            work_dir,
+            peer_exe,
+            channel: "demo".into(),
+            origin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            edge_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            root_slots: 2,
+            max_children: 4,
+            max_depth: 12,
+            promote_after_secs: 10,
+            buffer_secs: 2.0,
+        }
+    }
+}
+
+/// How one peer runs.
+#[derive(Debug, Clone, Default)]
+pub struct PeerOptions {
+    /// `--max-upload` in kb/s (0: leaf only).
+    pub max_upload_kbps: Option<u32>,
+    /// Fault injection: corrupt every Nth segment forwarded.
+    pub tamper_every: Option<u64>,
+}
+
+/// A running peer process.
+#[derive(Debug)]
+pub struct PeerProcess {
+    /// Number in this cluster (also its log file's).
+    pub number: usize,
+    /// Its local proxy.
+    pub proxy: SocketAddr,
+    /// How it runs.
+    pub options: PeerOptions,
+    /// When it was started.
+    pub started: Instant,
+    child: Child,
+}
+
+impl PeerProcess {
+    /// The OS process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// A client for its local proxy.
+    pub fn client(&self) -> EdgeClient {
+        EdgeClient::new(
+            &format!("http://{}", self.proxy)
+                .parse()
+                .unwrap_or_else(|_| http_uri_fallback()),
+        )
+    }
+
+    /// Its `/status`.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let b = self
+            .client()
+            .get("/status", 1 << 20, Duration::from_secs(3))
+            .await?;
+        Ok(serde_json::from_slice(&b)?)
+    }
+
+    /// SIGKILL: no goodbye, children must notice by themselves.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM: the peer leaves the tree; SIGKILL if it has not exited
+    /// within five seconds.
+    pub async fn terminate(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.kill().await;
+    }
+}
+
+fn http_uri_fallback() -> http::Uri {
+    http::Uri::from_static("http://127.0.0.1:1")
+}
+
+/// The network; see the module docs.
+#[derive(Debug)]
+pub struct Cluster {
+    config: ClusterConfig,
+    origin: OriginHandle,
+    edge: EdgeHandle,
+    next_peer: usize,
+}
+
+impl Cluster {
+    /// Starts the origin (looping the sample) and the edge.
+    pub async fn start(config: ClusterConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.work_dir)
+            .with_context(|| format!("creating {}", config.work_dir.display()))?;
+        let sample = config.work_dir.join("sample.ts");
+        std::fs::write(&sample, SAMPLE).with_context(|| format!("writing {}", sample.display()))?;
+        let origin = OriginHandle::start(OriginConfig {
+            listen: config.origin_listen,
+            data_dir: config.work_dir.join("origin"),
+            file: vec![FileInput {
+                path: sample,
+                channel: config.channel.clone(),
+            }],
+            ..OriginConfig::default()
+        })
+        .await
+        .context("starting the origin")?;
+        let edge = EdgeHandle::start(EdgeConfig {
+            listen: config.edge_listen,
+            quic_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            origin: format!("http://{}", origin.local_addr()),
+            data_dir: config.work_dir.join("edge"),
+            tracker: TrackerSection {
+                root_slots: config.root_slots,
+                max_children: config.max_children,
+                max_depth: config.max_depth,
+                promote_after_secs: config.promote_after_secs,
+                // Every peer here is 127.0.0.1.
+                rate_per_sec: 1e6,
+                ..TrackerSection::default()
+            },
+            ..EdgeConfig::default()
+        })
+        .await
+        .context("starting the edge")?;
+        Ok(Self {
+            config,
+            origin,
+            edge,
+            next_peer: 0,
+        })
+    }
+
+    /// The setup.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The origin's base URL.
+    pub fn origin_url(&self) -> String {
+        format!("http://{}", self.origin.local_addr())
+    }
+
+    /// The edge's base URL.
+    pub fn edge_url(&self) -> String {
+        format!("http://{}", self.edge.local_addr())
+    }
+
+    /// A client for the edge.
+    pub fn edge_client(&self) -> EdgeClient {
+        EdgeClient::new(
+            &self
+                .edge_url()
+                .parse()
+                .unwrap_or_else(|_| http_uri_fallback()),
+        )
+    }
+
+    /// A client for the origin.
+    pub fn origin_client(&self) -> EdgeClient {
+        EdgeClient::new(
+            &self
+                .origin_url()
+                .parse()
+                .unwrap_or_else(|_| http_uri_fallback()),
+        )
+    }
+
+    /// Waits until the edge serves a playlist listing a segment.
+    pub async fn wait_for_stream(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = self.edge_client();
+        let path = format!("/live/{}/index.m3u8", self.config.channel);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(b) = client.get(&path, 1 << 20, Duration::from_secs(3)).await {
+                if b.windows(7).any(|w| w == b"#EXTINF") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the stream did not start within {timeout:?}");
+            }
+            // The origin cuts a segment every two seconds; look again soon.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Starts a peer and waits for its "peer ready" line.
+    pub async fn spawn_peer(&mut self, options: PeerOptions) -> anyhow::Result<PeerProcess> {
+        let number = self.next_peer;
+        self.next_peer += 1;
+        spawn_peer(&self.config, &self.edge_url(), number, options).await
+    }
+
+    /// Stops the edge and the origin.
+    pub async fn shutdown(self) {
+        self.edge.shutdown().await;
+        self.origin.shutdown().await;
+    }
+}
+
+async fn spawn_peer(
+    config: &ClusterConfig,
+    edge_url: &str,
+    number: usize,
+    options: PeerOptions,
+) -> anyhow::Result<PeerProcess> {
+    let log_path = config.work_dir.join(format!("peer-{number}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = Command::new(&config.peer_exe);
+    cmd.arg("peer")
+        .args(["--edge", edge_url])
+        .args(["--channel", &config.channel])
+        .args(["--proxy-listen", "127.0.0.1:0"])
+        .args(["--quic-listen", "127.0.0.1:0"])
+        .args(["--buffer-secs", &config.buffer_secs.to_string()]);
+    if let Some(k) = options.max_upload_kbps {
+        cmd.args(["--max-upload", &k.to_string()]);
+    }
+    if let Some(n) = options.tamper_every {
+        cmd.args(["--tamper-every", &n.to_string()]);
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .stdin(Stdio::null())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", config.peer_exe.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("peer stdout not captured"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let proxy = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(proxy) = ready_line_proxy(&line) {
+                return Ok(proxy);
+            }
+        }
+        Err(anyhow!(
+            "peer {number} exited before it was ready; see {}",
+            log_path.display()
+        ))
+    })
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "peer {number} not ready within 30 s; see {}",
+            log_path.display()
+        )
+    })??;
+    // Keep reading so the peer never writes into a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(PeerProcess {
+        number,
+        proxy,
+        options,
+        started,
+        child,
+    })
+}
+
+/// The proxy address in a peer's "peer ready: ... status http://ADDR/status" line.
+fn ready_line_proxy(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("peer ready:")?;
+    let status = rest.split_whitespace().find(|w| w.ends_with("/status"))?;
+    status
+        .trim_start_matches("http://")
+        .trim_end_matches("/status")
+        .parse()
+        .ok()
+}
+
+/// The executable to run peers with when none is given: this one.
+pub fn current_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("finding this executable to run peers with")
+}
+
+/// A fresh work directory under `base`, named by the time.
+pub fn work_dir(base: &Path, prefix: &str) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    base.join(format!("{prefix}-{stamp}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_line_names_the_proxy() {
+        let line = "peer ready: play http://127.0.0.1:4000/live/demo/index.m3u8  status http://127.0.0.1:4000/status  quic 127.0.0.1:5000";
+        assert_eq!(
+            ready_line_proxy(line),
+            Some("127.0.0.1:4000".parse().expect("addr"))
+        );
+        assert_eq!(ready_line_proxy("something else"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! treecast: the whole network in one command, and the harness that
+//! measures it.
+//!
+//! The roles live in their own crates (`treecast-origin`, `treecast-edge`,
+//! `treecast-peer`, shared `treecast-proto`); this crate runs them together.
+//!
+//! # Layout
+//!
+//! - [`cluster`]: origin and edge in this process, peers as child
+//!   processes, all on loopback.
+//! - [`player`]: a simulated HLS player following a peer's local playlist.
+//! - [`swarm`]: the swarm harness and its JSON report.
+//! - [`demo`]: the one-command demo.
+//! - [`rng`]: the seeded generator behind roles and churn.
+
+pub mod cluster;
+pub mod demo;
+pub mod player;
+pub mod rng;
+pub mod swarm;

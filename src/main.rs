@@ -1,0 +1,147 @@
+//! `treecast`: run the demo, the swarm harness, or one peer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use treecast::cluster::{current_exe, work_dir, ClusterConfig};
+use treecast::swarm::{self, SwarmConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "treecast",
+    version,
+    about = "treecast: live webcast CDN where the viewers carry the load"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Origin + edge + peers on loopback, looping the shipped sample clip.
+    Demo(DemoArgs),
+    /// Run the swarm harness and print its report.
+    Swarm(SwarmArgs),
+    /// Run one peer (the same as the `peer` binary).
+    Peer(treecast_peer::cli::Cli),
+}
+
+#[derive(Parser, Debug)]
+struct DemoArgs {
+    /// Number of peers.
+    #[arg(long, default_value_t = 4)]
+    peers: usize,
+    /// Edge HTTP address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    edge_listen: std::net::SocketAddr,
+    /// Origin HTTP address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    origin_listen: std::net::SocketAddr,
+    /// Peers the edge feeds itself.
+    #[arg(long, default_value_t = 2)]
+    root_slots: u32,
+    /// Directory for state and logs [default: a new one under the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(Parser, Debug)]
+struct SwarmArgs {
+    /// Peers alive at any time.
+    #[arg(long, default_value_t = 20)]
+    peers: usize,
+    /// Measured run length in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Fraction of the peers replaced per minute (0.2: a fifth each minute).
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION_PER_MINUTE")]
+    churn: f64,
+    /// Fraction of the replaced peers killed with SIGKILL instead of leaving.
+    #[arg(long, default_value_t = 0.0)]
+    kill_fraction: f64,
+    /// Fraction of peers with zero upload (leaf only).
+    #[arg(long, default_value_t = 0.0)]
+    zero_upload_fraction: f64,
+    /// Fraction of peers that corrupt every segment they forward.
+    #[arg(long, default_value_t = 0.0)]
+    corrupt_fraction: f64,
+    /// Peers the edge feeds itself.
+    #[arg(long, default_value_t = 2)]
+    root_slots: u32,
+    /// Most children of any peer.
+    #[arg(long, default_value_t = 4)]
+    max_children: u8,
+    /// Seed for roles and churn.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print only the JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Directory for state and peer logs [default: a new one under the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+fn fraction(name: &str, v: f64) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&v) {
+        anyhow::bail!("--{name} must be between 0 and 1, got {v}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    treecast_proto::app::run_main(run(Cli::parse()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Peer(p) => treecast_peer::cli::run(p).await,
+        Command::Demo(a) => {
+            let dir = a
+                .work_dir
+                .unwrap_or_else(|| work_dir(&std::env::temp_dir(), "treecast-demo"));
+            let mut config = ClusterConfig::new(dir, current_exe()?);
+            config.edge_listen = a.edge_listen;
+            config.origin_listen = a.origin_listen;
+            config.root_slots = a.root_slots;
+            treecast::demo::run(config, a.peers, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+        }
+        Command::Swarm(a) => {
+            fraction("kill-fraction", a.kill_fraction)?;
+            fraction("zero-upload-fraction", a.zero_upload_fraction)?;
+            fraction("corrupt-fraction", a.corrupt_fraction)?;
+            if !(a.churn >= 0.0 && a.duration > 0.0 && a.peers > 0) {
+                anyhow::bail!("--peers and --duration must be positive and --churn not negative");
+            }
+            let dir = a
+                .work_dir
+                .unwrap_or_else(|| work_dir(&std::env::temp_dir(), "treecast-swarm"));
+            let mut cluster = ClusterConfig::new(dir.clone(), current_exe()?);
+            cluster.root_slots = a.root_slots;
+            cluster.max_children = a.max_children;
+            let report = swarm::run(SwarmConfig {
+                cluster,
+                peers: a.peers,
+                duration: Duration::from_secs_f64(a.duration),
+                churn_per_minute: a.churn,
+                kill_fraction: a.kill_fraction,
+                zero_upload_fraction: a.zero_upload_fraction,
+                corrupt_fraction: a.corrupt_fraction,
+                seed: a.seed,
+            })
+            .await?;
+            let json = serde_json::to_string_pretty(&report)?;
+            if !a.json {
+                eprintln!("swarm finished; peer logs in {}", dir.display());
+            }
+            println!("{json}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! A simulated HLS player that follows a peer's local playlist in real time
+//! the way hls.js does: it starts a few segments behind the end of the
+//! playlist, fetches every segment as soon as it is listed, plays media in
+//! real time from what it fetched, and counts a stall whenever playback
+//! reaches the end of what it has.
+//!
+//! The playback model is pure ([`Playback`], times passed in); [`play`] is
+//! the driver that polls the proxy.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use m3u8_rs::Playlist;
+use tokio::sync::watch;
+use treecast_peer::edge_client::EdgeClient;
+
+/// Segments behind the end of the playlist where playback starts (hls.js's
+/// `liveSyncDurationCount`).
+pub const START_BEHIND: u64 = 3;
+
+/// How often the playlist is reloaded (hls.js reloads a live playlist about
+/// every target duration; twice as often here).
+const RELOAD: Duration = Duration::from_millis(500);
+
+/// The playback state, without IO.
+#[derive(Debug, Default)]
+pub struct Playback {
+    /// When playback started (first segment in hand).
+    pub started: Option<Instant>,
+    /// Media buffered until this instant.
+    buffered_until: Option<Instant>,
+    /// Stalls (buffer ran dry).
+    pub stalls: u64,
+    /// Time spent stalled.
+    pub rebuffer: Duration,
+}
+
+impl Playback {
+    /// A segment of `duration` arrived at `now`.
+    pub fn segment(&mut self, duration: Duration, now: Instant) {
+        match self.buffered_until {
+            None => {
+                self.started = Some(now);
+                self.buffered_until = Some(now + duration);
+            }
+            Some(until) if now > until => {
+                self.stalls += 1;
+                self.rebuffer += now - until;
+                self.buffered_until = Some(now + duration);
+            }
+            Some(until) => self.buffered_until = Some(until + duration),
+        }
+    }
+
+    /// Playback ends at `now`; a dry buffer then is a stall too.
+    pub fn finish(&mut self, now: Instant) {
+        if let Some(until) = self.buffered_until {
+            if now > until {
+                self.stalls += 1;
+                self.rebuffer += now - until;
+                self.buffered_until = Some(now);
+            }
+        }
+    }
+
+    /// Time since playback started, stalls included.
+    pub fn watched(&self, now: Instant) -> Duration {
+        self.started.map_or(Duration::ZERO, |s| now - s)
+    }
+}
+
+/// What one player saw.
+#[derive(Debug, Default)]
+pub struct PlayerReport {
+    /// Peer start to first segment in hand.
+    pub startup: Option<Duration>,
+    /// Playback figures.
+    pub playback: Playback,
+    /// Time watched (stalls included).
+    pub watched: Duration,
+    /// BLAKE3 of every segment fetched, by sequence number.
+    pub segments: BTreeMap<u64, blake3::Hash>,
+    /// Bytes and media duration of the segments fetched.
+    pub bytes: u64,
+    /// Media duration fetched.
+    pub media: Duration,
+    /// Requests that failed.
+    pub errors: u64,
+}
+
+/// Plays `channel` from the proxy behind `client` until `stop` changes;
+/// `since` is when the peer was started (for the startup time).
+pub async fn play(
+    client: EdgeClient,
+    channel: String,
+    since: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> PlayerReport {
+    let mut report = PlayerReport::default();
+    let mut next: Option<u64> = None;
+    let playlist_path = format!("/live/{channel}/index.m3u8");
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        match client
+            .get(&playlist_path, 1 << 20, Duration::from_secs(10))
+            .await
+            .ok()
+            .and_then(|b| match m3u8_rs::parse_playlist_res(&b) {
+                Ok(Playlist::MediaPlaylist(p)) => Some(p),
+                _ => None,
+            }) {
+            None => report.errors += 1,
+            Some(p) => {
+                let first = p.media_sequence;
+                let count = p.segments.len() as u64;
+                if count > 0 {
+                    let last = first + count - 1;
+                    let mut seq =
+                        *next.get_or_insert(last.saturating_sub(START_BEHIND - 1).max(first));
+                    if seq < first {
+                        // Fell out of the window: jump to live, as hls.js does.
+                        seq = first;
+                    }
+                    while seq <= last {
+                        if *stop.borrow() {
+                            break;
+                        }
+                        let duration = p.segments[(seq - first) as usize].duration;
+                        let path = format!("/live/{channel}/{seq}.ts");
+                        match client.get(&path, 64 << 20, Duration::from_secs(10)).await {
+                            Ok(bytes) => {
+                                let now = Instant::now();
+                                let d = Duration::from_secs_f32(duration.max(0.0));
+                                report.playback.segment(d, now);
+                                if report.startup.is_none() {
+                                    report.startup = Some(now - since);
+                                }
+                                report.segments.insert(seq, blake3::hash(&bytes));
+                                report.bytes += bytes.len() as u64;
+                                report.media += d;
+                                seq += 1;
+                            }
+                            Err(_) => {
+                                report.errors += 1;
+                                break;
+                            }
+                        }
+                    }
+                    next = Some(seq);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RELOAD) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    let now = Instant::now();
+    report.playback.finish(now);
+    report.watched = report.playback.watched(now);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_buffer_is_a_stall_with_its_duration() {
+        let t0 = Instant::now();
+        let two = Duration::from_secs(2);
+        let mut p = Playback::default();
+        p.segment(two, t0);
+        p.segment(two, t0 + Duration::from_millis(100));
+        // Buffered until t0 + 4 s; the next arrives at 5 s.
+        p.segment(two, t0 + Duration::from_secs(5));
+        assert_eq!(p.stalls, 1);
+        assert_eq!(p.rebuffer, Duration::from_secs(1));
+        // Buffered until 7 s; stopping at 6 s is no stall.
+        p.finish(t0 + Duration::from_secs(6));
+        assert_eq!(p.stalls, 1);
+        p.finish(t0 + Duration::from_secs(8));
+        assert_eq!(p.stalls, 2);
+    }
+}
