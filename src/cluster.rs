@@ -235,14 +235,14 @@ impl Cluster {
         )
     }
 
-    /// Waits until the edge serves a playlist listing a segment.
-    pub async fn wait_for_stream(&self, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until the edge serves a playlist listing `segments` segments.
+    pub async fn wait_for_stream(&self, segments: usize, timeout: Duration) -> anyhow::Result<()> {
         let client = self.edge_client();
         let path = format!("/live/{}/index.m3u8", self.config.channel);
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(b) = client.get(&path, 1 << 20, Duration::from_secs(3)).await {
-                if b.windows(7).any(|w| w == b"#EXTINF") {
+                if b.windows(7).filter(|w| w == b"#EXTINF").count() >= segments {
                     return Ok(());
                 }
             }

@@ -23,7 +23,7 @@ pub async fn run(
         cluster.edge_url()
     );
     eprintln!("[2/4] waiting for the first segments ...");
-    cluster.wait_for_stream(Duration::from_secs(30)).await?;
+    cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
     eprintln!("[3/4] starting {peers} peers ...");
     let mut running: Vec<PeerProcess> = Vec::new();
     for _ in 0..peers {

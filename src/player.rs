@@ -1,8 +1,9 @@
 //! A simulated HLS player that follows a peer's local playlist in real time
 //! the way hls.js does: it starts a few segments behind the end of the
-//! playlist, fetches every segment as soon as it is listed, plays media in
-//! real time from what it fetched, and counts a stall whenever playback
-//! reaches the end of what it has.
+//! playlist, fetches every segment as soon as it is listed, starts playing
+//! once it holds [`START_BEHIND`] segments, plays media in real time from
+//! what it fetched, and counts a stall whenever playback reaches the end of
+//! what it has.
 //!
 //! The playback model is pure ([`Playback`], times passed in); [`play`] is
 //! the driver that polls the proxy.
@@ -72,7 +73,7 @@ impl Playback {
 /// What one player saw.
 #[derive(Debug, Default)]
 pub struct PlayerReport {
-    /// Peer start to first segment in hand.
+    /// Peer start to playback start.
     pub startup: Option<Duration>,
     /// Playback figures.
     pub playback: Playback,
@@ -98,6 +99,8 @@ pub async fn play(
 ) -> PlayerReport {
     let mut report = PlayerReport::default();
     let mut next: Option<u64> = None;
+    // Segments in hand before playback starts.
+    let mut held: Vec<Duration> = Vec::new();
     let playlist_path = format!("/live/{channel}/index.m3u8");
     loop {
         if *stop.borrow() {
@@ -133,9 +136,16 @@ pub async fn play(
                             Ok(bytes) => {
                                 let now = Instant::now();
                                 let d = Duration::from_secs_f32(duration.max(0.0));
-                                report.playback.segment(d, now);
-                                if report.startup.is_none() {
-                                    report.startup = Some(now - since);
+                                if report.startup.is_some() {
+                                    report.playback.segment(d, now);
+                                } else {
+                                    held.push(d);
+                                    if held.len() as u64 >= START_BEHIND {
+                                        report.startup = Some(now - since);
+                                        for d in held.drain(..) {
+                                            report.playback.segment(d, now);
+                                        }
+                                    }
                                 }
                                 report.segments.insert(seq, blake3::hash(&bytes));
                                 report.bytes += bytes.len() as u64;

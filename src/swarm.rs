@@ -108,7 +108,7 @@ pub struct Report {
     pub lag_ms_by_depth: BTreeMap<u64, Percentiles>,
     /// Parent loss to new parent streaming, ms.
     pub repair_ms: Percentiles,
-    /// Peer start to first segment in the player, ms.
+    /// Peer start to playback start (three segments in hand), ms.
     pub startup_ms: Percentiles,
     /// Peers started in all (initial and churn).
     pub peers_started: usize,
@@ -232,7 +232,7 @@ async fn edge_egress(cluster: &Cluster) -> anyhow::Result<u64> {
 pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut rng = Rng::new(config.seed);
     let mut cluster = Cluster::start(config.cluster.clone()).await?;
-    cluster.wait_for_stream(Duration::from_secs(30)).await?;
+    cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
     let egress_before = edge_egress(&cluster).await?;
     let t0 = Instant::now();
     let mut running: Vec<Running> = Vec::new();

@@ -202,13 +202,13 @@ impl Root {
 async fn follow(cache: Arc<Cache>, channel: ChannelName, feed: Arc<Feed>) {
     loop {
         // Where is live? The segment after the last listed one is being
-        // cut. Start two segments before it, so the first children can fill
-        // their buffers from the tree too.
+        // cut. Start four segments before it, so the first children can
+        // fill their buffers from the tree too.
         let Some((first, next)) = current_playlist(&cache, &channel, &feed).await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        let mut seq = next.saturating_sub(2).max(first);
+        let mut seq = next.saturating_sub(4).max(first);
         loop {
             let Ok(hit) = cache.get(&channel, SegmentFile::Segment(seq)).await else {
                 break;

@@ -256,10 +256,20 @@ impl Store {
         let before = self.window;
         let mut w = match self.window {
             Some(w) => w,
-            None if self.verified.contains_key(&end) => ProxyWindow {
-                first: end,
-                last: end,
-            },
+            None if self.verified.contains_key(&end) => {
+                // Start with every verified segment just before the end
+                // (the parent's backfill), so the player starts with a
+                // buffer.
+                let mut first = end;
+                while first > 0
+                    && end - first + 1 < self.config.window as u64
+                    && self.verified.contains_key(&(first - 1))
+                    && self.metas.contains_key(&(first - 1))
+                {
+                    first -= 1;
+                }
+                ProxyWindow { first, last: end }
+            }
             None => return false,
         };
         while w.last < end {
@@ -445,17 +455,19 @@ mod tests {
             deliver(&mut s, seq);
         }
         assert!(s.refresh());
+        // It starts with what is verified before 13 (the parent's
+        // backfill), not with 13 alone.
         let p = parse(&s.playlist().expect("playlist"));
-        assert_eq!(p.media_sequence, 13);
-        assert_eq!(p.segments.len(), 1);
-        assert_eq!(p.segments[0].uri, "13.ts");
+        assert_eq!(p.media_sequence, 12);
+        assert_eq!(p.segments.len(), 2);
+        assert_eq!(p.segments[1].uri, "13.ts");
         assert_eq!(s.behind_live(), Duration::from_secs(4));
         // Live moves on; 16 is verified, 17 is not: the list stops at 16
         // until 17 arrives.
         s.handle_playlist(&live(12, 19, &[]), t0).expect("playlist");
         s.refresh();
         let w = s.window().expect("window");
-        assert_eq!((w.first, w.last), (13, 16));
+        assert_eq!((w.first, w.last), (13, 16), "a window of 4");
         deliver(&mut s, 17);
         s.refresh();
         assert_eq!(s.window().expect("window").last, 17);
@@ -493,8 +505,17 @@ mod tests {
         }
         s.refresh();
         let p = parse(&s.playlist().expect("playlist"));
+        assert_eq!(p.media_sequence, 1);
+        assert_eq!(p.discontinuity_sequence, 5);
+        assert!(p.segments[1].discontinuity);
+        s.handle_playlist(&live(2, 6, &[2]), t0).expect("playlist");
+        for seq in 4..=6 {
+            deliver(&mut s, seq);
+        }
+        s.refresh();
+        let p = parse(&s.playlist().expect("playlist"));
         assert_eq!(p.media_sequence, 3);
-        // 5 before the live window, one more at 2 which is not listed.
+        // 5 before the live window, one more at 2 which slid out.
         assert_eq!(p.discontinuity_sequence, 6);
         assert!(!p.segments[0].discontinuity);
     }

@@ -36,9 +36,10 @@ pub const CHUNK: usize = 16 * 1024;
 /// How long a child has to open its control stream and say `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Recent segments a parent keeps for a child that just connected: the one
-/// being cut and the two before it, so a new or switching child can fill
-/// its buffer from the tree instead of the edge.
-const RECENT: usize = 3;
+/// being cut and the four before it, so a new or switching child can fill
+/// its player's buffer (the local playlist's first segments) from the tree
+/// instead of the edge.
+const RECENT: usize = 5;
 
 /// One segment on its way down the tree.
 #[derive(Debug)]
@@ -477,8 +478,14 @@ mod tests {
         let retry = seg(5);
         feed.publish(retry.clone());
         let recent: Vec<u64> = feed.recent().iter().map(|s| s.seq).collect();
-        assert_eq!(recent, vec![3, 4, 5]);
-        assert!(Arc::ptr_eq(&feed.recent()[2], &retry));
+        let retry_at = recent.len() - 1;
+        assert_eq!(recent, vec![1, 2, 3, 4, 5]);
+        for s in 6..=8 {
+            feed.publish(seg(s));
+        }
+        let recent: Vec<u64> = feed.recent().iter().map(|s| s.seq).collect();
+        assert_eq!(recent, vec![4, 5, 6, 7, 8]);
+        assert!(Arc::ptr_eq(&feed.recent()[retry_at - 3], &retry));
         assert!(feed.set_playlist(Bytes::from_static(b"a")));
         assert!(!feed.set_playlist(Bytes::from_static(b"a")));
     }
