@@ -118,6 +118,11 @@ impl PeerProcess {
         Ok(serde_json::from_slice(&b)?)
     }
 
+    /// [`terminate`](Self::terminate), consuming the handle.
+    pub async fn terminate_owned(mut self) {
+        self.terminate().await;
+    }
+
     /// SIGKILL: no goodbye, children must notice by themselves.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -246,7 +246,8 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut collected = Collected::default();
     let churn_every = (config.churn_per_minute > 0.0 && config.peers > 0)
         .then(|| Duration::from_secs_f64(60.0 / (config.churn_per_minute * config.peers as f64)));
-    let mut next_churn = churn_every.map(|d| t0 + d);
+    // Churn starts once every peer is up.
+    let mut next_churn = churn_every.map(|d| Instant::now() + d);
     let mut next_poll = t0;
     let end = t0 + config.duration;
     while Instant::now() < end {

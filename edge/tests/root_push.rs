@@ -111,6 +111,7 @@ async fn hello_as(a: &Assignment, peer_id: u64) -> (Child, Option<Frame>) {
         channel: "demo".into(),
         peer_id,
         ticket,
+        next_seq: 0,
     };
     control.write_all(&encode(&hello)).await.expect("hello");
     let mut d = FrameDecoder::new();

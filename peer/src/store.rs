@@ -192,6 +192,12 @@ impl Store {
         Ok(true)
     }
 
+    /// The first segment a new parent should send: the one after the
+    /// newest verified (0 when none is). Older holes are the fallback's.
+    pub fn next_wanted(&self) -> u64 {
+        self.verified.last_key_value().map_or(0, |(&s, _)| s + 1)
+    }
+
     /// A verified segment.
     pub fn segment(&self, seq: u64) -> Option<Bytes> {
         self.verified.get(&seq).cloned()

@@ -252,6 +252,7 @@ impl Manager {
             channel: self.shared.channel.to_string(),
             peer_id: my_id,
             ticket: node.ticket.clone(),
+            next_seq: self.shared.store().next_wanted(),
         };
         let (control, control_rx, decoder) = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let (mut tx, mut rx) = conn.open_bi().await?;

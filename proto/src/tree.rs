@@ -6,7 +6,8 @@
 //!   one, and the latest playlist;
 //! - [`admit`] takes a new connection through `Hello` → ticket check →
 //!   `Welcome` (or `Refuse`);
-//! - [`push`] then sends the child the recent segments and every new one,
+//! - [`push`] then sends the child the recent segments it still needs
+//!   (from the `next_seq` of its `Hello`) and every new one,
 //!   each on its own unidirectional stream, chunk by chunk as the bytes
 //!   arrive (cut-through), closed by the origin's signature; playlists go on
 //!   the control stream, pings are answered;
@@ -193,6 +194,8 @@ pub struct Admitted {
     /// Decoder of the control stream from the child (holds bytes that
     /// arrived after `Hello`).
     pub inbound: FrameDecoder,
+    /// First segment the child needs; older ones are not sent.
+    pub next_seq: u64,
 }
 
 /// Accepts a connection: waits for the control stream and `Hello`, asks
@@ -216,19 +219,20 @@ pub async fn admit(
             channel,
             peer_id,
             ticket,
+            next_seq,
         } => {
             if version != VERSION {
                 Err(format!(
                     "protocol version {version} not supported (this node speaks {VERSION})"
                 ))
             } else {
-                check(&channel, peer_id, &ticket).map(|()| (channel, peer_id))
+                check(&channel, peer_id, &ticket).map(|()| (channel, peer_id, next_seq))
             }
         }
         other => Err(format!("expected Hello first, got {}", frame_name(&other))),
     };
     match verdict {
-        Ok((channel, peer_id)) => {
+        Ok((channel, peer_id, next_seq)) => {
             control
                 .write_all(&encode(&Frame::Welcome { version: VERSION }))
                 .await?;
@@ -239,6 +243,7 @@ pub async fn admit(
                 channel,
                 peer_id,
                 inbound,
+                next_seq,
             })
         }
         Err(reason) => {
@@ -298,7 +303,12 @@ pub struct PushOptions {
 pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Result<(), TreeError> {
     let mut segments = feed.segments.subscribe();
     let mut playlist = feed.playlist.subscribe();
-    let recent: Vec<Arc<TreeSegment>> = feed.recent().iter().cloned().collect();
+    let recent: Vec<Arc<TreeSegment>> = feed
+        .recent()
+        .iter()
+        .filter(|s| s.seq >= child.next_seq)
+        .cloned()
+        .collect();
     let mut sends = JoinSet::new();
     let conn = child.conn.clone();
     let spawn_send = |sends: &mut JoinSet<()>, seg: Arc<TreeSegment>| {
@@ -324,7 +334,7 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
         tokio::select! {
             seg = segments.recv() => match seg {
                 Ok(seg) => {
-                    if !recent.iter().any(|r| Arc::ptr_eq(r, &seg)) {
+                    if seg.seq >= child.next_seq && !recent.iter().any(|r| Arc::ptr_eq(r, &seg)) {
                         spawn_send(&mut sends, seg);
                     }
                 }

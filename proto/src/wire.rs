@@ -39,6 +39,10 @@ pub enum Frame {
         peer_id: u64,
         /// The tracker's ticket naming child and parent.
         ticket: String,
+        /// First segment the child still needs (0: it has none): the
+        /// parent's backfill of recent segments starts there, so a child
+        /// switching parents is not sent what it already holds.
+        next_seq: u64,
     },
     /// Parent accepts the child.
     Welcome {
@@ -131,11 +135,13 @@ impl Frame {
                 channel,
                 peer_id,
                 ticket,
+                next_seq,
             } => {
                 p.put_u16(*version);
                 put_str(&mut p, channel);
                 p.put_u64(*peer_id);
                 put_str(&mut p, ticket);
+                p.put_u64(*next_seq);
                 kind::HELLO
             }
             Frame::Welcome { version } => {
@@ -205,12 +211,13 @@ impl Frame {
                 }
                 let peer_id = p.get_u64();
                 let ticket = get_str(&mut p, "hello")?;
-                fixed(&p, 0, "hello")?;
+                fixed(&p, 8, "hello")?;
                 Frame::Hello {
                     version,
                     channel,
                     peer_id,
                     ticket,
+                    next_seq: p.get_u64(),
                 }
             }
             kind::WELCOME => {
@@ -308,14 +315,22 @@ mod tests {
     fn frame() -> impl Strategy<Value = Frame> {
         let bytes = proptest::collection::vec(any::<u8>(), 0..3000).prop_map(Bytes::from);
         prop_oneof![
-            (any::<u16>(), "[a-z0-9-]{0,64}", any::<u64>(), ".{0,200}").prop_map(
-                |(version, channel, peer_id, ticket)| Frame::Hello {
-                    version,
-                    channel,
-                    peer_id,
-                    ticket
-                }
-            ),
+            (
+                any::<u16>(),
+                "[a-z0-9-]{0,64}",
+                any::<u64>(),
+                ".{0,200}",
+                any::<u64>()
+            )
+                .prop_map(|(version, channel, peer_id, ticket, next_seq)| {
+                    Frame::Hello {
+                        version,
+                        channel,
+                        peer_id,
+                        ticket,
+                        next_seq,
+                    }
+                }),
             any::<u16>().prop_map(|version| Frame::Welcome { version }),
             ".{0,300}".prop_map(|reason| Frame::Refuse { reason }),
             bytes.clone().prop_map(Frame::Playlist),

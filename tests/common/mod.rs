@@ -1,0 +1,101 @@
+//! Helpers for the whole-network tests: a cluster whose peers are real
+//! `treecast peer` processes, and waiting on what those processes report.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use treecast::cluster::{Cluster, ClusterConfig, PeerProcess};
+
+/// A cluster in a temporary directory (kept on failure for its logs).
+pub async fn cluster(root_slots: u32, max_children: u8) -> (tempfile::TempDir, Cluster) {
+    let dir = tempfile::Builder::new()
+        .prefix("treecast-test-")
+        .tempdir()
+        .expect("tempdir");
+    let mut config =
+        ClusterConfig::new(dir.path().to_owned(), env!("CARGO_BIN_EXE_treecast").into());
+    config.root_slots = root_slots;
+    config.max_children = max_children;
+    // Peers in these tests join one by one and must be able to take
+    // children at once.
+    config.promote_after_secs = 0;
+    let cluster = Cluster::start(config).await.expect("origin and edge start");
+    cluster
+        .wait_for_stream(3, Duration::from_secs(30))
+        .await
+        .expect("the origin cuts segments");
+    (dir, cluster)
+}
+
+/// Polls `check` (another process's state, read over HTTP) until it gives
+/// an answer, failing the test with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The peer's status once it streams from a parent.
+pub async fn streaming(p: &PeerProcess) -> serde_json::Value {
+    wait_for(
+        &format!("peer {} to stream from the tree", p.number),
+        Duration::from_secs(30),
+        || async {
+            let s = p.status().await.ok()?;
+            (s["connected"] == true && s["depth"].as_u64()? > 0).then_some(s)
+        },
+    )
+    .await
+}
+
+/// A segment as the origin serves it.
+pub async fn origin_segment(cluster: &Cluster, seq: u64) -> bytes::Bytes {
+    cluster
+        .origin_client()
+        .get(
+            &format!("/live/{}/{seq}.ts", cluster.config().channel),
+            64 << 20,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the origin still has the segment")
+}
+
+/// A value of the edge's `/metrics`, summed over the series whose line
+/// starts with `prefix`.
+pub async fn edge_metric(cluster: &Cluster, prefix: &str) -> f64 {
+    let text = cluster
+        .edge_client()
+        .get("/metrics", 8 << 20, Duration::from_secs(5))
+        .await
+        .expect("edge metrics");
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Tree arrivals `(seq → at_ms)` in a status's recent list.
+pub fn tree_arrivals(s: &serde_json::Value) -> std::collections::BTreeMap<u64, u64> {
+    s["recent"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["source"] == "tree")
+        .filter_map(|v| Some((v["seq"].as_u64()?, v["at_ms"].as_u64()?)))
+        .collect()
+}
