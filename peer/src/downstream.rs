@@ -20,6 +20,9 @@ use crate::shared::Shared;
 
 /// Longest time one segment may take to reach one child.
 const SEGMENT_DEADLINE: Duration = Duration::from_secs(9);
+/// Most connections held at once: children, and peers keeping this one
+/// as their warm backup. More are refused before the handshake.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Accepts children on `endpoint` until `shutdown`.
 pub async fn serve(
@@ -42,6 +45,12 @@ pub async fn serve(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                if children.len() >= MAX_CONNECTIONS {
+                    shared.metrics.children_refused.inc();
+                    warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+                    incoming.refuse();
+                    continue;
+                }
                 let (shared, opts) = (shared.clone(), opts.clone());
                 children.spawn(async move {
                     let remote = incoming.remote_address();
@@ -93,6 +102,7 @@ async fn child(
     opts: &PushOptions,
 ) -> Result<(), TreeError> {
     let remote = incoming.remote_address();
+    debug!(%remote, "incoming connection");
     let admitted = tree::admit(incoming, |channel, child, t| {
         admission_check(shared, channel, child, t)
     })

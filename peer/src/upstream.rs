@@ -27,7 +27,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use treecast_proto::quic::{client_config, parse_fingerprint, SERVER_NAME};
 use treecast_proto::tracker::{NodeInfo, ReportKind};
-use treecast_proto::tree::{encode, frame_name, read_frame, TreeError, TreeSegment};
+use treecast_proto::tree::{
+    encode, frame_name, read_frame, TreeError, TreeSegment, CONTROL_PRIORITY,
+};
 use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 use treecast_proto::GrowingBody;
 
@@ -256,6 +258,7 @@ impl Manager {
         };
         let (control, control_rx, decoder) = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let (mut tx, mut rx) = conn.open_bi().await?;
+            let _ = tx.set_priority(CONTROL_PRIORITY);
             tx.write_all(&encode(&hello)).await?;
             let mut d = FrameDecoder::new();
             match read_frame(&mut rx, &mut d).await? {

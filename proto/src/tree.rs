@@ -34,8 +34,11 @@ use crate::wire::{Frame, FrameDecoder, WireError, VERSION};
 
 /// Largest piece of a segment sent in one frame.
 pub const CHUNK: usize = 16 * 1024;
-/// How long a child has to open its control stream and say `Hello`.
+/// How long a child has to say `Hello` once it opened its control stream.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Priority of the control stream over segment streams (live 1, backfill 0).
+pub const CONTROL_PRIORITY: i32 = 10;
+
 /// Recent segments a parent keeps for a child that just connected: the one
 /// being cut and the four before it, so a new or switching child can fill
 /// its player's buffer (the local playlist's first segments) from the tree
@@ -198,7 +201,9 @@ pub struct Admitted {
     pub next_seq: u64,
 }
 
-/// Accepts a connection: waits for the control stream and `Hello`, asks
+/// Accepts a connection: waits for the control stream (as long as the
+/// connection lives: a warm backup opens it only when it switches), then
+/// for `Hello`, asks
 /// `check(channel, peer_id, ticket)`, and answers `Welcome` or `Refuse`
 /// (with the reason, then closes).
 pub async fn admit(
@@ -206,9 +211,12 @@ pub async fn admit(
     check: impl FnOnce(&str, u64, &str) -> Result<(), String>,
 ) -> Result<Admitted, TreeError> {
     let conn = incoming.await?;
-    let (mut control, mut control_rx) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
-        .await
-        .map_err(|_| TreeError::Timeout("control stream"))??;
+    // No time limit here: a child keeps its backup parent's connection
+    // warm (QUIC keep-alives) and opens the control stream only when it
+    // switches. The caller bounds how many connections it holds.
+    tracing::debug!(remote = %conn.remote_address(), "connection up; waiting for its control stream");
+    let (mut control, mut control_rx) = conn.accept_bi().await?;
+    tracing::debug!(remote = %conn.remote_address(), "control stream open");
     let mut inbound = FrameDecoder::new();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut control_rx, &mut inbound))
         .await
@@ -311,15 +319,20 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
         .collect();
     let mut sends = JoinSet::new();
     let conn = child.conn.clone();
-    let spawn_send = |sends: &mut JoinSet<()>, seg: Arc<TreeSegment>| {
+    let spawn_send = |sends: &mut JoinSet<()>, seg: Arc<TreeSegment>, priority: i32| {
         let (conn, opts) = (conn.clone(), opts.clone());
         sends.spawn(async move {
-            let sent = tokio::time::timeout(opts.deadline, send_segment(&conn, &seg, &opts)).await;
+            let sent =
+                tokio::time::timeout(opts.deadline, send_segment(&conn, &seg, &opts, priority))
+                    .await;
             if !matches!(sent, Ok(Ok(()))) {
                 opts.metrics.abandoned.inc();
             }
         });
     };
+    // Playlists and pongs go before segment data, so a child never takes a
+    // busy parent for a silent one; live segments go before backfill.
+    let _ = child.control.set_priority(CONTROL_PRIORITY);
     let first = playlist.borrow_and_update().clone();
     if let Some(p) = first {
         child
@@ -328,14 +341,15 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
             .await?;
     }
     for seg in &recent {
-        spawn_send(&mut sends, seg.clone());
+        let live = !seg.data.is_complete();
+        spawn_send(&mut sends, seg.clone(), i32::from(live));
     }
     loop {
         tokio::select! {
             seg = segments.recv() => match seg {
                 Ok(seg) => {
                     if seg.seq >= child.next_seq && !recent.iter().any(|r| Arc::ptr_eq(r, &seg)) {
-                        spawn_send(&mut sends, seg);
+                        spawn_send(&mut sends, seg, 1);
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -376,8 +390,10 @@ async fn send_segment(
     conn: &quinn::Connection,
     seg: &TreeSegment,
     opts: &PushOptions,
+    priority: i32,
 ) -> Result<(), TreeError> {
     let mut s = conn.open_uni().await?;
+    let _ = s.set_priority(priority);
     match write_segment(&mut s, seg, opts).await {
         Ok(()) => Ok(()),
         Err(TreeError::Write(quinn::WriteError::Stopped(_))) => Ok(()),

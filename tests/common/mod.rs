@@ -7,12 +7,37 @@ use std::time::{Duration, Instant};
 
 use treecast::cluster::{Cluster, ClusterConfig, PeerProcess};
 
+/// A temporary directory, kept (and its path printed) when the test fails
+/// so the peers' logs can be read.
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    /// The path.
+    pub fn path(&self) -> &std::path::Path {
+        self.0
+            .as_ref()
+            .map_or(std::path::Path::new("."), |d| d.path())
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.0.take() {
+                eprintln!("logs kept in {}", d.keep().display());
+            }
+        }
+    }
+}
+
 /// A cluster in a temporary directory (kept on failure for its logs).
-pub async fn cluster(root_slots: u32, max_children: u8) -> (tempfile::TempDir, Cluster) {
-    let dir = tempfile::Builder::new()
-        .prefix("treecast-test-")
-        .tempdir()
-        .expect("tempdir");
+pub async fn cluster(root_slots: u32, max_children: u8) -> (TestDir, Cluster) {
+    let dir = TestDir(Some(
+        tempfile::Builder::new()
+            .prefix("treecast-test-")
+            .tempdir()
+            .expect("tempdir"),
+    ));
     let mut config =
         ClusterConfig::new(dir.path().to_owned(), env!("CARGO_BIN_EXE_treecast").into());
     config.root_slots = root_slots;
