@@ -90,12 +90,14 @@ pub struct PlayerReport {
 }
 
 /// Plays `channel` from the proxy behind `client` until `stop` changes;
-/// `since` is when the peer was started (for the startup time).
+/// `since` is when the peer was started (for the startup time). Each
+/// segment fetched is announced on `progress` (its sequence number).
 pub async fn play(
     client: EdgeClient,
     channel: String,
     since: Instant,
     mut stop: watch::Receiver<bool>,
+    progress: watch::Sender<u64>,
 ) -> PlayerReport {
     let mut report = PlayerReport::default();
     let mut next: Option<u64> = None;
@@ -150,6 +152,7 @@ pub async fn play(
                                 report.segments.insert(seq, blake3::hash(&bytes));
                                 report.bytes += bytes.len() as u64;
                                 report.media += d;
+                                progress.send_replace(seq);
                                 seq += 1;
                             }
                             Err(_) => {

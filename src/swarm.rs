@@ -182,6 +182,7 @@ async fn start_one(cluster: &mut Cluster, options: PeerOptions) -> anyhow::Resul
         cluster.config().channel.clone(),
         process.started,
         rx,
+        watch::channel(0).0,
     ));
     Ok(Running {
         process,
