@@ -51,6 +51,8 @@ pub struct ClusterConfig {
     pub promote_after_secs: u64,
     /// Seconds the peers' local playlists trail live.
     pub buffer_secs: f64,
+    /// MPEG-TS file the origin loops instead of the shipped sample.
+    pub source: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -67,6 +69,7 @@ impl ClusterConfig {
             max_depth: 12,
             promote_after_secs: 10,
             buffer_secs: 2.0,
+            source: None,
         }
     }
 }
@@ -166,8 +169,15 @@ impl Cluster {
     pub async fn start(config: ClusterConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.work_dir)
             .with_context(|| format!("creating {}", config.work_dir.display()))?;
-        let sample = config.work_dir.join("sample.ts");
-        std::fs::write(&sample, SAMPLE).with_context(|| format!("writing {}", sample.display()))?;
+        let sample = match &config.source {
+            Some(path) => path.clone(),
+            None => {
+                let path = config.work_dir.join("sample.ts");
+                std::fs::write(&path, SAMPLE)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                path
+            }
+        };
         let origin = OriginHandle::start(OriginConfig {
             listen: config.origin_listen,
             data_dir: config.work_dir.join("origin"),

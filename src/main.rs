@@ -25,6 +25,8 @@ enum Command {
     Demo(DemoArgs),
     /// Run the swarm harness and print its report.
     Swarm(SwarmArgs),
+    /// Measure one peer relaying a stream to its children (CPU, memory).
+    RelayBench(RelayArgs),
     /// Run one peer (the same as the `peer` binary).
     Peer(treecast_peer::cli::Cli),
 }
@@ -85,6 +87,22 @@ struct SwarmArgs {
     work_dir: Option<PathBuf>,
 }
 
+#[derive(Parser, Debug)]
+struct RelayArgs {
+    /// MPEG-TS file for the origin to loop [default: the shipped sample].
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// Children of the relay.
+    #[arg(long, default_value_t = 4)]
+    children: usize,
+    /// Measured window in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Directory for state and peer logs [default: a new one under the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
 fn fraction(name: &str, v: f64) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&v) {
         anyhow::bail!("--{name} must be between 0 and 1, got {v}");
@@ -99,6 +117,21 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Peer(p) => treecast_peer::cli::run(p).await,
+        Command::RelayBench(a) => {
+            let dir = a
+                .work_dir
+                .unwrap_or_else(|| work_dir(&std::env::temp_dir(), "treecast-relay"));
+            let config = ClusterConfig::new(dir, current_exe()?);
+            let report = treecast::relay_bench::run(
+                config,
+                a.source,
+                a.children,
+                Duration::from_secs_f64(a.seconds),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::Demo(a) => {
             let dir = a
                 .work_dir

@@ -268,13 +268,10 @@ async fn a_parent_that_corrupts_is_detected_evicted_and_never_reaches_the_player
     .await;
     // Play on a few segments from the new parent.
     let last = s["live_last"].as_u64().expect("live");
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        played.wait_for(|&p| p >= last + 2),
-    )
-    .await
-    .expect("V's player plays on in time")
-    .expect("player running");
+    tokio::time::timeout(Duration::from_secs(20), played.wait_for(|&p| p >= last + 2))
+        .await
+        .expect("V's player plays on in time")
+        .expect("player running");
     let _ = stop.send(true);
     let report = player.await.expect("player");
     assert_eq!(report.playback.stalls, 0, "no stall");

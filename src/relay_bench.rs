@@ -1,0 +1,138 @@
+//! The relay benchmark: what one peer costs to forward a stream to its
+//! children. The edge feeds exactly one peer (the relay); every other peer
+//! is leaf only, so it can only be the relay's child. The relay's CPU time and memory are read from
+//! `/proc/<pid>` over a measured window after the tree settles.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::cluster::{Cluster, ClusterConfig, PeerOptions};
+
+/// The figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayReport {
+    /// Children fed by the relay.
+    pub children: usize,
+    /// Measured window, seconds.
+    pub window_s: f64,
+    /// Stream bitrate received by the relay over the window, kb/s.
+    pub stream_kbps: f64,
+    /// Relay upload over the window, kb/s.
+    pub upload_kbps: f64,
+    /// Relay CPU (user + system) over the window, percent of one core.
+    pub cpu_percent_of_core: f64,
+    /// Relay resident memory at the end, MB.
+    pub rss_mb: f64,
+    /// Relay peak resident memory, MB.
+    pub peak_rss_mb: f64,
+}
+
+fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unexpected /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    let utime: u64 = f.get(11).context("utime")?.parse()?;
+    let stime: u64 = f.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn proc_kb(pid: u32, key: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("{key} in /proc/{pid}/status"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("value")?
+        .parse::<f64>()?)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Runs the benchmark.
+pub async fn run(
+    mut config: ClusterConfig,
+    source: Option<PathBuf>,
+    children: usize,
+    window: Duration,
+) -> anyhow::Result<RelayReport> {
+    config.root_slots = 1;
+    config.max_children = children.clamp(1, 255) as u8;
+    config.promote_after_secs = 0;
+    config.source = source;
+    let mut cluster = Cluster::start(config).await?;
+    cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
+    let relay = cluster.spawn_peer(PeerOptions::default()).await?;
+    let mut kids = Vec::new();
+    // Leaf-only children: the relay is the only parent they can have (it
+    // gets its slots as the tracker measures its upload).
+    for _ in 0..children {
+        kids.push(
+            cluster
+                .spawn_peer(PeerOptions {
+                    max_upload_kbps: Some(0),
+                    ..PeerOptions::default()
+                })
+                .await?,
+        );
+    }
+    // Settle: every child streaming from the relay.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = relay.status().await?;
+        if s["children"].as_u64() == Some(children as u64) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the relay did not get {children} children: {s}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let backfill bursts pass before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = relay.pid().context("relay pid")?;
+    let s0 = relay.status().await?;
+    let cpu0 = proc_cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu1 = proc_cpu_ticks(pid)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let s1 = relay.status().await?;
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0) as f64;
+    let report = RelayReport {
+        children: s1["children"].as_u64().unwrap_or(0) as usize,
+        window_s: elapsed,
+        stream_kbps: (n(&s1, "bytes_from_tree") - n(&s0, "bytes_from_tree")) * 8.0
+            / elapsed
+            / 1000.0,
+        upload_kbps: (n(&s1, "bytes_uploaded") - n(&s0, "bytes_uploaded")) * 8.0 / elapsed / 1000.0,
+        cpu_percent_of_core: (cpu1 - cpu0) as f64 / clock_ticks() / elapsed * 100.0,
+        rss_mb: proc_kb(pid, "VmRSS:")? / 1024.0,
+        peak_rss_mb: proc_kb(pid, "VmHWM:")? / 1024.0,
+    };
+    for mut k in kids {
+        k.terminate().await;
+    }
+    let mut relay = relay;
+    relay.terminate().await;
+    cluster.shutdown().await;
+    Ok(report)
+}
