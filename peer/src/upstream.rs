@@ -151,6 +151,13 @@ impl Manager {
                 }
             }
         }
+        // Tickets expire: keep the warm backup's the freshest the tracker
+        // gave.
+        if let (Some(w), Some(b)) = (self.warm.as_mut(), &a.backup) {
+            if same(&w.node, b) {
+                w.node = b.clone();
+            }
+        }
         match &a.backup {
             Some(b)
                 if !self.warm.as_ref().is_some_and(|w| same(&w.node, b))
