@@ -34,6 +34,8 @@ pub struct Playback {
     pub stalls: u64,
     /// Time spent stalled.
     pub rebuffer: Duration,
+    /// Each stall: when it ended and how long it was.
+    pub stall_log: Vec<(Instant, Duration)>,
 }
 
 impl Playback {
@@ -47,6 +49,7 @@ impl Playback {
             Some(until) if now > until => {
                 self.stalls += 1;
                 self.rebuffer += now - until;
+                self.stall_log.push((now, now - until));
                 self.buffered_until = Some(now + duration);
             }
             Some(until) => self.buffered_until = Some(until + duration),
@@ -59,6 +62,7 @@ impl Playback {
             if now > until {
                 self.stalls += 1;
                 self.rebuffer += now - until;
+                self.stall_log.push((now, now - until));
                 self.buffered_until = Some(now);
             }
         }

@@ -198,6 +198,14 @@ async fn finish(mut r: Running, kill: bool, collected: &mut Collected) {
     }
     let _ = r.stop.send(true);
     if let Ok(report) = r.player.await {
+        for (at, length) in &report.playback.stall_log {
+            warn!(
+                peer = r.process.number,
+                after_start_ms = at.duration_since(r.process.started).as_millis() as u64,
+                stall_ms = length.as_millis() as u64,
+                "player stalled"
+            );
+        }
         collected.players.push(report);
     }
     if kill {

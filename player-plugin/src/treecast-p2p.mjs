@@ -1,0 +1,200 @@
+// treecast player plugin for hls.js.
+//
+// Plays a treecast channel through the viewer's local peer when one runs,
+// and straight from the edge when not, without reloading the page:
+//
+// - at start it asks the local peer's status endpoint (loopback, short
+//   timeout); if the peer answers for this channel, requests go to it;
+// - every playlist and segment request goes through a loader that tries
+//   the peer first and, if the peer fails, the edge for the same file (the
+//   peer and the edge share the URL layout, and segment numbers), so a
+//   peer that dies mid-playback costs one retried request, not a reload;
+// - the peer's status is polled; when it answers again, the next request
+//   (a segment boundary) goes back to it;
+// - `stats()` (and the `onStats` callback) tell the page whether P2P is
+//   active, the bytes from peers and from the edge, and the buffer.
+//
+// No framework, no build step needed: this file is the ES module; dist/
+// holds the same code as a plain script (window.TreecastP2P).
+
+const DEFAULT_PEER = "http://127.0.0.1:8090";
+
+function pathOf(url) {
+  const u = new URL(url, location.href);
+  return u.pathname + u.search;
+}
+
+async function fetchJson(url, timeoutMs) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), timeoutMs);
+  try {
+    const r = await fetch(url, { signal: ctl.signal, cache: "no-store" });
+    if (!r.ok) return null;
+    return await r.json();
+  } catch (_) {
+    return null;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Asks a local peer for its status. Resolves to the status object, or
+ * null when no peer answers within `timeoutMs` or it relays another channel.
+ */
+export async function findLocalPeer({ peerUrl = DEFAULT_PEER, channel, timeoutMs = 800 } = {}) {
+  const s = await fetchJson(`${peerUrl}/status`, timeoutMs);
+  if (!s || (channel && s.channel !== channel)) return null;
+  return s;
+}
+
+/**
+ * Attaches hls.js to `video` for `channel` of the edge at `edgeUrl`,
+ * through the local peer at `peerUrl` when it answers.
+ *
+ * options: { Hls, edgeUrl, channel, peerUrl?, statusEveryMs?, probeTimeoutMs?,
+ *            hlsConfig?, onStats? }
+ * returns: { hls, stats(), destroy() }
+ */
+export async function attach(video, options) {
+  const {
+    Hls,
+    edgeUrl,
+    channel,
+    peerUrl = DEFAULT_PEER,
+    statusEveryMs = 1000,
+    probeTimeoutMs = 800,
+    hlsConfig = {},
+    onStats = null,
+  } = options;
+  if (!Hls) throw new Error("treecast: pass the Hls class (hls.js) as options.Hls");
+  if (!edgeUrl || !channel) throw new Error("treecast: edgeUrl and channel are required");
+  const edge = edgeUrl.replace(/\/$/, "");
+  const peer = peerUrl.replace(/\/$/, "");
+  const state = {
+    peerUp: false,
+    peerStatus: null,
+    bytesFromEdgeDirect: 0,
+    switches: 0,
+    fatal: null,
+  };
+  const first = await findLocalPeer({ peerUrl: peer, channel, timeoutMs: probeTimeoutMs });
+  state.peerUp = first !== null;
+  state.peerStatus = first;
+
+  const Base = Hls.DefaultConfig.loader;
+  // A loader per request: peer first, then the edge for the same path.
+  class TreecastLoader {
+    constructor(config) {
+      this.config = config;
+      this.inner = new Base(config);
+    }
+    get stats() {
+      return this.inner.stats;
+    }
+    get context() {
+      return this.inner.context;
+    }
+    load(context, loadConfig, callbacks) {
+      const path = pathOf(context.url);
+      const viaPeer = state.peerUp;
+      const base = viaPeer ? peer : edge;
+      const onSuccess = (response, stats, ctx, net) => {
+        if (!viaPeer && response && response.data && response.data.byteLength) {
+          state.bytesFromEdgeDirect += response.data.byteLength;
+        }
+        callbacks.onSuccess(response, stats, ctx, net);
+      };
+      const toEdge = (fail) => (...args) => {
+        if (!viaPeer) return fail(...args);
+        // The peer failed this request: take it from the edge and stop
+        // using the peer until its status answers again.
+        state.peerUp = false;
+        state.switches += 1;
+        this.inner.destroy();
+        this.inner = new Base(this.config);
+        this.inner.load({ ...context, url: edge + path }, loadConfig, {
+          ...callbacks,
+          onSuccess: (response, stats, ctx, net) => {
+            if (response && response.data && response.data.byteLength) {
+              state.bytesFromEdgeDirect += response.data.byteLength;
+            }
+            callbacks.onSuccess(response, stats, ctx, net);
+          },
+        });
+      };
+      this.inner.load({ ...context, url: base + path }, loadConfig, {
+        ...callbacks,
+        onSuccess,
+        onError: toEdge(callbacks.onError),
+        onTimeout: toEdge(callbacks.onTimeout),
+      });
+    }
+    abort() {
+      this.inner.abort();
+    }
+    destroy() {
+      this.inner.destroy();
+    }
+  }
+
+  const hls = new Hls({
+    ...hlsConfig,
+    loader: TreecastLoader,
+    // A peer request that hangs must fail over quickly.
+    fragLoadPolicy: {
+      default: {
+        maxTimeToFirstByteMs: 4000,
+        maxLoadTimeMs: 8000,
+        timeoutRetry: { maxNumRetry: 2, retryDelayMs: 0, maxRetryDelayMs: 0 },
+        errorRetry: { maxNumRetry: 3, retryDelayMs: 500, maxRetryDelayMs: 2000 },
+      },
+    },
+  });
+  hls.on(Hls.Events.ERROR, (_e, data) => {
+    if (data.fatal) state.fatal = `${data.type}: ${data.details}`;
+  });
+  hls.loadSource(`${edge}/live/${channel}/index.m3u8`);
+  hls.attachMedia(video);
+
+  const stats = () => {
+    const s = state.peerStatus || {};
+    let buffer = 0;
+    const b = video.buffered;
+    for (let i = 0; i < b.length; i++) {
+      if (b.start(i) <= video.currentTime && video.currentTime <= b.end(i)) {
+        buffer = b.end(i) - video.currentTime;
+      }
+    }
+    return {
+      p2p: state.peerUp,
+      peer: state.peerUp ? { depth: s.depth, parent: s.parent, children: s.children } : null,
+      bytesFromPeers: s.bytes_from_tree || 0,
+      bytesFromEdge: (s.bytes_from_edge || 0) + state.bytesFromEdgeDirect,
+      bytesUploaded: s.bytes_uploaded || 0,
+      bufferSeconds: buffer,
+      currentTime: video.currentTime,
+      switches: state.switches,
+      fatalError: state.fatal,
+    };
+  };
+  const timer = setInterval(async () => {
+    const s = await findLocalPeer({ peerUrl: peer, channel, timeoutMs: probeTimeoutMs });
+    if (s) {
+      state.peerStatus = s;
+      state.peerUp = true;
+    } else {
+      state.peerUp = false;
+    }
+    if (onStats) onStats(stats());
+  }, statusEveryMs);
+
+  return {
+    hls,
+    stats,
+    destroy() {
+      clearInterval(timer);
+      hls.destroy();
+    },
+  };
+}
