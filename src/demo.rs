@@ -76,6 +76,7 @@ pub async fn run(
             p.number, p.proxy
         );
     }
+    println!("  watch in a browser: http://{}/player/", first.proxy);
     println!("  peer 0 status:     http://{}/status", first.proxy);
     println!(
         "  straight from the edge: {}/live/{channel}/index.m3u8",

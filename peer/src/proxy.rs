@@ -5,6 +5,7 @@
 //! | GET/HEAD | `/live/<channel>/index.m3u8` | the local playlist: `buffer_secs` behind live, every listed segment verified and in memory |
 //! | GET/HEAD | `/live/<channel>/<seq>.ts` | a verified segment, from memory |
 //! | GET | `/status` | JSON: connected, parent, depth, buffer, bytes by source (see `docs/peer.md`) |
+//! | GET | `/player/` | a page that plays the channel with hls.js and the player plugin (`player-plugin/`), showing the P2P figures |
 //! | GET | `/metrics` | Prometheus metrics |
 //! | GET | `/healthz` | liveness |
 //!
@@ -61,6 +62,13 @@ impl h::Handler for Proxy {
         match parts.as_slice() {
             ["live", channel, file] => self.live(channel, file).await,
             ["status"] => h::json(StatusCode::OK, &status(&self.shared)),
+            ["player"] => {
+                let mut r = h::text(StatusCode::MOVED_PERMANENTLY, "see /player/");
+                r.headers_mut()
+                    .insert(http::header::LOCATION, HeaderValue::from_static("/player/"));
+                r
+            }
+            ["player", file] => self.player_file(file),
             ["metrics"] => h::prometheus(self.shared.metrics.render()),
             ["healthz"] => h::text(StatusCode::OK, "ok"),
             [""] => h::text(
@@ -75,7 +83,49 @@ impl h::Handler for Proxy {
     }
 }
 
+/// The demo page and the plugin, built in `player-plugin/dist/` and
+/// compiled in, so the page works without network access.
+const PLAYER_FILES: [(&str, &str, &str); 3] = [
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../player-plugin/dist/index.html"),
+    ),
+    (
+        "treecast-p2p.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../player-plugin/dist/treecast-p2p.js"),
+    ),
+    (
+        "hls.light.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../player-plugin/dist/hls.light.min.js"),
+    ),
+];
+
 impl Proxy {
+    fn player_file(&self, file: &str) -> Response<Body> {
+        let file = if file.is_empty() { "index.html" } else { file };
+        if file == "config.json" {
+            return h::json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "edge": self.shared.edge.base(),
+                    "channel": self.shared.channel.as_str(),
+                }),
+            );
+        }
+        match PLAYER_FILES.iter().find(|(name, _, _)| *name == file) {
+            Some((_, content_type, text)) => {
+                h::object(StatusCode::OK, *text, content_type, "no-cache")
+            }
+            None => h::text(
+                StatusCode::NOT_FOUND,
+                format!("no such file: /player/{file}"),
+            ),
+        }
+    }
+
     async fn live(&self, channel: &str, file: &str) -> Response<Body> {
         if channel != self.shared.channel.as_str() {
             return h::text(
