@@ -8,6 +8,8 @@
 //! cache_max_mb = 512                 # byte budget for cached segments
 //! max_connections = 8192
 //! data_dir = "./edge-data"           # the ticket signing key (edge.key)
+//! # dashboard_token = "s3cret"       # protect /dashboard and /api/ (Bearer or ?token=)
+//! # metrics_listen = "127.0.0.1:9101" # serve /metrics there instead
 //!
 //! [tracker]
 //! root_slots = 4                     # peers the edge feeds itself
@@ -52,6 +54,12 @@ pub struct EdgeConfig {
     /// Directory for the ticket signing key (`edge.key`, generated on first
     /// start). Default `./edge-data`.
     pub data_dir: PathBuf,
+    /// Bearer token required for `/dashboard` and `/api/` (header
+    /// `Authorization: Bearer …` or `?token=…`). Default none: open.
+    pub dashboard_token: Option<String>,
+    /// A separate address for `/metrics` (then not served on `listen`).
+    /// Default none: `/metrics` on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// The tracker.
     pub tracker: TrackerSection,
 }
@@ -108,6 +116,8 @@ impl Default for EdgeConfig {
             cache_max_mb: 512,
             max_connections: 8192,
             data_dir: PathBuf::from("./edge-data"),
+            dashboard_token: None,
+            metrics_listen: None,
             tracker: TrackerSection::default(),
         }
     }

@@ -11,11 +11,13 @@
 //! - [`server`]: HTTP routes.
 //! - [`tracker`]: the placement state machine and its HTTP+JSON driver.
 //! - [`root`]: the QUIC root of every delivery tree.
+//! - [`dashboard`]: the operator dashboard, its JSON API and history.
 //! - [`run`]: starting and stopping a whole edge ([`EdgeHandle`]).
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.
 
 pub mod cache;
 pub mod config;
+pub mod dashboard;
 pub mod metrics;
 pub mod origin;
 pub mod run;

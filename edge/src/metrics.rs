@@ -179,6 +179,23 @@ impl EdgeMetrics {
                 "Events peers report in heartbeats: `stall` (a player request not in memory), `fallback` (a segment fetched from the edge), `corrupt` (a segment that failed verification).",
                 &["channel", "event"],
             ),
+            peer_stall_seconds: reg(
+                r,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        "treecast_edge_peer_stall_seconds_total",
+                        "Seconds peers' players waited for segments, from heartbeats.",
+                    ),
+                    &["channel"],
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}")),
+            ),
+            depth_peers: gauge_vec(
+                r,
+                "treecast_edge_tree_peers",
+                "Peers at each depth of the channel's tree (0: waiting for a parent).",
+                &["channel", "depth"],
+            ),
         };
         let root = RootMetrics {
             egress: http.egress_bytes.with_label_values(&["tree"]),

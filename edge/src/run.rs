@@ -113,9 +113,20 @@ impl EdgeHandle {
         }
         let ticket_key = SigningKey::from_bytes(&seed).verifying_key();
         let root = Root::new(cache.clone(), ticket_key, metrics.root.clone());
+        let history = Arc::new(crate::dashboard::History::default());
+        let sampler_metrics = metrics.clone();
+        let metrics_only = config.metrics_listen.map(|_| {
+            Arc::new(crate::server::MetricsOnly {
+                metrics: metrics.clone(),
+            })
+        });
         let service = Arc::new(EdgeService {
             cache: cache.clone(),
             metrics,
+            history: history.clone(),
+            stream_kbps: config.tracker.stream_kbps,
+            dashboard_token: config.dashboard_token.clone(),
+            serve_metrics: config.metrics_listen.is_none(),
             tracker: tracker.clone(),
             origin,
             origin_key: tokio::sync::OnceCell::new(),
@@ -129,6 +140,18 @@ impl EdgeHandle {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(serve(listener, service, config.max_connections, rx.clone()));
+        tasks.spawn(crate::dashboard::run_sampler(
+            history,
+            tracker.clone(),
+            sampler_metrics,
+            rx.clone(),
+        ));
+        if let (Some(addr), Some(handler)) = (config.metrics_listen, metrics_only) {
+            let err = |source| StartError::Bind { addr, source };
+            let l = TcpListener::bind(addr).await.map_err(err)?;
+            info!(addr = %l.local_addr().map_err(err)?, "metrics on a separate address");
+            tasks.spawn(serve(l, handler, 64, rx.clone()));
+        }
         tasks.spawn(tick(tracker, rx.clone()));
         tasks.spawn(root.serve(endpoint, rx));
         info!(%local_addr, %quic_addr, origin = %config.origin, "edge listening");

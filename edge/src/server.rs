@@ -6,7 +6,9 @@
 //! | GET/HEAD | `/live/<channel>/<seq>.ts`, `.sig` | segment or signature; streamed while it arrives from the origin |
 //! | POST | `/tracker/v1/{join,heartbeat,leave,report}` | the tracker (see `docs/tracker.md`) |
 //! | GET | `/origin/key` | the origin's public key (hex), fetched once from the origin |
-//! | GET | `/metrics` | Prometheus metrics |
+//! | GET | `/dashboard` | the operator dashboard (HTML; see `docs/dashboard.md`) |
+//! | GET | `/api/v1/dashboard` | its data as JSON (`?peers=N` peers listed per channel, default 300) |
+//! | GET | `/metrics` | Prometheus metrics (unless `metrics_listen` moves them) |
 //! | GET | `/healthz` | liveness |
 
 use std::sync::Arc;
@@ -40,6 +42,14 @@ pub struct EdgeService {
     pub origin: OriginClient,
     /// The origin's public key once fetched.
     pub origin_key: tokio::sync::OnceCell<Bytes>,
+    /// The dashboard's history.
+    pub history: Arc<crate::dashboard::History>,
+    /// Stream bitrate the tracker plans with, kb/s.
+    pub stream_kbps: u32,
+    /// Token protecting the dashboard and API.
+    pub dashboard_token: Option<String>,
+    /// Whether `/metrics` is served here.
+    pub serve_metrics: bool,
 }
 
 impl h::Handler for EdgeService {
@@ -80,8 +90,37 @@ impl EdgeService {
             );
         }
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if matches!(parts.as_slice(), ["dashboard"] | ["api", ..]) && !self.authorized(req) {
+            let mut r = h::text(
+                StatusCode::UNAUTHORIZED,
+                "this edge's dashboard needs its token: Authorization: Bearer <token> or ?token=<token>",
+            );
+            r.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return r;
+        }
         match parts.as_slice() {
             ["live", channel, file] => self.live(channel, file).await,
+            ["dashboard"] => h::object(
+                StatusCode::OK,
+                crate::dashboard::PAGE,
+                "text/html; charset=utf-8",
+                "no-cache",
+            ),
+            ["api", "v1", "dashboard"] => {
+                let peers = query_param(req, "peers")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(300usize)
+                    .min(100_000);
+                h::json(
+                    StatusCode::OK,
+                    &self.history.view(&self.tracker, &self.metrics, self.stream_kbps, peers),
+                )
+            }
+            ["metrics"] if !self.serve_metrics => h::text(
+                StatusCode::NOT_FOUND,
+                "metrics are served on this edge's metrics_listen address",
+            ),
             ["origin", "key"] => self.origin_key().await,
             ["metrics"] => h::prometheus(self.metrics.render()),
             ["healthz"] => h::text(StatusCode::OK, "ok"),
@@ -119,6 +158,18 @@ impl EdgeService {
             Ok(a) => h::json(StatusCode::OK, &a),
             Err(r) => h::text(r.status, r.message),
         }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.dashboard_token else {
+            return true;
+        };
+        let bearer = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        bearer == Some(token.as_str()) || query_param(req, "token").as_deref() == Some(token.as_str())
     }
 
     /// Peers verify segments with the origin's key; the edge relays it so a
@@ -176,6 +227,29 @@ impl EdgeService {
             None => counted(&hit.body, egress),
         };
         r
+    }
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+/// Serves only `/metrics`, on the separate `metrics_listen` address.
+#[derive(Debug)]
+pub struct MetricsOnly {
+    /// The edge's metrics.
+    pub metrics: EdgeMetrics,
+}
+
+impl h::Handler for MetricsOnly {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        match req.uri().path() {
+            "/metrics" => h::prometheus(self.metrics.render()),
+            p => h::text(StatusCode::NOT_FOUND, format!("only /metrics here, not {p}")),
+        }
     }
 }
 

@@ -24,6 +24,8 @@ pub struct PeerMetrics {
     pub fallbacks: IntCounter,
     /// Player requests for a segment not in memory yet.
     pub stalls: IntCounter,
+    /// Milliseconds those requests waited.
+    pub stall_ms: IntCounter,
     /// Parent changes, by reason (`assigned`, `gap`, `corrupt`, `closed`).
     pub parent_switches: IntCounterVec,
     /// Frames or streams from a parent or child that broke the protocol.
@@ -101,6 +103,11 @@ impl PeerMetrics {
                 r,
                 "treecast_peer_stalls_total",
                 "Player requests for a segment not yet in memory.",
+            ),
+            stall_ms: counter(
+                r,
+                "treecast_peer_stall_milliseconds_total",
+                "Milliseconds player requests waited for a segment not yet in memory.",
             ),
             parent_switches: counter_vec(
                 r,

@@ -186,7 +186,13 @@ impl Proxy {
             );
         }
         self.shared.metrics.stalls.inc();
-        match self.wait_for(|s| s.store().segment(seq)).await {
+        let waited = std::time::Instant::now();
+        let got = self.wait_for(|s| s.store().segment(seq)).await;
+        self.shared
+            .metrics
+            .stall_ms
+            .inc_by(waited.elapsed().as_millis() as u64);
+        match got {
             Some(b) => h::object(StatusCode::OK, b, h::SEGMENT_TYPE, h::IMMUTABLE),
             None => h::text(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -31,6 +31,7 @@ struct Sent {
     edge: u64,
     uploaded: u64,
     stalls: u64,
+    stall_ms: u64,
     fallbacks: u64,
     corrupt: u64,
 }
@@ -43,6 +44,7 @@ impl Sent {
             edge: m.bytes_from_edge.get(),
             uploaded: m.bytes_uploaded.get(),
             stalls: m.stalls.get(),
+            stall_ms: m.stall_ms.get(),
             fallbacks: m.fallbacks.get(),
             corrupt: m.corrupt.get(),
         }
@@ -165,6 +167,7 @@ async fn heartbeat(
         bytes_from_edge: now.edge - sent.edge,
         bytes_uploaded: now.uploaded - sent.uploaded,
         stalls: now.stalls - sent.stalls,
+        stall_ms: now.stall_ms - sent.stall_ms,
         fallbacks: now.fallbacks - sent.fallbacks,
         corrupt: now.corrupt - sent.corrupt,
     };

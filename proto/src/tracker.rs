@@ -60,6 +60,10 @@ pub struct HeartbeatRequest {
     /// heartbeat.
     #[serde(default)]
     pub stalls: u64,
+    /// Milliseconds player requests waited for a segment, since the last
+    /// heartbeat.
+    #[serde(default)]
+    pub stall_ms: u64,
     /// Segments fetched from the edge because the tree did not deliver
     /// them in time, since the last heartbeat.
     #[serde(default)]

@@ -195,6 +195,30 @@ struct Peer {
     measured_kbps: u32,
 }
 
+/// One peer as an operator sees it (see [`Tracker::peers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    /// Its id.
+    pub id: PeerId,
+    /// Its parent: `None` for the edge, and for a peer waiting for one
+    /// (then `placed` is false).
+    pub parent: Option<PeerId>,
+    /// Placed under a parent.
+    pub placed: bool,
+    /// Depth (edge's children: 1).
+    pub depth: u8,
+    /// Children now.
+    pub children: u32,
+    /// Child slots it may have now.
+    pub slots: u32,
+    /// Upload its children measured, kb/s.
+    pub measured_kbps: u32,
+    /// Leaf only (zero upload).
+    pub leaf_only: bool,
+    /// Site key.
+    pub site: u32,
+}
+
 /// The placement state machine; see the module docs.
 #[derive(Debug)]
 pub struct Tracker {
@@ -232,6 +256,31 @@ impl Tracker {
     /// Live peers.
     pub fn len(&self) -> usize {
         self.live
+    }
+
+    /// Every live peer, in slot order.
+    pub fn peers(&self) -> impl Iterator<Item = PeerView> + '_ {
+        (0..self.peers.len() as u32).filter_map(move |i| {
+            let p = &self.peers[i as usize];
+            if !p.live {
+                return None;
+            }
+            let parent = match p.parent {
+                ROOT | NONE => None,
+                par => Some(self.id_of(par)),
+            };
+            Some(PeerView {
+                id: self.id_of(i),
+                parent,
+                placed: p.parent != NONE,
+                depth: p.depth,
+                children: p.children.len() as u32,
+                slots: self.slots(i) as u32,
+                measured_kbps: p.measured_kbps,
+                leaf_only: p.leaf_only,
+                site: p.site,
+            })
+        })
     }
 
     /// Whether no peer is live.

@@ -43,6 +43,10 @@ pub struct TrackerMetrics {
     /// Events peers report, by channel and kind (`stall`, `fallback`,
     /// `corrupt`).
     pub peer_events: IntCounterVec,
+    /// Seconds peers' players waited, by channel.
+    pub peer_stall_seconds: prometheus::CounterVec,
+    /// Peers at each depth, by channel (depth 0: waiting for a parent).
+    pub depth_peers: IntGaugeVec,
 }
 
 /// Settings of the tracker service.
@@ -88,6 +92,107 @@ fn refuse(status: StatusCode, outcome: &'static str, message: impl Into<String>)
 struct ChannelTree {
     tracker: Tracker,
     addrs: HashMap<PeerId, (SocketAddr, Option<String>)>,
+    /// Site key → label (the given site, or the subnet).
+    sites: HashMap<u32, String>,
+    /// What each peer reported, summed over its heartbeats.
+    stats: HashMap<PeerId, PeerTotals>,
+}
+
+/// What a peer reported in its heartbeats, summed.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PeerTotals {
+    /// Bytes from its parent.
+    pub bytes_tree: u64,
+    /// Bytes fetched from the edge.
+    pub bytes_edge: u64,
+    /// Bytes sent to its children.
+    pub bytes_uploaded: u64,
+    /// Player requests that waited.
+    pub stalls: u64,
+    /// Milliseconds players waited.
+    pub stall_ms: u64,
+    /// Segments fetched from the edge because the tree was late.
+    pub fallbacks: u64,
+    /// Segments that failed verification.
+    pub corrupt: u64,
+}
+
+impl PeerTotals {
+    fn add(&mut self, o: &PeerTotals) {
+        self.bytes_tree += o.bytes_tree;
+        self.bytes_edge += o.bytes_edge;
+        self.bytes_uploaded += o.bytes_uploaded;
+        self.stalls += o.stalls;
+        self.stall_ms += o.stall_ms;
+        self.fallbacks += o.fallbacks;
+        self.corrupt += o.corrupt;
+    }
+}
+
+/// One peer in a snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerRow {
+    /// Peer id.
+    pub id: u64,
+    /// Parent id (0: the edge; null: waiting for one).
+    pub parent: Option<u64>,
+    /// Depth.
+    pub depth: u8,
+    /// Children now.
+    pub children: u32,
+    /// Child slots now.
+    pub slots: u32,
+    /// Upload measured by its children, kb/s.
+    pub upload_kbps: u32,
+    /// Leaf only.
+    pub leaf_only: bool,
+    /// Site label.
+    pub site: String,
+    /// `ok`, `stalling` (its player waited), `fallback` (took segments
+    /// from the edge) or `corrupt` (received a bad segment).
+    pub health: &'static str,
+    /// Its reported totals.
+    pub totals: PeerTotals,
+}
+
+/// A site in a snapshot.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SiteRow {
+    /// Label.
+    pub site: String,
+    /// Peers.
+    pub viewers: u64,
+    /// Their reported totals.
+    pub totals: PeerTotals,
+}
+
+/// One channel's tree, for the dashboard and its API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelSnapshot {
+    /// Channel.
+    pub channel: String,
+    /// Peers in the tree.
+    pub viewers: u64,
+    /// Peers waiting for a parent.
+    pub orphans: u64,
+    /// Deepest depth in use.
+    pub max_depth: u8,
+    /// Peers at each depth (index = depth; 0 = waiting).
+    pub depth_histogram: Vec<u64>,
+    /// Totals of every live peer's reports.
+    pub totals: PeerTotals,
+    /// Peers moved to a new parent, since the edge started.
+    pub repairs: u64,
+    /// Peers evicted as silent.
+    pub evicted_silent: u64,
+    /// Peers evicted for corruption.
+    pub evicted_corrupt: u64,
+    /// Per site, largest first.
+    pub sites: Vec<SiteRow>,
+    /// Peers, shallowest first, at most the limit asked.
+    pub peers: Vec<PeerRow>,
+    /// True when `peers` was cut to the limit.
+    pub peers_truncated: bool,
 }
 
 #[derive(Debug, Default)]
@@ -185,7 +290,8 @@ impl TrackerService {
                         ));
                     }
                 }
-                let site = site_of(req.site.as_deref(), from.ip());
+                let label = site_label(req.site.as_deref(), from.ip());
+                let site = site_of(&label);
                 let mut trees = lock(&self.trees);
                 if !trees.contains_key(&channel) && trees.len() >= self.settings.max_channels {
                     return Err(refuse(
@@ -197,7 +303,10 @@ impl TrackerService {
                 let tree = trees.entry(channel.clone()).or_insert_with(|| ChannelTree {
                     tracker: Tracker::new(self.settings.core.clone()),
                     addrs: HashMap::new(),
+                    sites: HashMap::new(),
+                    stats: HashMap::new(),
                 });
+                tree.sites.entry(site).or_insert(label);
                 // After a tracker restart a peer names the parent it still
                 // receives from by address; its old id is gone.
                 let resume_parent = req.resume_parent_addr.and_then(|want| {
@@ -244,6 +353,18 @@ impl TrackerService {
                     )
                     .map_err(unknown)?;
                 self.record_stats(&channel, &req);
+                tree.stats
+                    .entry(PeerId(req.peer_id))
+                    .or_default()
+                    .add(&PeerTotals {
+                        bytes_tree: req.bytes_from_parent,
+                        bytes_edge: req.bytes_from_edge,
+                        bytes_uploaded: req.bytes_uploaded,
+                        stalls: req.stalls,
+                        stall_ms: req.stall_ms,
+                        fallbacks: req.fallbacks,
+                        corrupt: req.corrupt,
+                    });
                 let out = self.answer(&channel, tree, a);
                 self.drain(&channel, tree);
                 Ok(out)
@@ -311,6 +432,9 @@ impl TrackerService {
         ] {
             m.peer_bytes.with_label_values(&[ch, source]).inc_by(n);
         }
+        m.peer_stall_seconds
+            .with_label_values(&[ch])
+            .inc_by(hb.stall_ms as f64 / 1000.0);
         for (event, n) in [
             ("stall", hb.stalls),
             ("fallback", hb.fallbacks),
@@ -318,6 +442,86 @@ impl TrackerService {
         ] {
             m.peer_events.with_label_values(&[ch, event]).inc_by(n);
         }
+    }
+
+    /// Every channel's tree, with at most `limit` peers listed per channel
+    /// (shallowest first: the part of the tree that matters most).
+    pub fn snapshot(&self, limit: usize) -> Vec<ChannelSnapshot> {
+        let trees = lock(&self.trees);
+        let mut out = Vec::new();
+        for (channel, tree) in trees.iter() {
+            let ch = channel.as_str();
+            let mut hist = vec![0u64; usize::from(self.settings.core.max_depth) + 1];
+            let mut totals = PeerTotals::default();
+            let mut sites: HashMap<u32, SiteRow> = HashMap::new();
+            let mut rows = Vec::new();
+            let mut orphans = 0;
+            for v in tree.tracker.peers() {
+                let d = if v.placed { usize::from(v.depth) } else { 0 };
+                if d >= hist.len() {
+                    hist.resize(d + 1, 0);
+                }
+                hist[d] += 1;
+                orphans += u64::from(!v.placed);
+                let t = tree.stats.get(&v.id).copied().unwrap_or_default();
+                totals.add(&t);
+                let label = tree.sites.get(&v.site).cloned().unwrap_or_default();
+                let site = sites.entry(v.site).or_insert_with(|| SiteRow {
+                    site: label.clone(),
+                    ..SiteRow::default()
+                });
+                site.viewers += 1;
+                site.totals.add(&t);
+                let health = if t.corrupt > 0 {
+                    "corrupt"
+                } else if t.stalls > 0 {
+                    "stalling"
+                } else if t.fallbacks > 0 {
+                    "fallback"
+                } else {
+                    "ok"
+                };
+                rows.push(PeerRow {
+                    id: v.id.0,
+                    parent: if v.placed {
+                        Some(v.parent.map_or(0, |p| p.0))
+                    } else {
+                        None
+                    },
+                    depth: v.depth,
+                    children: v.children,
+                    slots: v.slots,
+                    upload_kbps: v.measured_kbps,
+                    leaf_only: v.leaf_only,
+                    site: label,
+                    health,
+                    totals: t,
+                });
+            }
+            rows.sort_by_key(|r| (r.parent.is_none(), r.depth, r.id));
+            let truncated = rows.len() > limit;
+            rows.truncate(limit);
+            let mut sites: Vec<SiteRow> = sites.into_values().collect();
+            sites.sort_by(|a, b| b.viewers.cmp(&a.viewers).then(a.site.cmp(&b.site)));
+            sites.truncate(50);
+            let m = &self.metrics;
+            out.push(ChannelSnapshot {
+                channel: ch.to_owned(),
+                viewers: tree.tracker.len() as u64,
+                orphans,
+                max_depth: tree.tracker.max_depth_in_use(),
+                depth_histogram: hist,
+                totals,
+                repairs: m.repairs.with_label_values(&[ch]).get(),
+                evicted_silent: m.evictions.with_label_values(&[ch, "silent"]).get(),
+                evicted_corrupt: m.evictions.with_label_values(&[ch, "corrupt"]).get(),
+                sites,
+                peers: rows,
+                peers_truncated: truncated,
+            });
+        }
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        out
     }
 
     /// Expires silent peers and places orphans in every channel.
@@ -353,6 +557,8 @@ impl TrackerService {
         }
         tree.addrs
             .retain(|id, _| tree.tracker.assignment(*id).is_ok());
+        tree.stats
+            .retain(|id, _| tree.tracker.assignment(*id).is_ok());
         self.gauges(channel, tree);
     }
 
@@ -365,6 +571,19 @@ impl TrackerService {
             .depth
             .with_label_values(&[channel.as_str()])
             .set(i64::from(tree.tracker.max_depth_in_use()));
+        let mut hist = vec![0i64; usize::from(self.settings.core.max_depth) + 1];
+        for v in tree.tracker.peers() {
+            let d = if v.placed { usize::from(v.depth) } else { 0 };
+            if let Some(h) = hist.get_mut(d) {
+                *h += 1;
+            }
+        }
+        for (d, n) in hist.iter().enumerate() {
+            self.metrics
+                .depth_peers
+                .with_label_values(&[channel.as_str(), &d.to_string()])
+                .set(*n);
+        }
     }
 
     fn answer(
@@ -477,12 +696,23 @@ fn unknown(e: core::UnknownPeer) -> Refusal {
 }
 
 /// The site label: the one given, else the client's subnet.
-fn site_of(given: Option<&str>, ip: IpAddr) -> u32 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+/// A peer's site: the label it gave, else its /24 (IPv4) or /48 (IPv6).
+fn site_label(given: Option<&str>, ip: IpAddr) -> String {
     match (given, ip) {
-        (Some(s), _) => s.hash(&mut h),
-        (None, IpAddr::V4(v4)) => (u32::from(v4) >> 8).hash(&mut h),
-        (None, IpAddr::V6(v6)) => (u128::from(v6) >> 80).hash(&mut h),
+        (Some(s), _) => s.chars().take(64).collect(),
+        (None, IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        (None, IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
     }
+}
+
+fn site_of(label: &str) -> u32 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    label.hash(&mut h);
     h.finish() as u32
 }
