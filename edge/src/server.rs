@@ -114,7 +114,9 @@ impl EdgeService {
                     .min(100_000);
                 h::json(
                     StatusCode::OK,
-                    &self.history.view(&self.tracker, &self.metrics, self.stream_kbps, peers),
+                    &self
+                        .history
+                        .view(&self.tracker, &self.metrics, self.stream_kbps, peers),
                 )
             }
             ["metrics"] if !self.serve_metrics => h::text(
@@ -169,7 +171,8 @@ impl EdgeService {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        bearer == Some(token.as_str()) || query_param(req, "token").as_deref() == Some(token.as_str())
+        bearer == Some(token.as_str())
+            || query_param(req, "token").as_deref() == Some(token.as_str())
     }
 
     /// Peers verify segments with the origin's key; the edge relays it so a
@@ -248,7 +251,10 @@ impl h::Handler for MetricsOnly {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => h::prometheus(self.metrics.render()),
-            p => h::text(StatusCode::NOT_FOUND, format!("only /metrics here, not {p}")),
+            p => h::text(
+                StatusCode::NOT_FOUND,
+                format!("only /metrics here, not {p}"),
+            ),
         }
     }
 }

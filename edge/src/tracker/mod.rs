@@ -12,6 +12,6 @@ pub mod service;
 pub use treecast_proto::tracker as wire;
 
 pub use self::core::{
-    Assignment, Heartbeat, JoinError, JoinRequest, Node, PeerId, PeerView, Report, Tracker, TrackerConfig,
-    TrackerEvent, UnknownPeer,
+    Assignment, Heartbeat, JoinError, JoinRequest, Node, PeerId, PeerView, Report, Tracker,
+    TrackerConfig, TrackerEvent, UnknownPeer,
 };

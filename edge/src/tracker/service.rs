@@ -307,6 +307,9 @@ impl TrackerService {
                     stats: HashMap::new(),
                 });
                 tree.sites.entry(site).or_insert(label);
+                if tree.tracker.is_empty() && tree.addrs.is_empty() {
+                    self.init_series(&channel);
+                }
                 // After a tracker restart a peer names the parent it still
                 // receives from by address; its old id is gone.
                 let resume_parent = req.resume_parent_addr.and_then(|want| {
@@ -420,6 +423,24 @@ impl TrackerService {
                 format!("no tracker endpoint {other:?}; use join, heartbeat, leave or report"),
             )),
         }
+    }
+
+    /// Creates a channel's series at zero, so they exist (and `rate()`
+    /// works) before the first event.
+    fn init_series(&self, channel: &ChannelName) {
+        let ch = channel.as_str();
+        let m = &self.metrics;
+        m.repairs.with_label_values(&[ch]);
+        for r in ["silent", "corrupt"] {
+            m.evictions.with_label_values(&[ch, r]);
+        }
+        for s in ["tree", "edge", "uploaded"] {
+            m.peer_bytes.with_label_values(&[ch, s]);
+        }
+        for e in ["stall", "fallback", "corrupt"] {
+            m.peer_events.with_label_values(&[ch, e]);
+        }
+        m.peer_stall_seconds.with_label_values(&[ch]);
     }
 
     fn record_stats(&self, channel: &ChannelName, hb: &wire::HeartbeatRequest) {
