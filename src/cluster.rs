@@ -53,6 +53,8 @@ pub struct ClusterConfig {
     pub buffer_secs: f64,
     /// MPEG-TS file the origin loops instead of the shipped sample.
     pub source: Option<PathBuf>,
+    /// Token for the edge's dashboard and API.
+    pub dashboard_token: Option<String>,
 }
 
 impl ClusterConfig {
@@ -70,6 +72,7 @@ impl ClusterConfig {
             promote_after_secs: 10,
             buffer_secs: 2.0,
             source: None,
+            dashboard_token: None,
         }
     }
 }
@@ -194,6 +197,7 @@ impl Cluster {
             quic_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             origin: format!("http://{}", origin.local_addr()),
             data_dir: config.work_dir.join("edge"),
+            dashboard_token: config.dashboard_token.clone(),
             tracker: TrackerSection {
                 root_slots: config.root_slots,
                 max_children: config.max_children,

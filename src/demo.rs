@@ -82,6 +82,7 @@ pub async fn run(
         "  straight from the edge: {}/live/{channel}/index.m3u8",
         cluster.edge_url()
     );
+    println!("  operator dashboard: {}/dashboard", cluster.edge_url());
     println!("  edge metrics:      {}/metrics", cluster.edge_url());
     println!("  origin channels:   {}/api/channels", cluster.origin_url());
     println!(

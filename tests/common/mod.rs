@@ -32,6 +32,15 @@ impl Drop for TestDir {
 
 /// A cluster in a temporary directory (kept on failure for its logs).
 pub async fn cluster(root_slots: u32, max_children: u8) -> (TestDir, Cluster) {
+    cluster_with(root_slots, max_children, |_| {}).await
+}
+
+/// [`cluster`], with `tweak` applied to the configuration.
+pub async fn cluster_with(
+    root_slots: u32,
+    max_children: u8,
+    tweak: impl FnOnce(&mut ClusterConfig),
+) -> (TestDir, Cluster) {
     let dir = TestDir(Some(
         tempfile::Builder::new()
             .prefix("treecast-test-")
@@ -45,6 +54,7 @@ pub async fn cluster(root_slots: u32, max_children: u8) -> (TestDir, Cluster) {
     // Peers in these tests join one by one and must be able to take
     // children at once.
     config.promote_after_secs = 0;
+    tweak(&mut config);
     let cluster = Cluster::start(config).await.expect("origin and edge start");
     cluster
         .wait_for_stream(3, Duration::from_secs(30))

@@ -1,0 +1,106 @@
+//! The operator dashboard in a real browser (headless Chromium via
+//! playwright-core, as `.ci/run` installs them) during a small swarm: what
+//! the page shows matches the JSON API and the swarm; the API is protected
+//! by the configured token.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{cluster_with, streaming};
+use treecast::cluster::PeerOptions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let plugin = repo.join("player-plugin");
+    assert!(
+        plugin.join("node_modules/playwright-core").is_dir(),
+        "run `npm ci` in player-plugin/ (.ci/run does)"
+    );
+    let artifacts = repo.join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let (_dir, mut cluster) =
+        cluster_with(1, 2, |c| c.dashboard_token = Some("t0ken".into())).await;
+    let mut peers = Vec::new();
+    for _ in 0..4 {
+        let p = cluster
+            .spawn_peer(PeerOptions::default())
+            .await
+            .expect("peer");
+        streaming(&p).await;
+        peers.push(p);
+    }
+    let edge = cluster.edge_client();
+    let denied = edge
+        .get("/api/v1/dashboard", 1 << 20, Duration::from_secs(5))
+        .await
+        .expect_err("no token, no data");
+    assert!(denied.to_string().contains("401"), "{denied}");
+
+    let url = format!("{}/dashboard?token=t0ken", cluster.edge_url());
+    let run = tokio::process::Command::new("node")
+        .arg(plugin.join("test/edge-dashboard.mjs"))
+        .args(["--url", &url, "--viewers", "4"])
+        .arg("--out")
+        .arg(&artifacts)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the browser run ends in time")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&output.stderr)));
+    eprintln!("{r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["error"], "", "the page loaded its data");
+    let (api, dom) = (&r["api"], &r["dom"]);
+    for k in ["viewers", "stalls", "fallbacks", "repairs"] {
+        assert_eq!(
+            dom[k].as_str(),
+            Some(api[k].to_string().as_str()),
+            "{k} shown as the API says"
+        );
+    }
+    let hist = api["depth_histogram"].as_array().expect("histogram");
+    let placed: u64 = hist.iter().filter_map(|v| v.as_u64()).sum();
+    assert_eq!(placed, 4, "every peer in the histogram");
+    for (d, n) in hist.iter().enumerate() {
+        if n.as_u64().unwrap_or(0) > 0 {
+            assert_eq!(
+                dom["depths"][d.to_string()].as_str(),
+                Some(n.to_string().as_str()),
+                "depth {d}"
+            );
+        }
+    }
+    assert_eq!(dom["tree_rows"], 4, "one tree row per peer");
+    let offload = api["offload"].as_f64().expect("offload");
+    assert!(
+        dom["offload"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&format!("{:.1}", offload * 100.0)),
+        "offload shown {} vs {offload}",
+        dom["offload"]
+    );
+    // And the API agrees with the swarm itself.
+    let b = edge
+        .get(
+            "/api/v1/dashboard?token=t0ken",
+            1 << 20,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("with the token");
+    let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+    assert_eq!(v["channels"][0]["viewers"], 4);
+    assert!(artifacts.join("dashboard.png").is_file());
+    for mut p in peers {
+        p.terminate().await;
+    }
+    cluster.shutdown().await;
+}
