@@ -51,6 +51,7 @@ pub enum StartError {
 pub struct EdgeHandle {
     local_addr: SocketAddr,
     quic_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     cache: Arc<Cache>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -146,10 +147,13 @@ impl EdgeHandle {
             sampler_metrics,
             rx.clone(),
         ));
+        let mut metrics_addr = None;
         if let (Some(addr), Some(handler)) = (config.metrics_listen, metrics_only) {
             let err = |source| StartError::Bind { addr, source };
             let l = TcpListener::bind(addr).await.map_err(err)?;
-            info!(addr = %l.local_addr().map_err(err)?, "metrics on a separate address");
+            let bound = l.local_addr().map_err(err)?;
+            info!(addr = %bound, "metrics on a separate address");
+            metrics_addr = Some(bound);
             tasks.spawn(serve(l, handler, 64, rx.clone()));
         }
         tasks.spawn(tick(tracker, rx.clone()));
@@ -158,6 +162,7 @@ impl EdgeHandle {
         Ok(Self {
             local_addr,
             quic_addr,
+            metrics_addr,
             cache,
             shutdown,
             tasks,
@@ -172,6 +177,11 @@ impl EdgeHandle {
     /// The QUIC address actually bound (the root of the tree).
     pub fn quic_addr(&self) -> SocketAddr {
         self.quic_addr
+    }
+
+    /// The separate metrics address actually bound, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The cache (for status and tests).
