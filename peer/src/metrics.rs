@@ -24,8 +24,8 @@ pub struct PeerMetrics {
     pub fallbacks: IntCounter,
     /// Player requests for a segment not in memory yet.
     pub stalls: IntCounter,
-    /// Milliseconds those requests waited.
-    pub stall_ms: IntCounter,
+    /// Seconds those requests waited.
+    pub stall_seconds: prometheus::Counter,
     /// Parent changes, by reason (`assigned`, `gap`, `corrupt`, `closed`).
     pub parent_switches: IntCounterVec,
     /// Frames or streams from a parent or child that broke the protocol.
@@ -104,11 +104,15 @@ impl PeerMetrics {
                 "treecast_peer_stalls_total",
                 "Player requests for a segment not yet in memory.",
             ),
-            stall_ms: counter(
-                r,
-                "treecast_peer_stall_milliseconds_total",
-                "Milliseconds player requests waited for a segment not yet in memory.",
-            ),
+            stall_seconds: {
+                let c = prometheus::Counter::new(
+                    "treecast_peer_stall_seconds_total",
+                    "Seconds player requests waited for a segment not yet in memory.",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}"));
+                let _ = r.register(Box::new(c.clone()));
+                c
+            },
             parent_switches: counter_vec(
                 r,
                 "treecast_peer_parent_switches_total",

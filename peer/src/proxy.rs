@@ -190,8 +190,8 @@ impl Proxy {
         let got = self.wait_for(|s| s.store().segment(seq)).await;
         self.shared
             .metrics
-            .stall_ms
-            .inc_by(waited.elapsed().as_millis() as u64);
+            .stall_seconds
+            .inc_by(waited.elapsed().as_secs_f64());
         match got {
             Some(b) => h::object(StatusCode::OK, b, h::SEGMENT_TYPE, h::IMMUTABLE),
             None => h::text(

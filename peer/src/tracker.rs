@@ -44,7 +44,7 @@ impl Sent {
             edge: m.bytes_from_edge.get(),
             uploaded: m.bytes_uploaded.get(),
             stalls: m.stalls.get(),
-            stall_ms: m.stall_ms.get(),
+            stall_ms: (m.stall_seconds.get() * 1000.0) as u64,
             fallbacks: m.fallbacks.get(),
             corrupt: m.corrupt.get(),
         }
