@@ -246,13 +246,22 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let t0 = Instant::now();
     let mut running: Vec<Running> = Vec::new();
     let mut started = 0;
-    for _ in 0..config.peers {
+    let mut digests = HashMap::new();
+    for i in 0..config.peers {
+        // Starting many peers takes a while: keep reading the origin's
+        // digests meanwhile, so every segment played can be checked.
+        if i % 10 == 0 {
+            record_origin_digests(&cluster, &mut digests).await;
+        }
         let options = roles(&config, &mut rng);
         running.push(start_one(&mut cluster, options).await?);
         started += 1;
     }
     info!(peers = config.peers, "all peers started");
-    let mut collected = Collected::default();
+    let mut collected = Collected {
+        origin_digests: digests,
+        ..Collected::default()
+    };
     let churn_every = (config.churn_per_minute > 0.0 && config.peers > 0)
         .then(|| Duration::from_secs_f64(60.0 / (config.churn_per_minute * config.peers as f64)));
     // Churn starts once every peer is up.
