@@ -98,6 +98,9 @@ pub struct PeerProcess {
     /// When it was started.
     pub started: Instant,
     child: Child,
+    /// Held open: when this process ends, however it ends, the pipe
+    /// closes and the peer (run with `--exit-with-stdin`) leaves and exits.
+    _stdin: Option<tokio::process::ChildStdin>,
 }
 
 impl PeerProcess {
@@ -302,7 +305,8 @@ async fn spawn_peer(
         .args(["--channel", &config.channel])
         .args(["--proxy-listen", "127.0.0.1:0"])
         .args(["--quic-listen", "127.0.0.1:0"])
-        .args(["--buffer-secs", &config.buffer_secs.to_string()]);
+        .args(["--buffer-secs", &config.buffer_secs.to_string()])
+        .arg("--exit-with-stdin");
     if let Some(k) = options.max_upload_kbps {
         cmd.args(["--max-upload", &k.to_string()]);
     }
@@ -311,7 +315,7 @@ async fn spawn_peer(
     }
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::from(log))
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -321,6 +325,7 @@ async fn spawn_peer(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", config.peer_exe.display()))?;
+    let stdin = child.stdin.take();
     let stdout = child
         .stdout
         .take()
@@ -352,6 +357,7 @@ async fn spawn_peer(
         options,
         started,
         child,
+        _stdin: stdin,
     })
 }
 

@@ -52,6 +52,22 @@ pub struct Cli {
     /// Fault injection for tests: corrupt every Nth segment forwarded.
     #[arg(long, hide = true)]
     pub tamper_every: Option<u64>,
+    /// Leave the tree and exit when standard input closes (for a
+    /// supervising process: the peer ends with it, even if it is killed).
+    #[arg(long)]
+    pub exit_with_stdin: bool,
+}
+
+/// Resolves when standard input reaches its end (or fails).
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// Runs a peer until Ctrl-C or SIGTERM, then leaves the tree.
@@ -89,9 +105,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let watch_stdin = cli.exit_with_stdin;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         _ = term.recv() => {}
+        _ = stdin_closed(), if watch_stdin => eprintln!("standard input closed"),
     }
     eprintln!("leaving the tree");
     peer.shutdown().await;
