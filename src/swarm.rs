@@ -198,14 +198,7 @@ async fn finish(mut r: Running, kill: bool, collected: &mut Collected) {
     }
     let _ = r.stop.send(true);
     if let Ok(report) = r.player.await {
-        for (at, length) in &report.playback.stall_log {
-            warn!(
-                peer = r.process.number,
-                after_start_ms = at.duration_since(r.process.started).as_millis() as u64,
-                stall_ms = length.as_millis() as u64,
-                "player stalled"
-            );
-        }
+        log_stalls(r.process.number, r.process.started, &report);
         collected.players.push(report);
     }
     if kill {
@@ -215,6 +208,17 @@ async fn finish(mut r: Running, kill: bool, collected: &mut Collected) {
     }
     if let Some(s) = &r.last_status {
         collected.absorb(r.process.number, s);
+    }
+}
+
+fn log_stalls(peer: usize, started: Instant, report: &PlayerReport) {
+    for (at, length) in &report.playback.stall_log {
+        warn!(
+            peer,
+            after_start_ms = at.duration_since(started).as_millis() as u64,
+            stall_ms = length.as_millis() as u64,
+            "player stalled"
+        );
     }
 }
 
@@ -309,10 +313,26 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     }
     let duration = t0.elapsed();
     let egress = edge_egress(&cluster).await?.saturating_sub(egress_before);
-    for r in running {
-        finish(r, false, &mut collected).await;
-    }
+    // Stop every player at once, before any peer: players left running
+    // while others are shut down would play past the run, beyond the
+    // digests read.
     record_origin_digests(&cluster, &mut collected.origin_digests).await;
+    for r in &running {
+        let _ = r.stop.send(true);
+    }
+    // Peers leave together (each takes a few seconds to drain).
+    let mut leaving = tokio::task::JoinSet::new();
+    for mut r in running {
+        if let Ok(s) = r.process.status().await {
+            collected.absorb(r.process.number, &s);
+        }
+        if let Ok(report) = r.player.await {
+            log_stalls(r.process.number, r.process.started, &report);
+            collected.players.push(report);
+        }
+        leaving.spawn(async move { r.process.terminate().await });
+    }
+    while leaving.join_next().await.is_some() {}
     let report = summarize(&config, collected, egress, duration, started);
     cluster.shutdown().await;
     Ok(report)
