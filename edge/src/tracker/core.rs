@@ -664,8 +664,10 @@ impl Tracker {
 
     fn find_backup(&self, i: u32) -> u32 {
         let parent = self.peers[i as usize].parent;
-        // A shallow peer with room that is neither the parent nor below us.
-        for d in 1..usize::from(self.depth_of_parent_slot(i)) {
+        // A peer with room, no deeper than this one, that is neither the
+        // parent nor below us; the edge only when there is none (it feeds
+        // a peer that switches to it until the tracker moves it on).
+        for d in 1..=usize::from(self.depth_of_parent_slot(i)) {
             for &c in self.open[d].iter().rev().take(8) {
                 if c != parent && c != i && self.has_room(c) && !self.is_in_subtree(c, i) {
                     return c;
