@@ -8,8 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{cluster_with, streaming};
-use treecast::cluster::PeerOptions;
+use common::{cluster_with, spawn_streaming};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
@@ -23,15 +22,7 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let (_dir, mut cluster) =
         cluster_with(1, 2, |c| c.dashboard_token = Some("t0ken".into())).await;
-    let mut peers = Vec::new();
-    for _ in 0..4 {
-        let p = cluster
-            .spawn_peer(PeerOptions::default())
-            .await
-            .expect("peer");
-        streaming(&p).await;
-        peers.push(p);
-    }
+    let peers = spawn_streaming(&mut cluster, 4).await;
     let edge = cluster.edge_client();
     let denied = edge
         .get("/api/v1/dashboard", 1 << 20, Duration::from_secs(5))

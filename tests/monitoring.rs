@@ -9,8 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{cluster, streaming, wait_for};
-use treecast::cluster::PeerOptions;
+use common::{cluster, spawn_streaming, wait_for};
 use treecast_peer::edge_client::EdgeClient;
 
 fn dashboards() -> PathBuf {
@@ -84,15 +83,7 @@ async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists(
     promtool(&["check", "rules", "alerts.yml"]);
 
     let (dir, mut cluster) = cluster(1, 2).await;
-    let mut peers = Vec::new();
-    for _ in 0..3 {
-        let p = cluster
-            .spawn_peer(PeerOptions::default())
-            .await
-            .expect("peer");
-        streaming(&p).await;
-        peers.push(p);
-    }
+    let peers = spawn_streaming(&mut cluster, 3).await;
     // Every series the alert rules and the Grafana dashboard query exists.
     let wanted: BTreeSet<String> =
         names_in(&std::fs::read_to_string(dashboards().join("alerts.yml")).expect("alerts"))

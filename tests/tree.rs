@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{cluster, edge_metric, origin_segment, streaming, tree_arrivals, wait_for};
+use common::{
+    cluster, edge_metric, origin_segment, spawn_streaming, streaming, tree_arrivals, wait_for,
+};
 use tokio::sync::watch;
 use treecast::cluster::PeerOptions;
 use treecast::player::play;
@@ -16,15 +18,7 @@ use treecast::swarm::Percentiles;
 async fn a_chain_of_eight_peers_delivers_identical_segments_cut_through() {
     // One child per node: the tracker can only build a chain.
     let (_dir, mut cluster) = cluster(1, 1).await;
-    let mut peers = Vec::new();
-    for _ in 0..8 {
-        let p = cluster
-            .spawn_peer(PeerOptions::default())
-            .await
-            .expect("peer");
-        streaming(&p).await;
-        peers.push(p);
-    }
+    let peers = spawn_streaming(&mut cluster, 8).await;
     let mut depths = Vec::new();
     for p in &peers {
         depths.push(streaming(p).await["depth"].as_u64().expect("depth"));
@@ -117,15 +111,7 @@ async fn a_chain_of_eight_peers_delivers_identical_segments_cut_through() {
 async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
     // Edge → A → {B, C}; D joins under B or C and has the other as backup.
     let (_dir, mut cluster) = cluster(1, 2).await;
-    let mut peers = Vec::new();
-    for _ in 0..4 {
-        let p = cluster
-            .spawn_peer(PeerOptions::default())
-            .await
-            .expect("peer");
-        streaming(&p).await;
-        peers.push(p);
-    }
+    let mut peers = spawn_streaming(&mut cluster, 4).await;
     let d = peers.pop().expect("D");
     let sd = streaming(&d).await;
     assert_eq!(sd["depth"], 3, "{sd}");

@@ -96,6 +96,21 @@ pub async fn streaming(p: &PeerProcess) -> serde_json::Value {
     .await
 }
 
+/// Starts `n` default peers one after the other, each streaming from the
+/// tree before the next joins (so the tracker places them in that order).
+pub async fn spawn_streaming(cluster: &mut Cluster, n: usize) -> Vec<PeerProcess> {
+    let mut peers = Vec::new();
+    for _ in 0..n {
+        let p = cluster
+            .spawn_peer(treecast::cluster::PeerOptions::default())
+            .await
+            .expect("peer starts");
+        streaming(&p).await;
+        peers.push(p);
+    }
+    peers
+}
+
 /// A segment as the origin serves it.
 pub async fn origin_segment(cluster: &Cluster, seq: u64) -> bytes::Bytes {
     cluster
