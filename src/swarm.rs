@@ -122,7 +122,6 @@ struct Running {
     process: PeerProcess,
     stop: watch::Sender<bool>,
     player: JoinHandle<PlayerReport>,
-    last_status: Option<serde_json::Value>,
 }
 
 #[derive(Default)]
@@ -188,26 +187,30 @@ async fn start_one(cluster: &mut Cluster, options: PeerOptions) -> anyhow::Resul
         process,
         stop,
         player,
-        last_status: None,
     })
 }
 
-async fn finish(mut r: Running, kill: bool, collected: &mut Collected) {
+/// Takes a peer's last status and its player's report (stopping the
+/// player); the process is left running for the caller to end.
+async fn wrap_up(r: Running, collected: &mut Collected) -> PeerProcess {
+    // Earlier polls are already absorbed; this only brings them up to date.
     if let Ok(s) = r.process.status().await {
-        r.last_status = Some(s);
+        collected.absorb(r.process.number, &s);
     }
     let _ = r.stop.send(true);
     if let Ok(report) = r.player.await {
         log_stalls(r.process.number, r.process.started, &report);
         collected.players.push(report);
     }
+    r.process
+}
+
+async fn finish(r: Running, kill: bool, collected: &mut Collected) {
+    let mut process = wrap_up(r, collected).await;
     if kill {
-        r.process.kill().await;
+        process.kill().await;
     } else {
-        r.process.terminate().await;
-    }
-    if let Some(s) = &r.last_status {
-        collected.absorb(r.process.number, s);
+        process.terminate().await;
     }
 }
 
@@ -275,10 +278,9 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     while Instant::now() < end {
         let now = Instant::now();
         if now >= next_poll {
-            for r in &mut running {
+            for r in &running {
                 if let Ok(s) = r.process.status().await {
                     collected.absorb(r.process.number, &s);
-                    r.last_status = Some(s);
                 }
             }
             record_origin_digests(&cluster, &mut collected.origin_digests).await;
@@ -322,15 +324,9 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     }
     // Peers leave together (each takes a few seconds to drain).
     let mut leaving = tokio::task::JoinSet::new();
-    for mut r in running {
-        if let Ok(s) = r.process.status().await {
-            collected.absorb(r.process.number, &s);
-        }
-        if let Ok(report) = r.player.await {
-            log_stalls(r.process.number, r.process.started, &report);
-            collected.players.push(report);
-        }
-        leaving.spawn(async move { r.process.terminate().await });
+    for r in running {
+        let mut process = wrap_up(r, &mut collected).await;
+        leaving.spawn(async move { process.terminate().await });
     }
     while leaving.join_next().await.is_some() {}
     let report = summarize(&config, collected, egress, duration, started);
