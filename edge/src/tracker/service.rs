@@ -472,17 +472,12 @@ impl TrackerService {
         let mut out = Vec::new();
         for (channel, tree) in trees.iter() {
             let ch = channel.as_str();
-            let mut hist = vec![0u64; usize::from(self.settings.core.max_depth) + 1];
+            let hist = depth_histogram(tree.tracker.peers(), self.settings.core.max_depth);
             let mut totals = PeerTotals::default();
             let mut sites: HashMap<u32, SiteRow> = HashMap::new();
             let mut rows = Vec::new();
             let mut orphans = 0;
             for v in tree.tracker.peers() {
-                let d = if v.placed { usize::from(v.depth) } else { 0 };
-                if d >= hist.len() {
-                    hist.resize(d + 1, 0);
-                }
-                hist[d] += 1;
                 orphans += u64::from(!v.placed);
                 let t = tree.stats.get(&v.id).copied().unwrap_or_default();
                 totals.add(&t);
@@ -592,18 +587,12 @@ impl TrackerService {
             .depth
             .with_label_values(&[channel.as_str()])
             .set(i64::from(tree.tracker.max_depth_in_use()));
-        let mut hist = vec![0i64; usize::from(self.settings.core.max_depth) + 1];
-        for v in tree.tracker.peers() {
-            let d = if v.placed { usize::from(v.depth) } else { 0 };
-            if let Some(h) = hist.get_mut(d) {
-                *h += 1;
-            }
-        }
+        let hist = depth_histogram(tree.tracker.peers(), self.settings.core.max_depth);
         for (d, n) in hist.iter().enumerate() {
             self.metrics
                 .depth_peers
                 .with_label_values(&[channel.as_str(), &d.to_string()])
-                .set(*n);
+                .set(*n as i64);
         }
     }
 
@@ -717,6 +706,19 @@ fn unknown(e: core::UnknownPeer) -> Refusal {
 }
 
 /// The site label: the one given, else the client's subnet.
+/// Peers at each depth (index 0: waiting for a parent); depths never pass
+/// the configured maximum.
+fn depth_histogram(peers: impl Iterator<Item = core::PeerView>, max_depth: u8) -> Vec<u64> {
+    let mut hist = vec![0u64; usize::from(max_depth) + 1];
+    for v in peers {
+        let d = if v.placed { usize::from(v.depth) } else { 0 };
+        if let Some(h) = hist.get_mut(d) {
+            *h += 1;
+        }
+    }
+    hist
+}
+
 /// A peer's site: the label it gave, else its /24 (IPv4) or /48 (IPv6).
 fn site_label(given: Option<&str>, ip: IpAddr) -> String {
     match (given, ip) {
