@@ -162,6 +162,14 @@ impl Cache {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True once a playlist of `channel` came from the origin: this edge
+    /// carries the channel.
+    pub fn carries(&self, channel: &str) -> bool {
+        self.lock()
+            .last_playlist
+            .contains_key(&format!("/live/{channel}/index.m3u8"))
+    }
+
     /// Gets `/live/<channel>/<file>`, from the cache or with one origin fetch.
     pub async fn get(
         self: &Arc<Self>,

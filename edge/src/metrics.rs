@@ -73,6 +73,14 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     )
 }
 
+fn float_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::CounterVec {
+    reg(
+        r,
+        prometheus::CounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     reg(
         r,
@@ -176,19 +184,32 @@ impl EdgeMetrics {
             peer_events: counter_vec(
                 r,
                 "treecast_edge_peer_events_total",
-                "Events peers report in heartbeats: `stall` (a player request not in memory), `fallback` (a segment fetched from the edge), `corrupt` (a segment that failed verification).",
+                "Events peers report in heartbeats: `fallback` (a segment fetched from the edge), `corrupt` (a segment that failed verification).",
                 &["channel", "event"],
             ),
-            peer_stall_seconds: reg(
+            viewer_stalls: counter_vec(
                 r,
-                prometheus::CounterVec::new(
-                    Opts::new(
-                        "treecast_edge_peer_stall_seconds_total",
-                        "Seconds peers' players waited for segments, from heartbeats.",
-                    ),
-                    &["channel"],
-                )
-                .unwrap_or_else(|e| panic!("metric: {e}")),
+                "treecast_edge_viewer_stalls_total",
+                "Times viewers' players ran dry: reported by peers in heartbeats (`via=peer`) or by players on the edge directly (`via=direct`).",
+                &["channel", "via"],
+            ),
+            viewer_stall_seconds: float_vec(
+                r,
+                "treecast_edge_viewer_stall_seconds_total",
+                "Seconds viewers' players were stalled, by channel and via.",
+                &["channel", "via"],
+            ),
+            viewer_watch_seconds: float_vec(
+                r,
+                "treecast_edge_viewer_watch_seconds_total",
+                "Seconds viewers' players played or stalled (the rebuffer ratio's denominator), by channel and via.",
+                &["channel", "via"],
+            ),
+            player_reports_refused: counter_vec(
+                r,
+                "treecast_edge_player_reports_refused_total",
+                "Direct player stall reports refused, by reason.",
+                &["reason"],
             ),
             depth_peers: gauge_vec(
                 r,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use treecast_proto::viewer::ReportBook;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -131,6 +132,9 @@ impl EdgeHandle {
             tracker: tracker.clone(),
             origin,
             origin_key: tokio::sync::OnceCell::new(),
+            player_reports: std::sync::Mutex::new(ReportBook::new(
+                crate::server::DIRECT_REPORT_SESSIONS,
+            )),
         });
         let bind_err = |source| StartError::Bind {
             addr: config.listen,

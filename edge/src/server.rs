@@ -28,6 +28,7 @@ use crate::metrics::EdgeMetrics;
 use crate::origin::OriginClient;
 use crate::tracker::service::TrackerService;
 use crate::tracker::wire::MAX_BODY;
+use treecast_proto::viewer::{PlayerReport, ReportBook, MAX_REPORT_BODY};
 
 /// Everything request handlers need.
 #[derive(Debug)]
@@ -50,7 +51,13 @@ pub struct EdgeService {
     pub dashboard_token: Option<String>,
     /// Whether `/metrics` is served here.
     pub serve_metrics: bool,
+    /// Stall reports of players that play from this edge directly.
+    pub player_reports: std::sync::Mutex<ReportBook>,
 }
+
+/// Playback sessions reporting to one edge directly at once; more are
+/// refused until some go idle.
+pub const DIRECT_REPORT_SESSIONS: usize = 10_000;
 
 impl h::Handler for EdgeService {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -64,6 +71,10 @@ impl h::Handler for EdgeService {
         };
         let resp = if route == "tracker" && req.method() == Method::POST {
             self.tracker_request(req).await
+        } else if path == "/api/v1/player-report" && req.method() == Method::POST {
+            // Open to any page, like the segments: the dashboard token
+            // guards reading, not a player's report.
+            self.player_report(req).await
         } else {
             self.route(&req).await
         };
@@ -143,22 +154,63 @@ impl EdgeService {
             );
         };
         let endpoint = endpoint.to_owned();
-        let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return h::text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("tracker request body over {MAX_BODY} bytes, or unreadable"),
-                )
-            }
+        let body = match h::read_body(req.into_body(), MAX_BODY, "tracker request").await {
+            Ok(b) => b,
+            Err(r) => return r,
         };
         let tracker = self.tracker.clone();
         match tracker.handle(&endpoint, &body, from) {
             Ok(a) => h::json(StatusCode::OK, &a),
             Err(r) => h::text(r.status, r.message),
+        }
+    }
+
+    async fn player_report(&self, req: Request<Incoming>) -> Response<Body> {
+        let m = &self.metrics.tracker;
+        let body = match h::read_body(req.into_body(), MAX_REPORT_BODY, "player report").await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let report: PlayerReport = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                m.player_reports_refused
+                    .with_label_values(&["malformed"])
+                    .inc();
+                return h::text(StatusCode::BAD_REQUEST, format!("not a player report: {e}"));
+            }
+        };
+        let channel = report.channel.clone();
+        let result = self
+            .player_reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handle_report(
+                report,
+                |c| ChannelName::new(c).is_ok() && self.cache.carries(c),
+                std::time::Instant::now(),
+            );
+        match result {
+            Ok(d) => {
+                let labels = [channel.as_str(), "direct"];
+                m.viewer_stalls.with_label_values(&labels).inc_by(d.stalls);
+                m.viewer_stall_seconds
+                    .with_label_values(&labels)
+                    .inc_by(d.stall.as_secs_f64());
+                m.viewer_watch_seconds
+                    .with_label_values(&labels)
+                    .inc_by(d.watched.as_secs_f64());
+                h::empty_response()
+            }
+            Err(e) => {
+                m.player_reports_refused
+                    .with_label_values(&[e.label()])
+                    .inc();
+                h::text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("report refused: {e}"),
+                )
+            }
         }
     }
 

@@ -301,6 +301,9 @@ impl Channel {
             seq: open.seq,
             len,
             digest: *open.hasher.finalize().as_bytes(),
+            completed_ms: now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         let signed = self.key.sign(record);
         if let Some(stored) = s.segments.get_mut(&open.seq) {

@@ -20,6 +20,8 @@
 //! - [`fallback`]: fetching from the edge what the tree did not deliver.
 //! - [`tracker`]: join, heartbeat with stats, report, leave.
 //! - [`proxy`]: the player's local HTTP server and `/status`.
+//! - [`viewer`]: the player's stalls, inferred from its requests and
+//!   reported by the plugin.
 //! - [`edge_client`]: HTTP requests to the edge.
 //! - [`metrics`]: Prometheus counters.
 //! - [`run`]: [`PeerHandle`], starting and stopping it all.
@@ -36,6 +38,7 @@ pub mod shared;
 pub mod store;
 pub mod tracker;
 pub mod upstream;
+pub mod viewer;
 
 pub use config::PeerConfig;
 pub use run::{PeerHandle, StartError};

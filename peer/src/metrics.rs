@@ -2,7 +2,7 @@
 //! counters its status page and heartbeats are built from. Labels are small
 //! fixed sets.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{CounterVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use treecast_proto::tree::PushMetrics;
 
 /// Every metric of one peer.
@@ -22,10 +22,20 @@ pub struct PeerMetrics {
     /// Segments fetched from the edge because the tree did not deliver
     /// them within the grace period.
     pub fallbacks: IntCounter,
-    /// Player requests for a segment not in memory yet.
-    pub stalls: IntCounter,
+    /// Player requests for a segment not in memory yet (the player ran
+    /// ahead of the local playlist); not a stall by itself.
+    pub proxy_waits: IntCounter,
     /// Seconds those requests waited.
-    pub stall_seconds: prometheus::Counter,
+    pub proxy_wait_seconds: prometheus::Counter,
+    /// Viewer stalls (the player's buffer ran dry), by source: `inferred`
+    /// from the player's requests, `player` reported by the plugin.
+    pub viewer_stalls: IntCounterVec,
+    /// Seconds stalled, by source.
+    pub viewer_stall_seconds: CounterVec,
+    /// Seconds watched (stalls included), by source.
+    pub viewer_watch_seconds: CounterVec,
+    /// Plugin reports refused, by reason.
+    pub player_reports_refused: IntCounterVec,
     /// Parent changes, by reason (`assigned`, `gap`, `corrupt`, `closed`).
     pub parent_switches: IntCounterVec,
     /// Frames or streams from a parent or child that broke the protocol.
@@ -56,6 +66,13 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
+fn float_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     let _ = r.register(Box::new(g.clone()));
@@ -67,7 +84,7 @@ impl PeerMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
-        Self {
+        let m = Self {
             bytes_from_tree: counter(
                 r,
                 "treecast_peer_tree_bytes_total",
@@ -99,20 +116,44 @@ impl PeerMetrics {
                 "treecast_peer_fallbacks_total",
                 "Segments fetched from the edge because the tree was late.",
             ),
-            stalls: counter(
+            proxy_waits: counter(
                 r,
-                "treecast_peer_stalls_total",
-                "Player requests for a segment not yet in memory.",
+                "treecast_peer_proxy_waits_total",
+                "Player requests for a segment not yet in memory (ahead of the local playlist).",
             ),
-            stall_seconds: {
+            proxy_wait_seconds: {
                 let c = prometheus::Counter::new(
-                    "treecast_peer_stall_seconds_total",
+                    "treecast_peer_proxy_wait_seconds_total",
                     "Seconds player requests waited for a segment not yet in memory.",
                 )
                 .unwrap_or_else(|e| panic!("metric: {e}"));
                 let _ = r.register(Box::new(c.clone()));
                 c
             },
+            viewer_stalls: counter_vec(
+                r,
+                "treecast_peer_viewer_stalls_total",
+                "Times the player's buffer ran dry, by source (inferred from requests; reported by the player).",
+                &["source"],
+            ),
+            viewer_stall_seconds: float_vec(
+                r,
+                "treecast_peer_viewer_stall_seconds_total",
+                "Seconds the player's buffer was dry, by source.",
+                &["source"],
+            ),
+            viewer_watch_seconds: float_vec(
+                r,
+                "treecast_peer_viewer_watch_seconds_total",
+                "Seconds the player played or stalled, by source.",
+                &["source"],
+            ),
+            player_reports_refused: counter_vec(
+                r,
+                "treecast_peer_player_reports_refused_total",
+                "Player stall reports refused, by reason.",
+                &["reason"],
+            ),
             parent_switches: counter_vec(
                 r,
                 "treecast_peer_parent_switches_total",
@@ -142,7 +183,14 @@ impl PeerMetrics {
             ),
             depth: gauge(r, "treecast_peer_depth", "Depth in the tree (0: none)."),
             registry,
+        };
+        // Series exist at zero from the start, so rates are defined.
+        for source in ["inferred", "player"] {
+            m.viewer_stalls.with_label_values(&[source]);
+            m.viewer_stall_seconds.with_label_values(&[source]);
+            m.viewer_watch_seconds.with_label_values(&[source]);
         }
+        m
     }
 
     /// What the push to children counts.

@@ -4,29 +4,33 @@
 //! |---|---|---|
 //! | GET/HEAD | `/live/<channel>/index.m3u8` | the local playlist: `buffer_secs` behind live, every listed segment verified and in memory |
 //! | GET/HEAD | `/live/<channel>/<seq>.ts` | a verified segment, from memory |
-//! | GET | `/status` | JSON: connected, parent, depth, buffer, bytes by source (see `docs/peer.md`) |
+//! | GET | `/status` | JSON: connected, parent, depth, buffer, bytes by source, viewer stalls (see `docs/peer.md`) |
+//! | POST | `/player/report` | the player plugin's stall totals for its session ([`treecast_proto::viewer`]) |
 //! | GET | `/player/` | a page that plays the channel with hls.js and the player plugin (`player-plugin/`), showing the P2P figures |
 //! | GET | `/metrics` | Prometheus metrics |
 //! | GET | `/healthz` | liveness |
 //!
 //! A request for a segment not in memory yet (a player ahead of the local
 //! playlist) waits for it, since the fallback fetches it from the edge
-//! within the grace period, and counts as a stall; a request for the
+//! within the grace period (counted as a proxy wait); a request for the
 //! playlist before the first segment is verified waits for that. Nothing
-//! unverified is ever served.
+//! unverified is ever served. Every playlist request and every segment
+//! served feed the stall inference ([`crate::viewer`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use treecast_proto::viewer::{PlayerReport, MAX_REPORT_BODY};
 use treecast_proto::http::{self as h, Body};
 use treecast_proto::tracker::NodeInfo;
 use treecast_proto::SegmentFile;
 
 use crate::shared::Shared;
+use crate::viewer::ViewerFigures;
 
 /// Longest a request waits for the first playlist or a missing segment.
 const WAIT: Duration = Duration::from_secs(8);
@@ -51,6 +55,9 @@ impl h::Handler for Proxy {
             );
             return r;
         }
+        if method == Method::POST && req.uri().path() == "/player/report" {
+            return self.player_report(req).await;
+        }
         if method != Method::GET && method != Method::HEAD {
             return h::text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -60,7 +67,7 @@ impl h::Handler for Proxy {
         let path = req.uri().path().to_owned();
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
-            ["live", channel, file] => self.live(channel, file).await,
+            ["live", channel, file] => self.live(channel, file, method == Method::GET).await,
             ["status"] => h::json(StatusCode::OK, &status(&self.shared)),
             ["player"] => {
                 let mut r = h::text(StatusCode::MOVED_PERMANENTLY, "see /player/");
@@ -126,7 +133,36 @@ impl Proxy {
         }
     }
 
-    async fn live(&self, channel: &str, file: &str) -> Response<Body> {
+    async fn player_report(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match h::read_body(req.into_body(), MAX_REPORT_BODY, "player report").await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let report: PlayerReport = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .player_reports_refused
+                    .with_label_values(&["malformed"])
+                    .inc();
+                return h::text(
+                    StatusCode::BAD_REQUEST,
+                    format!("not a player report: {e}"),
+                );
+            }
+        };
+        match self.shared.viewer.report(
+            report,
+            self.shared.channel.as_str(),
+            std::time::Instant::now(),
+        ) {
+            Ok(()) => h::empty_response(),
+            Err(e) => h::text(StatusCode::UNPROCESSABLE_ENTITY, format!("report refused: {e}")),
+        }
+    }
+
+    async fn live(&self, channel: &str, file: &str, get: bool) -> Response<Body> {
         if channel != self.shared.channel.as_str() {
             return h::text(
                 StatusCode::NOT_FOUND,
@@ -137,8 +173,22 @@ impl Proxy {
             );
         }
         match SegmentFile::parse(file) {
-            Some(SegmentFile::Playlist) => self.playlist().await,
-            Some(SegmentFile::Segment(seq)) => self.segment(seq).await,
+            Some(SegmentFile::Playlist) => {
+                if get {
+                    self.shared.viewer.playlist_requested(Instant::now());
+                }
+                self.playlist().await
+            }
+            Some(SegmentFile::Segment(seq)) => {
+                let resp = self.segment(seq).await;
+                if get && resp.status() == StatusCode::OK {
+                    let duration = self.shared.store().duration(seq);
+                    if let Some(d) = duration {
+                        self.shared.viewer.segment_served(seq, d, Instant::now());
+                    }
+                }
+                resp
+            }
             _ => h::text(StatusCode::NOT_FOUND, format!("no such file: {file}")),
         }
     }
@@ -185,12 +235,12 @@ impl Proxy {
                 format!("segment {seq} is not in the live window"),
             );
         }
-        self.shared.metrics.stalls.inc();
-        let waited = std::time::Instant::now();
+        self.shared.metrics.proxy_waits.inc();
+        let waited = Instant::now();
         let got = self.wait_for(|s| s.store().segment(seq)).await;
         self.shared
             .metrics
-            .stall_seconds
+            .proxy_wait_seconds
             .inc_by(waited.elapsed().as_secs_f64());
         match got {
             Some(b) => h::object(StatusCode::OK, b, h::SEGMENT_TYPE, h::IMMUTABLE),
@@ -203,7 +253,7 @@ impl Proxy {
 }
 
 /// A node as the status page shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// `edge` or `peer`.
     pub kind: String,
@@ -223,8 +273,18 @@ impl From<&NodeInfo> for NodeStatus {
     }
 }
 
-/// `GET /status`.
-#[derive(Debug, Serialize)]
+/// A segment still arriving from the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receiving {
+    /// Media sequence number.
+    pub seq: u64,
+    /// Bytes received so far.
+    pub bytes: u64,
+}
+
+/// `GET /status`: read by people, the demo and the swarm harness (which
+/// deserializes this very type).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// Channel relayed.
     pub channel: String,
@@ -260,8 +320,13 @@ pub struct Status {
     pub fallbacks: u64,
     /// Segments that failed verification.
     pub corrupt: u64,
-    /// Player requests that had to wait.
-    pub stalls: u64,
+    /// Player requests that had to wait for a segment not yet in memory.
+    pub proxy_waits: u64,
+    /// The player's stalls, inferred from its requests and reported by the
+    /// plugin ([`crate::viewer`]).
+    pub viewer: ViewerFigures,
+    /// Segments arriving from the parent now, oldest first.
+    pub receiving: Vec<Receiving>,
     /// Seconds since the peer started.
     pub uptime_s: u64,
     /// The last segments verified (up to 32), oldest first.
@@ -299,7 +364,17 @@ pub fn status(shared: &Shared) -> Status {
             + m.verified.with_label_values(&["edge"]).get(),
         fallbacks: m.fallbacks.get(),
         corrupt: m.corrupt.get(),
-        stalls: m.stalls.get(),
+        proxy_waits: m.proxy_waits.get(),
+        viewer: shared.viewer.figures(),
+        receiving: shared
+            .feed
+            .in_progress()
+            .into_iter()
+            .map(|(seq, bytes)| Receiving {
+                seq,
+                bytes: bytes as u64,
+            })
+            .collect(),
         uptime_s: shared.started.elapsed().as_secs(),
         recent: shared.recent(),
         repairs_ms: shared.repairs(),

@@ -20,9 +20,11 @@ use crate::config::PeerConfig;
 use crate::edge_client::EdgeClient;
 use crate::metrics::PeerMetrics;
 use crate::store::{PlaylistUpdate, Store};
+use crate::viewer::Viewer;
 
 /// Where bytes came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     /// The parent, over QUIC.
     Tree,
@@ -40,16 +42,26 @@ impl Source {
 }
 
 /// A segment verified: when, from where, at what depth.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verified {
     /// Media sequence number.
     pub seq: u64,
-    /// `tree` or `edge`.
-    pub source: &'static str,
+    /// Where it came from.
+    pub source: Source,
     /// Wall clock, Unix milliseconds.
     pub at_ms: u64,
+    /// When the origin had it complete (signed), Unix milliseconds.
+    pub origin_ms: u64,
     /// Depth in the tree at the time.
     pub depth: u8,
+}
+
+impl Verified {
+    /// Verified here minus complete at the origin, ms (0 if the clocks
+    /// disagree the other way).
+    pub fn lag_from_origin_ms(&self) -> u64 {
+        self.at_ms.saturating_sub(self.origin_ms)
+    }
 }
 
 /// Recent events kept for `/status`.
@@ -85,6 +97,8 @@ pub struct Shared {
     pub feed: Feed,
     /// Counters.
     pub metrics: PeerMetrics,
+    /// How the player's playback is going.
+    pub viewer: Viewer,
     /// The edge.
     pub edge: EdgeClient,
     /// The tracker's latest answer.
@@ -133,6 +147,7 @@ impl Shared {
             store: Mutex::new(store),
             changed: watch::channel(0).0,
             feed: Feed::new(),
+            viewer: Viewer::new(metrics.clone()),
             metrics,
             edge,
             assignment: watch::channel(None).0,
@@ -190,7 +205,7 @@ impl Shared {
     ) -> Result<bool, VerifyError> {
         let result = self.store().handle_segment(seq, bytes, signature);
         match &result {
-            Ok(true) => {
+            Ok(Some(origin_ms)) => {
                 self.metrics
                     .verified
                     .with_label_values(&[source.label()])
@@ -200,21 +215,22 @@ impl Shared {
                     &self.recent,
                     Verified {
                         seq,
-                        source: source.label(),
+                        source,
                         at_ms: unix_ms(),
+                        origin_ms: *origin_ms,
                         depth,
                     },
                 );
                 self.store().refresh();
                 self.bump();
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => {
                 self.metrics.corrupt.inc();
                 warn!(seq, source = source.label(), error = %e, "segment failed verification; not used");
             }
         }
-        result
+        result.map(|r| r.is_some())
     }
 
     /// The parent streaming now.

@@ -173,15 +173,16 @@ impl Store {
     }
 
     /// Verifies a segment against the origin's signature document and keeps
-    /// it. `Ok(false)`: it was already there.
+    /// it. `Ok(Some(t))`: newly verified, complete at the origin at `t`
+    /// (Unix milliseconds, signed); `Ok(None)`: it was already there.
     pub fn handle_segment(
         &mut self,
         seq: u64,
         bytes: Bytes,
         signature: &[u8],
-    ) -> Result<bool, VerifyError> {
+    ) -> Result<Option<u64>, VerifyError> {
         if self.verified.contains_key(&seq) {
-            return Ok(false);
+            return Ok(None);
         }
         let signed = SignedSegment::from_json(signature)?;
         self.key
@@ -189,7 +190,7 @@ impl Store {
         self.fetching.remove(&seq);
         self.verified.insert(seq, bytes);
         self.prune();
-        Ok(true)
+        Ok(Some(signed.record.completed_ms))
     }
 
     /// The first segment a new parent should send: the one after the
@@ -201,6 +202,12 @@ impl Store {
     /// A verified segment.
     pub fn segment(&self, seq: u64) -> Option<Bytes> {
         self.verified.get(&seq).cloned()
+    }
+
+    /// The duration a live playlist gave segment `seq`.
+    pub fn duration(&self, seq: u64) -> Option<Duration> {
+        let d = self.metas.get(&seq)?.segment.duration;
+        Some(Duration::from_secs_f32(d.max(0.0)))
     }
 
     /// True when a live playlist listed `seq` (so the edge has it).
@@ -431,6 +438,7 @@ mod tests {
                 ChannelName::new("demo").expect("name"),
                 seq,
                 &bytes,
+                1_000 * seq,
             ))
             .to_json()
             .into_bytes();
@@ -547,8 +555,8 @@ mod tests {
             Err(VerifyError::WrongSequence { .. })
         ));
         assert!(s.segment(3).is_none());
-        assert_eq!(s.handle_segment(3, b.clone(), &sig), Ok(true));
-        assert_eq!(s.handle_segment(3, b, &sig), Ok(false));
+        assert_eq!(s.handle_segment(3, b.clone(), &sig), Ok(Some(3_000)));
+        assert_eq!(s.handle_segment(3, b, &sig), Ok(None));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use treecast_proto::tracker::{
 
 use crate::edge_client::EdgeError;
 use crate::shared::Shared;
+use crate::viewer::ViewerFigures;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -30,8 +31,7 @@ struct Sent {
     tree: u64,
     edge: u64,
     uploaded: u64,
-    stalls: u64,
-    stall_ms: u64,
+    viewer: ViewerFigures,
     fallbacks: u64,
     corrupt: u64,
 }
@@ -43,8 +43,7 @@ impl Sent {
             tree: m.bytes_from_tree.get(),
             edge: m.bytes_from_edge.get(),
             uploaded: m.bytes_uploaded.get(),
-            stalls: m.stalls.get(),
-            stall_ms: (m.stall_seconds.get() * 1000.0) as u64,
+            viewer: shared.viewer.figures(),
             fallbacks: m.fallbacks.get(),
             corrupt: m.corrupt.get(),
         }
@@ -160,14 +159,21 @@ async fn heartbeat(
     sent: Sent,
     now: Sent,
 ) -> Result<Assignment, EdgeError> {
+    // Both observers watch one player: the larger growth of each figure.
+    let viewer = now
+        .viewer
+        .inferred
+        .since(&sent.viewer.inferred)
+        .max(&now.viewer.reported.since(&sent.viewer.reported));
     let req = HeartbeatRequest {
         channel: shared.channel.to_string(),
         peer_id,
         bytes_from_parent: now.tree - sent.tree,
         bytes_from_edge: now.edge - sent.edge,
         bytes_uploaded: now.uploaded - sent.uploaded,
-        stalls: now.stalls - sent.stalls,
-        stall_ms: now.stall_ms - sent.stall_ms,
+        stalls: viewer.stalls,
+        stall_ms: viewer.stall_ms,
+        watched_ms: viewer.watched_ms,
         fallbacks: now.fallbacks - sent.fallbacks,
         corrupt: now.corrupt - sent.corrupt,
     };

@@ -157,6 +157,23 @@ pub fn status_class(resp: &Response<Body>) -> &'static str {
     }
 }
 
+/// Reads a request body of at most `max` bytes; a longer or broken one is
+/// answered with 413 and the reason, naming `what` the body was for.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    max: usize,
+    what: &str,
+) -> Result<Bytes, Response<Body>> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} body over {max} bytes, or unreadable"),
+        )),
+    }
+}
+
 /// The response to a CORS preflight.
 pub fn preflight() -> Response<Body> {
     let mut r = Response::new(empty());

@@ -1,7 +1,8 @@
 //! Signed segment digests: how a peer knows a segment came from the origin.
 //!
 //! For every segment it cuts, the origin signs a [`SegmentRecord`] (channel,
-//! media sequence number, length and BLAKE3 digest of the bytes) with its
+//! media sequence number, length and BLAKE3 digest of the bytes, and the
+//! wall-clock time the segment was complete at the origin) with its
 //! Ed25519 key and publishes the result as `<seq>.sig` next to the segment.
 //! Anyone holding the origin's public key can then check bytes received from
 //! an untrusted relay: [`OriginPublicKey::verify_segment`] checks the
@@ -14,8 +15,13 @@
 //! JSON encoding can change without breaking signatures:
 //!
 //! ```text
-//! "treecast-segment-v1\0" | channel len (u8) | channel | seq (u64 BE) | len (u64 BE) | blake3 (32)
+//! "treecast-segment-v2\0" | channel len (u8) | channel | seq (u64 BE) | len (u64 BE) | blake3 (32)
+//!   | completed (u64 BE, Unix milliseconds)
 //! ```
+//!
+//! The completion time is what every peer measures its lag from the
+//! origin against (`docs/swarm.md`); signing it means a relay cannot make a
+//! segment look fresher or older than it is.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,10 +31,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::ChannelName;
 
-const DOMAIN: &[u8] = b"treecast-segment-v1\0";
+const DOMAIN: &[u8] = b"treecast-segment-v2\0";
 
 /// Version of the `.sig` JSON record this crate writes and reads.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 /// Largest `.sig` document accepted, in bytes; real ones are about 300.
 pub const MAX_RECORD_LEN: usize = 4096;
@@ -44,22 +50,27 @@ pub struct SegmentRecord {
     pub len: u64,
     /// BLAKE3 digest of the segment bytes.
     pub digest: [u8; 32],
+    /// When the origin had the whole segment (its last byte cut), Unix
+    /// milliseconds.
+    pub completed_ms: u64,
 }
 
 impl SegmentRecord {
-    /// Builds the record for `bytes`.
-    pub fn for_bytes(channel: ChannelName, seq: u64, bytes: &[u8]) -> Self {
+    /// Builds the record for `bytes`, complete at `completed_ms` (Unix
+    /// milliseconds).
+    pub fn for_bytes(channel: ChannelName, seq: u64, bytes: &[u8], completed_ms: u64) -> Self {
         Self {
             channel,
             seq,
             len: bytes.len() as u64,
             digest: *blake3::hash(bytes).as_bytes(),
+            completed_ms,
         }
     }
 
     fn signed_message(&self) -> Vec<u8> {
         let channel = self.channel.as_str().as_bytes();
-        let mut m = Vec::with_capacity(DOMAIN.len() + 1 + channel.len() + 8 + 8 + 32);
+        let mut m = Vec::with_capacity(DOMAIN.len() + 1 + channel.len() + 8 + 8 + 32 + 8);
         m.extend_from_slice(DOMAIN);
         // ChannelName guarantees at most 64 bytes, so this fits in a u8.
         m.push(channel.len() as u8);
@@ -67,6 +78,7 @@ impl SegmentRecord {
         m.extend_from_slice(&self.seq.to_be_bytes());
         m.extend_from_slice(&self.len.to_be_bytes());
         m.extend_from_slice(&self.digest);
+        m.extend_from_slice(&self.completed_ms.to_be_bytes());
         m
     }
 }
@@ -88,6 +100,7 @@ struct Json {
     seq: u64,
     len: u64,
     blake3: String,
+    completed_ms: u64,
     sig: String,
 }
 
@@ -141,6 +154,7 @@ impl SignedSegment {
             seq: self.record.seq,
             len: self.record.len,
             blake3: hex::encode(self.record.digest),
+            completed_ms: self.record.completed_ms,
             sig: hex::encode(self.signature),
         };
         // Serializing a struct of strings and integers cannot fail.
@@ -171,6 +185,7 @@ impl SignedSegment {
                 seq: j.seq,
                 len: j.len,
                 digest,
+                completed_ms: j.completed_ms,
             },
             signature,
         })
@@ -312,7 +327,7 @@ mod tests {
         let key = OriginKey::from_seed([7; 32]);
         let pk = key.public();
         let bytes = b"segment bytes".to_vec();
-        let signed = key.sign(SegmentRecord::for_bytes(demo(), 5, &bytes));
+        let signed = key.sign(SegmentRecord::for_bytes(demo(), 5, &bytes, 1_700_000_000_000));
         let decoded = SignedSegment::from_json(signed.to_json().as_bytes()).expect("decodes");
         assert_eq!(decoded, signed);
         pk.verify_segment(&decoded, &demo(), 5, &bytes)
@@ -347,11 +362,18 @@ mod tests {
     #[test]
     fn forged_record_fails() {
         let key = OriginKey::from_seed([1; 32]);
-        let mut signed = key.sign(SegmentRecord::for_bytes(demo(), 1, b"abc"));
+        let mut signed = key.sign(SegmentRecord::for_bytes(demo(), 1, b"abc", 7));
         // A relay that swaps in its own bytes and digest cannot re-sign.
-        signed.record = SegmentRecord::for_bytes(demo(), 1, b"evil");
+        signed.record = SegmentRecord::for_bytes(demo(), 1, b"evil", 7);
         assert_eq!(
             key.public().verify_segment(&signed, &demo(), 1, b"evil"),
+            Err(VerifyError::BadSignature)
+        );
+        // Nor make a segment look fresher than it is.
+        let mut fresher = key.sign(SegmentRecord::for_bytes(demo(), 1, b"abc", 7));
+        fresher.record.completed_ms += 1000;
+        assert_eq!(
+            key.public().verify_segment(&fresher, &demo(), 1, b"abc"),
             Err(VerifyError::BadSignature)
         );
     }
@@ -367,9 +389,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn json_round_trip(seq in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fn json_round_trip(seq in any::<u64>(), at in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let key = OriginKey::from_seed([9; 32]);
-            let signed = key.sign(SegmentRecord::for_bytes(demo(), seq, &data));
+            let signed = key.sign(SegmentRecord::for_bytes(demo(), seq, &data, at));
             let back = SignedSegment::from_json(signed.to_json().as_bytes()).expect("decodes");
             prop_assert_eq!(&back, &signed);
             prop_assert!(key.public().verify_segment(&back, &demo(), seq, &data).is_ok());

@@ -56,14 +56,18 @@ pub struct HeartbeatRequest {
     /// Bytes sent to children since the last heartbeat.
     #[serde(default)]
     pub bytes_uploaded: u64,
-    /// Player requests for a segment not yet in memory, since the last
-    /// heartbeat.
+    /// Times the viewer's player ran dry since the last heartbeat (the
+    /// larger of the peer's inference from the player's requests and the
+    /// player plugin's own reports).
     #[serde(default)]
     pub stalls: u64,
-    /// Milliseconds player requests waited for a segment, since the last
-    /// heartbeat.
+    /// Milliseconds the player was stalled since the last heartbeat.
     #[serde(default)]
     pub stall_ms: u64,
+    /// Milliseconds the player played or stalled since the last heartbeat
+    /// (the denominator of the rebuffer ratio).
+    #[serde(default)]
+    pub watched_ms: u64,
     /// Segments fetched from the edge because the tree did not deliver
     /// them in time, since the last heartbeat.
     #[serde(default)]

@@ -119,6 +119,16 @@ impl Feed {
         self.playlist.borrow().clone()
     }
 
+    /// Segments still arriving from upstream: (sequence number, bytes so
+    /// far), oldest first.
+    pub fn in_progress(&self) -> Vec<(u64, usize)> {
+        self.recent()
+            .iter()
+            .filter(|s| !s.data.is_complete() && s.data.failure().is_none())
+            .map(|s| (s.seq, s.data.len()))
+            .collect()
+    }
+
     /// Children subscribed now.
     pub fn children(&self) -> usize {
         self.segments.receiver_count()

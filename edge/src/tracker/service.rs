@@ -40,11 +40,17 @@ pub struct TrackerMetrics {
     /// Bytes peers report, by channel and source (`tree`, `edge`,
     /// `uploaded`).
     pub peer_bytes: IntCounterVec,
-    /// Events peers report, by channel and kind (`stall`, `fallback`,
-    /// `corrupt`).
+    /// Events peers report, by channel and kind (`fallback`, `corrupt`).
     pub peer_events: IntCounterVec,
-    /// Seconds peers' players waited, by channel.
-    pub peer_stall_seconds: prometheus::CounterVec,
+    /// Viewer stalls, by channel and via (`peer`: from heartbeats;
+    /// `direct`: players on the edge reporting themselves).
+    pub viewer_stalls: IntCounterVec,
+    /// Seconds viewers stalled, by channel and via.
+    pub viewer_stall_seconds: prometheus::CounterVec,
+    /// Seconds viewers watched, by channel and via.
+    pub viewer_watch_seconds: prometheus::CounterVec,
+    /// Direct player reports refused, by reason.
+    pub player_reports_refused: IntCounterVec,
     /// Peers at each depth, by channel (depth 0: waiting for a parent).
     pub depth_peers: IntGaugeVec,
 }
@@ -107,10 +113,12 @@ pub struct PeerTotals {
     pub bytes_edge: u64,
     /// Bytes sent to its children.
     pub bytes_uploaded: u64,
-    /// Player requests that waited.
+    /// Times its player ran dry.
     pub stalls: u64,
-    /// Milliseconds players waited.
+    /// Milliseconds its player was stalled.
     pub stall_ms: u64,
+    /// Milliseconds its player played or stalled.
+    pub watched_ms: u64,
     /// Segments fetched from the edge because the tree was late.
     pub fallbacks: u64,
     /// Segments that failed verification.
@@ -124,8 +132,18 @@ impl PeerTotals {
         self.bytes_uploaded += o.bytes_uploaded;
         self.stalls += o.stalls;
         self.stall_ms += o.stall_ms;
+        self.watched_ms += o.watched_ms;
         self.fallbacks += o.fallbacks;
         self.corrupt += o.corrupt;
+    }
+
+    /// Time stalled over time watched.
+    pub fn rebuffer_ratio(&self) -> f64 {
+        if self.watched_ms == 0 {
+            0.0
+        } else {
+            self.stall_ms as f64 / self.watched_ms as f64
+        }
     }
 }
 
@@ -365,6 +383,7 @@ impl TrackerService {
                         bytes_uploaded: req.bytes_uploaded,
                         stalls: req.stalls,
                         stall_ms: req.stall_ms,
+                        watched_ms: req.watched_ms,
                         fallbacks: req.fallbacks,
                         corrupt: req.corrupt,
                     });
@@ -437,10 +456,14 @@ impl TrackerService {
         for s in ["tree", "edge", "uploaded"] {
             m.peer_bytes.with_label_values(&[ch, s]);
         }
-        for e in ["stall", "fallback", "corrupt"] {
+        for e in ["fallback", "corrupt"] {
             m.peer_events.with_label_values(&[ch, e]);
         }
-        m.peer_stall_seconds.with_label_values(&[ch]);
+        for via in ["peer", "direct"] {
+            m.viewer_stalls.with_label_values(&[ch, via]);
+            m.viewer_stall_seconds.with_label_values(&[ch, via]);
+            m.viewer_watch_seconds.with_label_values(&[ch, via]);
+        }
     }
 
     fn record_stats(&self, channel: &ChannelName, hb: &wire::HeartbeatRequest) {
@@ -453,11 +476,16 @@ impl TrackerService {
         ] {
             m.peer_bytes.with_label_values(&[ch, source]).inc_by(n);
         }
-        m.peer_stall_seconds
-            .with_label_values(&[ch])
+        m.viewer_stalls
+            .with_label_values(&[ch, "peer"])
+            .inc_by(hb.stalls);
+        m.viewer_stall_seconds
+            .with_label_values(&[ch, "peer"])
             .inc_by(hb.stall_ms as f64 / 1000.0);
+        m.viewer_watch_seconds
+            .with_label_values(&[ch, "peer"])
+            .inc_by(hb.watched_ms as f64 / 1000.0);
         for (event, n) in [
-            ("stall", hb.stalls),
             ("fallback", hb.fallbacks),
             ("corrupt", hb.corrupt),
         ] {
