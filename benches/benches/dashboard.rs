@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use treecast_edge::dashboard::History;
+use treecast_edge::dashboard::{History, Pricing};
 use treecast_edge::metrics::EdgeMetrics;
 use treecast_edge::tracker::service::{TrackerService, TrackerSettings};
 use treecast_edge::tracker::TrackerConfig;
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
     for _ in 0..10 {
         history.sample(&tracker, &metrics);
     }
-    let view = history.view(&tracker, &metrics, 2000, 300);
+    let view = history.view(&tracker, &metrics, 2000, &Pricing::default(), 300);
     let json = serde_json::to_vec(&view).expect("json");
     println!(
         "{} peers: API answer {} bytes, {} peers listed, max depth {}",
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     );
     c.bench_function("dashboard api view + json, 10k peers", |b| {
         b.iter(|| {
-            let v = history.view(&tracker, &metrics, 2000, 300);
+            let v = history.view(&tracker, &metrics, 2000, &Pricing::default(), 300);
             serde_json::to_vec(&v).expect("json").len()
         })
     });

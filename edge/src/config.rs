@@ -10,6 +10,8 @@
 //! data_dir = "./edge-data"           # the ticket signing key (edge.key)
 //! # dashboard_token = "s3cret"       # protect /dashboard and /api/ (Bearer or ?token=)
 //! # metrics_listen = "127.0.0.1:9101" # serve /metrics there instead
+//! # price_per_gb = 0.05              # what 1 GB of edge egress costs: the dashboard shows the saving
+//! currency = "USD"                   # the unit of price_per_gb
 //!
 //! [tracker]
 //! root_slots = 4                     # peers the edge feeds itself
@@ -60,6 +62,12 @@ pub struct EdgeConfig {
     /// A separate address for `/metrics` (then not served on `listen`).
     /// Default none: `/metrics` on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// What one gigabyte (10^9 bytes) of egress from this edge costs, in
+    /// `currency`: the dashboard multiplies the bytes peers carried by it to
+    /// show what P2P saved. Default none: bytes only.
+    pub price_per_gb: Option<f64>,
+    /// Currency of `price_per_gb`, as shown. Default `USD`.
+    pub currency: String,
     /// The tracker.
     pub tracker: TrackerSection,
 }
@@ -118,6 +126,8 @@ impl Default for EdgeConfig {
             data_dir: PathBuf::from("./edge-data"),
             dashboard_token: None,
             metrics_listen: None,
+            price_per_gb: None,
+            currency: "USD".into(),
             tracker: TrackerSection::default(),
         }
     }
@@ -158,6 +168,11 @@ impl EdgeConfig {
             || t.heartbeat_timeout_secs == 0
         {
             return Err(ConfigError::Invalid("tracker: root_slots, max_depth, max_children, stream_kbps, rate_per_sec and heartbeat_timeout_secs must be above 0".into()));
+        }
+        if self.price_per_gb.is_some_and(|p| !p.is_finite() || p < 0.0) {
+            return Err(ConfigError::Invalid(
+                "price_per_gb must be a number of at least 0".into(),
+            ));
         }
         if self.origin_timeout_ms < 100 || self.cache_max_mb == 0 || self.max_connections == 0 {
             return Err(ConfigError::Invalid(

@@ -1,8 +1,9 @@
 //! The operator dashboard and its JSON API.
 //!
 //! - a sampler (every 2 s, 10 minutes kept) records the edge's egress and
-//!   each channel's viewers and peer-reported byte and stall totals, so
-//!   rates and history need no external database;
+//!   each channel's viewers and the cumulative byte, stall and watch
+//!   counters of its metrics (so peers that left still count), so rates
+//!   and history need no external database;
 //! - `GET /api/v1/dashboard` answers the current state: per channel the
 //!   tracker's snapshot (viewers, depth histogram, sites, the shallowest
 //!   peers of the tree with their health) plus rates over the last 10 s
@@ -12,12 +13,15 @@
 //!   every two seconds.
 //!
 //! Egress is the edge's, across channels; offload is measured against the
-//! bytes all peers report receiving.
+//! bytes all peers report receiving. The event totals (since the edge
+//! started) give the bytes peers carried for each other instead of the
+//! edge, and with `price_per_gb` configured, what that saved.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::core::Collector;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -34,11 +38,22 @@ const RATE_SPAN: usize = 5;
 /// The dashboard page.
 pub const PAGE: &str = include_str!("dashboard.html");
 
+#[derive(Debug, Clone, Copy, Default)]
+struct ChannelSample {
+    viewers: u64,
+    /// Bytes peers received (tree and edge), cumulative.
+    received: u64,
+    /// Seconds viewers stalled, cumulative.
+    stall_s: f64,
+    /// Seconds viewers watched, cumulative.
+    watch_s: f64,
+}
+
 #[derive(Debug, Clone)]
 struct Sample {
     at_ms: u64,
     egress: u64,
-    channels: HashMap<String, (u64, u64, u64)>, // viewers, received bytes, stall ms
+    channels: HashMap<String, ChannelSample>,
 }
 
 /// One point of a channel's history.
@@ -65,8 +80,10 @@ pub struct ChannelView {
     pub egress_streams: f64,
     /// Bytes from peers ÷ all bytes peers received, last 10 s.
     pub offload: f64,
-    /// Time players waited ÷ time watched, last 10 s.
+    /// Time viewers stalled ÷ time watched, last 10 s.
     pub rebuffer_ratio: f64,
+    /// Time viewers stalled ÷ time watched, since the edge started.
+    pub rebuffer_ratio_event: f64,
     /// History, oldest first.
     pub series: Vec<Point>,
 }
@@ -84,8 +101,36 @@ pub struct DashboardView {
     pub stream_kbps: u32,
     /// 1 when the origin answered the last fetch.
     pub origin_up: bool,
+    /// What P2P carried over the event.
+    pub event: EventTotals,
     /// Channels.
     pub channels: Vec<ChannelView>,
+}
+
+/// The event so far (since the edge started), across channels.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventTotals {
+    /// Bytes peers received from other peers: what the edge did not send.
+    pub peer_bytes: u64,
+    /// Bytes the edge sent.
+    pub edge_bytes: u64,
+    /// `peer_bytes` over all bytes delivered (peer + edge).
+    pub offload: f64,
+    /// The configured price of 1 GB of edge egress.
+    pub price_per_gb: Option<f64>,
+    /// Its currency.
+    pub currency: String,
+    /// `peer_bytes` in GB times the price: what P2P saved.
+    pub saved: Option<f64>,
+}
+
+/// What the operator priced edge egress at.
+#[derive(Debug, Clone, Default)]
+pub struct Pricing {
+    /// Price of one GB (10^9 bytes).
+    pub per_gb: Option<f64>,
+    /// Currency shown.
+    pub currency: String,
 }
 
 /// The sampler's history.
@@ -98,6 +143,23 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn channel_sample(metrics: &EdgeMetrics, channel: &str, viewers: u64) -> ChannelSample {
+    let t = &metrics.tracker;
+    let bytes = |source| t.peer_bytes.with_label_values(&[channel, source]).get();
+    let secs = |c: &prometheus::CounterVec| {
+        ["peer", "direct"]
+            .iter()
+            .map(|via| c.with_label_values(&[channel, via]).get())
+            .sum::<f64>()
+    };
+    ChannelSample {
+        viewers,
+        received: bytes("tree") + bytes("edge"),
+        stall_s: secs(&t.viewer_stall_seconds),
+        watch_s: secs(&t.viewer_watch_seconds),
+    }
 }
 
 fn egress(metrics: &EdgeMetrics) -> u64 {
@@ -133,14 +195,8 @@ impl History {
             .snapshot(0)
             .into_iter()
             .map(|c| {
-                (
-                    c.channel,
-                    (
-                        c.viewers,
-                        c.totals.bytes_tree + c.totals.bytes_edge,
-                        c.totals.stall_ms,
-                    ),
-                )
+                let sample = channel_sample(metrics, &c.channel, c.viewers);
+                (c.channel, sample)
             })
             .collect();
         let mut s = self.samples();
@@ -160,6 +216,7 @@ impl History {
         tracker: &TrackerService,
         metrics: &EdgeMetrics,
         stream_kbps: u32,
+        pricing: &Pricing,
         peers: usize,
     ) -> DashboardView {
         let samples: Vec<Sample> = self.samples().iter().cloned().collect();
@@ -177,7 +234,10 @@ impl History {
             (Some(a), Some(b)) => b
                 .channels
                 .iter()
-                .map(|(ch, v)| v.1.saturating_sub(a.channels.get(ch).map_or(0, |x| x.1)))
+                .map(|(ch, v)| {
+                    v.received
+                        .saturating_sub(a.channels.get(ch).map_or(0, |x| x.received))
+                })
                 .sum(),
             _ => 0,
         };
@@ -186,19 +246,19 @@ impl History {
             .into_iter()
             .map(|tree| {
                 let ch = tree.channel.clone();
-                let (received, stall_ms, viewer_secs) = match (first, last) {
+                let (received, stall_s, watch_s) = match (first, last) {
                     (Some(a), Some(b)) => {
                         let va = a.channels.get(&ch).copied().unwrap_or_default();
                         let vb = b.channels.get(&ch).copied().unwrap_or_default();
-                        let secs = (b.at_ms.saturating_sub(a.at_ms)) as f64 / 1000.0;
                         (
-                            vb.1.saturating_sub(va.1),
-                            vb.2.saturating_sub(va.2),
-                            secs * vb.0 as f64,
+                            vb.received.saturating_sub(va.received),
+                            (vb.stall_s - va.stall_s).max(0.0),
+                            (vb.watch_s - va.watch_s).max(0.0),
                         )
                     }
-                    _ => (0, 0, 0.0),
+                    _ => (0, 0.0, 0.0),
                 };
+                let now = channel_sample(metrics, &ch, tree.viewers);
                 // The edge's egress, shared out by what each channel's
                 // peers received.
                 let share = if received_all == 0 {
@@ -216,9 +276,9 @@ impl History {
                         let eg = b.egress.saturating_sub(a.egress);
                         Point {
                             t: b.at_ms,
-                            viewers: vb.0,
+                            viewers: vb.viewers,
                             egress_mbps: rate(a, b, eg),
-                            offload: offload(eg, vb.1.saturating_sub(va.1)),
+                            offload: offload(eg, vb.received.saturating_sub(va.received)),
                         }
                     })
                     .collect();
@@ -237,17 +297,36 @@ impl History {
                         0.0
                     },
                     offload: offload(ch_egress, received),
-                    rebuffer_ratio: if viewer_secs > 0.0 {
-                        stall_ms as f64 / 1000.0 / viewer_secs
-                    } else {
-                        0.0
-                    },
+                    rebuffer_ratio: ratio(stall_s, watch_s),
+                    rebuffer_ratio_event: ratio(now.stall_s, now.watch_s),
                     series,
                     tree,
                 }
             })
             .collect();
+        let peer_bytes: u64 = metrics
+            .tracker
+            .peer_bytes
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.get_name() == "source" && l.get_value() == "tree")
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum();
+        let edge_bytes = egress(metrics);
         DashboardView {
+            event: EventTotals {
+                peer_bytes,
+                edge_bytes,
+                offload: ratio(peer_bytes as f64, (peer_bytes + edge_bytes) as f64),
+                price_per_gb: pricing.per_gb,
+                currency: pricing.currency.clone(),
+                saved: pricing.per_gb.map(|p| peer_bytes as f64 / 1e9 * p),
+            },
             generated_ms: unix_ms(),
             egress_mbps,
             egress_bytes: egress(metrics),
@@ -255,6 +334,14 @@ impl History {
             origin_up: metrics.cache.origin_up.get() == 1,
             channels,
         }
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
     }
 }
 

@@ -127,6 +127,10 @@ impl EdgeHandle {
             metrics,
             history: history.clone(),
             stream_kbps: config.tracker.stream_kbps,
+            pricing: crate::dashboard::Pricing {
+                per_gb: config.price_per_gb,
+                currency: config.currency.clone(),
+            },
             dashboard_token: config.dashboard_token.clone(),
             serve_metrics: config.metrics_listen.is_none(),
             tracker: tracker.clone(),

@@ -47,6 +47,8 @@ pub struct EdgeService {
     pub history: Arc<crate::dashboard::History>,
     /// Stream bitrate the tracker plans with, kb/s.
     pub stream_kbps: u32,
+    /// The price of edge egress, for the dashboard's savings.
+    pub pricing: crate::dashboard::Pricing,
     /// Token protecting the dashboard and API.
     pub dashboard_token: Option<String>,
     /// Whether `/metrics` is served here.
@@ -127,7 +129,13 @@ impl EdgeService {
                     StatusCode::OK,
                     &self
                         .history
-                        .view(&self.tracker, &self.metrics, self.stream_kbps, peers),
+                        .view(
+                            &self.tracker,
+                            &self.metrics,
+                            self.stream_kbps,
+                            &self.pricing,
+                            peers,
+                        ),
                 )
             }
             ["metrics"] if !self.serve_metrics => h::text(

@@ -14,12 +14,25 @@
 // - the peer's status is polled; when it answers again, the next request
 //   (a segment boundary) goes back to it;
 // - `stats()` (and the `onStats` callback) tell the page whether P2P is
-//   active, the bytes from peers and from the edge, and the buffer.
+//   active, the bytes from peers and from the edge, and the buffer;
+// - buffer stalls as the viewer sees them are counted: hls.js's
+//   BUFFER_STALLED_ERROR and the video element's `waiting`, each ended by
+//   `playing` (or by playback moving on), with their durations. Every
+//   `reportEveryMs` the totals go to the local peer (`POST /player/report`)
+//   or, when playing from the edge, to the edge
+//   (`POST /api/v1/player-report`), which count them for the operator.
+//   A session id per receiver keeps each receiver's totals its own.
 //
 // No framework, no build step needed: this file is the ES module; dist/
 // holds the same code as a plain script (window.TreecastP2P).
 
 const DEFAULT_PEER = "http://127.0.0.1:8090";
+
+function sessionId() {
+  const a = new Uint8Array(12);
+  crypto.getRandomValues(a);
+  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 function pathOf(url) {
   const u = new URL(url, location.href);
@@ -55,7 +68,7 @@ async function findLocalPeer({ peerUrl = DEFAULT_PEER, channel, timeoutMs = 800 
  * through the local peer at `peerUrl` when it answers.
  *
  * options: { Hls, edgeUrl, channel, peerUrl?, statusEveryMs?, probeTimeoutMs?,
- *            hlsConfig?, onStats? }
+ *            reportEveryMs?, hlsConfig?, onStats? }
  * returns: { hls, stats(), destroy() }
  */
 async function attach(video, options) {
@@ -66,6 +79,7 @@ async function attach(video, options) {
     peerUrl = DEFAULT_PEER,
     statusEveryMs = 1000,
     probeTimeoutMs = 800,
+    reportEveryMs = 5000,
     hlsConfig = {},
     onStats = null,
   } = options;
@@ -79,7 +93,51 @@ async function attach(video, options) {
     bytesFromEdgeDirect: 0,
     switches: 0,
     fatal: null,
+    // Playback started (first `playing`), and stalls since.
+    playingSince: null,
+    stalledSince: null,
+    stalls: 0,
+    stallMs: 0,
+    stallLog: [],
+    bufferStalledErrors: 0,
+    // Where reports go now, with the totals already reported elsewhere.
+    report: null,
   };
+  const now = () => performance.now();
+  const stallStart = (why) => {
+    if (state.playingSince === null || state.stalledSince !== null) return;
+    state.stalledSince = now();
+    state.stallWhy = why;
+  };
+  const stallEnd = () => {
+    if (state.stalledSince === null) return;
+    const ms = now() - state.stalledSince;
+    state.stalls += 1;
+    state.stallMs += ms;
+    state.stallLog.push({ ms: Math.round(ms), why: state.stallWhy, at: Date.now() });
+    state.stalledSince = null;
+  };
+  const totals = () => {
+    const t = now();
+    const ongoing = state.stalledSince === null ? 0 : t - state.stalledSince;
+    return {
+      stalls: state.stalls + (state.stalledSince === null ? 0 : 1),
+      stallMs: state.stallMs + ongoing,
+      watchedMs: state.playingSince === null ? 0 : t - state.playingSince,
+    };
+  };
+  video.addEventListener("playing", () => {
+    if (state.playingSince === null) state.playingSince = now();
+    stallEnd();
+  });
+  video.addEventListener("waiting", () => stallStart("waiting"));
+  let lastTime = 0;
+  video.addEventListener("timeupdate", () => {
+    // hls.js can recover from a stall without a `playing` event: media
+    // time moving on ends it.
+    if (video.currentTime > lastTime + 0.1 && state.stalledSince !== null && now() - state.stalledSince > 300) stallEnd();
+    lastTime = video.currentTime;
+  });
   const first = await findLocalPeer({ peerUrl: peer, channel, timeoutMs: probeTimeoutMs });
   state.peerUp = first !== null;
   state.peerStatus = first;
@@ -155,7 +213,37 @@ async function attach(video, options) {
   });
   hls.on(Hls.Events.ERROR, (_e, data) => {
     if (data.fatal) state.fatal = `${data.type}: ${data.details}`;
+    if (data.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) {
+      state.bufferStalledErrors += 1;
+      stallStart("buffer_stalled");
+    }
   });
+
+  // Sends the totals since this receiver's session began.
+  const sendReport = async () => {
+    const t = totals();
+    if (state.playingSince === null) return;
+    const target = state.peerUp ? `${peer}/player/report` : `${edge}/api/v1/player-report`;
+    if (!state.report || state.report.target !== target) {
+      state.report = { target, session: sessionId(), base: t };
+    }
+    const b = state.report.base;
+    const body = JSON.stringify({
+      channel,
+      session: state.report.session,
+      stalls: Math.max(0, t.stalls - b.stalls),
+      stall_ms: Math.max(0, Math.round(t.stallMs - b.stallMs)),
+      watched_ms: Math.max(0, Math.round(t.watchedMs - b.watchedMs)),
+    });
+    try {
+      const r = await fetch(target, { method: "POST", body, headers: { "content-type": "application/json" }, keepalive: true });
+      state.reportsSent = (state.reportsSent || 0) + (r.ok ? 1 : 0);
+      if (!r.ok) state.reportError = `${r.status} ${await r.text()}`;
+    } catch (e) {
+      state.reportError = String(e);
+    }
+  };
+  const reportTimer = setInterval(sendReport, reportEveryMs);
   hls.loadSource(`${edge}/live/${channel}/index.m3u8`);
   hls.attachMedia(video);
 
@@ -178,6 +266,13 @@ async function attach(video, options) {
       currentTime: video.currentTime,
       switches: state.switches,
       fatalError: state.fatal,
+      stalls: totals().stalls,
+      stallMs: Math.round(totals().stallMs),
+      watchedMs: Math.round(totals().watchedMs),
+      stallLog: state.stallLog.slice(),
+      bufferStalledErrors: state.bufferStalledErrors,
+      reportsSent: state.reportsSent || 0,
+      reportError: state.reportError || null,
     };
   };
   const timer = setInterval(async () => {
@@ -194,8 +289,10 @@ async function attach(video, options) {
   return {
     hls,
     stats,
+    report: sendReport,
     destroy() {
       clearInterval(timer);
+      clearInterval(reportTimer);
       hls.destroy();
     },
   };

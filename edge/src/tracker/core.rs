@@ -49,6 +49,15 @@ impl PeerId {
     fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
+
+    /// A short name for people: `p<slot>`, with `.<generation>` once the
+    /// slot has been reused (`p12`, `p12.3`).
+    pub fn short(self) -> String {
+        match self.generation() {
+            0 | 1 => format!("p{}", self.index()),
+            g => format!("p{}.{g}", self.index()),
+        }
+    }
 }
 
 /// A node of the tree: the edge or a peer.

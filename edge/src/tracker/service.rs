@@ -152,6 +152,12 @@ impl PeerTotals {
 pub struct PeerRow {
     /// Peer id.
     pub id: u64,
+    /// A name for people: its site and a short id (`10.1.2.0/24 · p12`).
+    pub name: String,
+    /// The parent's short id (`edge` for the edge; null while waiting).
+    pub parent_name: Option<String>,
+    /// Time its player stalled over time watched.
+    pub rebuffer_ratio: f64,
     /// Parent id (0: the edge; null: waiting for one).
     pub parent: Option<u64>,
     /// Depth.
@@ -527,6 +533,11 @@ impl TrackerService {
                 };
                 rows.push(PeerRow {
                     id: v.id.0,
+                    name: format!("{label} · {}", v.id.short()),
+                    parent_name: v
+                        .placed
+                        .then(|| v.parent.map_or_else(|| "edge".to_owned(), |p| p.short())),
+                    rebuffer_ratio: t.rebuffer_ratio(),
                     parent: if v.placed {
                         Some(v.parent.map_or(0, |p| p.0))
                     } else {
