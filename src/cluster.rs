@@ -2,7 +2,11 @@
 //! this process, every peer is a child process (`<exe> peer ...`, the same
 //! code as the `peer` binary) talking real QUIC and HTTP.
 //!
-//! - the origin loops the shipped sample clip in real time on one channel;
+//! - an encoder stand-in in this process pushes the shipped sample clip (or
+//!   another file) to the origin over HTTP, looped and paced in real time,
+//!   exactly as `origin ingest FILE --loop --realtime` does; it can be
+//!   stopped and started again ([`Cluster::stop_encoder`]), the way a
+//!   producer's encoder drops out, so players can be made to stall;
 //! - the edge's tracker is configured for the run (root fan-out, children
 //!   per peer, no per-address rate limit since every peer is 127.0.0.1);
 //! - each peer is started, its "peer ready" line read for its proxy
@@ -20,9 +24,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use treecast_edge::config::TrackerSection;
 use treecast_edge::{EdgeConfig, EdgeHandle};
-use treecast_origin::config::{FileInput, OriginConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use treecast_origin::config::OriginConfig;
+use treecast_origin::push::{run_push, Input, PushConfig};
 use treecast_origin::OriginHandle;
+use treecast_proto::ChannelName;
 use treecast_peer::edge_client::EdgeClient;
+use treecast_peer::proxy::Status;
 
 /// The sample clip shipped in the repository (16 s, H.264 + AAC), looped by
 /// the origin.
@@ -119,7 +128,7 @@ impl PeerProcess {
     }
 
     /// Its `/status`.
-    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+    pub async fn status(&self) -> anyhow::Result<Status> {
         let b = self
             .client()
             .get("/status", 1 << 20, Duration::from_secs(3))
@@ -161,12 +170,21 @@ fn http_uri_fallback() -> http::Uri {
     http::Uri::from_static("http://127.0.0.1:1")
 }
 
+/// The encoder stand-in pushing to the origin.
+#[derive(Debug)]
+struct Encoder {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
 /// The network; see the module docs.
 #[derive(Debug)]
 pub struct Cluster {
     config: ClusterConfig,
     origin: OriginHandle,
     edge: EdgeHandle,
+    source: PathBuf,
+    encoder: Option<Encoder>,
     next_peer: usize,
 }
 
@@ -187,10 +205,6 @@ impl Cluster {
         let origin = OriginHandle::start(OriginConfig {
             listen: config.origin_listen,
             data_dir: config.work_dir.join("origin"),
-            file: vec![FileInput {
-                path: sample,
-                channel: config.channel.clone(),
-            }],
             ..OriginConfig::default()
         })
         .await
@@ -214,12 +228,51 @@ impl Cluster {
         })
         .await
         .context("starting the edge")?;
-        Ok(Self {
+        let mut cluster = Self {
             config,
             origin,
             edge,
+            source: sample,
+            encoder: None,
             next_peer: 0,
-        })
+        };
+        cluster.start_encoder()?;
+        Ok(cluster)
+    }
+
+    /// Starts pushing the source to the origin (again): after a stop, the
+    /// origin marks a discontinuity.
+    pub fn start_encoder(&mut self) -> anyhow::Result<()> {
+        if self.encoder.is_some() {
+            return Ok(());
+        }
+        let push = PushConfig {
+            input: Input::File(self.source.clone()),
+            origin: self.origin_url().parse().context("origin URL")?,
+            channel: ChannelName::new(&self.config.channel)?,
+            key: None,
+            looped: true,
+            realtime: true,
+            status_every: None,
+        };
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            match run_push(push, rx).await {
+                Ok(_) => tracing::info!("encoder stopped"),
+                Err(e) => tracing::warn!(error = %e, "encoder failed"),
+            }
+        });
+        self.encoder = Some(Encoder { stop, task });
+        Ok(())
+    }
+
+    /// Stops the encoder, as a producer's encoder dropping out: the origin
+    /// cuts no more segments until [`start_encoder`](Self::start_encoder).
+    pub async fn stop_encoder(&mut self) {
+        if let Some(e) = self.encoder.take() {
+            let _ = e.stop.send(true);
+            let _ = e.task.await;
+        }
     }
 
     /// The setup.
@@ -283,8 +336,9 @@ impl Cluster {
         spawn_peer(&self.config, &self.edge_url(), number, options).await
     }
 
-    /// Stops the edge and the origin.
-    pub async fn shutdown(self) {
+    /// Stops the encoder, the edge and the origin.
+    pub async fn shutdown(mut self) {
+        self.stop_encoder().await;
         self.edge.shutdown().await;
         self.origin.shutdown().await;
     }

@@ -40,13 +40,14 @@ pub async fn run(
                 continue;
             }
             if let Ok(s) = p.status().await {
-                let streaming =
-                    s["connected"].as_bool() == Some(true) && s["playlist_last"].as_u64().is_some();
-                if streaming {
+                if s.connected && s.playlist_last.is_some() {
                     placed[i] = true;
+                    let parent = s
+                        .parent
+                        .map_or_else(|| "nobody".to_owned(), |n| format!("{} {}", n.kind, n.id));
                     eprintln!(
-                        "      peer {} streaming at depth {} from {} {}",
-                        p.number, s["depth"], s["parent"]["kind"], s["parent"]["id"]
+                        "      peer {} streaming at depth {} from {parent}",
+                        p.number, s.depth
                     );
                 }
             }

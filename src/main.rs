@@ -70,6 +70,17 @@ struct SwarmArgs {
     /// Fraction of peers that corrupt every segment they forward.
     #[arg(long, default_value_t = 0.0)]
     corrupt_fraction: f64,
+    /// The first N peers to join corrupt what they forward (they sit
+    /// shallow and get children: the worst case for the tree).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    corrupt_first: usize,
+    /// Churn's SIGKILLs pick a peer that has children when there is one.
+    #[arg(long)]
+    kill_parents: bool,
+    /// Stop the encoder AT seconds into the run for SECS seconds, so every
+    /// player stalls (checks that the stall figures see it).
+    #[arg(long, value_name = "AT:SECS", value_parser = parse_gap)]
+    encoder_gap: Option<(Duration, Duration)>,
     /// Peers the edge feeds itself.
     #[arg(long, default_value_t = 2)]
     root_slots: u32,
@@ -101,6 +112,20 @@ struct RelayArgs {
     /// Directory for state and peer logs [default: a new one under the system temp dir].
     #[arg(long)]
     work_dir: Option<PathBuf>,
+}
+
+fn parse_gap(s: &str) -> Result<(Duration, Duration), String> {
+    let (at, len) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected AT:SECS, got {s:?}"))?;
+    let secs = |v: &str| {
+        v.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("{v:?} is not a number of seconds"))
+    };
+    Ok((secs(at)?, secs(len)?))
 }
 
 fn fraction(name: &str, v: f64) -> anyhow::Result<()> {
@@ -166,6 +191,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 kill_fraction: a.kill_fraction,
                 zero_upload_fraction: a.zero_upload_fraction,
                 corrupt_fraction: a.corrupt_fraction,
+                corrupt_first: a.corrupt_first,
+                kill_parents: a.kill_parents,
+                encoder_gap: a.encoder_gap,
                 seed: a.seed,
             })
             .await?;

@@ -5,6 +5,11 @@
 //! what it fetched, and counts a stall whenever playback reaches the end of
 //! what it has.
 //!
+//! It also measures its **delay behind live**: when each segment starts
+//! playing, the wall clock minus the segment's `EXT-X-PROGRAM-DATE-TIME`
+//! (the origin's clock for the segment's first frame), plus nothing else:
+//! the position in the stream against real time.
+//!
 //! The playback model is pure ([`Playback`], times passed in); [`play`] is
 //! the driver that polls the proxy.
 
@@ -39,20 +44,26 @@ pub struct Playback {
 }
 
 impl Playback {
-    /// A segment of `duration` arrived at `now`.
-    pub fn segment(&mut self, duration: Duration, now: Instant) {
+    /// A segment of `duration` arrived at `now`; returns when it starts
+    /// playing.
+    pub fn segment(&mut self, duration: Duration, now: Instant) -> Instant {
         match self.buffered_until {
             None => {
                 self.started = Some(now);
                 self.buffered_until = Some(now + duration);
+                now
             }
             Some(until) if now > until => {
                 self.stalls += 1;
                 self.rebuffer += now - until;
                 self.stall_log.push((now, now - until));
                 self.buffered_until = Some(now + duration);
+                now
             }
-            Some(until) => self.buffered_until = Some(until + duration),
+            Some(until) => {
+                self.buffered_until = Some(until + duration);
+                until
+            }
         }
     }
 
@@ -77,6 +88,8 @@ impl Playback {
 /// What one player saw.
 #[derive(Debug, Default)]
 pub struct PlayerReport {
+    /// Segments in hand before playback starts (duration, PDT).
+    held: Vec<(Duration, Option<i64>)>,
     /// Peer start to playback start.
     pub startup: Option<Duration>,
     /// Playback figures.
@@ -91,6 +104,41 @@ pub struct PlayerReport {
     pub media: Duration,
     /// Requests that failed.
     pub errors: u64,
+    /// Delay behind live at the start of each segment played, ms.
+    pub delays_ms: Vec<f64>,
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl PlayerReport {
+    /// Takes a segment fetched at `now` into the playback model (once
+    /// three are in hand) and records its delay behind live.
+    fn take(&mut self, d: Duration, pdt_ms: Option<i64>, since: Instant, now: Instant) {
+        if self.startup.is_some() {
+            let at = self.playback.segment(d, now);
+            self.delay(pdt_ms, at, now);
+        } else {
+            self.held.push((d, pdt_ms));
+            if self.held.len() as u64 >= START_BEHIND {
+                self.startup = Some(now - since);
+                for (d, pdt) in std::mem::take(&mut self.held) {
+                    let at = self.playback.segment(d, now);
+                    self.delay(pdt, at, now);
+                }
+            }
+        }
+    }
+
+    fn delay(&mut self, pdt_ms: Option<i64>, plays_at: Instant, now: Instant) {
+        if let Some(pdt) = pdt_ms {
+            let wall = unix_ms() + plays_at.saturating_duration_since(now).as_millis() as i64;
+            self.delays_ms.push((wall - pdt) as f64);
+        }
+    }
 }
 
 /// Plays `channel` from the proxy behind `client` until `stop` changes;
@@ -105,8 +153,6 @@ pub async fn play(
 ) -> PlayerReport {
     let mut report = PlayerReport::default();
     let mut next: Option<u64> = None;
-    // Segments in hand before playback starts.
-    let mut held: Vec<Duration> = Vec::new();
     let playlist_path = format!("/live/{channel}/index.m3u8");
     loop {
         if *stop.borrow() {
@@ -136,23 +182,15 @@ pub async fn play(
                         if *stop.borrow() {
                             break;
                         }
-                        let duration = p.segments[(seq - first) as usize].duration;
+                        let segment = &p.segments[(seq - first) as usize];
+                        let duration = segment.duration;
+                        let pdt = segment.program_date_time.map(|t| t.timestamp_millis());
                         let path = format!("/live/{channel}/{seq}.ts");
                         match client.get(&path, 64 << 20, Duration::from_secs(10)).await {
                             Ok(bytes) => {
                                 let now = Instant::now();
                                 let d = Duration::from_secs_f32(duration.max(0.0));
-                                if report.startup.is_some() {
-                                    report.playback.segment(d, now);
-                                } else {
-                                    held.push(d);
-                                    if held.len() as u64 >= START_BEHIND {
-                                        report.startup = Some(now - since);
-                                        for d in held.drain(..) {
-                                            report.playback.segment(d, now);
-                                        }
-                                    }
-                                }
+                                report.take(d, pdt, since, now);
                                 report.segments.insert(seq, blake3::hash(&bytes));
                                 report.bytes += bytes.len() as u64;
                                 report.media += d;
@@ -189,10 +227,12 @@ mod tests {
         let t0 = Instant::now();
         let two = Duration::from_secs(2);
         let mut p = Playback::default();
-        p.segment(two, t0);
-        p.segment(two, t0 + Duration::from_millis(100));
-        // Buffered until t0 + 4 s; the next arrives at 5 s.
-        p.segment(two, t0 + Duration::from_secs(5));
+        assert_eq!(p.segment(two, t0), t0);
+        // Plays once the first has.
+        assert_eq!(p.segment(two, t0 + Duration::from_millis(100)), t0 + two);
+        // Buffered until t0 + 4 s; the next arrives at 5 s and plays at once.
+        let late = t0 + Duration::from_secs(5);
+        assert_eq!(p.segment(two, late), late);
         assert_eq!(p.stalls, 1);
         assert_eq!(p.rebuffer, Duration::from_secs(1));
         // Buffered until 7 s; stopping at 6 s is no stall.

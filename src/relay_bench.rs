@@ -98,11 +98,11 @@ pub async fn run(
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let s = relay.status().await?;
-        if s["children"].as_u64() == Some(children as u64) {
+        if s.children == children as i64 {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the relay did not get {children} children: {s}");
+            bail!("the relay did not get {children} children: it has {}", s.children);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -116,14 +116,12 @@ pub async fn run(
     let cpu1 = proc_cpu_ticks(pid)?;
     let elapsed = t0.elapsed().as_secs_f64();
     let s1 = relay.status().await?;
-    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0) as f64;
+    let kbps = |a: u64, b: u64| b.saturating_sub(a) as f64 * 8.0 / elapsed / 1000.0;
     let report = RelayReport {
-        children: s1["children"].as_u64().unwrap_or(0) as usize,
+        children: s1.children.max(0) as usize,
         window_s: elapsed,
-        stream_kbps: (n(&s1, "bytes_from_tree") - n(&s0, "bytes_from_tree")) * 8.0
-            / elapsed
-            / 1000.0,
-        upload_kbps: (n(&s1, "bytes_uploaded") - n(&s0, "bytes_uploaded")) * 8.0 / elapsed / 1000.0,
+        stream_kbps: kbps(s0.bytes_from_tree, s1.bytes_from_tree),
+        upload_kbps: kbps(s0.bytes_uploaded, s1.bytes_uploaded),
         cpu_percent_of_core: (cpu1 - cpu0) as f64 / clock_ticks() / elapsed * 100.0,
         rss_mb: proc_kb(pid, "VmRSS:")? / 1024.0,
         peak_rss_mb: proc_kb(pid, "VmHWM:")? / 1024.0,

@@ -6,16 +6,24 @@
 //!   a seeded generator, so a run can be repeated;
 //! - churn replaces a fraction of the peers per minute, some with SIGKILL,
 //!   the rest with SIGTERM (a polite leave); the replacement has the same
-//!   role;
-//! - every two seconds each peer's `/status` is read: depth, bytes by
-//!   source, fallbacks, corrupt segments, the last segments verified (with
-//!   time and depth) and repair times;
+//!   role; with `kill_parents`, a SIGKILL picks a peer that has children;
+//! - `corrupt_first` makes the first peers to join tamper with what they
+//!   forward: they sit shallow and get children, the case that matters;
+//! - `encoder_gap` stops the encoder for a while, so every player stalls
+//!   and both stall figures must see it;
+//! - every two seconds each peer's `/status` (the peer's own typed
+//!   [`Status`]) is read: depth, children, bytes by source, fallbacks,
+//!   corrupt segments, the player's stalls as the peer inferred them, the
+//!   last segments verified (with their signed origin completion time and
+//!   depth) and repair times;
 //! - at the end the players' segments are checked against the origin's
-//!   signed digests (`corrupt_served`), and the edge's egress is read from
-//!   its `/metrics`.
+//!   signed digests (`corrupt_served`), and the edge's egress and
+//!   evictions are read from its `/metrics`.
 //!
-//! Lag by depth is measured against the earliest arrival of each segment
-//! at a child of the edge (the edge's own delivery on loopback).
+//! Lag from the origin is "verified at the peer minus complete at the
+//! origin" (the origin signs the completion time), per depth, with
+//! segments fetched from the edge (fallbacks) apart. Definitions are in
+//! `docs/swarm.md`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -24,6 +32,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+use treecast_peer::proxy::Status;
+use treecast_peer::shared::{Source, Verified};
 
 use crate::cluster::{Cluster, ClusterConfig, PeerOptions, PeerProcess};
 use crate::player::{play, PlayerReport};
@@ -46,17 +57,27 @@ pub struct SwarmConfig {
     pub zero_upload_fraction: f64,
     /// Fraction of peers that corrupt what they forward.
     pub corrupt_fraction: f64,
+    /// The first this many peers to join corrupt what they forward.
+    pub corrupt_first: usize,
+    /// SIGKILLs of churn pick a peer with children when there is one.
+    pub kill_parents: bool,
+    /// Stop the encoder at this time into the run, for this long.
+    pub encoder_gap: Option<(Duration, Duration)>,
     /// Seed of the role and churn draws.
     pub seed: u64,
 }
 
-/// p50 and p95 of a set of values.
+/// p50, p95 and max of a set of values, and how many there were.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
     /// 95th percentile.
     pub p95: f64,
+    /// Largest.
+    pub max: f64,
+    /// Values.
+    pub n: usize,
 }
 
 impl Percentiles {
@@ -73,11 +94,14 @@ impl Percentiles {
         Self {
             p50: rank(0.50),
             p95: rank(0.95),
+            max: values[values.len() - 1],
+            n: values.len(),
         }
     }
 }
 
-/// The report; its keys are a stable interface for scripts.
+/// The report; its keys are a stable interface for scripts (see
+/// `docs/swarm.md` for each definition).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// Peers alive at any time.
@@ -92,26 +116,52 @@ pub struct Report {
     pub edge_streams: f64,
     /// Share of the peers' received bytes that came from other peers.
     pub offload_ratio: f64,
-    /// Player stalls.
+    /// Simulated players' stalls (their buffer ran dry).
     pub stalls: u64,
-    /// Time stalled over time watched.
+    /// Simulated players' time stalled over time watched.
     pub rebuffer_ratio: f64,
+    /// The same players' stalls as their peers inferred them from the
+    /// players' requests (what heartbeats, the dashboard and `/metrics`
+    /// show).
+    pub peer_inferred_stalls: u64,
+    /// Seconds stalled, as the peers inferred.
+    pub peer_inferred_stall_s: f64,
+    /// Time stalled over time watched, as the peers inferred.
+    pub peer_inferred_rebuffer_ratio: f64,
     /// Segments peers fetched from the edge because the tree was late.
     pub fallbacks: u64,
     /// Segments that failed verification at a peer.
     pub corrupt_detected: u64,
     /// Segments a player received that differ from the origin's (must be 0).
     pub corrupt_served: u64,
-    /// Deepest depth seen.
+    /// Peers the tracker evicted for corruption, during the run.
+    pub evictions_corrupt: u64,
+    /// Peers the tracker evicted as silent, during the run.
+    pub evictions_silent: u64,
+    /// Deepest depth any status showed.
     pub max_depth: u64,
-    /// Segment arrival lag behind the edge, ms, by depth.
-    pub lag_ms_by_depth: BTreeMap<u64, Percentiles>,
+    /// Verified at the peer minus complete at the origin, ms, by depth,
+    /// for segments that came through the tree.
+    pub lag_from_origin_ms_by_depth: BTreeMap<u64, Percentiles>,
+    /// The same for segments fetched from the edge (fallbacks), all depths.
+    pub fallback_lag_from_origin_ms: Percentiles,
+    /// Players' delay behind live: wall clock when a segment starts
+    /// playing minus its program date-time, ms, over every segment played.
+    pub delay_behind_live_ms: Percentiles,
     /// Parent loss to new parent streaming, ms.
     pub repair_ms: Percentiles,
     /// Peer start to playback start (three segments in hand), ms.
     pub startup_ms: Percentiles,
     /// Peers started in all (initial and churn).
     pub peers_started: usize,
+    /// Peers ended with SIGKILL.
+    pub kills: u64,
+    /// Of those, peers that had children when killed.
+    pub kills_of_parents: u64,
+    /// Peers that corrupt what they forward, started in all.
+    pub corrupting_peers: u64,
+    /// Of those, peers seen with children.
+    pub corrupting_peers_with_children: u64,
     /// Segments the players received in all.
     pub segments_played: u64,
     /// Played segments whose origin digest could not be read (expected 0).
@@ -127,49 +177,32 @@ struct Running {
 #[derive(Default)]
 struct Collected {
     players: Vec<PlayerReport>,
-    /// (peer, seq) → (arrival ms, depth), tree arrivals only.
-    arrivals: HashMap<(usize, u64), (u64, u64)>,
-    /// (peer, repairs) from the last status.
-    repairs: HashMap<usize, Vec<u64>>,
-    /// Totals of each peer's last status: tree, edge, fallbacks, corrupt.
-    totals: HashMap<usize, [u64; 4]>,
+    /// (peer, seq) → the verification record.
+    arrivals: HashMap<(usize, u64), Verified>,
+    /// Each peer's last status.
+    last: HashMap<usize, Status>,
     max_depth: u64,
-    /// The origin's signed BLAKE3 (hex) of each segment, read while the
-    /// origin still lists it.
-    origin_digests: HashMap<u64, String>,
+    /// Tampering peers seen with children.
+    corrupting_parents: std::collections::HashSet<usize>,
+    kills: u64,
+    kills_of_parents: u64,
+    origin_digests: OriginDigests,
 }
 
 impl Collected {
-    fn absorb(&mut self, number: usize, s: &serde_json::Value) {
-        let n = |k: &str| s.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-        self.max_depth = self.max_depth.max(n("depth"));
-        self.totals.insert(
-            number,
-            [
-                n("bytes_from_tree"),
-                n("bytes_from_edge"),
-                n("fallbacks"),
-                n("corrupt"),
-            ],
-        );
-        if let Some(r) = s.get("repairs_ms").and_then(|r| r.as_array()) {
-            self.repairs
-                .insert(number, r.iter().filter_map(|v| v.as_u64()).collect());
+    fn absorb(&mut self, number: usize, tampers: bool, s: Status) {
+        self.max_depth = self.max_depth.max(u64::from(s.depth));
+        if tampers && s.children > 0 {
+            self.corrupting_parents.insert(number);
         }
-        for v in s
-            .get("recent")
-            .and_then(|r| r.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let g = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
-            if v.get("source").and_then(|x| x.as_str()) != Some("tree") {
-                continue;
-            }
-            if let (Some(seq), Some(at), Some(depth)) = (g("seq"), g("at_ms"), g("depth")) {
-                self.arrivals.insert((number, seq), (at, depth));
-            }
+        for v in &s.recent {
+            self.arrivals.insert((number, v.seq), *v);
         }
+        self.last.insert(number, s);
+    }
+
+    fn has_children(&self, number: usize) -> bool {
+        self.last.get(&number).is_some_and(|s| s.children > 0)
     }
 }
 
@@ -194,9 +227,7 @@ async fn start_one(cluster: &mut Cluster, options: PeerOptions) -> anyhow::Resul
 /// player); the process is left running for the caller to end.
 async fn wrap_up(r: Running, collected: &mut Collected) -> PeerProcess {
     // Earlier polls are already absorbed; this only brings them up to date.
-    if let Ok(s) = r.process.status().await {
-        collected.absorb(r.process.number, &s);
-    }
+    poll(&r.process, collected).await;
     let _ = r.stop.send(true);
     if let Ok(report) = r.player.await {
         log_stalls(r.process.number, r.process.started, &report);
@@ -205,9 +236,17 @@ async fn wrap_up(r: Running, collected: &mut Collected) -> PeerProcess {
     r.process
 }
 
+async fn poll(p: &PeerProcess, collected: &mut Collected) {
+    if let Ok(s) = p.status().await {
+        collected.absorb(p.number, p.options.tamper_every.is_some(), s);
+    }
+}
+
 async fn finish(r: Running, kill: bool, collected: &mut Collected) {
     let mut process = wrap_up(r, collected).await;
     if kill {
+        collected.kills += 1;
+        collected.kills_of_parents += u64::from(collected.has_children(process.number));
         process.kill().await;
     } else {
         process.terminate().await;
@@ -225,23 +264,52 @@ fn log_stalls(peer: usize, started: Instant, report: &PlayerReport) {
     }
 }
 
-fn roles(config: &SwarmConfig, rng: &mut Rng) -> PeerOptions {
+fn roles(config: &SwarmConfig, index: usize, rng: &mut Rng) -> PeerOptions {
+    let leaf = rng.chance(config.zero_upload_fraction);
+    let tamper = rng.chance(config.corrupt_fraction) || index < config.corrupt_first;
     PeerOptions {
-        max_upload_kbps: rng.chance(config.zero_upload_fraction).then_some(0),
-        tamper_every: rng.chance(config.corrupt_fraction).then_some(1),
+        // A peer placed to corrupt is given upload, or it would never
+        // have children.
+        max_upload_kbps: (leaf && index >= config.corrupt_first).then_some(0),
+        tamper_every: tamper.then_some(1),
     }
 }
 
-async fn edge_egress(cluster: &Cluster) -> anyhow::Result<u64> {
+/// The edge's counters the report needs.
+#[derive(Debug, Clone, Copy, Default)]
+struct EdgeCounters {
+    egress: u64,
+    evicted_corrupt: u64,
+    evicted_silent: u64,
+}
+
+impl EdgeCounters {
+    fn since(self, before: Self) -> Self {
+        Self {
+            egress: self.egress.saturating_sub(before.egress),
+            evicted_corrupt: self.evicted_corrupt.saturating_sub(before.evicted_corrupt),
+            evicted_silent: self.evicted_silent.saturating_sub(before.evicted_silent),
+        }
+    }
+}
+
+async fn edge_counters(cluster: &Cluster) -> anyhow::Result<EdgeCounters> {
     let text = cluster
         .edge_client()
         .get("/metrics", 8 << 20, Duration::from_secs(5))
         .await?;
-    Ok(String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|l| l.starts_with("treecast_edge_egress_bytes_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    let text = String::from_utf8_lossy(&text);
+    let sum = |prefix: &str, label: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    Ok(EdgeCounters {
+        egress: sum("treecast_edge_egress_bytes_total{", ""),
+        evicted_corrupt: sum("treecast_edge_tree_evictions_total{", "reason=\"corrupt\""),
+        evicted_silent: sum("treecast_edge_tree_evictions_total{", "reason=\"silent\""),
+    })
 }
 
 /// Runs the swarm and reports.
@@ -249,18 +317,18 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut rng = Rng::new(config.seed);
     let mut cluster = Cluster::start(config.cluster.clone()).await?;
     cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
-    let egress_before = edge_egress(&cluster).await?;
+    let edge_before = edge_counters(&cluster).await?;
     let t0 = Instant::now();
     let mut running: Vec<Running> = Vec::new();
     let mut started = 0;
-    let mut digests = HashMap::new();
+    let mut digests = OriginDigests::default();
     for i in 0..config.peers {
         // Starting many peers takes a while: keep reading the origin's
         // digests meanwhile, so every segment played can be checked.
         if i % 10 == 0 {
-            record_origin_digests(&cluster, &mut digests).await;
+            digests.record(&cluster).await;
         }
-        let options = roles(&config, &mut rng);
+        let options = roles(&config, i, &mut rng);
         running.push(start_one(&mut cluster, options).await?);
         started += 1;
     }
@@ -275,38 +343,68 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut next_churn = churn_every.map(|d| Instant::now() + d);
     let mut next_poll = t0;
     let end = t0 + config.duration;
+    let mut gap = config.encoder_gap.map(|(at, len)| (t0 + at, t0 + at + len));
+    let mut corrupting = running
+        .iter()
+        .filter(|r| r.process.options.tamper_every.is_some())
+        .count() as u64;
     while Instant::now() < end {
         let now = Instant::now();
+        if let Some((stop_at, start_at)) = gap {
+            if now >= start_at {
+                info!("encoder gap over: starting the encoder again");
+                cluster.start_encoder()?;
+                gap = None;
+            } else if now >= stop_at {
+                info!("encoder gap: stopping the encoder");
+                cluster.stop_encoder().await;
+            }
+        }
         if now >= next_poll {
             for r in &running {
-                if let Ok(s) = r.process.status().await {
-                    collected.absorb(r.process.number, &s);
-                }
+                poll(&r.process, &mut collected).await;
             }
-            record_origin_digests(&cluster, &mut collected.origin_digests).await;
+            collected.origin_digests.record(&cluster).await;
             next_poll = now + Duration::from_secs(2);
         }
         if let (Some(at), Some(every)) = (next_churn, churn_every) {
             if now >= at && !running.is_empty() {
-                let victim = running.swap_remove(rng.below(running.len()));
-                let options = victim.process.options.clone();
                 let kill = rng.chance(config.kill_fraction);
+                let parents: Vec<usize> = (0..running.len())
+                    .filter(|&i| collected.has_children(running[i].process.number))
+                    .collect();
+                let index = if kill && config.kill_parents && !parents.is_empty() {
+                    parents[rng.below(parents.len())]
+                } else {
+                    rng.below(running.len())
+                };
+                let victim = running.swap_remove(index);
+                let options = victim.process.options.clone();
                 info!(
                     peer = victim.process.number,
                     kill, "churn: replacing a peer"
                 );
                 finish(victim, kill, &mut collected).await;
+                let tampers = options.tamper_every.is_some();
                 match start_one(&mut cluster, options).await {
                     Ok(r) => {
                         running.push(r);
                         started += 1;
+                        corrupting += u64::from(tampers);
                     }
                     Err(e) => warn!(error = %e, "churn: replacement peer failed to start"),
                 }
                 next_churn = Some(at + every);
             }
         }
-        let wake = [Some(next_poll), next_churn, Some(end)]
+        let gap_wake = gap.map(|(stop_at, start_at)| {
+            if Instant::now() < stop_at {
+                stop_at
+            } else {
+                start_at
+            }
+        });
+        let wake = [Some(next_poll), next_churn, gap_wake, Some(end)]
             .into_iter()
             .flatten()
             .min()
@@ -314,11 +412,11 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
         tokio::time::sleep_until(wake.into()).await;
     }
     let duration = t0.elapsed();
-    let egress = edge_egress(&cluster).await?.saturating_sub(egress_before);
+    let edge = edge_counters(&cluster).await?.since(edge_before);
     // Stop every player at once, before any peer: players left running
     // while others are shut down would play past the run, beyond the
     // digests read.
-    record_origin_digests(&cluster, &mut collected.origin_digests).await;
+    collected.origin_digests.record(&cluster).await;
     for r in &running {
         let _ = r.stop.send(true);
     }
@@ -329,17 +427,26 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
         leaving.spawn(async move { process.terminate().await });
     }
     while leaving.join_next().await.is_some() {}
-    let report = summarize(&config, collected, egress, duration, started);
+    let report = summarize(&config, collected, edge, duration, started, corrupting);
     cluster.shutdown().await;
     Ok(report)
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
 }
 
 fn summarize(
     config: &SwarmConfig,
     c: Collected,
-    egress: u64,
+    edge: EdgeCounters,
     duration: Duration,
     started: usize,
+    corrupting: u64,
 ) -> Report {
     let (bytes, media) = c.players.iter().fold((0u64, Duration::ZERO), |(b, m), p| {
         (b + p.bytes, m + p.media)
@@ -350,11 +457,14 @@ fn summarize(
         bytes as f64 * 8.0 / media.as_secs_f64() / 1000.0
     };
     let stream_bytes = stream_kbps * 1000.0 / 8.0 * duration.as_secs_f64();
-    let received: u64 = c.totals.values().map(|t| t[0] + t[1]).sum();
+    let statuses = || c.last.values();
+    let received: u64 = statuses()
+        .map(|s| s.bytes_from_tree + s.bytes_from_edge)
+        .sum();
     let offload = if received == 0 {
         0.0
     } else {
-        (1.0 - egress as f64 / received as f64).max(0.0)
+        (1.0 - edge.egress as f64 / received as f64).max(0.0)
     };
     let stalls = c.players.iter().map(|p| p.playback.stalls).sum();
     let rebuffer: f64 = c
@@ -363,122 +473,139 @@ fn summarize(
         .map(|p| p.playback.rebuffer.as_secs_f64())
         .sum();
     let watched: f64 = c.players.iter().map(|p| p.watched.as_secs_f64()).sum();
-    let (corrupt_served, unchecked) = corrupt_served(&c.players, &c.origin_digests);
+    let inferred = statuses().fold((0u64, 0u64, 0u64), |(n, s, w), st| {
+        let i = st.viewer.inferred;
+        (n + i.stalls, s + i.stall_ms, w + i.watched_ms)
+    });
+    let (corrupt_served, unchecked) = c.origin_digests.check(&c.players);
     if unchecked > 0 {
         warn!(
             unchecked,
             "segments played that the origin no longer listed when checked"
         );
     }
-    // The edge's time for each segment: its earliest arrival at depth 1.
-    let mut edge_time: HashMap<u64, u64> = HashMap::new();
-    for (&(_, seq), &(at, depth)) in &c.arrivals {
-        if depth == 1 {
-            let e = edge_time.entry(seq).or_insert(at);
-            *e = (*e).min(at);
-        }
-    }
     let mut lags: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    for (&(_, seq), &(at, depth)) in &c.arrivals {
-        if let (Some(&t), true) = (edge_time.get(&seq), depth > 0) {
-            lags.entry(depth)
-                .or_default()
-                .push(at.saturating_sub(t) as f64);
+    let mut fallback_lags = Vec::new();
+    for v in c.arrivals.values() {
+        let lag = v.lag_from_origin_ms() as f64;
+        match v.source {
+            Source::Tree if v.depth > 0 => lags.entry(u64::from(v.depth)).or_default().push(lag),
+            Source::Tree => {}
+            Source::Edge => fallback_lags.push(lag),
         }
     }
-    let mut repairs: Vec<f64> = c.repairs.values().flatten().map(|&v| v as f64).collect();
+    let mut repairs: Vec<f64> = statuses()
+        .flat_map(|s| s.repairs_ms.iter())
+        .map(|&v| v as f64)
+        .collect();
     let mut startups: Vec<f64> = c
         .players
         .iter()
         .filter_map(|p| p.startup)
         .map(|d| d.as_millis() as f64)
         .collect();
+    let mut delays: Vec<f64> = c
+        .players
+        .iter()
+        .flat_map(|p| p.delays_ms.iter().copied())
+        .collect();
     Report {
         peers: config.peers,
         duration_s: duration.as_secs_f64(),
         stream_kbps,
-        edge_egress_bytes: egress,
-        edge_streams: if stream_bytes > 0.0 {
-            egress as f64 / stream_bytes
-        } else {
-            0.0
-        },
+        edge_egress_bytes: edge.egress,
+        edge_streams: ratio(edge.egress as f64, stream_bytes),
         offload_ratio: offload,
         stalls,
-        rebuffer_ratio: if watched > 0.0 {
-            rebuffer / watched
-        } else {
-            0.0
-        },
-        fallbacks: c.totals.values().map(|t| t[2]).sum(),
-        corrupt_detected: c.totals.values().map(|t| t[3]).sum(),
+        rebuffer_ratio: ratio(rebuffer, watched),
+        peer_inferred_stalls: inferred.0,
+        peer_inferred_stall_s: inferred.1 as f64 / 1000.0,
+        peer_inferred_rebuffer_ratio: ratio(inferred.1 as f64, inferred.2 as f64),
+        fallbacks: statuses().map(|s| s.fallbacks).sum(),
+        corrupt_detected: statuses().map(|s| s.corrupt).sum(),
         corrupt_served,
+        evictions_corrupt: edge.evicted_corrupt,
+        evictions_silent: edge.evicted_silent,
         max_depth: c.max_depth,
-        lag_ms_by_depth: lags
+        lag_from_origin_ms_by_depth: lags
             .into_iter()
             .map(|(d, mut v)| (d, Percentiles::of(&mut v)))
             .collect(),
+        fallback_lag_from_origin_ms: Percentiles::of(&mut fallback_lags),
+        delay_behind_live_ms: Percentiles::of(&mut delays),
         repair_ms: Percentiles::of(&mut repairs),
         startup_ms: Percentiles::of(&mut startups),
         peers_started: started,
+        kills: c.kills,
+        kills_of_parents: c.kills_of_parents,
+        corrupting_peers: corrupting,
+        corrupting_peers_with_children: c.corrupting_parents.len() as u64,
         segments_played: c.players.iter().map(|p| p.segments.len() as u64).sum(),
         segments_unchecked: unchecked,
     }
 }
 
-/// Reads the origin's signed digest of every segment it lists that is not
-/// recorded yet.
-async fn record_origin_digests(cluster: &Cluster, digests: &mut HashMap<u64, String>) {
-    let origin = cluster.origin_client();
-    let channel = &cluster.config().channel;
-    let Ok(b) = origin
-        .get(
-            &format!("/live/{channel}/index.m3u8"),
-            1 << 20,
-            Duration::from_secs(5),
-        )
-        .await
-    else {
-        return;
-    };
-    let Ok(m3u8_rs::Playlist::MediaPlaylist(p)) = m3u8_rs::parse_playlist_res(&b) else {
-        return;
-    };
-    for seq in p.media_sequence..p.media_sequence + p.segments.len() as u64 {
-        if digests.contains_key(&seq) {
-            continue;
-        }
-        let digest = origin
+/// The origin's signed BLAKE3 of each segment, read while the origin still
+/// lists it, to check what players received.
+#[derive(Debug, Default)]
+pub struct OriginDigests {
+    digests: HashMap<u64, String>,
+}
+
+impl OriginDigests {
+    /// Reads the signed digest of every segment the origin lists that is
+    /// not recorded yet.
+    pub async fn record(&mut self, cluster: &Cluster) {
+        let origin = cluster.origin_client();
+        let channel = &cluster.config().channel;
+        let Ok(b) = origin
             .get(
-                &format!("/live/{channel}/{seq}.sig"),
-                4096,
+                &format!("/live/{channel}/index.m3u8"),
+                1 << 20,
                 Duration::from_secs(5),
             )
             .await
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("blake3")?.as_str().map(str::to_owned));
-        if let Some(d) = digest {
-            digests.insert(seq, d);
-        }
-    }
-}
-
-/// Segments players received whose digest differs from the origin's
-/// signed record, and segments that could not be checked (none expected:
-/// digests are read every two seconds while the origin lists them).
-fn corrupt_served(players: &[PlayerReport], digests: &HashMap<u64, String>) -> (u64, u64) {
-    let (mut bad, mut unchecked) = (0, 0);
-    for p in players {
-        for (seq, hash) in &p.segments {
-            match digests.get(seq) {
-                Some(d) if d == hash.to_hex().as_str() => {}
-                Some(_) => bad += 1,
-                None => unchecked += 1,
+        else {
+            return;
+        };
+        let Ok(m3u8_rs::Playlist::MediaPlaylist(p)) = m3u8_rs::parse_playlist_res(&b) else {
+            return;
+        };
+        for seq in p.media_sequence..p.media_sequence + p.segments.len() as u64 {
+            if self.digests.contains_key(&seq) {
+                continue;
+            }
+            let digest = origin
+                .get(
+                    &format!("/live/{channel}/{seq}.sig"),
+                    4096,
+                    Duration::from_secs(5),
+                )
+                .await
+                .ok()
+                .and_then(|b| treecast_proto::SignedSegment::from_json(&b).ok())
+                .map(|s| hex::encode(s.record.digest));
+            if let Some(d) = digest {
+                self.digests.insert(seq, d);
             }
         }
     }
-    (bad, unchecked)
+
+    /// Segments `players` received whose digest differs from the origin's
+    /// signed record, and segments that could not be checked.
+    pub fn check(&self, players: &[PlayerReport]) -> (u64, u64) {
+        let (mut bad, mut unchecked) = (0, 0);
+        for p in players {
+            for (seq, hash) in &p.segments {
+                match self.digests.get(seq) {
+                    Some(d) if d == hash.to_hex().as_str() => {}
+                    Some(_) => bad += 1,
+                    None => unchecked += 1,
+                }
+            }
+        }
+        (bad, unchecked)
+    }
 }
 
 #[cfg(test)]
@@ -492,13 +619,20 @@ mod tests {
             Percentiles::of(&mut v),
             Percentiles {
                 p50: 50.0,
-                p95: 95.0
+                p95: 95.0,
+                max: 100.0,
+                n: 100
             }
         );
         assert_eq!(Percentiles::of(&mut []), Percentiles::default());
         assert_eq!(
             Percentiles::of(&mut [7.0]),
-            Percentiles { p50: 7.0, p95: 7.0 }
+            Percentiles {
+                p50: 7.0,
+                p95: 7.0,
+                max: 7.0,
+                n: 1
+            }
         );
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use treecast::cluster::{Cluster, ClusterConfig, PeerProcess};
+use treecast_peer::proxy::Status;
 
 /// A temporary directory, kept (and its path printed) when the test fails
 /// so the peers' logs can be read.
@@ -84,13 +85,13 @@ where
 }
 
 /// The peer's status once it streams from a parent.
-pub async fn streaming(p: &PeerProcess) -> serde_json::Value {
+pub async fn streaming(p: &PeerProcess) -> Status {
     wait_for(
         &format!("peer {} to stream from the tree", p.number),
         Duration::from_secs(30),
         || async {
             let s = p.status().await.ok()?;
-            (s["connected"] == true && s["depth"].as_u64()? > 0).then_some(s)
+            (s.connected && s.depth > 0).then_some(s)
         },
     )
     .await
@@ -125,27 +126,33 @@ pub async fn origin_segment(cluster: &Cluster, seq: u64) -> bytes::Bytes {
 }
 
 /// A value of the edge's `/metrics`, summed over the series whose line
-/// starts with `prefix`.
+/// starts with `prefix`; fails the test when there is no such series (a
+/// renamed metric must not read as zero).
 pub async fn edge_metric(cluster: &Cluster, prefix: &str) -> f64 {
     let text = cluster
         .edge_client()
         .get("/metrics", 8 << 20, Duration::from_secs(5))
         .await
         .expect("edge metrics");
-    String::from_utf8_lossy(&text)
+    let values: Vec<f64> = String::from_utf8_lossy(&text)
         .lines()
         .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unreadable metric line {l:?}"))
+        })
+        .collect();
+    assert!(!values.is_empty(), "the edge exports no series {prefix}");
+    values.iter().sum()
 }
 
 /// Tree arrivals `(seq → at_ms)` in a status's recent list.
-pub fn tree_arrivals(s: &serde_json::Value) -> std::collections::BTreeMap<u64, u64> {
-    s["recent"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| v["source"] == "tree")
-        .filter_map(|v| Some((v["seq"].as_u64()?, v["at_ms"].as_u64()?)))
+pub fn tree_arrivals(s: &Status) -> std::collections::BTreeMap<u64, u64> {
+    s.recent
+        .iter()
+        .filter(|v| v.source == treecast_peer::shared::Source::Tree)
+        .map(|v| (v.seq, v.at_ms))
         .collect()
 }
