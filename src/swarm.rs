@@ -192,7 +192,7 @@ struct Collected {
 impl Collected {
     fn absorb(&mut self, number: usize, tampers: bool, s: Status) {
         self.max_depth = self.max_depth.max(u64::from(s.depth));
-        if tampers && s.children > 0 {
+        if tampers && s.children_admitted > 0 {
             self.corrupting_parents.insert(number);
         }
         for v in &s.recent {

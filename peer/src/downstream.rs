@@ -117,6 +117,7 @@ async fn child(
         Err(e) => return Err(e),
     };
     info!(child = child.peer_id, %remote, "child connected");
+    shared.metrics.children_admitted.inc();
     shared.metrics.children.inc();
     let result = tree::push(&mut child, &shared.feed, opts).await;
     shared.metrics.children.dec();

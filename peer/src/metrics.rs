@@ -42,6 +42,8 @@ pub struct PeerMetrics {
     pub bad_input: IntCounter,
     /// Children refused (bad ticket, leaf only).
     pub children_refused: IntCounter,
+    /// Children admitted, since the peer started.
+    pub children_admitted: IntCounter,
     /// Segment deliveries to children abandoned.
     pub abandoned: IntCounter,
     /// Children connected now.
@@ -164,6 +166,11 @@ impl PeerMetrics {
                 r,
                 "treecast_peer_bad_input_total",
                 "Frames or streams that broke the tree protocol.",
+            ),
+            children_admitted: counter(
+                r,
+                "treecast_peer_children_admitted_total",
+                "Children admitted (ticket checked) since the peer started.",
             ),
             children_refused: counter(
                 r,

@@ -34,6 +34,10 @@ pub const IDLE: Duration = Duration::from_secs(15);
 /// first segment arrived.
 pub const TOLERANCE: Duration = Duration::from_millis(250);
 
+/// Segments a player holds before it starts playing; startup before that
+/// is not a stall.
+pub const START_SEGMENTS: u32 = 3;
+
 /// Playback sessions the plugin may report for at once.
 pub const REPORT_SESSIONS: usize = 16;
 
@@ -41,8 +45,10 @@ pub const REPORT_SESSIONS: usize = 16;
 struct Session {
     /// The last request of any kind.
     last_request: Instant,
-    /// Media served covers playback until here.
-    buffered_until: Instant,
+    /// Media served covers playback until here, once playing.
+    buffered_until: Option<Instant>,
+    /// Before playing: segments and media held.
+    held: (u32, Duration),
     /// Newest segment served.
     last_seq: u64,
     /// Since when the buffer has been dry, when it is.
@@ -73,25 +79,32 @@ impl PlayerWatch {
         now: Instant,
     ) -> ViewerDelta {
         let mut delta = ViewerDelta::default();
-        let Some(s) = self.active(now) else {
-            self.session = Some(Session {
+        let s = match self.active(now) {
+            Some(s) => {
+                advance(s, now, &mut delta);
+                if seq <= s.last_seq {
+                    // Asked again (a retry, a seek back): no new media.
+                    return delta;
+                }
+                s
+            }
+            None => self.session.insert(Session {
                 last_request: now,
-                buffered_until: now + duration,
+                buffered_until: None,
+                held: (0, Duration::ZERO),
                 last_seq: seq,
                 dry_since: None,
-            });
-            return delta;
-        };
-        advance(s, now, &mut delta);
-        if seq <= s.last_seq {
-            // Asked again (a retry, a seek back): no new media.
-            return delta;
-        }
-        s.buffered_until = match s.dry_since.take() {
-            Some(_) => now + duration,
-            None => s.buffered_until.max(now) + duration,
+            }),
         };
         s.last_seq = seq;
+        s.buffered_until = match (s.buffered_until, s.dry_since.take()) {
+            (None, _) => {
+                s.held = (s.held.0 + 1, s.held.1 + duration);
+                (s.held.0 >= START_SEGMENTS).then_some(now + s.held.1)
+            }
+            (Some(_), Some(_)) => Some(now + duration),
+            (Some(until), None) => Some(until.max(now) + duration),
+        };
         delta
     }
 
@@ -111,9 +124,14 @@ impl PlayerWatch {
 /// reveals or continues.
 fn advance(s: &mut Session, now: Instant, delta: &mut ViewerDelta) {
     delta.watched += now.saturating_duration_since(s.last_request);
-    if s.dry_since.is_none() && now > s.buffered_until + TOLERANCE {
+    let Some(until) = s.buffered_until else {
+        // Still starting.
+        s.last_request = now;
+        return;
+    };
+    if s.dry_since.is_none() && now > until + TOLERANCE {
         delta.stalls += 1;
-        s.dry_since = Some(s.buffered_until);
+        s.dry_since = Some(until);
     }
     if let Some(since) = s.dry_since {
         delta.stall += now.saturating_duration_since(since.max(s.last_request));
@@ -224,6 +242,14 @@ impl Viewer {
             s.inferred.add(d);
             d
         };
+        if d.stalls > 0 {
+            let s = self.state();
+            let seq = s.watch.session.map(|x| x.last_seq);
+            tracing::info!(
+                last_segment = seq,
+                "the player's buffer ran dry (inferred from its requests)"
+            );
+        }
         self.count("inferred", d);
     }
 
@@ -300,6 +326,7 @@ mod tests {
             let t = 2_000 * (seq - 2);
             let d = w.handle_playlist_request(at(t0, t - 1_000));
             total.stalls += d.stalls;
+            total.watched += d.watched;
             let d = w.handle_segment_served(seq, TWO, at(t0, t));
             total.stalls += d.stalls;
             total.watched += d.watched;
@@ -313,8 +340,10 @@ mod tests {
         let t0 = Instant::now();
         let mut w = PlayerWatch::default();
         w.handle_segment_served(0, TWO, t0);
-        w.handle_segment_served(1, TWO, at(t0, 10));
-        // 4 s of media; polls keep coming, nothing new.
+        w.handle_segment_served(1, TWO, t0);
+        // Playing from the third on, with 4 s of media; polls keep coming,
+        // nothing new.
+        w.handle_segment_served(2, Duration::ZERO, t0);
         let mut stalls = 0;
         let mut stall = Duration::ZERO;
         for ms in [1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 7_000] {
@@ -325,13 +354,30 @@ mod tests {
         // Dry at 4 s, counted once the tolerance passed.
         assert_eq!(stalls, 1);
         assert_eq!(stall, Duration::from_secs(3));
-        let d = w.handle_segment_served(2, TWO, at(t0, 7_500));
+        let d = w.handle_segment_served(3, TWO, at(t0, 7_500));
         assert_eq!(d.stalls, 0);
         assert_eq!(d.stall, Duration::from_millis(500));
         // Refilled: the next segment on time is no stall.
-        let d = w.handle_segment_served(3, TWO, at(t0, 9_000));
+        let d = w.handle_segment_served(4, TWO, at(t0, 9_000));
         assert_eq!(d.stalls, 0);
         assert_eq!(d.stall, Duration::ZERO);
+    }
+
+    #[test]
+    fn startup_is_no_stall() {
+        let t0 = Instant::now();
+        let mut w = PlayerWatch::default();
+        // One segment listed, then a long wait for the next two: the
+        // player has not started playing yet.
+        w.handle_segment_served(0, TWO, t0);
+        for ms in [1_000, 3_000, 5_000] {
+            assert_eq!(w.handle_playlist_request(at(t0, ms)).stalls, 0);
+        }
+        w.handle_segment_served(1, TWO, at(t0, 5_500));
+        w.handle_segment_served(2, TWO, at(t0, 6_000));
+        // Plays from 6 s with 6 s in hand.
+        assert_eq!(w.handle_playlist_request(at(t0, 11_900)).stalls, 0);
+        assert_eq!(w.handle_playlist_request(at(t0, 12_400)).stalls, 1);
     }
 
     #[test]
@@ -350,7 +396,9 @@ mod tests {
     fn a_repeated_request_adds_no_media() {
         let t0 = Instant::now();
         let mut w = PlayerWatch::default();
-        w.handle_segment_served(5, TWO, t0);
+        for seq in 3..6 {
+            w.handle_segment_served(seq, Duration::from_millis(500), t0);
+        }
         w.handle_segment_served(5, TWO, at(t0, 100));
         w.handle_segment_served(5, TWO, at(t0, 200));
         let d = w.handle_playlist_request(at(t0, 3_000));
