@@ -1,7 +1,11 @@
 //! Monitoring end to end: the files in `dashboards/` pass promtool, every
 //! series they query is exported, and a real Prometheus server scraping a
 //! live origin and edge sees the key series exist and move while peers
-//! stream. Needs Debian's `prometheus` package (`.ci/run` installs it).
+//! stream to players; no alert is pending in the healthy run, and the
+//! stall alert fires once the encoder drops out and the players stall.
+//! The alert rules are the shipped ones with `for:` shortened, so a test
+//! can see them fire. Needs Debian's `prometheus` package (`.ci/run`
+//! installs it).
 
 mod common;
 
@@ -10,6 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{cluster, spawn_streaming, wait_for};
+use tokio::sync::watch;
+use treecast::player::play;
 use treecast_peer::edge_client::EdgeClient;
 
 fn dashboards() -> PathBuf {
@@ -77,6 +83,28 @@ async fn query(prom: &EdgeClient, q: &str) -> Vec<(serde_json::Value, f64)> {
         .collect()
 }
 
+/// Alerts pending or firing now: (name, state).
+async fn alerts(prom: &EdgeClient) -> Vec<(String, String)> {
+    let Ok(b) = prom
+        .get("/api/v1/alerts", 1 << 20, Duration::from_secs(5))
+        .await
+    else {
+        return vec![("unreadable".into(), "/api/v1/alerts failed".into())];
+    };
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+    v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["labels"]["alertname"].as_str().unwrap_or("?").to_owned(),
+                a["state"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists() {
     promtool(&["check", "config", "prometheus.yml"]);
@@ -84,6 +112,19 @@ async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists(
 
     let (dir, mut cluster) = cluster(1, 2).await;
     let peers = spawn_streaming(&mut cluster, 3).await;
+    let (stop, rx) = watch::channel(false);
+    let players: Vec<_> = peers
+        .iter()
+        .map(|p| {
+            tokio::spawn(play(
+                p.client(),
+                "demo".into(),
+                p.started,
+                rx.clone(),
+                watch::channel(0).0,
+            ))
+        })
+        .collect();
     // Every series the alert rules and the Grafana dashboard query exists.
     let wanted: BTreeSet<String> =
         names_in(&std::fs::read_to_string(dashboards().join("alerts.yml")).expect("alerts"))
@@ -119,9 +160,16 @@ async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists(
         .expect("free port")
         .port();
     let strip = |u: String| u.trim_start_matches("http://").to_owned();
+    let rules = std::fs::read_to_string(dashboards().join("alerts.yml"))
+        .expect("alerts")
+        .replace("for: 2m", "for: 5s")
+        .replace("for: 5m", "for: 5s")
+        .replace("for: 1m", "for: 5s");
+    let rules_path = dir.path().join("alerts.yml");
+    std::fs::write(&rules_path, rules).expect("rules");
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: treecast-origin\n    static_configs:\n      - targets: [\"{}\"]\n  - job_name: treecast-edge\n    static_configs:\n      - targets: [\"{}\"]\n",
-        dashboards().join("alerts.yml").display(),
+        rules_path.display(),
         strip(cluster.origin_url()),
         strip(cluster.edge_url()),
     );
@@ -167,10 +215,15 @@ async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists(
             .filter(|v| *v > first)
     })
     .await;
-    wait_for("peers' tree bytes to flow", Duration::from_secs(30), || {
-        egress("sum(rate(treecast_edge_peer_bytes_total{source=\"tree\"}[10s]))")
-    })
-    .await;
+    for q in [
+        "sum(rate(treecast_edge_peer_bytes_total{source=\"tree\"}[10s]))",
+        "sum(rate(treecast_edge_viewer_watch_seconds_total{via=\"peer\"}[10s]))",
+    ] {
+        wait_for(q, Duration::from_secs(30), || async {
+            egress(q).await.filter(|v| *v > 0.0)
+        })
+        .await;
+    }
     for q in [
         "treecast_edge_origin_up",
         "sum(treecast_origin_publishers)",
@@ -179,8 +232,7 @@ async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists(
         let v = wait_for(q, Duration::from_secs(20), || egress(q)).await;
         assert!(v >= 1.0, "{q} = {v}");
     }
-    // The alert rules load and evaluate (none fires on a healthy swarm:
-    // the offload rule needs 20 viewers, the rest need faults).
+    // The alert rules load and evaluate.
     let rules = prom
         .get("/api/v1/rules", 1 << 20, Duration::from_secs(5))
         .await
@@ -190,6 +242,40 @@ async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists(
         .as_array()
         .map_or(0, Vec::len);
     assert_eq!(loaded, 6, "all alert rules loaded");
+    // Healthy: once every rule has been evaluated over a stretch of the
+    // run longer than their shortened `for:`, none is pending or firing.
+    let healthy_from = tokio::time::Instant::now();
+    wait_for(
+        "ten seconds of rule evaluations",
+        Duration::from_secs(20),
+        || async { (healthy_from.elapsed() >= Duration::from_secs(10)).then_some(()) },
+    )
+    .await;
+    let active = alerts(&prom).await;
+    assert!(active.is_empty(), "alerts in a healthy run: {active:?}");
+
+    // The encoder drops out for longer than any player's buffer: players
+    // stall, peers see it, the edge counts it, the alert fires.
+    cluster.stop_encoder().await;
+    let firing = wait_for(
+        "TreecastStallsRising to fire",
+        Duration::from_secs(60),
+        || async {
+            alerts(&prom)
+                .await
+                .into_iter()
+                .find(|(name, state)| name == "TreecastStallsRising" && state == "firing")
+        },
+    )
+    .await;
+    eprintln!("fired: {firing:?}");
+    cluster.start_encoder().expect("encoder restarts");
+    let _ = stop.send(true);
+    let mut stalls = 0;
+    for p in players {
+        stalls += p.await.expect("player").playback.stalls;
+    }
+    assert!(stalls >= 1, "the players did stall");
     let _ = prometheus.kill().await;
     for mut p in peers {
         p.terminate().await;
