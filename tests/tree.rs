@@ -117,16 +117,26 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
     let c = peers.pop().expect("C");
     let sc = streaming(&c).await;
     assert_eq!(sc.depth, 2, "{sc:?}");
-    let backup = sc.backup.clone().expect("C has a warm backup");
-    assert_eq!(backup.kind, "peer", "C's backup is a peer: {backup:?}");
+    // The edge may be named until the other depth-1 peer may take
+    // children; the next heartbeat names that peer.
+    let sc = wait_for(
+        "C's warm backup to be a peer",
+        Duration::from_secs(10),
+        || async {
+            let s = c.status().await.ok()?;
+            (s.backup.as_ref()?.kind == "peer").then_some(s)
+        },
+    )
+    .await;
     let parent_id = sc.parent.as_ref().expect("parent").id;
-    let mut parent = None;
-    for p in peers.drain(..) {
+    let mut index = None;
+    for (i, p) in peers.iter().enumerate() {
         if p.status().await.expect("status").peer_id == parent_id {
-            parent = Some(p);
+            index = Some(i);
         }
     }
-    let mut parent = parent.expect("C's parent is one of ours");
+    // The other peer stays running (dropping its handle would kill it).
+    let mut parent = peers.swap_remove(index.expect("C's parent is one of ours"));
 
     // A player on C, playing from before the kill to well after it, and
     // the origin's signed digests recorded all along.
@@ -223,6 +233,9 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
         "every segment played has the origin's signed digest"
     );
     c.terminate_owned().await;
+    for p in peers {
+        p.terminate_owned().await;
+    }
     cluster.shutdown().await;
 }
 

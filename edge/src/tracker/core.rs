@@ -420,7 +420,22 @@ impl Tracker {
                 self.shed_excess(parent, now);
             }
         }
+        if parent != NONE && !self.backup_still_good(i) {
+            // The edge was the backup of last resort, or the backup left or
+            // filled up: a peer that can take the child now is better.
+            self.peers[i as usize].backup = self.find_backup(i);
+        }
         Ok(self.assignment_of(i))
+    }
+
+    /// Whether `i`'s backup is a peer that could still take it.
+    fn backup_still_good(&self, i: u32) -> bool {
+        let b = self.peers[i as usize].backup;
+        b != ROOT
+            && b != NONE
+            && self.peers[b as usize].live
+            && self.has_room(b)
+            && !self.is_in_subtree(b, i)
     }
 
     /// A peer leaves politely.
@@ -1085,6 +1100,33 @@ mod tests {
         assert_eq!(b2.parent, Some(Node::Root));
         assert!(t.assignment(c.id).expect("c").parent.is_some());
         assert!(matches!(t.poll_event(), Some(TrackerEvent::Moved(m)) if m.id == b.id));
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn the_edge_stays_backup_only_until_a_peer_can_be() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            ..config()
+        });
+        let a = t.handle_join(JoinRequest::default(), now).expect("a");
+        let b = t.handle_join(JoinRequest::default(), now).expect("b");
+        // c promotes a early; b, a newcomer, cannot take children yet, so
+        // the edge is c's backup of last resort.
+        let c = t.handle_join(JoinRequest::default(), now).expect("c");
+        assert_eq!(c.parent, Some(Node::Peer(a.id)));
+        assert_eq!(c.backup, Some(Node::Root));
+        // Once b is promoted, c's next heartbeat names b.
+        now += Duration::from_secs(4);
+        for p in [a.id, b.id] {
+            t.handle_heartbeat(p, Heartbeat::default(), now).expect("alive");
+        }
+        t.handle_timeout(now);
+        let c2 = t
+            .handle_heartbeat(c.id, Heartbeat::default(), now)
+            .expect("c");
+        assert_eq!(c2.backup, Some(Node::Peer(b.id)));
         t.check_invariants().expect("invariants");
     }
 }
