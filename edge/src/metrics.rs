@@ -130,6 +130,13 @@ impl EdgeMetrics {
                 .unwrap_or_else(|e| panic!("metric: {e}")),
             ),
         };
+        // Series exist at zero from the start, so rates and tests need no
+        // first event.
+        for kind in ["playlist", "segment", "signature"] {
+            for result in ["hit", "coalesced", "miss", "stale"] {
+                cache.requests.with_label_values(&[kind, result]);
+            }
+        }
         let http = HttpMetrics {
             requests: counter_vec(
                 r,

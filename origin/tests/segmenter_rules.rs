@@ -267,6 +267,27 @@ mod corrupted_input {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
+        /// Arbitrary bytes (what the `segmenter` fuzz target feeds, on
+        /// stable): never a panic, and whatever is published follows the
+        /// transport stream rules. Sync bytes are sprinkled in so some
+        /// runs get past packet framing.
+        #[test]
+        fn arbitrary_bytes_never_break_the_segmenter(
+            data in proptest::collection::vec(any::<u8>(), 0..20_000),
+            syncs in proptest::collection::vec(0usize..20_000, 0..100),
+            chunk in 1usize..5_000,
+        ) {
+            let mut data = data;
+            for at in syncs {
+                if !data.is_empty() {
+                    let i = (at / PACKET_LEN * PACKET_LEN) % data.len();
+                    data[i] = 0x47;
+                }
+            }
+            let run = segment(&data, default_config(), chunk);
+            check_ts_rules(&run);
+        }
+
         /// Whatever damage the input takes (flipped bytes, cut-out runs,
         /// inserted junk), everything published still follows the
         /// transport stream rules.

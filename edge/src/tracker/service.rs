@@ -778,3 +778,84 @@ fn site_of(label: &str) -> u32 {
     label.hash(&mut h);
     h.finish() as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::EdgeMetrics;
+    use proptest::prelude::*;
+
+    fn service() -> TrackerService {
+        TrackerService::new(
+            TrackerSettings {
+                core: TrackerConfig::default(),
+                ticket_ttl: Duration::from_secs(60),
+                viewer_tokens: HashMap::new(),
+                max_channels: 4,
+                rate_per_sec: 1e9,
+                root_addr: Some(SocketAddr::from(([127, 0, 0, 1], 4433))),
+                root_fingerprint: Some("00".repeat(32)),
+            },
+            SigningKey::from_bytes(&[3; 32]),
+            EdgeMetrics::new().tracker,
+        )
+    }
+
+    /// Request bodies as a client might get them wrong: raw bytes, and JSON
+    /// objects with the right keys but any values.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let value = prop_oneof![
+            any::<i64>().prop_map(|v| serde_json::json!(v)),
+            any::<u64>().prop_map(|v| serde_json::json!(v)),
+            "[a-z0-9:./ -]{0,30}".prop_map(|v| serde_json::json!(v)),
+            Just(serde_json::json!(null)),
+            Just(serde_json::json!("127.0.0.1:5000")),
+            Just(serde_json::json!("demo")),
+        ];
+        let key = prop_oneof![
+            Just("channel"),
+            Just("addr"),
+            Just("peer_id"),
+            Just("report"),
+            Just("site"),
+            Just("max_upload_kbps"),
+            Just("stalls"),
+            Just("bytes_from_parent"),
+            Just("unknown"),
+        ];
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::btree_map(key, value, 0..6).prop_map(|m| {
+                serde_json::to_vec(&m).unwrap_or_default()
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever arrives, the service answers (an assignment or a
+        /// refusal), never panics, and the live audience stays consistent.
+        #[test]
+        fn any_request_is_answered_and_the_audience_stays_consistent(
+            requests in proptest::collection::vec((0usize..5, body()), 1..40)
+        ) {
+            let s = service();
+            let from = SocketAddr::from(([127, 0, 0, 1], 5000));
+            let good = br#"{"channel":"demo","addr":"127.0.0.1:6000"}"#;
+            let joined = s.handle("join", good, from).expect("a good join");
+            for (endpoint, body) in requests {
+                let endpoint = ["join", "heartbeat", "leave", "report", "nonsense"][endpoint];
+                let _ = s.handle(endpoint, &body, from);
+            }
+            // The peer that joined properly is still known, unless a request
+            // naming its id (only 2^-64 likely) made it leave.
+            let hb = format!(r#"{{"channel":"demo","peer_id":{}}}"#, joined.peer_id);
+            let answered = s.handle("heartbeat", hb.as_bytes(), from);
+            prop_assert!(answered.is_ok() || answered.as_ref().is_err_and(|r| r.outcome == "unknown_peer"));
+            for c in s.snapshot(10) {
+                prop_assert_eq!(c.depth_histogram.iter().sum::<u64>(), c.viewers);
+            }
+        }
+    }
+}

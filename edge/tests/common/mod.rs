@@ -43,9 +43,14 @@ pub async fn get(url: &str) -> Reply {
     http(Method::GET, url, Vec::new()).await
 }
 
-/// The value of one series in a Prometheus text exposition (0 if absent).
+/// The value of one series in a Prometheus text exposition; fails the test
+/// when the series is missing (a renamed metric must not read as 0).
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|v| v.starts_with(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no series {series} in the exposition:\n{text}"))
 }
