@@ -22,16 +22,16 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use treecast_edge::config::TrackerSection;
-use treecast_edge::{EdgeConfig, EdgeHandle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use treecast_edge::config::TrackerSection;
+use treecast_edge::{EdgeConfig, EdgeHandle};
 use treecast_origin::config::OriginConfig;
 use treecast_origin::push::{run_push, Input, PushConfig};
 use treecast_origin::OriginHandle;
-use treecast_proto::ChannelName;
 use treecast_peer::edge_client::EdgeClient;
 use treecast_peer::proxy::Status;
+use treecast_proto::ChannelName;
 
 /// The sample clip shipped in the repository (16 s, H.264 + AAC), looped by
 /// the origin.

@@ -102,7 +102,10 @@ pub async fn run(
             break;
         }
         if Instant::now() > deadline {
-            bail!("the relay did not get {children} children: it has {}", s.children);
+            bail!(
+                "the relay did not get {children} children: it has {}",
+                s.children
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

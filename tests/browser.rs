@@ -108,14 +108,10 @@ async fn hls_js_plays_through_a_parents_death_and_then_its_own_peers() {
     )
     .await;
     // After the P2P phase, the stream stops for 12 s.
-    wait_for(
-        "the P2P phase to end",
-        Duration::from_secs(60),
-        || async {
-            let s = v.status().await.ok()?;
-            (s.viewer.reported.watched_ms > 35_000).then_some(())
-        },
-    )
+    wait_for("the P2P phase to end", Duration::from_secs(60), || async {
+        let s = v.status().await.ok()?;
+        (s.viewer.reported.watched_ms > 35_000).then_some(())
+    })
     .await;
     let before_gap = v.status().await.expect("status").viewer;
     cluster.stop_encoder().await;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use treecast_edge::{EdgeConfig, EdgeHandle};
+use treecast_proto::app::help_with_default;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,18 +31,22 @@ struct ServeArgs {
     /// TOML config file (see docs/edge.md); flags override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// HTTP listen address [default: 127.0.0.1:8081].
-    #[arg(long)]
+    /// HTTP listen address.
+    #[arg(long, help = help_with_default("HTTP listen address", &defaults().listen))]
     listen: Option<SocketAddr>,
-    /// Base URL of the origin [default: http://127.0.0.1:8080].
-    #[arg(long)]
+    /// Base URL of the origin.
+    #[arg(long, help = help_with_default("Base URL of the origin", &defaults().origin))]
     origin: Option<String>,
-    /// Byte budget of the segment cache in MiB [default: 512].
-    #[arg(long)]
+    /// Byte budget of the segment cache in MiB.
+    #[arg(long, help = help_with_default("Byte budget of the segment cache in MiB", &defaults().cache_max_mb))]
     cache_max_mb: Option<usize>,
-    /// QUIC (UDP) address for the edge's direct children [default: 127.0.0.1:8444].
-    #[arg(long)]
+    /// QUIC (UDP) address for the edge's direct children.
+    #[arg(long, help = help_with_default("QUIC (UDP) address for the edge's direct children", &defaults().quic_listen))]
     quic_listen: Option<SocketAddr>,
+}
+
+fn defaults() -> EdgeConfig {
+    EdgeConfig::default()
 }
 
 fn main() -> ExitCode {

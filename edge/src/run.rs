@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use treecast_proto::viewer::ReportBook;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -13,6 +12,7 @@ use tracing::info;
 use treecast_proto::http::{serve, DRAIN};
 use treecast_proto::keyfile::{self, KeyError};
 use treecast_proto::ticket::SigningKey;
+use treecast_proto::viewer::ReportBook;
 
 use crate::root::{self, Root};
 use crate::tracker::service::{TrackerService, TrackerSettings};

@@ -127,15 +127,13 @@ impl EdgeService {
                     .min(100_000);
                 h::json(
                     StatusCode::OK,
-                    &self
-                        .history
-                        .view(
-                            &self.tracker,
-                            &self.metrics,
-                            self.stream_kbps,
-                            &self.pricing,
-                            peers,
-                        ),
+                    &self.history.view(
+                        &self.tracker,
+                        &self.metrics,
+                        self.stream_kbps,
+                        &self.pricing,
+                        peers,
+                    ),
                 )
             }
             ["metrics"] if !self.serve_metrics => h::text(

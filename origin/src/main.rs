@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use treecast_origin::config::{FileInput, UdpInput};
 use treecast_origin::push::{run_push, Input, PushConfig};
 use treecast_origin::{OriginConfig, OriginHandle};
+use treecast_proto::app::help_with_default;
 use treecast_proto::ChannelName;
 
 #[derive(Parser, Debug)]
@@ -39,11 +40,11 @@ struct ServeArgs {
     /// TOML config file (see docs/origin.md); flags override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// HTTP listen address [default: 127.0.0.1:8080].
-    #[arg(long)]
+    /// HTTP listen address.
+    #[arg(long, help = help_with_default("HTTP listen address", &defaults().listen))]
     listen: Option<SocketAddr>,
-    /// Data directory for the signing key and channel state [default: ./origin-data].
-    #[arg(long)]
+    /// Data directory for the signing key and channel state.
+    #[arg(long, help = help_with_default("Data directory for the signing key and channel state", &defaults().data_dir.display()))]
     data: Option<PathBuf>,
     /// Require this publish key from publishers.
     #[arg(long, env = "TREECAST_PUBLISH_KEY", hide_env_values = true)]
@@ -92,12 +93,16 @@ struct IngestArgs {
 
 #[derive(Parser, Debug)]
 struct KeyArgs {
-    /// Data directory holding origin.key [default: ./origin-data].
-    #[arg(long)]
+    /// Data directory holding origin.key.
+    #[arg(long, help = help_with_default("Data directory holding origin.key", &defaults().data_dir.display()))]
     data: Option<PathBuf>,
     /// Config file naming the data directory or key file.
     #[arg(long, short)]
     config: Option<PathBuf>,
+}
+
+fn defaults() -> OriginConfig {
+    OriginConfig::default()
 }
 
 fn main() -> ExitCode {

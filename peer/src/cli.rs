@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::{PeerConfig, PeerHandle};
+use treecast_proto::app::help_with_default;
 
 /// `peer` flags.
 #[derive(Parser, Debug)]
@@ -19,17 +20,17 @@ pub struct Cli {
     /// TOML config file (see docs/peer.md); flags override it.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// Base URL of the edge [default: http://127.0.0.1:8081].
-    #[arg(long)]
+    /// Base URL of the edge.
+    #[arg(long, help = help_with_default("Base URL of the edge", &defaults().edge))]
     pub edge: Option<String>,
-    /// Channel to watch [default: demo].
-    #[arg(long)]
+    /// Channel to watch.
+    #[arg(long, help = help_with_default("Channel to watch", &defaults().channel))]
     pub channel: Option<String>,
-    /// Local proxy address for the player, loopback only [default: 127.0.0.1:8090].
-    #[arg(long)]
+    /// Local proxy address for the player, loopback only.
+    #[arg(long, help = help_with_default("Local proxy address for the player, loopback only", &defaults().proxy_listen))]
     pub proxy_listen: Option<SocketAddr>,
-    /// QUIC (UDP) address for parent and children [default: 0.0.0.0:0].
-    #[arg(long)]
+    /// QUIC (UDP) address for parent and children.
+    #[arg(long, help = help_with_default("QUIC (UDP) address for parent and children", &defaults().quic_listen))]
     pub quic_listen: Option<SocketAddr>,
     /// QUIC address to give the tracker [default: the bound port on this host's address towards the edge].
     #[arg(long)]
@@ -37,8 +38,8 @@ pub struct Cli {
     /// Upload cap in kb/s over all children; 0 = leaf only [default: no cap].
     #[arg(long = "max-upload", value_name = "KBPS")]
     pub max_upload_kbps: Option<u32>,
-    /// Seconds the local playlist trails live [default: 2].
-    #[arg(long)]
+    /// Seconds the local playlist trails live.
+    #[arg(long, help = help_with_default("Seconds the local playlist trails live", &defaults().buffer_secs))]
     pub buffer_secs: Option<f64>,
     /// The origin's public key (hex) to pin [default: ask the edge].
     #[arg(long)]
@@ -56,6 +57,10 @@ pub struct Cli {
     /// supervising process: the peer ends with it, even if it is killed).
     #[arg(long)]
     pub exit_with_stdin: bool,
+}
+
+fn defaults() -> PeerConfig {
+    PeerConfig::default()
 }
 
 /// Resolves when standard input reaches its end (or fails).
@@ -114,4 +119,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     eprintln!("leaving the tree");
     peer.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_states_the_config_defaults() {
+        let help = Cli::command().render_help().to_string();
+        let d = PeerConfig::default();
+        for stated in [
+            format!("[default: {}]", d.edge),
+            format!("[default: {}]", d.proxy_listen),
+            format!("[default: {}]", d.buffer_secs),
+        ] {
+            assert!(help.contains(&stated), "--help lacks {stated}:\n{help}");
+        }
+    }
 }

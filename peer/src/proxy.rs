@@ -24,9 +24,9 @@ use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
-use treecast_proto::viewer::{PlayerReport, MAX_REPORT_BODY};
 use treecast_proto::http::{self as h, Body};
 use treecast_proto::tracker::NodeInfo;
+use treecast_proto::viewer::{PlayerReport, MAX_REPORT_BODY};
 use treecast_proto::SegmentFile;
 
 use crate::shared::Shared;
@@ -146,10 +146,7 @@ impl Proxy {
                     .player_reports_refused
                     .with_label_values(&["malformed"])
                     .inc();
-                return h::text(
-                    StatusCode::BAD_REQUEST,
-                    format!("not a player report: {e}"),
-                );
+                return h::text(StatusCode::BAD_REQUEST, format!("not a player report: {e}"));
             }
         };
         match self.shared.viewer.report(
@@ -158,7 +155,10 @@ impl Proxy {
             std::time::Instant::now(),
         ) {
             Ok(()) => h::empty_response(),
-            Err(e) => h::text(StatusCode::UNPROCESSABLE_ENTITY, format!("report refused: {e}")),
+            Err(e) => h::text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("report refused: {e}"),
+            ),
         }
     }
 

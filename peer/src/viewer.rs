@@ -226,7 +226,9 @@ impl Viewer {
 
     fn count(&self, source: &str, d: ViewerDelta) {
         let m = &self.metrics;
-        m.viewer_stalls.with_label_values(&[source]).inc_by(d.stalls);
+        m.viewer_stalls
+            .with_label_values(&[source])
+            .inc_by(d.stalls);
         m.viewer_stall_seconds
             .with_label_values(&[source])
             .inc_by(d.stall.as_secs_f64());

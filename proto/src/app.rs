@@ -103,3 +103,10 @@ fn describe(e: &anyhow::Error) -> String {
     }
     out
 }
+
+/// A flag's help text ending with the default it takes from the binary's
+/// config struct: flags default to the config (file, else `Default`), so
+/// `--help` quotes the one place defaults live instead of a copy of them.
+pub fn help_with_default(what: &str, default: &impl std::fmt::Display) -> String {
+    format!("{what} [default: {default}]")
+}

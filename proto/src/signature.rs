@@ -327,7 +327,12 @@ mod tests {
         let key = OriginKey::from_seed([7; 32]);
         let pk = key.public();
         let bytes = b"segment bytes".to_vec();
-        let signed = key.sign(SegmentRecord::for_bytes(demo(), 5, &bytes, 1_700_000_000_000));
+        let signed = key.sign(SegmentRecord::for_bytes(
+            demo(),
+            5,
+            &bytes,
+            1_700_000_000_000,
+        ));
         let decoded = SignedSegment::from_json(signed.to_json().as_bytes()).expect("decodes");
         assert_eq!(decoded, signed);
         pk.verify_segment(&decoded, &demo(), 5, &bytes)

@@ -1120,7 +1120,8 @@ mod tests {
         // Once b is promoted, c's next heartbeat names b.
         now += Duration::from_secs(4);
         for p in [a.id, b.id] {
-            t.handle_heartbeat(p, Heartbeat::default(), now).expect("alive");
+            t.handle_heartbeat(p, Heartbeat::default(), now)
+                .expect("alive");
         }
         t.handle_timeout(now);
         let c2 = t

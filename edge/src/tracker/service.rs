@@ -491,10 +491,7 @@ impl TrackerService {
         m.viewer_watch_seconds
             .with_label_values(&[ch, "peer"])
             .inc_by(hb.watched_ms as f64 / 1000.0);
-        for (event, n) in [
-            ("fallback", hb.fallbacks),
-            ("corrupt", hb.corrupt),
-        ] {
+        for (event, n) in [("fallback", hb.fallbacks), ("corrupt", hb.corrupt)] {
             m.peer_events.with_label_values(&[ch, event]).inc_by(n);
         }
     }
@@ -825,9 +822,8 @@ mod tests {
         ];
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..300),
-            proptest::collection::btree_map(key, value, 0..6).prop_map(|m| {
-                serde_json::to_vec(&m).unwrap_or_default()
-            }),
+            proptest::collection::btree_map(key, value, 0..6)
+                .prop_map(|m| { serde_json::to_vec(&m).unwrap_or_default() }),
         ]
     }
 
