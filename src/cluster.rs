@@ -64,6 +64,8 @@ pub struct ClusterConfig {
     pub source: Option<PathBuf>,
     /// Token for the edge's dashboard and API.
     pub dashboard_token: Option<String>,
+    /// Price of 1 GB of edge egress, for the dashboard's savings.
+    pub price_per_gb: Option<f64>,
 }
 
 impl ClusterConfig {
@@ -82,6 +84,7 @@ impl ClusterConfig {
             buffer_secs: 2.0,
             source: None,
             dashboard_token: None,
+            price_per_gb: None,
         }
     }
 }
@@ -215,6 +218,7 @@ impl Cluster {
             origin: format!("http://{}", origin.local_addr()),
             data_dir: config.work_dir.join("edge"),
             dashboard_token: config.dashboard_token.clone(),
+            price_per_gb: config.price_per_gb,
             tracker: TrackerSection {
                 root_slots: config.root_slots,
                 max_children: config.max_children,

@@ -21,7 +21,11 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
     let artifacts = repo.join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let (_dir, mut cluster) =
-        cluster_with(1, 2, |c| c.dashboard_token = Some("t0ken".into())).await;
+        cluster_with(1, 2, |c| {
+            c.dashboard_token = Some("t0ken".into());
+            c.price_per_gb = Some(0.05);
+        })
+        .await;
     let peers = spawn_streaming(&mut cluster, 4).await;
     let edge = cluster.edge_client();
     let denied = edge
@@ -69,6 +73,46 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
         }
     }
     assert_eq!(dom["tree_rows"], 4, "one tree row per peer");
+    // Peers are named for people: site and a short id, as the API says.
+    let names: Vec<&str> = dom["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert_eq!(names.len(), 4);
+    for (shown, api) in names.iter().zip(api["names"].as_array().expect("api names")) {
+        assert!(shown.contains(" · p"), "a readable name: {shown}");
+        assert_eq!(Some(*shown), api.as_str(), "the name the API gives");
+    }
+    // What P2P saved: bytes peers carried, priced as configured.
+    let event = &api["event"];
+    assert!(event["peer_bytes"].as_u64().unwrap_or(0) > 0, "{event}");
+    let saved = event["saved"].as_f64().expect("a saving with a price");
+    let expected = event["peer_bytes"].as_f64().unwrap_or(0.0) / 1e9 * 0.05;
+    assert!((saved - expected).abs() < 1e-9, "saved {saved} vs {expected}");
+    assert_eq!(
+        dom["saved"].as_str(),
+        Some(format!("{saved:.2} USD").as_str()),
+        "the saving shown"
+    );
+    // Every chart has axes: a unit, value labels and times.
+    let charts = dom["charts"].as_array().expect("charts");
+    assert_eq!(charts.len(), 3, "three charts");
+    for (chart, unit) in charts.iter().zip(["peers", "Mb/s", "%"]) {
+        let labels: Vec<&str> = chart
+            .as_array()
+            .expect("labels")
+            .iter()
+            .filter_map(|l| l.as_str())
+            .collect();
+        assert!(labels.contains(&unit), "unit {unit} on {labels:?}");
+        assert!(labels.contains(&"0"), "a zero on the y axis: {labels:?}");
+        assert!(
+            labels.iter().filter(|l| l.contains(':')).count() >= 2,
+            "times on the x axis: {labels:?}"
+        );
+    }
     let offload = api["offload"].as_f64().expect("offload");
     assert!(
         dom["offload"]

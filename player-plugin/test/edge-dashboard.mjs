@@ -34,16 +34,23 @@ try {
       const c = v.channels[0];
       const depths = {};
       c.depth_histogram.forEach((n, d) => { if (n) depths[d] = text(`depth-${d}`); });
+      const rows = [...document.querySelectorAll(".scroll tr")].slice(1);
+      const charts = [...document.querySelectorAll("svg[data-chart]")].map((svg) =>
+        [...svg.querySelectorAll("text")].map((t) => t.textContent));
       return {
         api: { viewers: c.viewers, stalls: c.totals.stalls, fallbacks: c.totals.fallbacks, repairs: c.repairs,
-               depth_histogram: c.depth_histogram, offload: c.offload, peers_listed: c.peers.length },
+               depth_histogram: c.depth_histogram, offload: c.offload, peers_listed: c.peers.length,
+               names: c.peers.map((p) => p.name), event: v.event },
         dom: { viewers: text("viewers"), stalls: text("stalls"), fallbacks: text("fallbacks"), repairs: text("repairs"),
-               depths, offload: text("offload"), tree_rows: document.querySelectorAll(".scroll tr").length - 1 },
+               depths, offload: text("offload"), tree_rows: rows.length,
+               names: rows.map((r) => r.cells[0].textContent.trim()),
+               saved: text("saved"), peer_bytes: text("peer-bytes"), charts },
         error: document.getElementById("error").textContent,
       };
     });
     // Wait for the data to settle: every viewer placed and offload measured.
-    if (shown && shown.api.viewers === viewers && shown.api.depth_histogram[0] === 0 && shown.api.offload > 0) break;
+    if (shown && shown.api.viewers === viewers && shown.api.depth_histogram[0] === 0 && shown.api.offload > 0
+        && shown.api.event.peer_bytes > 0 && shown.dom.charts.length === 3 && shown.dom.charts[0].length > 3) break;
     if (Date.now() > end) {
       console.log(JSON.stringify({ ok: false, error: "timed out", shown }));
       process.exit(1);
