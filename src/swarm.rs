@@ -145,6 +145,10 @@ pub struct Report {
     pub lag_from_origin_ms_by_depth: BTreeMap<u64, Percentiles>,
     /// The same for segments fetched from the edge (fallbacks), all depths.
     pub fallback_lag_from_origin_ms: Percentiles,
+    /// Segments a joining peer received that the origin had complete before
+    /// the peer first streamed (its player's starting buffer): not in the
+    /// lag figures.
+    pub join_backfill_segments: u64,
     /// Players' delay behind live: wall clock when a segment starts
     /// playing minus its program date-time, ms, over every segment played.
     pub delay_behind_live_ms: Percentiles,
@@ -343,21 +347,24 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut next_churn = churn_every.map(|d| Instant::now() + d);
     let mut next_poll = t0;
     let end = t0 + config.duration;
-    let mut gap = config.encoder_gap.map(|(at, len)| (t0 + at, t0 + at + len));
+    let mut gap = config
+        .encoder_gap
+        .map(|(at, len)| (t0 + at, t0 + at + len, false));
     let mut corrupting = running
         .iter()
         .filter(|r| r.process.options.tamper_every.is_some())
         .count() as u64;
     while Instant::now() < end {
         let now = Instant::now();
-        if let Some((stop_at, start_at)) = gap {
+        if let Some((stop_at, start_at, stopped)) = gap {
             if now >= start_at {
                 info!("encoder gap over: starting the encoder again");
                 cluster.start_encoder()?;
                 gap = None;
-            } else if now >= stop_at {
+            } else if now >= stop_at && !stopped {
                 info!("encoder gap: stopping the encoder");
                 cluster.stop_encoder().await;
+                gap = Some((stop_at, start_at, true));
             }
         }
         if now >= next_poll {
@@ -397,13 +404,15 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
                 next_churn = Some(at + every);
             }
         }
-        let gap_wake = gap.map(|(stop_at, start_at)| {
-            if Instant::now() < stop_at {
-                stop_at
-            } else {
-                start_at
-            }
-        });
+        let gap_wake = gap.map(
+            |(stop_at, start_at, stopped)| {
+                if stopped {
+                    start_at
+                } else {
+                    stop_at
+                }
+            },
+        );
         let wake = [Some(next_poll), next_churn, gap_wake, Some(end)]
             .into_iter()
             .flatten()
@@ -486,8 +495,13 @@ fn summarize(
     }
     let mut lags: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     let mut fallback_lags = Vec::new();
+    let mut backfill = 0;
     for v in c.arrivals.values() {
         let lag = v.lag_from_origin_ms() as f64;
+        if v.backfill {
+            backfill += 1;
+            continue;
+        }
         match v.source {
             Source::Tree if v.depth > 0 => lags.entry(u64::from(v.depth)).or_default().push(lag),
             Source::Tree => {}
@@ -532,6 +546,7 @@ fn summarize(
             .map(|(d, mut v)| (d, Percentiles::of(&mut v)))
             .collect(),
         fallback_lag_from_origin_ms: Percentiles::of(&mut fallback_lags),
+        join_backfill_segments: backfill,
         delay_behind_live_ms: Percentiles::of(&mut delays),
         repair_ms: Percentiles::of(&mut repairs),
         startup_ms: Percentiles::of(&mut startups),

@@ -20,12 +20,11 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
     );
     let artifacts = repo.join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
-    let (_dir, mut cluster) =
-        cluster_with(1, 2, |c| {
-            c.dashboard_token = Some("t0ken".into());
-            c.price_per_gb = Some(0.05);
-        })
-        .await;
+    let (_dir, mut cluster) = cluster_with(1, 2, |c| {
+        c.dashboard_token = Some("t0ken".into());
+        c.price_per_gb = Some(0.05);
+    })
+    .await;
     let peers = spawn_streaming(&mut cluster, 4).await;
     let edge = cluster.edge_client();
     let denied = edge
@@ -81,7 +80,10 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
         .filter_map(|n| n.as_str())
         .collect();
     assert_eq!(names.len(), 4);
-    for (shown, api) in names.iter().zip(api["names"].as_array().expect("api names")) {
+    for (shown, api) in names
+        .iter()
+        .zip(api["names"].as_array().expect("api names"))
+    {
         assert!(shown.contains(" · p"), "a readable name: {shown}");
         assert_eq!(Some(*shown), api.as_str(), "the name the API gives");
     }
@@ -90,7 +92,10 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
     assert!(event["peer_bytes"].as_u64().unwrap_or(0) > 0, "{event}");
     let saved = event["saved"].as_f64().expect("a saving with a price");
     let expected = event["peer_bytes"].as_f64().unwrap_or(0.0) / 1e9 * 0.05;
-    assert!((saved - expected).abs() < 1e-9, "saved {saved} vs {expected}");
+    assert!(
+        (saved - expected).abs() < 1e-9,
+        "saved {saved} vs {expected}"
+    );
     assert_eq!(
         dom["saved"].as_str(),
         Some(format!("{saved:.2} USD").as_str()),

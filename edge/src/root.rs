@@ -200,16 +200,25 @@ impl Root {
 /// Follows a channel's live edge through the cache, publishing each new
 /// segment (still growing) and each new playlist to the feed.
 async fn follow(cache: Arc<Cache>, channel: ChannelName, feed: Arc<Feed>) {
+    // The segment to fetch next, once following.
+    let mut resume: Option<u64> = None;
     loop {
         // Where is live? The segment after the last listed one is being
         // cut. Start four segments before it, so the first children can
-        // fill their buffers from the tree too.
+        // fill their buffers from the tree too; after a pause (the
+        // encoder stopped, the origin is away) go on where it stopped
+        // while that is still listed: starting over would send children
+        // the same segments again, every retry.
         let Some((first, next)) = current_playlist(&cache, &channel, &feed).await else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        let mut seq = next.saturating_sub(4).max(first);
+        let mut seq = match resume {
+            Some(s) if (first..=next).contains(&s) => s,
+            _ => next.saturating_sub(4).max(first),
+        };
         loop {
+            resume = Some(seq);
             let Ok(hit) = cache.get(&channel, SegmentFile::Segment(seq)).await else {
                 break;
             };

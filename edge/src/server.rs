@@ -173,19 +173,14 @@ impl EdgeService {
 
     async fn player_report(&self, req: Request<Incoming>) -> Response<Body> {
         let m = &self.metrics.tracker;
-        let body = match h::read_body(req.into_body(), MAX_REPORT_BODY, "player report").await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let report: PlayerReport = match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                m.player_reports_refused
-                    .with_label_values(&["malformed"])
-                    .inc();
-                return h::text(StatusCode::BAD_REQUEST, format!("not a player report: {e}"));
-            }
-        };
+        let report: PlayerReport =
+            match h::read_json(req.into_body(), MAX_REPORT_BODY, "player report").await {
+                Ok(r) => r,
+                Err(e) => {
+                    m.player_reports_refused.with_label_values(&[e.label]).inc();
+                    return e.response;
+                }
+            };
         let channel = report.channel.clone();
         let result = self
             .player_reports
@@ -206,7 +201,7 @@ impl EdgeService {
                 m.viewer_watch_seconds
                     .with_label_values(&labels)
                     .inc_by(d.watched.as_secs_f64());
-                h::empty_response()
+                h::json(StatusCode::OK, &serde_json::json!({ "accepted": true }))
             }
             Err(e) => {
                 m.player_reports_refused

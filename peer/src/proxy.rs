@@ -134,27 +134,24 @@ impl Proxy {
     }
 
     async fn player_report(&self, req: Request<Incoming>) -> Response<Body> {
-        let body = match h::read_body(req.into_body(), MAX_REPORT_BODY, "player report").await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let report: PlayerReport = match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                self.shared
-                    .metrics
-                    .player_reports_refused
-                    .with_label_values(&["malformed"])
-                    .inc();
-                return h::text(StatusCode::BAD_REQUEST, format!("not a player report: {e}"));
-            }
-        };
+        let report: PlayerReport =
+            match h::read_json(req.into_body(), MAX_REPORT_BODY, "player report").await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.shared
+                        .metrics
+                        .player_reports_refused
+                        .with_label_values(&[e.label])
+                        .inc();
+                    return e.response;
+                }
+            };
         match self.shared.viewer.report(
             report,
             self.shared.channel.as_str(),
             std::time::Instant::now(),
         ) {
-            Ok(()) => h::empty_response(),
+            Ok(()) => h::json(StatusCode::OK, &serde_json::json!({ "accepted": true })),
             Err(e) => h::text(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("report refused: {e}"),

@@ -54,6 +54,10 @@ pub struct Verified {
     pub origin_ms: u64,
     /// Depth in the tree at the time.
     pub depth: u8,
+    /// Complete at the origin before this peer first streamed from a
+    /// parent: the join's backfill (it fills the player's buffer), not
+    /// a segment the tree carried live.
+    pub backfill: bool,
 }
 
 impl Verified {
@@ -115,6 +119,8 @@ pub struct Shared {
     pub fingerprint: String,
     /// When the peer started.
     pub started: Instant,
+    /// When a parent first streamed to this peer, Unix milliseconds.
+    first_streaming_ms: std::sync::OnceLock<u64>,
     /// The last segments verified.
     recent: Mutex<VecDeque<Verified>>,
     /// The last repair times: from the parent's last sign of life to the
@@ -157,6 +163,7 @@ impl Shared {
             advertise,
             fingerprint,
             started: Instant::now(),
+            first_streaming_ms: std::sync::OnceLock::new(),
             recent: Mutex::new(VecDeque::new()),
             repairs: Mutex::new(VecDeque::new()),
         }
@@ -211,6 +218,7 @@ impl Shared {
                     .with_label_values(&[source.label()])
                     .inc();
                 let depth = self.assignment.borrow().as_ref().map_or(0, |a| a.depth);
+                let joined = self.first_streaming_ms.get().copied().unwrap_or(u64::MAX);
                 push_bounded(
                     &self.recent,
                     Verified {
@@ -219,6 +227,7 @@ impl Shared {
                         at_ms: unix_ms(),
                         origin_ms: *origin_ms,
                         depth,
+                        backfill: *origin_ms < joined,
                     },
                 );
                 self.store().refresh();
@@ -241,6 +250,9 @@ impl Shared {
     /// Records the parent streaming now.
     pub fn set_parent(&self, link: Option<ParentLink>) {
         self.metrics.connected.set(i64::from(link.is_some()));
+        if link.is_some() {
+            let _ = self.first_streaming_ms.set(unix_ms());
+        }
         *lock(&self.parent) = link;
     }
 

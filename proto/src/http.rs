@@ -174,6 +174,35 @@ pub async fn read_body(
     }
 }
 
+/// A JSON request body that could not be taken: the answer to send, and a
+/// metric label (`too_large` or `malformed`).
+#[derive(Debug)]
+pub struct BodyRefused {
+    /// The answer (413 or 400, with the reason).
+    pub response: Response<Body>,
+    /// `too_large` or `malformed`.
+    pub label: &'static str,
+}
+
+/// Reads a JSON request body of at most `max` bytes into `T`, naming
+/// `what` it was in the answer when it cannot.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    body: hyper::body::Incoming,
+    max: usize,
+    what: &str,
+) -> Result<T, BodyRefused> {
+    let bytes = read_body(body, max, what)
+        .await
+        .map_err(|response| BodyRefused {
+            response,
+            label: "too_large",
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| BodyRefused {
+        response: text(StatusCode::BAD_REQUEST, format!("not a {what}: {e}")),
+        label: "malformed",
+    })
+}
+
 /// The response to a CORS preflight.
 pub fn preflight() -> Response<Body> {
     let mut r = Response::new(empty());
