@@ -202,7 +202,15 @@ struct Peer {
     credit_bytes: u64,
     credit_since: Instant,
     measured_kbps: u32,
+    /// When its backup was last chosen or checked.
+    backup_checked: Instant,
 }
+
+/// How often a heartbeat may look for a better backup than the one a peer
+/// has (the edge of last resort, or one that left or filled up): often
+/// enough to name a peer within a few heartbeats, rarely enough that
+/// heartbeats stay cheap.
+const BACKUP_RECHECK: Duration = Duration::from_secs(3);
 
 /// One peer as an operator sees it (see [`Tracker::peers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +363,7 @@ impl Tracker {
             credit_bytes: 0,
             credit_since: now,
             measured_kbps: 0,
+            backup_checked: now,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -420,10 +429,16 @@ impl Tracker {
                 self.shed_excess(parent, now);
             }
         }
-        if parent != NONE && !self.backup_still_good(i) {
-            // The edge was the backup of last resort, or the backup left or
-            // filled up: a peer that can take the child now is better.
-            self.peers[i as usize].backup = self.find_backup(i);
+        let due =
+            now.saturating_duration_since(self.peers[i as usize].backup_checked) >= BACKUP_RECHECK;
+        if parent != NONE && due {
+            self.peers[i as usize].backup_checked = now;
+            if !self.backup_still_good(i) {
+                // The edge was the backup of last resort, or the backup
+                // left or filled up: a peer that can take the child now is
+                // better.
+                self.peers[i as usize].backup = self.find_backup(i);
+            }
         }
         Ok(self.assignment_of(i))
     }
@@ -435,7 +450,15 @@ impl Tracker {
             && b != NONE
             && self.peers[b as usize].live
             && self.has_room(b)
-            && !self.is_in_subtree(b, i)
+            && self.survives_parent(b, i)
+    }
+
+    /// Whether `c` keeps streaming when `i`'s parent dies: not `i` or
+    /// below it, and not the parent or below it (a sibling backup would be
+    /// orphaned by the same death).
+    fn survives_parent(&self, c: u32, i: u32) -> bool {
+        let parent = self.peers[i as usize].parent;
+        !self.is_in_subtree(c, i) && (parent == ROOT || !self.is_in_subtree(c, parent))
     }
 
     /// A peer leaves politely.
@@ -693,7 +716,7 @@ impl Tracker {
         // a peer that switches to it until the tracker moves it on).
         for d in 1..=usize::from(self.depth_of_parent_slot(i)) {
             for &c in self.open[d].iter().rev().take(8) {
-                if c != parent && c != i && self.has_room(c) && !self.is_in_subtree(c, i) {
+                if c != i && self.has_room(c) && self.survives_parent(c, i) {
                     return c;
                 }
             }
@@ -1128,6 +1151,41 @@ mod tests {
             .handle_heartbeat(c.id, Heartbeat::default(), now)
             .expect("c");
         assert_eq!(c2.backup, Some(Node::Peer(b.id)));
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_backup_never_shares_the_parent_it_stands_in_for() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            ..config()
+        });
+        let a = t.handle_join(JoinRequest::default(), now).expect("a");
+        now += Duration::from_secs(4);
+        t.handle_heartbeat(a.id, Heartbeat::default(), now)
+            .expect("a");
+        t.handle_timeout(now);
+        let b = t.handle_join(JoinRequest::default(), now).expect("b");
+        let c = t.handle_join(JoinRequest::default(), now).expect("c");
+        assert_eq!(b.parent, Some(Node::Peer(a.id)));
+        assert_eq!(c.parent, Some(Node::Peer(a.id)));
+        // Once b and c may take children, each is still no backup for the
+        // other: a's death would orphan both.
+        now += Duration::from_secs(4);
+        for p in [a.id, b.id, c.id] {
+            t.handle_heartbeat(p, Heartbeat::default(), now)
+                .expect("alive");
+        }
+        t.handle_timeout(now);
+        for (me, other) in [(b.id, c.id), (c.id, b.id)] {
+            let backup = t
+                .handle_heartbeat(me, Heartbeat::default(), now)
+                .expect("alive")
+                .backup;
+            assert_ne!(backup, Some(Node::Peer(other)), "a sibling as backup");
+            assert_eq!(backup, Some(Node::Root), "only the edge survives a");
+        }
         t.check_invariants().expect("invariants");
     }
 }
