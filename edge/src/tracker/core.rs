@@ -204,7 +204,17 @@ struct Peer {
     measured_kbps: u32,
     /// When its backup was last chosen or checked.
     backup_checked: Instant,
+    /// Generation of the backup's slot when it was chosen (a slot reused
+    /// by a newcomer is not that backup any more).
+    backup_generation: u32,
+    /// Peers naming this one as their backup.
+    backers: u32,
 }
+
+/// Most peers one peer stands in for as backup: each keeps a warm QUIC
+/// connection to it, and a peer's connections are capped (children come
+/// first), so a popular shallow peer must not be everyone's backup.
+const MAX_BACKERS: u32 = 8;
 
 /// How often a heartbeat may look for a better backup than the one a peer
 /// has (the edge of last resort, or one that left or filled up): often
@@ -364,6 +374,8 @@ impl Tracker {
             credit_since: now,
             measured_kbps: 0,
             backup_checked: now,
+            backup_generation: 0,
+            backers: 0,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -398,7 +410,8 @@ impl Tracker {
         if !leaf_only {
             self.newcomers.push_back(i);
         }
-        self.peers[i as usize].backup = self.find_backup(i);
+        let b = self.find_backup(i);
+        self.set_backup(i, b);
         Ok(self.assignment_of(i))
     }
 
@@ -437,7 +450,8 @@ impl Tracker {
                 // The edge was the backup of last resort, or the backup
                 // left or filled up: a peer that can take the child now is
                 // better.
-                self.peers[i as usize].backup = self.find_backup(i);
+                let b = self.find_backup(i);
+                self.set_backup(i, b);
             }
         }
         Ok(self.assignment_of(i))
@@ -445,12 +459,37 @@ impl Tracker {
 
     /// Whether `i`'s backup is a peer that could still take it.
     fn backup_still_good(&self, i: u32) -> bool {
-        let b = self.peers[i as usize].backup;
-        b != ROOT
+        self.backup_peer(i)
+            .is_some_and(|b| self.has_room(b) && self.survives_parent(b, i))
+    }
+
+    /// `i`'s backup, if it is a peer still in the slot it was chosen in.
+    fn backup_peer(&self, i: u32) -> Option<u32> {
+        let p = &self.peers[i as usize];
+        let b = p.backup;
+        (b != ROOT
             && b != NONE
             && self.peers[b as usize].live
-            && self.has_room(b)
-            && self.survives_parent(b, i)
+            && self.peers[b as usize].generation == p.backup_generation)
+            .then_some(b)
+    }
+
+    /// Names `b` as `i`'s backup, keeping the backers counts.
+    fn set_backup(&mut self, i: u32, b: u32) {
+        if let Some(old) = self.backup_peer(i) {
+            let o = &mut self.peers[old as usize];
+            o.backers = o.backers.saturating_sub(1);
+        }
+        let generation = if b == ROOT || b == NONE {
+            0
+        } else {
+            let n = &mut self.peers[b as usize];
+            n.backers += 1;
+            n.generation
+        };
+        let p = &mut self.peers[i as usize];
+        p.backup = b;
+        p.backup_generation = generation;
     }
 
     /// Whether `c` keeps streaming when `i`'s parent dies: not `i` or
@@ -716,7 +755,11 @@ impl Tracker {
         // a peer that switches to it until the tracker moves it on).
         for d in 1..=usize::from(self.depth_of_parent_slot(i)) {
             for &c in self.open[d].iter().rev().take(8) {
-                if c != i && self.has_room(c) && self.survives_parent(c, i) {
+                if c != i
+                    && self.has_room(c)
+                    && self.peers[c as usize].backers < MAX_BACKERS
+                    && self.survives_parent(c, i)
+                {
                     return c;
                 }
             }
@@ -775,23 +818,23 @@ impl Tracker {
     /// Gives `i` (already detached) a new parent: its backup if it has
     /// room, else the best free slot; an orphan if there is none.
     fn replace(&mut self, i: u32, now: Instant) {
-        let backup = self.peers[i as usize].backup;
-        let height = self.subtree_height(i);
-        let backup_ok = backup != NONE
-            && (backup == ROOT || self.peers[backup as usize].live)
-            && self.has_room(backup)
-            && !self.is_in_subtree(backup, i)
-            && self.depth(backup) + 1 + height <= self.config.max_depth;
-        let site = self.peers[i as usize].site;
-        let target = if backup_ok {
-            Some(backup)
-        } else {
-            self.find_parent(i, site, now)
+        let backup = match self.peers[i as usize].backup {
+            ROOT => Some(ROOT),
+            _ => self.backup_peer(i),
         };
+        let height = self.subtree_height(i);
+        let backup = backup.filter(|&b| {
+            self.has_room(b)
+                && !self.is_in_subtree(b, i)
+                && self.depth(b) + 1 + height <= self.config.max_depth
+        });
+        let site = self.peers[i as usize].site;
+        let target = backup.or_else(|| self.find_parent(i, site, now));
         match target {
             Some(t) => {
                 self.attach(i, t);
-                self.peers[i as usize].backup = self.find_backup(i);
+                let b = self.find_backup(i);
+                self.set_backup(i, b);
                 self.events
                     .push_back(TrackerEvent::Moved(self.assignment_of(i)));
             }
@@ -813,18 +856,19 @@ impl Tracker {
 
     fn remove(&mut self, i: u32, now: Instant) {
         self.detach(i);
+        self.set_backup(i, NONE);
         let children = std::mem::take(&mut self.peers[i as usize].children);
         {
             let p = &mut self.peers[i as usize];
             p.live = false;
             p.in_open = false;
-            p.backup = NONE;
         }
         self.live -= 1;
         self.free.push(i);
         for c in children {
             self.peers[c as usize].parent = NONE;
             if self.peers[c as usize].backup == i {
+                // Its slot is gone, and its backers count with it.
                 self.peers[c as usize].backup = NONE;
             }
             self.replace(c, now);
@@ -897,6 +941,20 @@ impl Tracker {
         }
         if live != self.live {
             return Err(format!("live count {} but {} live peers", self.live, live));
+        }
+        let mut backers = vec![0u32; self.peers.len()];
+        for i in 0..self.peers.len() as u32 {
+            if let (true, Some(b)) = (self.peers[i as usize].live, self.backup_peer(i)) {
+                backers[b as usize] += 1;
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.live && p.backers != backers[i] {
+                return Err(format!(
+                    "peer {i} counts {} backers, {} name it",
+                    p.backers, backers[i]
+                ));
+            }
         }
         Ok(())
     }
