@@ -444,23 +444,17 @@ impl Tracker {
         }
         let due =
             now.saturating_duration_since(self.peers[i as usize].backup_checked) >= BACKUP_RECHECK;
-        if parent != NONE && due {
+        if parent != NONE && due && self.backup_peer(i).is_none() {
+            // The edge was the backup of last resort, or the backup left:
+            // a peer that can take the child now is better. (A backup that
+            // filled up is found out at repair, which then picks the best
+            // free slot; checking room on every heartbeat costs more than
+            // it saves.)
             self.peers[i as usize].backup_checked = now;
-            if !self.backup_still_good(i) {
-                // The edge was the backup of last resort, or the backup
-                // left or filled up: a peer that can take the child now is
-                // better.
-                let b = self.find_backup(i);
-                self.set_backup(i, b);
-            }
+            let b = self.find_backup(i);
+            self.set_backup(i, b);
         }
         Ok(self.assignment_of(i))
-    }
-
-    /// Whether `i`'s backup is a peer that could still take it.
-    fn backup_still_good(&self, i: u32) -> bool {
-        self.backup_peer(i)
-            .is_some_and(|b| self.has_room(b) && self.survives_parent(b, i))
     }
 
     /// `i`'s backup, if it is a peer still in the slot it was chosen in.
