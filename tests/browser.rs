@@ -15,7 +15,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{cluster, spawn_streaming, wait_for};
+use common::{cluster, kill_parent_mid_segment, spawn_streaming, take_parent, wait_for};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -49,14 +49,7 @@ async fn hls_js_plays_through_a_parents_death_and_then_its_own_peers() {
         },
     )
     .await;
-    let parent_id = sv.parent.as_ref().expect("parent").id;
-    let mut index = None;
-    for (i, p) in peers.iter().enumerate() {
-        if p.status().await.expect("status").peer_id == parent_id {
-            index = Some(i);
-        }
-    }
-    let mut parent = peers.swap_remove(index.expect("V's parent is one of ours"));
+    let parent = take_parent(&mut peers, &sv).await;
 
     let page = format!("http://{}/player/", v.proxy);
     let pid = v.pid().expect("peer pid");
@@ -82,31 +75,7 @@ async fn hls_js_plays_through_a_parents_death_and_then_its_own_peers() {
         },
     )
     .await;
-    let held = wait_for(
-        "V to hold part of a segment",
-        Duration::from_secs(10),
-        || async {
-            let s = v.status().await.ok()?;
-            s.receiving.iter().find(|r| r.bytes > 0).copied()
-        },
-    )
-    .await;
-    parent.kill().await;
-    let at_kill = v.status().await.expect("status");
-    assert!(
-        !at_kill.recent.iter().any(|r| r.seq == held.seq),
-        "segment {} was incomplete at V when its parent died",
-        held.seq
-    );
-    let after = wait_for(
-        "V to stream from a new parent",
-        Duration::from_secs(10),
-        || async {
-            let s = v.status().await.ok()?;
-            (s.connected && s.parent.as_ref()?.id != parent_id).then_some(s)
-        },
-    )
-    .await;
+    let (held, after) = kill_parent_mid_segment(&v, parent).await;
     // After the P2P phase, the stream stops for 12 s.
     wait_for("the P2P phase to end", Duration::from_secs(60), || async {
         let s = v.status().await.ok()?;

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    cluster, edge_metric, origin_segment, spawn_streaming, streaming, tree_arrivals, wait_for,
+    cluster, edge_metric, kill_parent_mid_segment, origin_segment, spawn_streaming, streaming,
+    take_parent, tree_arrivals, wait_for,
 };
 use tokio::sync::watch;
 use treecast::cluster::PeerOptions;
@@ -128,15 +129,7 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
         },
     )
     .await;
-    let parent_id = sc.parent.as_ref().expect("parent").id;
-    let mut index = None;
-    for (i, p) in peers.iter().enumerate() {
-        if p.status().await.expect("status").peer_id == parent_id {
-            index = Some(i);
-        }
-    }
-    // The other peer stays running (dropping its handle would kill it).
-    let mut parent = peers.swap_remove(index.expect("C's parent is one of ours"));
+    let parent = take_parent(&mut peers, &sc).await;
 
     // A player on C, playing from before the kill to well after it, and
     // the origin's signed digests recorded all along.
@@ -151,32 +144,7 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
     .await;
     digests.record(&cluster).await;
     // Mid-segment: C holds part of a segment from its parent, not all.
-    let held = wait_for(
-        "C to hold part of a segment",
-        Duration::from_secs(10),
-        || async {
-            let s = c.status().await.ok()?;
-            s.receiving.iter().find(|r| r.bytes > 0).copied()
-        },
-    )
-    .await;
-    parent.kill().await;
-    let at_kill = c.status().await.expect("status");
-    assert!(
-        !at_kill.recent.iter().any(|v| v.seq == held.seq),
-        "segment {} was still incomplete at C when its parent died",
-        held.seq
-    );
-
-    let after = wait_for(
-        "C to stream from a new parent",
-        Duration::from_secs(10),
-        || async {
-            let s = c.status().await.ok()?;
-            (s.connected && s.parent.as_ref()?.id != parent_id).then_some(s)
-        },
-    )
-    .await;
+    let (held, after) = kill_parent_mid_segment(&c, parent).await;
     let new_parent = after.parent.clone().expect("new parent");
     assert_eq!(
         new_parent.kind, "peer",

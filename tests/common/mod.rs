@@ -156,3 +156,59 @@ pub fn tree_arrivals(s: &Status) -> std::collections::BTreeMap<u64, u64> {
         .map(|v| (v.seq, v.at_ms))
         .collect()
 }
+
+/// The peer among `peers` that is `child`'s parent, taken out of `peers`
+/// (the others stay running: dropping a handle kills its process).
+pub async fn take_parent(peers: &mut Vec<PeerProcess>, child: &Status) -> PeerProcess {
+    let parent_id = child.parent.as_ref().expect("the child has a parent").id;
+    let mut index = None;
+    for (i, p) in peers.iter().enumerate() {
+        if p.status().await.expect("status").peer_id == parent_id {
+            index = Some(i);
+        }
+    }
+    peers.swap_remove(index.expect("the child's parent is one of ours"))
+}
+
+/// Waits until `child` holds part of a segment from `parent`, SIGKILLs
+/// `parent` then, checks the segment was still incomplete at the child,
+/// and waits for the child to stream from another parent. Returns the
+/// segment that was in flight and the child's status on its new parent.
+pub async fn kill_parent_mid_segment(
+    child: &PeerProcess,
+    mut parent: PeerProcess,
+) -> (treecast_peer::proxy::Receiving, Status) {
+    let parent_id = child
+        .status()
+        .await
+        .expect("status")
+        .parent
+        .expect("parent")
+        .id;
+    let held = wait_for(
+        "the child to hold part of a segment",
+        Duration::from_secs(10),
+        || async {
+            let s = child.status().await.ok()?;
+            s.receiving.iter().find(|r| r.bytes > 0).copied()
+        },
+    )
+    .await;
+    parent.kill().await;
+    let at_kill = child.status().await.expect("status");
+    assert!(
+        !at_kill.recent.iter().any(|v| v.seq == held.seq),
+        "segment {} was still incomplete at the child when its parent died",
+        held.seq
+    );
+    let after = wait_for(
+        "the child to stream from a new parent",
+        Duration::from_secs(10),
+        || async {
+            let s = child.status().await.ok()?;
+            (s.connected && s.parent.as_ref()?.id != parent_id).then_some(s)
+        },
+    )
+    .await;
+    (held, after)
+}
