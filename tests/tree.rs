@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    cluster, edge_metric, kill_parent_mid_segment, origin_segment, spawn_streaming, streaming,
-    take_parent, tree_arrivals, wait_for,
+    cluster, edge_metric, kill_parent_mid_segment, origin_segment, play_through, spawn_streaming,
+    streaming, take_parent, tree_arrivals, wait_for,
 };
 use tokio::sync::watch;
 use treecast::cluster::PeerOptions;
@@ -153,15 +153,14 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
     let repair = *after.repairs_ms.first().expect("repair recorded");
     // Keep playing across several segments on the new parent.
     let seq_now = tree_arrivals(&after).keys().last().copied().unwrap_or(0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while *played.borrow() < seq_now + 2 {
-        digests.record(&cluster).await;
-        tokio::time::timeout_at(deadline, played.changed())
-            .await
-            .expect("the player plays two segments past the repair in time")
-            .expect("player running");
-    }
-    digests.record(&cluster).await;
+    play_through(
+        &cluster,
+        &mut digests,
+        &mut played,
+        seq_now + 2,
+        "the player plays two segments past the repair",
+    )
+    .await;
     let _ = stop.send(true);
     let report = player.await.expect("player");
     let end = c.status().await.expect("status");
@@ -253,15 +252,14 @@ async fn a_parent_that_corrupts_is_detected_evicted_and_never_reaches_the_player
     // Play on a few segments from the new parent.
     let last = s.live_last.expect("live");
     let mut digests = OriginDigests::default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while *played.borrow() < last + 2 {
-        digests.record(&cluster).await;
-        tokio::time::timeout_at(deadline, played.changed())
-            .await
-            .expect("V's player plays on in time")
-            .expect("player running");
-    }
-    digests.record(&cluster).await;
+    play_through(
+        &cluster,
+        &mut digests,
+        &mut played,
+        last + 2,
+        "V's player plays on",
+    )
+    .await;
     let _ = stop.send(true);
     let report = player.await.expect("player");
     assert_eq!(report.playback.stalls, 0, "no stall");

@@ -212,3 +212,24 @@ pub async fn kill_parent_mid_segment(
     .await;
     (held, after)
 }
+
+/// Waits until the player announcing on `played` has played segment
+/// `seq`, recording the origin's digests meanwhile (so every segment it
+/// played can be checked), then once more.
+pub async fn play_through(
+    cluster: &Cluster,
+    digests: &mut treecast::swarm::OriginDigests,
+    played: &mut tokio::sync::watch::Receiver<u64>,
+    seq: u64,
+    what: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while *played.borrow() < seq {
+        digests.record(cluster).await;
+        tokio::time::timeout_at(deadline, played.changed())
+            .await
+            .unwrap_or_else(|_| panic!("timed out: {what}"))
+            .expect("player running");
+    }
+    digests.record(cluster).await;
+}

@@ -1010,6 +1010,17 @@ mod tests {
         }
     }
 
+    /// Moves the clock past `promote_after` (still within the heartbeat
+    /// timeout), with a heartbeat from each of `alive`, then ticks.
+    fn age(t: &mut Tracker, now: &mut Instant, alive: &[PeerId]) {
+        *now += Duration::from_secs(4);
+        for &p in alive {
+            t.handle_heartbeat(p, Heartbeat::default(), *now)
+                .expect("alive");
+        }
+        t.handle_timeout(*now);
+    }
+
     /// Whether some orphan could have been placed: a node with room, not
     /// below it, shallow enough for its subtree.
     fn orphan_had_a_place(t: &Tracker) -> bool {
@@ -1159,14 +1170,10 @@ mod tests {
             ..config()
         });
         let a = t.handle_join(JoinRequest::default(), now).expect("a");
-        now += Duration::from_secs(4);
-        t.handle_timeout(now);
+        age(&mut t, &mut now, &[]);
         let b = t.handle_join(JoinRequest::default(), now).expect("b");
         assert_eq!(b.parent, Some(Node::Peer(a.id)));
-        now += Duration::from_secs(4);
-        let _ = t.handle_heartbeat(a.id, Heartbeat::default(), now);
-        let _ = t.handle_heartbeat(b.id, Heartbeat::default(), now);
-        t.handle_timeout(now);
+        age(&mut t, &mut now, &[a.id, b.id]);
         let c = t.handle_join(JoinRequest::default(), now).expect("c");
         assert_eq!(c.depth, 2, "{c:?}");
         t.handle_leave(a.id, now).expect("leave");
@@ -1193,12 +1200,7 @@ mod tests {
         assert_eq!(c.parent, Some(Node::Peer(a.id)));
         assert_eq!(c.backup, Some(Node::Root));
         // Once b is promoted, c's next heartbeat names b.
-        now += Duration::from_secs(4);
-        for p in [a.id, b.id] {
-            t.handle_heartbeat(p, Heartbeat::default(), now)
-                .expect("alive");
-        }
-        t.handle_timeout(now);
+        age(&mut t, &mut now, &[a.id, b.id]);
         let c2 = t
             .handle_heartbeat(c.id, Heartbeat::default(), now)
             .expect("c");
@@ -1214,22 +1216,14 @@ mod tests {
             ..config()
         });
         let a = t.handle_join(JoinRequest::default(), now).expect("a");
-        now += Duration::from_secs(4);
-        t.handle_heartbeat(a.id, Heartbeat::default(), now)
-            .expect("a");
-        t.handle_timeout(now);
+        age(&mut t, &mut now, &[a.id]);
         let b = t.handle_join(JoinRequest::default(), now).expect("b");
         let c = t.handle_join(JoinRequest::default(), now).expect("c");
         assert_eq!(b.parent, Some(Node::Peer(a.id)));
         assert_eq!(c.parent, Some(Node::Peer(a.id)));
         // Once b and c may take children, each is still no backup for the
         // other: a's death would orphan both.
-        now += Duration::from_secs(4);
-        for p in [a.id, b.id, c.id] {
-            t.handle_heartbeat(p, Heartbeat::default(), now)
-                .expect("alive");
-        }
-        t.handle_timeout(now);
+        age(&mut t, &mut now, &[a.id, b.id, c.id]);
         for (me, other) in [(b.id, c.id), (c.id, b.id)] {
             let backup = t
                 .handle_heartbeat(me, Heartbeat::default(), now)
