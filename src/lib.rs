@@ -10,12 +10,14 @@
 //!   processes, all on loopback.
 //! - [`player`]: a simulated HLS player following a peer's local playlist.
 //! - [`swarm`]: the swarm harness and its JSON report.
+//! - [`netlab`]: the network lab `swarm --net` runs the peers in.
 //! - [`demo`]: the one-command demo.
 //! - [`relay_bench`]: CPU and memory of one peer relaying to its children.
 //! - [`rng`]: the seeded generator behind roles and churn.
 
 pub mod cluster;
 pub mod demo;
+pub mod netlab;
 pub mod player;
 pub mod relay_bench;
 pub mod rng;

@@ -1,0 +1,458 @@
+//! The lab's delay and loss: every IPv4 packet the router namespace
+//! forwards is handed to this process (iptables' `NFQUEUE` target), held
+//! for the one-way delay of the two links it crosses, or dropped with
+//! their loss, and released.
+//!
+//! Written here because the kernel's netem qdisc is not available on the
+//! machines the lab runs on, and no crate emulates links over NFQUEUE;
+//! the queue itself is the `nfq` crate. The decisions are a sans-IO core
+//! ([`Emulator`]: a packet's header and `now` in, drop or a release time
+//! out; [`Hold`]: what is due when) driven by one thread
+//! ([`spawn`]) that talks to the kernel.
+//!
+//! A link's `rtt_ms` is its round trip to the core: a packet from peer A
+//! to peer B waits `rtt_A/2 + rtt_B/2` plus each link's jitter (uniform in
+//! `[0, jitter]`, which reorders packets as real paths do), and survives
+//! each link's loss independently. Bandwidth is not emulated here: the
+//! veth pairs' `tc` qdiscs cap it, in the kernel, with real queues.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::rng::Rng;
+
+/// One direction of a link's delay and loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Leg {
+    /// Fixed one-way delay.
+    pub delay: Duration,
+    /// Extra delay per packet, uniform in `[0, jitter]`.
+    pub jitter: Duration,
+    /// Probability a packet is lost on this link.
+    pub loss: f64,
+}
+
+/// What happens to a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Lost on the way.
+    Drop,
+    /// Forwarded at this instant.
+    Release(Instant),
+}
+
+/// Decides each packet's fate from the links of its source and
+/// destination address.
+#[derive(Debug)]
+pub struct Emulator {
+    legs: HashMap<Ipv4Addr, Leg>,
+    rng: Rng,
+    /// Packets seen, dropped, and not IPv4 (released at once).
+    pub counts: Counts,
+}
+
+/// What the emulator did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Packets decided.
+    pub packets: u64,
+    /// Of those, dropped.
+    pub dropped: u64,
+    /// Of those, not IPv4 or between addresses of no link.
+    pub passed: u64,
+}
+
+impl Emulator {
+    /// An emulator for the links at these addresses.
+    pub fn new(legs: HashMap<Ipv4Addr, Leg>, seed: u64) -> Self {
+        Self {
+            legs,
+            rng: Rng::new(seed),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The fate of the packet whose first bytes (the IP header) are
+    /// `header`, arriving `now`.
+    pub fn handle_packet(&mut self, now: Instant, header: &[u8]) -> Decision {
+        self.counts.packets += 1;
+        let Some((src, dst)) = ipv4_addresses(header) else {
+            self.counts.passed += 1;
+            return Decision::Release(now);
+        };
+        let mut at = now;
+        let mut any = false;
+        for leg in [self.legs.get(&src), self.legs.get(&dst)]
+            .into_iter()
+            .flatten()
+        {
+            any = true;
+            if leg.loss > 0.0 && self.rng.chance(leg.loss) {
+                self.counts.dropped += 1;
+                return Decision::Drop;
+            }
+            at += leg.delay + leg.jitter.mul_f64(self.rng.unit());
+        }
+        if !any {
+            self.counts.passed += 1;
+        }
+        Decision::Release(at)
+    }
+}
+
+fn ipv4_addresses(h: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    if h.len() < 20 || h[0] >> 4 != 4 {
+        return None;
+    }
+    let addr = |i: usize| Ipv4Addr::new(h[i], h[i + 1], h[i + 2], h[i + 3]);
+    Some((addr(12), addr(16)))
+}
+
+/// Items held until their release time: earliest first, and in arrival
+/// order among equal times.
+#[derive(Debug)]
+pub struct Hold<T> {
+    heap: BinaryHeap<Held<T>>,
+    next: u64,
+}
+
+#[derive(Debug)]
+struct Held<T> {
+    at: Instant,
+    order: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Held<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl<T> Eq for Held<T> {}
+impl<T> PartialOrd for Held<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Held<T> {
+    /// Reversed: the heap's top is the earliest.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.order).cmp(&(self.at, self.order))
+    }
+}
+
+impl<T> Default for Hold<T> {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<T> Hold<T> {
+    /// Holds `item` until `at`.
+    pub fn push(&mut self, at: Instant, item: T) {
+        self.heap.push(Held {
+            at,
+            order: self.next,
+            item,
+        });
+        self.next += 1;
+    }
+
+    /// The next item due by `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<T> {
+        if self.heap.peek()?.at <= now {
+            return self.heap.pop().map(|h| h.item);
+        }
+        None
+    }
+
+    /// When the next item is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|h| h.at)
+    }
+
+    /// Items held.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+/// The driver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// Entering the router namespace failed.
+    #[error("entering network namespace {netns}: {source}")]
+    Netns {
+        /// The namespace.
+        netns: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The netfilter queue could not be opened or configured.
+    #[error("netfilter queue {queue}: {source} (is the nfnetlink_queue module available?)")]
+    Queue {
+        /// Queue number.
+        queue: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The running driver; [`stop`](Self::stop) ends it.
+#[derive(Debug)]
+pub struct EmulatorHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Counts>>,
+}
+
+impl EmulatorHandle {
+    /// Stops the driver (held packets are released) and returns its counts.
+    pub fn stop(&mut self) -> Option<Counts> {
+        self.stop.store(true, AtomicOrdering::Relaxed);
+        self.thread.take()?.join().ok()
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Longest the driver sleeps with nothing due: how late, at worst, it
+/// notices a packet the kernel queued (the queue's socket is not exposed
+/// for polling by the `nfq` crate).
+const IDLE_POLL: Duration = Duration::from_micros(200);
+/// Packets the kernel may hold for this queue: a few seconds of the
+/// lab's traffic at its longest delays.
+const QUEUE_LEN: u32 = 1 << 17;
+/// Bytes of each packet copied to this process: the IPv4 header.
+const COPY: u16 = 20;
+
+/// Starts the driver for `queue` inside the network namespace `netns`
+/// (the thread enters it; the process stays where it is).
+pub fn spawn(
+    netns: &str,
+    queue: u16,
+    mut emulator: Emulator,
+) -> Result<EmulatorHandle, EmulatorError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let netns = netns.to_string();
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("netlab-emulator".into())
+        .spawn(move || {
+            let queue_err = |source| EmulatorError::Queue { queue, source };
+            let opened = super::enter_netns(&netns)
+                .map_err(|source| EmulatorError::Netns {
+                    netns: netns.clone(),
+                    source,
+                })
+                .and_then(|()| {
+                    let mut q = nfq::Queue::open().map_err(queue_err)?;
+                    q.bind(queue).map_err(queue_err)?;
+                    q.set_copy_range(queue, COPY).map_err(queue_err)?;
+                    q.set_queue_max_len(queue, QUEUE_LEN).map_err(queue_err)?;
+                    q.set_nonblocking(true);
+                    Ok(q)
+                });
+            let mut q = match opened {
+                Ok(q) => {
+                    let _ = ready_tx.send(Ok(()));
+                    q
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Counts::default();
+                }
+            };
+            drive(&mut q, &mut emulator, &flag);
+            emulator.counts
+        })
+        .map_err(|source| EmulatorError::Queue { queue, source })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(EmulatorHandle {
+            stop,
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(EmulatorError::Queue {
+            queue,
+            source: std::io::Error::other("the emulator thread ended while starting"),
+        }),
+    }
+}
+
+fn drive(q: &mut nfq::Queue, emulator: &mut Emulator, stop: &AtomicBool) {
+    let mut hold: Hold<nfq::Message> = Hold::default();
+    let mut peak = 0;
+    while !stop.load(AtomicOrdering::Relaxed) {
+        let now = Instant::now();
+        while let Some(mut msg) = hold.pop_due(now) {
+            msg.set_verdict(nfq::Verdict::Accept);
+            if let Err(e) = q.verdict(msg) {
+                tracing::warn!(error = %e, "netlab: verdict failed");
+            }
+        }
+        // Take what the kernel queued, a bounded batch at a time so due
+        // packets are not kept waiting behind a burst.
+        let mut got = 0;
+        while got < 256 {
+            match q.recv() {
+                Ok(mut msg) => {
+                    got += 1;
+                    match emulator.handle_packet(Instant::now(), msg.get_payload()) {
+                        Decision::Drop => {
+                            msg.set_verdict(nfq::Verdict::Drop);
+                            if let Err(e) = q.verdict(msg) {
+                                tracing::warn!(error = %e, "netlab: verdict failed");
+                            }
+                        }
+                        Decision::Release(at) => hold.push(at, msg),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "netlab: reading the queue failed");
+                    break;
+                }
+            }
+        }
+        peak = peak.max(hold.len());
+        if got == 0 {
+            let wait = hold
+                .next_due()
+                .map_or(IDLE_POLL, |at| at.saturating_duration_since(Instant::now()))
+                .min(IDLE_POLL);
+            std::thread::sleep(wait);
+        }
+    }
+    // Let through what is still held rather than leave it to the kernel.
+    while let Some(mut msg) = hold.pop_due(far_future()) {
+        msg.set_verdict(nfq::Verdict::Accept);
+        let _ = q.verdict(msg);
+    }
+    tracing::info!(
+        packets = emulator.counts.packets,
+        dropped = emulator.counts.dropped,
+        peak_held = peak,
+        "netlab: emulator stopped"
+    );
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut h = vec![0u8; 20];
+        h[0] = 0x45;
+        h[12..16].copy_from_slice(&src);
+        h[16..20].copy_from_slice(&dst);
+        h
+    }
+
+    fn leg(ms: u64, loss: f64) -> Leg {
+        Leg {
+            delay: Duration::from_millis(ms),
+            jitter: Duration::ZERO,
+            loss,
+        }
+    }
+
+    #[test]
+    fn a_packet_waits_for_both_links_it_crosses() {
+        let a = Ipv4Addr::new(10, 80, 0, 2);
+        let b = Ipv4Addr::new(10, 80, 1, 2);
+        let mut e = Emulator::new(HashMap::from([(a, leg(10, 0.0)), (b, leg(30, 0.0))]), 1);
+        let now = Instant::now();
+        assert_eq!(
+            e.handle_packet(now, &header(a.octets(), b.octets())),
+            Decision::Release(now + Duration::from_millis(40))
+        );
+        // To an address of no link: only the source's leg.
+        assert_eq!(
+            e.handle_packet(now, &header(a.octets(), [10, 77, 0, 1])),
+            Decision::Release(now + Duration::from_millis(10))
+        );
+        // Not IPv4: at once.
+        assert_eq!(e.handle_packet(now, &[0x60; 40]), Decision::Release(now));
+        assert_eq!(e.counts.passed, 1);
+    }
+
+    #[test]
+    fn loss_is_near_its_rate_and_repeats_with_the_seed() {
+        let a = Ipv4Addr::new(10, 80, 0, 2);
+        let run = |seed| {
+            let mut e = Emulator::new(HashMap::from([(a, leg(0, 0.02))]), seed);
+            let now = Instant::now();
+            (0..50_000)
+                .map(|_| e.handle_packet(now, &header(a.octets(), [1, 1, 1, 1])))
+                .filter(|d| *d == Decision::Drop)
+                .count()
+        };
+        let lost = run(5);
+        assert_eq!(lost, run(5));
+        assert!((800..1200).contains(&lost), "{lost} of 50000 at 2%");
+    }
+
+    #[test]
+    fn jitter_reorders_within_its_bound() {
+        let a = Ipv4Addr::new(10, 80, 0, 2);
+        let jittery = Leg {
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(5),
+            loss: 0.0,
+        };
+        let mut e = Emulator::new(HashMap::from([(a, jittery)]), 9);
+        let now = Instant::now();
+        let times: Vec<Instant> = (0..200)
+            .map(
+                |_| match e.handle_packet(now, &header(a.octets(), [1, 1, 1, 1])) {
+                    Decision::Release(at) => at,
+                    Decision::Drop => unreachable!("no loss"),
+                },
+            )
+            .collect();
+        assert!(times.iter().all(|&t| t >= now + Duration::from_millis(20)
+            && t <= now + Duration::from_millis(25)));
+        assert!(times.windows(2).any(|w| w[1] < w[0]), "some reordering");
+    }
+
+    #[test]
+    fn hold_releases_in_time_order_then_arrival_order() {
+        let mut h = Hold::default();
+        let t = Instant::now();
+        h.push(t + Duration::from_millis(5), "late");
+        h.push(t + Duration::from_millis(1), "first");
+        h.push(t + Duration::from_millis(1), "second");
+        assert_eq!(h.pop_due(t), None);
+        assert_eq!(h.next_due(), Some(t + Duration::from_millis(1)));
+        assert_eq!(h.pop_due(t + Duration::from_millis(2)), Some("first"));
+        assert_eq!(h.pop_due(t + Duration::from_millis(2)), Some("second"));
+        assert_eq!(h.pop_due(t + Duration::from_millis(2)), None);
+        assert_eq!(h.pop_due(t + Duration::from_millis(9)), Some("late"));
+        assert!(h.is_empty());
+    }
+}

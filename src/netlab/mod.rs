@@ -1,0 +1,416 @@
+//! The network lab: `treecast swarm --net PROFILE` runs every peer behind
+//! its own emulated link (see `docs/netlab.md`).
+//!
+//! ```text
+//!   harness ns (-e)                 router ns (-r)              peer ns (-pN)
+//!   origin 127.0.0.1  ─┐
+//!   edge 10.77.0.1 [up]═════════[edge] NFQUEUE  [pN]═══════════[wan] 10.X.Y.2
+//!    tbf: edge upload         delay/loss here   tbf: N's download   tbf: N's upload
+//!   players, /status [mN]══════════════════════════════════════[mgmt] 172.X.Y.2 (proxy)
+//! ```
+//!
+//! - [`profile`]: the TOML profiles and the links drawn from them;
+//! - [`emulator`]: delay and loss, in this process, for every packet the
+//!   router forwards;
+//! - [`Lab`]: the namespaces, veth pairs, addresses, routes, `tc` caps and
+//!   the iptables rule, made with the system's `ip`, `tc` and `iptables`,
+//!   and removed on drop. Every name starts `tcl<pid>-`, so a run that was
+//!   killed is recognised and cleaned by the next.
+//!
+//! The harness process itself moves into the harness namespace before its
+//! runtime starts (so the origin, the edge and every client of theirs
+//! live there, and the machine's own namespace is not touched). The
+//! players reach their peer's proxy over a separate uncapped link, as a
+//! browser reaches a proxy on its own machine; everything a peer sends to
+//! the edge or another peer crosses its capped, delayed link and the
+//! router.
+
+pub mod emulator;
+pub mod profile;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use emulator::{Emulator, EmulatorHandle, Leg};
+use profile::{EdgeLink, PeerLink};
+
+/// The edge's address, inside the harness namespace.
+pub const EDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const ROUTER_EDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// Peers one lab can hold (the address plan's size).
+pub const MAX_PEERS: usize = 4000;
+const NETNS_DIR: &str = "/run/netns";
+const PREFIX: &str = "tcl";
+/// Netfilter queue the router's packets go through.
+const QUEUE: u16 = 0;
+/// Longest a capped link queues packets before dropping (a home router's
+/// buffer).
+const QUEUE_LATENCY: &str = "50ms";
+
+/// The lab could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Namespaces need root.
+    #[error("the network lab needs root (it creates network namespaces, links and qdiscs); run as root, or without --net to run on loopback")]
+    NotRoot,
+    /// A system tool is missing.
+    #[error("`{tool}` not found: install Debian's {package} package")]
+    MissingTool {
+        /// The command.
+        tool: &'static str,
+        /// Where it comes from.
+        package: &'static str,
+    },
+    /// Too many peers for the address plan.
+    #[error("the network lab holds at most {MAX_PEERS} peers, {0} asked")]
+    TooManyPeers(usize),
+    /// A command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// What ran.
+        command: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// Entering a namespace failed.
+    #[error("entering network namespace {netns}: {source}")]
+    Enter {
+        /// The namespace.
+        netns: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The delay and loss emulator did not start.
+    #[error(transparent)]
+    Emulator(#[from] emulator::EmulatorError),
+}
+
+/// Where one peer runs in the lab.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerNet {
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address on its capped link (QUIC, and the edge's view of it).
+    pub wan: Ipv4Addr,
+    /// Its address on the harness's uncapped link (the local proxy).
+    pub mgmt: Ipv4Addr,
+    /// Its link.
+    pub link: PeerLink,
+}
+
+/// The lab: namespaces, links, caps and the emulator; all removed on drop.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    peers: Vec<PeerNet>,
+    edge: EdgeLink,
+    emulator: Option<EmulatorHandle>,
+}
+
+/// Moves the calling thread into the network namespace `name` (threads it
+/// starts afterwards are born there too).
+pub fn enter_netns(name: &str) -> std::io::Result<()> {
+    let f = std::fs::File::open(Path::new(NETNS_DIR).join(name))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
+impl Lab {
+    /// Builds the lab for one peer per link in `links`, behind an edge on
+    /// `edge`, with the emulator's loss and jitter drawn from `seed`.
+    /// Cleans what killed earlier runs left first.
+    pub fn create(edge: EdgeLink, links: Vec<PeerLink>, seed: u64) -> Result<Self, LabError> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(LabError::NotRoot);
+        }
+        for (tool, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("iptables", "iptables")] {
+            if Command::new(tool).arg("-V").output().is_err() {
+                return Err(LabError::MissingTool { tool, package });
+            }
+        }
+        if links.len() > MAX_PEERS {
+            return Err(LabError::TooManyPeers(links.len()));
+        }
+        clean_stale();
+        let prefix = format!("{PREFIX}{}-", std::process::id());
+        let peers: Vec<PeerNet> = links
+            .into_iter()
+            .enumerate()
+            .map(|(n, link)| {
+                let (hi, lo) = ((n / 250) as u8, (n % 250) as u8);
+                PeerNet {
+                    netns: format!("{prefix}p{n}"),
+                    wan: Ipv4Addr::new(10, 80 + hi, lo, 2),
+                    mgmt: Ipv4Addr::new(172, 16 + hi, lo, 2),
+                    link,
+                }
+            })
+            .collect();
+        let mut lab = Self {
+            namespaces: Vec::new(),
+            prefix,
+            peers,
+            edge,
+            emulator: None,
+        };
+        // From here on, a failure drops `lab`, which removes what was made.
+        lab.build()?;
+        let mut legs: HashMap<Ipv4Addr, Leg> = lab
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.wan,
+                    Leg {
+                        delay: Duration::from_secs_f64(p.link.rtt_ms / 2000.0),
+                        jitter: Duration::from_secs_f64(p.link.jitter_ms / 1000.0),
+                        loss: p.link.loss,
+                    },
+                )
+            })
+            .collect();
+        legs.insert(
+            EDGE_IP,
+            Leg {
+                delay: Duration::from_secs_f64(edge.rtt_ms / 2000.0),
+                jitter: Duration::ZERO,
+                loss: edge.loss,
+            },
+        );
+        lab.emulator = Some(emulator::spawn(
+            &lab.router(),
+            QUEUE,
+            Emulator::new(legs, seed),
+        )?);
+        tracing::info!(peers = lab.peers.len(), prefix = %lab.prefix, "netlab: ready");
+        Ok(lab)
+    }
+
+    fn router(&self) -> String {
+        format!("{}r", self.prefix)
+    }
+
+    /// The namespace the harness (origin, edge, players) runs in.
+    pub fn harness_netns(&self) -> String {
+        format!("{}e", self.prefix)
+    }
+
+    /// Where each peer runs, by slot.
+    pub fn peers(&self) -> &[PeerNet] {
+        &self.peers
+    }
+
+    /// The edge's link.
+    pub fn edge(&self) -> EdgeLink {
+        self.edge
+    }
+
+    /// The edge's address.
+    pub fn edge_ip(&self) -> IpAddr {
+        IpAddr::V4(EDGE_IP)
+    }
+
+    /// Moves the calling thread into the harness namespace.
+    pub fn enter(&self) -> Result<(), LabError> {
+        let netns = self.harness_netns();
+        enter_netns(&netns).map_err(|source| LabError::Enter { netns, source })
+    }
+
+    fn build(&mut self) -> Result<(), LabError> {
+        let router = self.router();
+        let harness = self.harness_netns();
+        let mut names = vec![router.clone(), harness.clone()];
+        names.extend(self.peers.iter().map(|p| p.netns.clone()));
+        let mut batch = String::new();
+        for n in &names {
+            let _ = writeln!(batch, "netns add {n}");
+        }
+        run("ip", &["-batch", "-"], Some(&batch))?;
+        self.namespaces = names;
+
+        let mut links = format!("link add up netns {harness} type veth peer name edge netns {router}\n");
+        for (n, p) in self.peers.iter().enumerate() {
+            let ns = &p.netns;
+            let _ = writeln!(
+                links,
+                "link add wan netns {ns} type veth peer name p{n} netns {router}"
+            );
+            let _ = writeln!(
+                links,
+                "link add mgmt netns {ns} type veth peer name m{n} netns {harness}"
+            );
+        }
+        run("ip", &["-batch", "-"], Some(&links))?;
+
+        let mut r = format!("link set lo up\nlink set edge up\naddr add {ROUTER_EDGE_IP}/24 dev edge\n");
+        let mut h = format!(
+            "link set lo up\nlink set up up\naddr add {EDGE_IP}/24 dev up\nroute add 10.64.0.0/10 via {ROUTER_EDGE_IP}\n"
+        );
+        for (n, p) in self.peers.iter().enumerate() {
+            let [_, a, b, _] = p.wan.octets();
+            let [_, c, d, _] = p.mgmt.octets();
+            let _ = writeln!(r, "link set p{n} up\naddr add 10.{a}.{b}.1/24 dev p{n}");
+            let _ = writeln!(h, "link set m{n} up\naddr add 172.{c}.{d}.1/24 dev m{n}");
+            let peer = format!(
+                "link set lo up\nlink set wan up\naddr add {}/24 dev wan\nroute add default via 10.{a}.{b}.1\nlink set mgmt up\naddr add {}/24 dev mgmt\n",
+                p.wan, p.mgmt
+            );
+            run("ip", &["-n", &p.netns, "-batch", "-"], Some(&peer))?;
+            let up = tbf(p.link.upload_kbps);
+            let mut args = vec!["-n", &p.netns, "qdisc", "replace", "dev", "wan", "root"];
+            args.extend(up.iter().map(String::as_str));
+            run("tc", &args, None)?;
+        }
+        run("ip", &["-n", &router, "-batch", "-"], Some(&r))?;
+        run("ip", &["-n", &harness, "-batch", "-"], Some(&h))?;
+
+        let mut tc_router = String::new();
+        for (n, p) in self.peers.iter().enumerate() {
+            let _ = writeln!(
+                tc_router,
+                "qdisc replace dev p{n} root {}",
+                tbf(p.link.download_kbps).join(" ")
+            );
+        }
+        run("tc", &["-n", &router, "-batch", "-"], Some(&tc_router))?;
+        let edge_cap = format!(
+            "qdisc replace dev up root {}\n",
+            tbf(self.edge.upload_kbps).join(" ")
+        );
+        run("tc", &["-n", &harness, "-batch", "-"], Some(&edge_cap))?;
+
+        run(
+            "ip",
+            &["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            None,
+        )?;
+        // Every forwarded packet goes to the emulator; none passes while
+        // it is not reading (no --queue-bypass), so a broken emulator
+        // shows as a dead network, not as a fast one.
+        run(
+            "ip",
+            &[
+                "netns", "exec", &router, "iptables", "-w", "-A", "FORWARD", "-j", "NFQUEUE",
+                "--queue-num", &QUEUE.to_string(),
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.emulator.take() {
+            e.stop();
+        }
+        remove(&self.namespaces);
+    }
+}
+
+/// `tc` arguments of a token bucket at `kbps`: a burst of 4 ms at the
+/// rate (at least two full packets) and a queue of [`QUEUE_LATENCY`].
+fn tbf(kbps: u32) -> Vec<String> {
+    let burst = (u64::from(kbps) * 1000 / 8 * 4 / 1000).max(3028);
+    [
+        "tbf".to_string(),
+        "rate".into(),
+        format!("{kbps}kbit"),
+        "burst".into(),
+        burst.to_string(),
+        "latency".into(),
+        QUEUE_LATENCY.into(),
+    ]
+    .to_vec()
+}
+
+/// Deletes namespaces; their veth pairs, addresses, routes, qdiscs and
+/// rules go with them.
+fn remove(names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let batch: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
+    // -force: go on past a name already gone.
+    if let Err(e) = run("ip", &["-force", "-batch", "-"], Some(&batch)) {
+        tracing::warn!(error = %e, "netlab: removing namespaces");
+    }
+}
+
+/// Removes the namespaces of lab runs whose process is gone.
+fn clean_stale() {
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
+    let stale: Vec<String> = dir
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| {
+            owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(count = stale.len(), "netlab: removing namespaces a killed run left");
+        remove(&stale);
+    }
+}
+
+/// The pid in a lab namespace's name (`tcl<pid>-...`).
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
+}
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<(), LabError> {
+    let command = format!("{cmd} {}", args.join(" "));
+    let failed = |stderr: String| LabError::Command {
+        command: command.clone(),
+        stderr,
+    };
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_names_carry_their_owner() {
+        assert_eq!(owner_pid("tcl1234-p7"), Some(1234));
+        assert_eq!(owner_pid("tcl1234-r"), Some(1234));
+        assert_eq!(owner_pid("other-ns"), None);
+        assert_eq!(owner_pid("tclx-r"), None);
+    }
+
+    #[test]
+    fn token_buckets_hold_two_packets_at_least() {
+        assert_eq!(tbf(1000)[4], "3028");
+        assert_eq!(tbf(100_000)[4], "50000");
+    }
+}
