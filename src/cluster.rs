@@ -13,6 +13,10 @@
 //!   address, its logs written to `<work_dir>/peer-<n>.log`; it can be
 //!   stopped politely (SIGTERM: it leaves the tree) or killed (SIGKILL).
 //!   Every child process is killed when its handle is dropped.
+//!
+//! In the network lab ([`crate::netlab`]) the same runs inside the lab's
+//! namespaces: this process in the harness namespace, each peer in its own
+//! behind its link, started with `ip netns exec`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +37,8 @@ use treecast_peer::edge_client::EdgeClient;
 use treecast_peer::proxy::Status;
 use treecast_proto::ChannelName;
 
+use crate::netlab::{dialer, PeerNet};
+
 /// The sample clip shipped in the repository (16 s, H.264 + AAC), looped by
 /// the origin.
 pub const SAMPLE: &[u8] = include_bytes!("../media/sample.ts");
@@ -50,6 +56,8 @@ pub struct ClusterConfig {
     pub origin_listen: SocketAddr,
     /// Edge HTTP address (port 0: any).
     pub edge_listen: SocketAddr,
+    /// Edge QUIC address, where its root children connect (port 0: any).
+    pub edge_quic_listen: SocketAddr,
     /// Peers the edge feeds itself.
     pub root_slots: u32,
     /// Most children of any peer.
@@ -77,6 +85,7 @@ impl ClusterConfig {
             channel: "demo".into(),
             origin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             edge_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            edge_quic_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             root_slots: 2,
             max_children: 4,
             max_depth: 12,
@@ -96,6 +105,8 @@ pub struct PeerOptions {
     pub max_upload_kbps: Option<u32>,
     /// Fault injection: corrupt every Nth segment forwarded.
     pub tamper_every: Option<u64>,
+    /// The lab namespace and link it runs behind (`None`: loopback).
+    pub net: Option<PeerNet>,
 }
 
 /// A running peer process.
@@ -121,13 +132,15 @@ impl PeerProcess {
         self.child.id()
     }
 
-    /// A client for its local proxy.
+    /// A client for its local proxy (from inside its namespace, in the lab).
     pub fn client(&self) -> EdgeClient {
-        EdgeClient::new(
-            &format!("http://{}", self.proxy)
-                .parse()
-                .unwrap_or_else(|_| http_uri_fallback()),
-        )
+        let base = format!("http://{}", self.proxy)
+            .parse()
+            .unwrap_or_else(|_| http_uri_fallback());
+        match &self.options.net {
+            Some(net) => EdgeClient::with_dialer(&base, dialer(net.netns.clone())),
+            None => EdgeClient::new(&base),
+        }
     }
 
     /// Its `/status`.
@@ -214,7 +227,7 @@ impl Cluster {
         .context("starting the origin")?;
         let edge = EdgeHandle::start(EdgeConfig {
             listen: config.edge_listen,
-            quic_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            quic_listen: config.edge_quic_listen,
             origin: format!("http://{}", origin.local_addr()),
             data_dir: config.work_dir.join("edge"),
             dashboard_token: config.dashboard_token.clone(),
@@ -357,12 +370,25 @@ async fn spawn_peer(
     let log_path = config.work_dir.join(format!("peer-{number}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = Command::new(&config.peer_exe);
+    let (mut cmd, proxy, quic) = match &options.net {
+        // `ip netns exec` enters the namespace and execs the peer: the
+        // pid is the peer's.
+        Some(net) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &net.netns]).arg(&config.peer_exe);
+            (cmd, "127.0.0.1:0".to_string(), format!("{}:0", net.wan))
+        }
+        None => (
+            Command::new(&config.peer_exe),
+            "127.0.0.1:0".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+    };
     cmd.arg("peer")
         .args(["--edge", edge_url])
         .args(["--channel", &config.channel])
-        .args(["--proxy-listen", "127.0.0.1:0"])
-        .args(["--quic-listen", "127.0.0.1:0"])
+        .args(["--proxy-listen", &proxy])
+        .args(["--quic-listen", &quic])
         .args(["--buffer-secs", &config.buffer_secs.to_string()])
         .arg("--exit-with-stdin");
     if let Some(k) = options.max_upload_kbps {

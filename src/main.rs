@@ -1,12 +1,16 @@
 //! `treecast`: run the demo, the swarm harness, or one peer.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use treecast::cluster::{current_exe, work_dir, ClusterConfig};
-use treecast::swarm::{self, SwarmConfig};
+use treecast::netlab::profile::Profile;
+use treecast::netlab::Lab;
+use treecast::rng::Rng;
+use treecast::swarm::{self, NetRun, SwarmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,6 +100,15 @@ struct SwarmArgs {
     /// Directory for state and peer logs [default: a new one under the system temp dir].
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Run every peer in its own network namespace behind an emulated link
+    /// drawn from PROFILE: a shipped profile (lan, residential,
+    /// mobile-heavy) or the path of a TOML file (docs/netlab.md). Needs
+    /// root. Without it the peers run on loopback.
+    #[arg(long, value_name = "PROFILE")]
+    net: Option<String>,
+    /// MPEG-TS file the origin loops [default: the shipped sample, 1.7 Mb/s].
+    #[arg(long, value_name = "FILE")]
+    source: Option<PathBuf>,
 }
 
 #[derive(Parser, Debug)]
@@ -136,10 +149,45 @@ fn fraction(name: &str, v: f64) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    treecast_proto::app::run_main(run(Cli::parse()))
+    let cli = Cli::parse();
+    // The lab's namespaces must exist, and this thread be inside the
+    // harness's, before the runtime starts its threads: a thread is born
+    // in the network namespace of the thread that starts it.
+    let lab = match &cli.command {
+        Command::Swarm(a) => match a.net.as_deref().map(|p| open_lab(p, a)).transpose() {
+            Ok(lab) => lab,
+            Err(e) => {
+                eprintln!("error: {}", treecast_proto::app::describe(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let net = lab.as_ref().map(|(lab, profile)| NetRun {
+        profile: profile.clone(),
+        edge: lab.edge(),
+        slots: lab.peers().to_vec(),
+    });
+    let code = treecast_proto::app::run_main(run(cli, net));
+    // After the runtime, and with it every peer process, is gone.
+    drop(lab);
+    code
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Builds the network lab for a swarm run and enters it.
+fn open_lab(profile: &str, a: &SwarmArgs) -> anyhow::Result<(Lab, String)> {
+    let profile = Profile::load(profile)?;
+    let links = profile.draw(a.peers, &mut Rng::new(a.seed ^ LINK_SEED));
+    let lab = Lab::create(profile.edge, links, a.seed)?;
+    lab.enter()?;
+    Ok((lab, profile.name))
+}
+
+/// Mixed into `--seed` for the links' draw, so links and roles are not
+/// drawn from one sequence.
+const LINK_SEED: u64 = 0x6e65_746c_6162;
+
+async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
     match cli.command {
         Command::Peer(p) => treecast_peer::cli::run(p).await,
         Command::RelayBench(a) => {
@@ -166,7 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.origin_listen = a.origin_listen;
             config.root_slots = a.root_slots;
             treecast::demo::run(config, a.peers, async {
-                let _ = tokio::signal::ctrl_c().await;
+                let _ = treecast_proto::app::shutdown_signal().await;
             })
             .await
         }
@@ -183,7 +231,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut cluster = ClusterConfig::new(dir.clone(), current_exe()?);
             cluster.root_slots = a.root_slots;
             cluster.max_children = a.max_children;
-            let report = swarm::run(SwarmConfig {
+            cluster.source = a.source;
+            if net.is_some() {
+                let edge = SocketAddr::new(treecast::netlab::EDGE_IP.into(), 0);
+                cluster.edge_listen = edge;
+                cluster.edge_quic_listen = edge;
+            }
+            let swarm = swarm::run(SwarmConfig {
                 cluster,
                 peers: a.peers,
                 duration: Duration::from_secs_f64(a.duration),
@@ -195,8 +249,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 kill_parents: a.kill_parents,
                 encoder_gap: a.encoder_gap,
                 seed: a.seed,
-            })
-            .await?;
+                net,
+            });
+            // Ctrl-C or SIGTERM: stop the peers (dropping the run kills
+            // them) and let `main` remove the lab.
+            let report = tokio::select! {
+                r = swarm => r?,
+                r = treecast_proto::app::shutdown_signal() => {
+                    r?;
+                    anyhow::bail!("interrupted; the swarm run was stopped");
+                }
+            };
             let json = serde_json::to_string_pretty(&report)?;
             if !a.json {
                 eprintln!("swarm finished; peer logs in {}", dir.display());

@@ -37,6 +37,8 @@ use treecast_peer::proxy::Status;
 use treecast_peer::shared::{Source, Verified};
 
 use crate::cluster::{Cluster, ClusterConfig, PeerOptions, PeerProcess};
+use crate::netlab::profile::EdgeLink;
+use crate::netlab::PeerNet;
 use crate::player::{play, PlayerReport};
 use crate::rng::Rng;
 
@@ -65,6 +67,20 @@ pub struct SwarmConfig {
     pub encoder_gap: Option<(Duration, Duration)>,
     /// Seed of the role and churn draws.
     pub seed: u64,
+    /// The network lab the peers run in; `None`: loopback.
+    pub net: Option<NetRun>,
+}
+
+/// The lab a run's peers sit in: one slot per peer alive, each with its
+/// namespace and link; a churn replacement takes its predecessor's slot.
+#[derive(Debug, Clone)]
+pub struct NetRun {
+    /// The profile's name.
+    pub profile: String,
+    /// The edge's link.
+    pub edge: EdgeLink,
+    /// Per slot, where its peer runs.
+    pub slots: Vec<PeerNet>,
 }
 
 /// p50, p95 and max of a set of values, and how many there were.
@@ -116,6 +132,15 @@ pub struct Report {
     pub edge_streams: f64,
     /// Share of the peers' received bytes that came from other peers.
     pub offload_ratio: f64,
+    /// Best offload any scheduler could reach with these peers' uploads
+    /// (definition in `docs/swarm.md`).
+    pub physical_limit: f64,
+    /// `offload_ratio / physical_limit`.
+    pub offload_vs_limit: f64,
+    /// Segment bytes the peers received from their parents.
+    pub bytes_from_tree: u64,
+    /// Segment bytes the peers fetched from the edge over HTTP.
+    pub bytes_from_edge_http: u64,
     /// Simulated players' stalls (their buffer ran dry).
     pub stalls: u64,
     /// Simulated players' time stalled over time watched.
@@ -170,7 +195,40 @@ pub struct Report {
     pub segments_played: u64,
     /// Played segments whose origin digest could not be read (expected 0).
     pub segments_unchecked: u64,
+    /// The network lab's links and what went over them (`--net` only).
+    pub network: Option<NetworkReport>,
 }
+
+/// The lab's links against what the peers did with them.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkReport {
+    /// The profile.
+    pub profile: String,
+    /// The edge's uplink cap, kb/s.
+    pub edge_upload_kbps: u32,
+    /// Per slot: its link and its peers' measured upload.
+    pub links: Vec<LinkReport>,
+}
+
+/// One slot's link and the upload its peers reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkReport {
+    /// Slot number.
+    pub slot: usize,
+    /// The link as drawn from the profile.
+    #[serde(flatten)]
+    pub link: crate::netlab::profile::PeerLink,
+    /// Children the slot's peers could feed at the stream's rate:
+    /// `min(max_children, floor(upload / stream))`, 0 for leaf-only.
+    pub usable_slots: u32,
+    /// Upload over the slot's peers' lifetimes, kb/s.
+    pub upload_kbps_mean: f64,
+    /// Highest upload over one status interval (about 2 s), kb/s.
+    pub upload_kbps_peak: f64,
+    /// Most children seen at once.
+    pub children_max: i64,
+}
+
 
 struct Running {
     process: PeerProcess,
@@ -191,6 +249,33 @@ struct Collected {
     kills: u64,
     kills_of_parents: u64,
     origin_digests: OriginDigests,
+    /// Per peer: upload figures from its statuses.
+    uploads: HashMap<usize, Upload>,
+    /// Per peer in the lab: its slot.
+    slot_of: HashMap<usize, usize>,
+    /// Slots whose peers are leaf only.
+    leaf_slots: std::collections::HashSet<usize>,
+}
+
+/// One peer's upload, from consecutive statuses.
+#[derive(Debug, Clone, Copy)]
+struct Upload {
+    first: (Instant, u64),
+    last: (Instant, u64),
+    peak_kbps: f64,
+    children_max: i64,
+}
+
+impl Upload {
+    fn seen(&mut self, at: Instant, bytes: u64, children: i64) {
+        let secs = at.duration_since(self.last.0).as_secs_f64();
+        if secs >= 1.0 {
+            let kbps = bytes.saturating_sub(self.last.1) as f64 * 8.0 / secs / 1000.0;
+            self.peak_kbps = self.peak_kbps.max(kbps);
+        }
+        self.last = (at, bytes);
+        self.children_max = self.children_max.max(children);
+    }
 }
 
 impl Collected {
@@ -202,6 +287,16 @@ impl Collected {
         for v in &s.recent {
             self.arrivals.insert((number, v.seq), *v);
         }
+        let now = Instant::now();
+        self.uploads
+            .entry(number)
+            .or_insert(Upload {
+                first: (now, s.bytes_uploaded),
+                last: (now, s.bytes_uploaded),
+                peak_kbps: 0.0,
+                children_max: 0,
+            })
+            .seen(now, s.bytes_uploaded, s.children);
         self.last.insert(number, s);
     }
 
@@ -241,6 +336,12 @@ async fn wrap_up(r: Running, collected: &mut Collected) -> PeerProcess {
 }
 
 async fn poll(p: &PeerProcess, collected: &mut Collected) {
+    if let Some(net) = &p.options.net {
+        collected.slot_of.insert(p.number, net.slot);
+        if p.options.max_upload_kbps == Some(0) {
+            collected.leaf_slots.insert(net.slot);
+        }
+    }
     if let Ok(s) = p.status().await {
         collected.absorb(p.number, p.options.tamper_every.is_some(), s);
     }
@@ -269,6 +370,7 @@ fn log_stalls(peer: usize, started: Instant, report: &PlayerReport) {
 }
 
 fn roles(config: &SwarmConfig, index: usize, rng: &mut Rng) -> PeerOptions {
+    let net = config.net.as_ref().and_then(|n| n.slots.get(index).cloned());
     let leaf = rng.chance(config.zero_upload_fraction);
     let tamper = rng.chance(config.corrupt_fraction) || index < config.corrupt_first;
     PeerOptions {
@@ -276,6 +378,7 @@ fn roles(config: &SwarmConfig, index: usize, rng: &mut Rng) -> PeerOptions {
         // have children.
         max_upload_kbps: (leaf && index >= config.corrupt_first).then_some(0),
         tamper_every: tamper.then_some(1),
+        net,
     }
 }
 
@@ -326,6 +429,8 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut running: Vec<Running> = Vec::new();
     let mut started = 0;
     let mut digests = OriginDigests::default();
+    // Upload caps per slot, for the physical limit: `None` is unlimited.
+    let mut caps: Vec<Option<u32>> = Vec::with_capacity(config.peers);
     for i in 0..config.peers {
         // Starting many peers takes a while: keep reading the origin's
         // digests meanwhile, so every segment played can be checked.
@@ -333,6 +438,11 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
             digests.record(&cluster).await;
         }
         let options = roles(&config, i, &mut rng);
+        caps.push(match (&options.max_upload_kbps, &options.net) {
+            (Some(0), _) => Some(0),
+            (_, Some(net)) => Some(net.link.upload_kbps),
+            (cap, None) => *cap,
+        });
         running.push(start_one(&mut cluster, options).await?);
         started += 1;
     }
@@ -436,7 +546,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
         leaving.spawn(async move { process.terminate().await });
     }
     while leaving.join_next().await.is_some() {}
-    let report = summarize(&config, collected, edge, duration, started, corrupting);
+    let report = summarize(&config, collected, edge, duration, started, corrupting, &caps);
     cluster.shutdown().await;
     Ok(report)
 }
@@ -456,6 +566,7 @@ fn summarize(
     duration: Duration,
     started: usize,
     corrupting: u64,
+    caps: &[Option<u32>],
 ) -> Report {
     let (bytes, media) = c.players.iter().fold((0u64, Duration::ZERO), |(b, m), p| {
         (b + p.bytes, m + p.media)
@@ -475,6 +586,16 @@ fn summarize(
     } else {
         (1.0 - edge.egress as f64 / received as f64).max(0.0)
     };
+    let limit = physical_limit(
+        caps,
+        stream_kbps,
+        config.cluster.max_children,
+        config.cluster.root_slots,
+    );
+    let network = config
+        .net
+        .as_ref()
+        .map(|net| network_report(net, &c, stream_kbps, config.cluster.max_children));
     let stalls = c.players.iter().map(|p| p.playback.stalls).sum();
     let rebuffer: f64 = c
         .players
@@ -530,6 +651,10 @@ fn summarize(
         edge_egress_bytes: edge.egress,
         edge_streams: ratio(edge.egress as f64, stream_bytes),
         offload_ratio: offload,
+        physical_limit: limit,
+        offload_vs_limit: ratio(offload, limit),
+        bytes_from_tree: statuses().map(|s| s.bytes_from_tree).sum(),
+        bytes_from_edge_http: statuses().map(|s| s.bytes_from_edge).sum(),
         stalls,
         rebuffer_ratio: ratio(rebuffer, watched),
         peer_inferred_stalls: inferred.0,
@@ -557,6 +682,74 @@ fn summarize(
         corrupting_peers_with_children: c.corrupting_parents.len() as u64,
         segments_played: c.players.iter().map(|p| p.segments.len() as u64).sum(),
         segments_unchecked: unchecked,
+        network,
+    }
+}
+
+/// Children a peer with upload `cap` could feed at `stream_kbps`: whole
+/// streams only, at most `max_children`; unlimited upload feeds
+/// `max_children`.
+fn usable_slots(cap: Option<u32>, stream_kbps: f64, max_children: u8) -> u32 {
+    let k = u32::from(max_children);
+    match cap {
+        None => k,
+        Some(_) if stream_kbps <= 0.0 => 0,
+        Some(c) => ((f64::from(c) / stream_kbps).floor() as u32).min(k),
+    }
+}
+
+/// The best offload any scheduler could reach: every peer but the edge's
+/// `root_slots` children fed by a peer (`1 - root_slots/N`), and no more
+/// peers fed than the peers' usable slots (`sum(usable_slots)/N`).
+pub fn physical_limit(caps: &[Option<u32>], stream_kbps: f64, max_children: u8, root_slots: u32) -> f64 {
+    let n = caps.len() as f64;
+    if n == 0.0 {
+        return 0.0;
+    }
+    let slots: u32 = caps
+        .iter()
+        .map(|&c| usable_slots(c, stream_kbps, max_children))
+        .sum();
+    (1.0 - f64::from(root_slots) / n)
+        .min(f64::from(slots) / n)
+        .max(0.0)
+}
+
+fn network_report(net: &NetRun, c: &Collected, stream_kbps: f64, max_children: u8) -> NetworkReport {
+    let links = net
+        .slots
+        .iter()
+        .map(|slot| {
+            let ups: Vec<&Upload> = c
+                .slot_of
+                .iter()
+                .filter(|(_, &s)| s == slot.slot)
+                .filter_map(|(n, _)| c.uploads.get(n))
+                .collect();
+            let (bytes, secs) = ups.iter().fold((0u64, 0f64), |(b, t), u| {
+                (
+                    b + u.last.1.saturating_sub(u.first.1),
+                    t + u.last.0.duration_since(u.first.0).as_secs_f64(),
+                )
+            });
+            LinkReport {
+                slot: slot.slot,
+                link: slot.link.clone(),
+                usable_slots: if c.leaf_slots.contains(&slot.slot) {
+                    0
+                } else {
+                    usable_slots(Some(slot.link.upload_kbps), stream_kbps, max_children)
+                },
+                upload_kbps_mean: ratio(bytes as f64 * 8.0 / 1000.0, secs),
+                upload_kbps_peak: ups.iter().map(|u| u.peak_kbps).fold(0.0, f64::max),
+                children_max: ups.iter().map(|u| u.children_max).max().unwrap_or(0),
+            }
+        })
+        .collect();
+    NetworkReport {
+        profile: net.profile.clone(),
+        edge_upload_kbps: net.edge.upload_kbps,
+        links,
     }
 }
 

@@ -108,12 +108,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         peer.proxy_addr(),
         peer.quic_addr()
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let watch_stdin = cli.exit_with_stdin;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
+        r = treecast_proto::app::shutdown_signal() => r.context("waiting for Ctrl-C or SIGTERM")?,
         _ = stdin_closed(), if watch_stdin => eprintln!("standard input closed"),
     }
     eprintln!("leaving the tree");

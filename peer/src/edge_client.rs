@@ -3,6 +3,11 @@
 //! size-limited and time-limited; nothing the edge sends is trusted beyond
 //! what the caller verifies.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +15,8 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 use treecast_proto::app::error_chain;
 
 /// Why a request to the edge failed. All are worth retrying later.
@@ -41,22 +47,91 @@ pub enum EdgeError {
     Json(String),
 }
 
+/// Opens a TCP connection to an address: how a client reaches a server
+/// that is not in this process's network namespace (the harness's players
+/// reach their peer's proxy that way, [`EdgeClient::with_dialer`]).
+pub type Dial = Arc<
+    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The client's connector: the system's, or a [`Dial`].
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    dial: Option<Dial>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("dial", &self.dial.is_some())
+            .finish()
+    }
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let Some(dial) = self.dial.clone() else {
+            let connecting = self.http.call(uri);
+            return Box::pin(async move { connecting.await.map_err(Into::into) });
+        };
+        Box::pin(async move {
+            // Dialers are for numeric addresses (no DNS in another namespace).
+            let addr: SocketAddr = uri
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| format!("{uri}: a dialer needs an IP address and port"))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial(addr))
+                .await
+                .map_err(|_| format!("connecting to {addr} timed out"))??;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A client for one edge.
 #[derive(Debug, Clone)]
 pub struct EdgeClient {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
 }
 
 impl EdgeClient {
     /// A client for the edge at `base` (`http://host:port`).
     pub fn new(base: &Uri) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
+        Self::build(base, None)
+    }
+
+    /// A client for `base` whose connections `dial` opens.
+    pub fn with_dialer(base: &Uri, dial: Dial) -> Self {
+        Self::build(base, Some(dial))
+    }
+
+    fn build(base: &Uri, dial: Option<Dial>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
         Self {
             base: base.to_string().trim_end_matches('/').to_owned(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(Connector { http, dial }),
         }
     }
 

@@ -32,6 +32,16 @@ pub fn run_main(main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
+/// Resolves at the first Ctrl-C (SIGINT) or SIGTERM: the two ways an
+/// operator, a service manager or a script asks a process to stop.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
@@ -90,7 +100,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The error and those of its causes that its message does not already
 /// include (our error messages often quote their cause).
-fn describe(e: &anyhow::Error) -> String {
+pub fn describe(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = cause.to_string();

@@ -12,8 +12,10 @@
 //!
 //! A link's `rtt_ms` is its round trip to the core: a packet from peer A
 //! to peer B waits `rtt_A/2 + rtt_B/2` plus each link's jitter (uniform in
-//! `[0, jitter]`, which reorders packets as real paths do), and survives
-//! each link's loss independently. Bandwidth is not emulated here: the
+//! `[0, jitter]`), and survives each link's loss independently. Jitter
+//! keeps a path's packets in order (a queue's delay varies, its order does
+//! not) except for a link's `reorder` share of packets, which take their
+//! own jittered time and may overtake. Bandwidth is not emulated here: the
 //! veth pairs' `tc` qdiscs cap it, in the kernel, with real queues.
 
 use std::cmp::Ordering;
@@ -35,6 +37,9 @@ pub struct Leg {
     pub jitter: Duration,
     /// Probability a packet is lost on this link.
     pub loss: f64,
+    /// Probability a packet's jitter may overtake the packets sent before
+    /// it; otherwise a path keeps its packets in order, as queues do.
+    pub reorder: f64,
 }
 
 /// What happens to a packet.
@@ -52,6 +57,8 @@ pub enum Decision {
 pub struct Emulator {
     legs: HashMap<Ipv4Addr, Leg>,
     rng: Rng,
+    /// Per path, the latest release time so far (keeps paths in order).
+    last: HashMap<(Ipv4Addr, Ipv4Addr), Instant>,
     /// Packets seen, dropped, and not IPv4 (released at once).
     pub counts: Counts,
 }
@@ -65,6 +72,8 @@ pub struct Counts {
     pub dropped: u64,
     /// Of those, not IPv4 or between addresses of no link.
     pub passed: u64,
+    /// Of those, released before a packet sent earlier on their path.
+    pub reordered: u64,
 }
 
 impl Emulator {
@@ -73,6 +82,7 @@ impl Emulator {
         Self {
             legs,
             rng: Rng::new(seed),
+            last: HashMap::new(),
             counts: Counts::default(),
         }
     }
@@ -87,6 +97,7 @@ impl Emulator {
         };
         let mut at = now;
         let mut any = false;
+        let mut may_reorder = false;
         for leg in [self.legs.get(&src), self.legs.get(&dst)]
             .into_iter()
             .flatten()
@@ -97,9 +108,18 @@ impl Emulator {
                 return Decision::Drop;
             }
             at += leg.delay + leg.jitter.mul_f64(self.rng.unit());
+            may_reorder |= leg.reorder > 0.0 && self.rng.chance(leg.reorder);
         }
         if !any {
             self.counts.passed += 1;
+            return Decision::Release(at);
+        }
+        let last = self.last.entry((src, dst)).or_insert(at);
+        if may_reorder {
+            self.counts.reordered += u64::from(at < *last);
+        } else {
+            at = at.max(*last);
+            *last = at;
         }
         Decision::Release(at)
     }
@@ -352,6 +372,7 @@ fn drive(q: &mut nfq::Queue, emulator: &mut Emulator, stop: &AtomicBool) {
     tracing::info!(
         packets = emulator.counts.packets,
         dropped = emulator.counts.dropped,
+        reordered = emulator.counts.reordered,
         peak_held = peak,
         "netlab: emulator stopped"
     );
@@ -378,6 +399,7 @@ mod tests {
             delay: Duration::from_millis(ms),
             jitter: Duration::ZERO,
             loss,
+            reorder: 0.0,
         }
     }
 
@@ -417,27 +439,39 @@ mod tests {
         assert!((800..1200).contains(&lost), "{lost} of 50000 at 2%");
     }
 
-    #[test]
-    fn jitter_reorders_within_its_bound() {
+    fn jittered(reorder: f64) -> Vec<Instant> {
         let a = Ipv4Addr::new(10, 80, 0, 2);
-        let jittery = Leg {
+        let leg = Leg {
             delay: Duration::from_millis(20),
             jitter: Duration::from_millis(5),
             loss: 0.0,
+            reorder,
         };
-        let mut e = Emulator::new(HashMap::from([(a, jittery)]), 9);
+        let mut e = Emulator::new(HashMap::from([(a, leg)]), 9);
         let now = Instant::now();
-        let times: Vec<Instant> = (0..200)
+        (0..200)
             .map(
                 |_| match e.handle_packet(now, &header(a.octets(), [1, 1, 1, 1])) {
                     Decision::Release(at) => at,
                     Decision::Drop => unreachable!("no loss"),
                 },
             )
-            .collect();
-        assert!(times.iter().all(|&t| t >= now + Duration::from_millis(20)
-            && t <= now + Duration::from_millis(25)));
-        assert!(times.windows(2).any(|w| w[1] < w[0]), "some reordering");
+            .collect()
+    }
+
+    #[test]
+    fn jitter_keeps_a_path_in_order_unless_told_to_reorder() {
+        let now = Instant::now();
+        let within = |t: &Instant| {
+            *t >= now + Duration::from_millis(20) && *t <= now + Duration::from_millis(26)
+        };
+        let ordered = jittered(0.0);
+        assert!(ordered.iter().all(within));
+        assert!(ordered.windows(2).all(|w| w[1] >= w[0]), "in order");
+        assert!(ordered.windows(2).any(|w| w[1] > w[0]), "but jittered");
+        let reordered = jittered(0.2);
+        assert!(reordered.iter().all(within));
+        assert!(reordered.windows(2).any(|w| w[1] < w[0]), "some overtake");
     }
 
     #[test]

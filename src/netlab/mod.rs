@@ -4,9 +4,9 @@
 //! ```text
 //!   harness ns (-e)                 router ns (-r)              peer ns (-pN)
 //!   origin 127.0.0.1  ─┐
-//!   edge 10.77.0.1 [up]═════════[edge] NFQUEUE  [pN]═══════════[wan] 10.X.Y.2
+//!   edge 10.77.0.1 [uplink]══════[edge] NFQUEUE  [pN]═══════════[wan] 10.X.Y.2
 //!    tbf: edge upload         delay/loss here   tbf: N's download   tbf: N's upload
-//!   players, /status [mN]══════════════════════════════════════[mgmt] 172.X.Y.2 (proxy)
+//!   players, /status ─── connect from inside the peer's namespace ──▶ 127.0.0.1 (proxy)
 //! ```
 //!
 //! - [`profile`]: the TOML profiles and the links drawn from them;
@@ -19,11 +19,12 @@
 //!
 //! The harness process itself moves into the harness namespace before its
 //! runtime starts (so the origin, the edge and every client of theirs
-//! live there, and the machine's own namespace is not touched). The
-//! players reach their peer's proxy over a separate uncapped link, as a
-//! browser reaches a proxy on its own machine; everything a peer sends to
-//! the edge or another peer crosses its capped, delayed link and the
-//! router.
+//! live there, and the machine's own namespace is not touched). A player
+//! reaches its peer's proxy on the loopback of the peer's namespace, as a
+//! browser reaches the proxy on its own machine: [`dialer`] opens the
+//! connection from a thread inside that namespace. Everything a peer
+//! sends to the edge or another peer crosses its capped, delayed link and
+//! the router.
 
 pub mod emulator;
 pub mod profile;
@@ -34,16 +35,18 @@ use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use emulator::{Emulator, EmulatorHandle, Leg};
+use treecast_peer::edge_client::Dial;
 use profile::{EdgeLink, PeerLink};
 
 /// The edge's address, inside the harness namespace.
 pub const EDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const ROUTER_EDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-/// Peers one lab can hold (the address plan's size).
-pub const MAX_PEERS: usize = 4000;
+/// Peers one lab can hold (the address plan: 10.80.0.0 to 10.127.249.0).
+pub const MAX_PEERS: usize = 48 * 250;
 const NETNS_DIR: &str = "/run/netns";
 const PREFIX: &str = "tcl";
 /// Netfilter queue the router's packets go through.
@@ -93,12 +96,12 @@ pub enum LabError {
 /// Where one peer runs in the lab.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerNet {
+    /// Its slot: the peer it hosts, and after churn that peer's replacement.
+    pub slot: usize,
     /// Its network namespace.
     pub netns: String,
     /// Its address on its capped link (QUIC, and the edge's view of it).
     pub wan: Ipv4Addr,
-    /// Its address on the harness's uncapped link (the local proxy).
-    pub mgmt: Ipv4Addr,
     /// Its link.
     pub link: PeerLink,
 }
@@ -111,6 +114,32 @@ pub struct Lab {
     peers: Vec<PeerNet>,
     edge: EdgeLink,
     emulator: Option<EmulatorHandle>,
+}
+
+/// A [`Dial`] that connects from inside the network namespace `netns`:
+/// each connection is opened by a short-lived thread that enters it (the
+/// socket stays in that namespace; the thread's move does not outlive it).
+pub fn dialer(netns: String) -> Dial {
+    Arc::new(move |addr| {
+        let netns = netns.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("netlab-dial".into())
+                .spawn(move || {
+                    let connected = enter_netns(&netns)
+                        .and_then(|()| {
+                            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                        })
+                        .and_then(|s| s.set_nonblocking(true).map(|()| s));
+                    let _ = tx.send(connected);
+                })?;
+            let stream = rx
+                .await
+                .map_err(|_| std::io::Error::other("the dialing thread ended"))??;
+            tokio::net::TcpStream::from_std(stream)
+        })
+    })
 }
 
 /// Moves the calling thread into the network namespace `name` (threads it
@@ -144,9 +173,9 @@ impl Lab {
             .map(|(n, link)| {
                 let (hi, lo) = ((n / 250) as u8, (n % 250) as u8);
                 PeerNet {
+                    slot: n,
                     netns: format!("{prefix}p{n}"),
                     wan: Ipv4Addr::new(10, 80 + hi, lo, 2),
-                    mgmt: Ipv4Addr::new(172, 16 + hi, lo, 2),
                     link,
                 }
             })
@@ -170,6 +199,7 @@ impl Lab {
                         delay: Duration::from_secs_f64(p.link.rtt_ms / 2000.0),
                         jitter: Duration::from_secs_f64(p.link.jitter_ms / 1000.0),
                         loss: p.link.loss,
+                        reorder: p.link.reorder,
                     },
                 )
             })
@@ -180,6 +210,7 @@ impl Lab {
                 delay: Duration::from_secs_f64(edge.rtt_ms / 2000.0),
                 jitter: Duration::ZERO,
                 loss: edge.loss,
+                reorder: 0.0,
             },
         );
         lab.emulator = Some(emulator::spawn(
@@ -233,32 +264,26 @@ impl Lab {
         run("ip", &["-batch", "-"], Some(&batch))?;
         self.namespaces = names;
 
-        let mut links = format!("link add up netns {harness} type veth peer name edge netns {router}\n");
+        let mut links = format!("link add uplink netns {harness} type veth peer name edge netns {router}\n");
         for (n, p) in self.peers.iter().enumerate() {
             let ns = &p.netns;
             let _ = writeln!(
                 links,
                 "link add wan netns {ns} type veth peer name p{n} netns {router}"
             );
-            let _ = writeln!(
-                links,
-                "link add mgmt netns {ns} type veth peer name m{n} netns {harness}"
-            );
         }
         run("ip", &["-batch", "-"], Some(&links))?;
 
-        let mut r = format!("link set lo up\nlink set edge up\naddr add {ROUTER_EDGE_IP}/24 dev edge\n");
-        let mut h = format!(
-            "link set lo up\nlink set up up\naddr add {EDGE_IP}/24 dev up\nroute add 10.64.0.0/10 via {ROUTER_EDGE_IP}\n"
+        let mut r = format!("link set dev lo up\nlink set dev edge up\naddr add {ROUTER_EDGE_IP}/24 dev edge\n");
+        let h = format!(
+            "link set dev lo up\nlink set dev uplink up\naddr add {EDGE_IP}/24 dev uplink\nroute add 10.64.0.0/10 via {ROUTER_EDGE_IP}\n"
         );
         for (n, p) in self.peers.iter().enumerate() {
             let [_, a, b, _] = p.wan.octets();
-            let [_, c, d, _] = p.mgmt.octets();
-            let _ = writeln!(r, "link set p{n} up\naddr add 10.{a}.{b}.1/24 dev p{n}");
-            let _ = writeln!(h, "link set m{n} up\naddr add 172.{c}.{d}.1/24 dev m{n}");
+            let _ = writeln!(r, "link set dev p{n} up\naddr add 10.{a}.{b}.1/24 dev p{n}");
             let peer = format!(
-                "link set lo up\nlink set wan up\naddr add {}/24 dev wan\nroute add default via 10.{a}.{b}.1\nlink set mgmt up\naddr add {}/24 dev mgmt\n",
-                p.wan, p.mgmt
+                "link set dev lo up\nlink set dev wan up\naddr add {}/24 dev wan\nroute add default via 10.{a}.{b}.1\n",
+                p.wan
             );
             run("ip", &["-n", &p.netns, "-batch", "-"], Some(&peer))?;
             let up = tbf(p.link.upload_kbps);
@@ -279,7 +304,7 @@ impl Lab {
         }
         run("tc", &["-n", &router, "-batch", "-"], Some(&tc_router))?;
         let edge_cap = format!(
-            "qdisc replace dev up root {}\n",
+            "qdisc replace dev uplink root {}\n",
             tbf(self.edge.upload_kbps).join(" ")
         );
         run("tc", &["-n", &harness, "-batch", "-"], Some(&edge_cap))?;

@@ -119,6 +119,7 @@ struct RawClass {
     rtt_ms: Spanned<Draw>,
     loss: Option<Spanned<Draw>>,
     jitter_ms: Option<Spanned<Draw>>,
+    reorder: Option<Spanned<Draw>>,
 }
 
 /// The edge's link.
@@ -144,6 +145,7 @@ pub struct Class {
     rtt_ms: Draw,
     loss: Draw,
     jitter_ms: Draw,
+    reorder: Draw,
 }
 
 /// A parsed, checked profile.
@@ -172,8 +174,10 @@ pub struct PeerLink {
     pub rtt_ms: f64,
     /// Random loss on each direction.
     pub loss: f64,
-    /// Extra delay per packet, uniform in `[0, jitter_ms]` (reorders).
+    /// Extra delay per packet, uniform in `[0, jitter_ms]`.
     pub jitter_ms: f64,
+    /// Share of packets whose jitter may overtake earlier ones.
+    pub reorder: f64,
 }
 
 impl Profile {
@@ -250,6 +254,9 @@ impl Profile {
             if let Some(j) = &c.jitter_ms {
                 check.draw("jitter_ms", j, |k, s, v| check.delay(k, s, v, MAX_RTT_MS))?;
             }
+            if let Some(r) = &c.reorder {
+                check.draw("reorder", r, |k, s, v| check.loss(k, s, v))?;
+            }
             classes.push(Class {
                 name: c.name.clone().unwrap_or_else(|| format!("class{}", i + 1)),
                 share,
@@ -258,6 +265,7 @@ impl Profile {
                 rtt_ms: *c.rtt_ms.get_ref(),
                 loss: c.loss.as_ref().map_or(zero, |l| *l.get_ref()),
                 jitter_ms: c.jitter_ms.as_ref().map_or(zero, |j| *j.get_ref()),
+                reorder: c.reorder.as_ref().map_or(zero, |r| *r.get_ref()),
             });
         }
         if (total - 1.0).abs() > 1e-6 {
@@ -301,6 +309,7 @@ impl Profile {
                     rtt_ms: c.rtt_ms.draw(rng),
                     loss: c.loss.draw(rng),
                     jitter_ms: c.jitter_ms.draw(rng),
+                    reorder: c.reorder.draw(rng),
                 });
             }
         }
@@ -384,7 +393,7 @@ impl Checker<'_> {
             return Err(self.invalid(
                 key,
                 span,
-                format!("is a fraction of packets lost, from 0 up to 0.5, got {v}"),
+                format!("is a fraction of packets, from 0 up to 0.5, got {v}"),
             ));
         }
         Ok(v)
