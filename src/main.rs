@@ -165,6 +165,7 @@ fn main() -> ExitCode {
     };
     let net = lab.as_ref().map(|(lab, profile)| NetRun {
         profile: profile.clone(),
+        router: lab.router(),
         edge: lab.edge(),
         slots: lab.peers().to_vec(),
     });

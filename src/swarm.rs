@@ -38,7 +38,7 @@ use treecast_peer::shared::{Source, Verified};
 
 use crate::cluster::{Cluster, ClusterConfig, PeerOptions, PeerProcess};
 use crate::netlab::profile::EdgeLink;
-use crate::netlab::PeerNet;
+use crate::netlab::{link_counters, LinkCounters, PeerNet};
 use crate::player::{play, PlayerReport};
 use crate::rng::Rng;
 
@@ -77,6 +77,8 @@ pub struct SwarmConfig {
 pub struct NetRun {
     /// The profile's name.
     pub profile: String,
+    /// The router's namespace (its qdiscs count the peers' downloads).
+    pub router: String,
     /// The edge's link.
     pub edge: EdgeLink,
     /// Per slot, where its peer runs.
@@ -221,10 +223,17 @@ pub struct LinkReport {
     /// Children the slot's peers could feed at the stream's rate:
     /// `min(max_children, floor(upload / stream))`, 0 for leaf-only.
     pub usable_slots: u32,
-    /// Upload over the slot's peers' lifetimes, kb/s.
-    pub upload_kbps_mean: f64,
-    /// Highest upload over one status interval (about 2 s), kb/s.
-    pub upload_kbps_peak: f64,
+    /// Upload on the wire over the run (the link's qdisc's count: media,
+    /// QUIC and HTTP overhead, acknowledgements), kb/s.
+    pub upload_kbps_measured: f64,
+    /// Download on the wire over the run, kb/s.
+    pub download_kbps_measured: f64,
+    /// Packets the link's queues dropped (up, down): saturation.
+    pub drops: (u64, u64),
+    /// Segment bytes the slot's peers wrote to their children, over the
+    /// run, kb/s (what the peers count; more than the wire carried when
+    /// children stopped streams they had from elsewhere).
+    pub upload_kbps_to_children: f64,
     /// Most children seen at once.
     pub children_max: i64,
 }
@@ -262,17 +271,11 @@ struct Collected {
 struct Upload {
     first: (Instant, u64),
     last: (Instant, u64),
-    peak_kbps: f64,
     children_max: i64,
 }
 
 impl Upload {
     fn seen(&mut self, at: Instant, bytes: u64, children: i64) {
-        let secs = at.duration_since(self.last.0).as_secs_f64();
-        if secs >= 1.0 {
-            let kbps = bytes.saturating_sub(self.last.1) as f64 * 8.0 / secs / 1000.0;
-            self.peak_kbps = self.peak_kbps.max(kbps);
-        }
         self.last = (at, bytes);
         self.children_max = self.children_max.max(children);
     }
@@ -293,7 +296,6 @@ impl Collected {
             .or_insert(Upload {
                 first: (now, s.bytes_uploaded),
                 last: (now, s.bytes_uploaded),
-                peak_kbps: 0.0,
                 children_max: 0,
             })
             .seen(now, s.bytes_uploaded, s.children);
@@ -419,12 +421,22 @@ async fn edge_counters(cluster: &Cluster) -> anyhow::Result<EdgeCounters> {
     })
 }
 
+async fn read_links(net: Option<&NetRun>) -> Vec<LinkCounters> {
+    let Some(net) = net.cloned() else {
+        return Vec::new();
+    };
+    tokio::task::spawn_blocking(move || link_counters(&net.router, &net.slots))
+        .await
+        .unwrap_or_default()
+}
+
 /// Runs the swarm and reports.
 pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut rng = Rng::new(config.seed);
     let mut cluster = Cluster::start(config.cluster.clone()).await?;
     cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
     let edge_before = edge_counters(&cluster).await?;
+    let links_before = read_links(config.net.as_ref()).await;
     let t0 = Instant::now();
     let mut running: Vec<Running> = Vec::new();
     let mut started = 0;
@@ -532,6 +544,12 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     }
     let duration = t0.elapsed();
     let edge = edge_counters(&cluster).await?.since(edge_before);
+    let links: Vec<LinkCounters> = read_links(config.net.as_ref())
+        .await
+        .into_iter()
+        .zip(links_before.iter().copied().chain(std::iter::repeat(LinkCounters::default())))
+        .map(|(after, before)| after.since(before))
+        .collect();
     // Stop every player at once, before any peer: players left running
     // while others are shut down would play past the run, beyond the
     // digests read.
@@ -546,7 +564,9 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
         leaving.spawn(async move { process.terminate().await });
     }
     while leaving.join_next().await.is_some() {}
-    let report = summarize(&config, collected, edge, duration, started, corrupting, &caps);
+    let report = summarize(
+        &config, collected, edge, duration, started, corrupting, &caps, &links,
+    );
     cluster.shutdown().await;
     Ok(report)
 }
@@ -567,6 +587,7 @@ fn summarize(
     started: usize,
     corrupting: u64,
     caps: &[Option<u32>],
+    links: &[LinkCounters],
 ) -> Report {
     let (bytes, media) = c.players.iter().fold((0u64, Duration::ZERO), |(b, m), p| {
         (b + p.bytes, m + p.media)
@@ -595,7 +616,7 @@ fn summarize(
     let network = config
         .net
         .as_ref()
-        .map(|net| network_report(net, &c, stream_kbps, config.cluster.max_children));
+        .map(|net| network_report(net, &c, links, duration, stream_kbps, config.cluster.max_children));
     let stalls = c.players.iter().map(|p| p.playback.stalls).sum();
     let rebuffer: f64 = c
         .players
@@ -715,7 +736,16 @@ pub fn physical_limit(caps: &[Option<u32>], stream_kbps: f64, max_children: u8, 
         .max(0.0)
 }
 
-fn network_report(net: &NetRun, c: &Collected, stream_kbps: f64, max_children: u8) -> NetworkReport {
+fn network_report(
+    net: &NetRun,
+    c: &Collected,
+    wire: &[LinkCounters],
+    duration: Duration,
+    stream_kbps: f64,
+    max_children: u8,
+) -> NetworkReport {
+    let secs = duration.as_secs_f64();
+    let kbps = |bytes: u64| ratio(bytes as f64 * 8.0 / 1000.0, secs);
     let links = net
         .slots
         .iter()
@@ -726,12 +756,8 @@ fn network_report(net: &NetRun, c: &Collected, stream_kbps: f64, max_children: u
                 .filter(|(_, &s)| s == slot.slot)
                 .filter_map(|(n, _)| c.uploads.get(n))
                 .collect();
-            let (bytes, secs) = ups.iter().fold((0u64, 0f64), |(b, t), u| {
-                (
-                    b + u.last.1.saturating_sub(u.first.1),
-                    t + u.last.0.duration_since(u.first.0).as_secs_f64(),
-                )
-            });
+            let to_children: u64 = ups.iter().map(|u| u.last.1.saturating_sub(u.first.1)).sum();
+            let w = wire.get(slot.slot).copied().unwrap_or_default();
             LinkReport {
                 slot: slot.slot,
                 link: slot.link.clone(),
@@ -740,8 +766,10 @@ fn network_report(net: &NetRun, c: &Collected, stream_kbps: f64, max_children: u
                 } else {
                     usable_slots(Some(slot.link.upload_kbps), stream_kbps, max_children)
                 },
-                upload_kbps_mean: ratio(bytes as f64 * 8.0 / 1000.0, secs),
-                upload_kbps_peak: ups.iter().map(|u| u.peak_kbps).fold(0.0, f64::max),
+                upload_kbps_measured: kbps(w.up_bytes),
+                download_kbps_measured: kbps(w.down_bytes),
+                drops: (w.up_drops, w.down_drops),
+                upload_kbps_to_children: kbps(to_children),
                 children_max: ups.iter().map(|u| u.children_max).max().unwrap_or(0),
             }
         })

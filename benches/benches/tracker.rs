@@ -77,6 +77,7 @@ fn fill(n: usize) -> (Tracker, Vec<PeerId>, Instant) {
                     *id,
                     Heartbeat {
                         bytes_from_parent: 250_000,
+                        bytes_from_edge: 0,
                     },
                     now,
                 );
@@ -122,6 +123,7 @@ fn bench(c: &mut Criterion) {
                         *id,
                         Heartbeat {
                             bytes_from_parent: 250_000,
+                        bytes_from_edge: 0,
                         },
                         at,
                     ));

@@ -222,7 +222,8 @@ impl Lab {
         Ok(lab)
     }
 
-    fn router(&self) -> String {
+    /// The router's namespace.
+    pub fn router(&self) -> String {
         format!("{}r", self.prefix)
     }
 
@@ -336,6 +337,68 @@ impl Drop for Lab {
         }
         remove(&self.namespaces);
     }
+}
+
+/// What the kernel counted on a peer's link: bytes the qdiscs sent
+/// (upload on the peer's side, download on the router's) and packets they
+/// dropped (the link's queue overflowed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkCounters {
+    /// Bytes sent up.
+    pub up_bytes: u64,
+    /// Packets dropped going up.
+    pub up_drops: u64,
+    /// Bytes sent down.
+    pub down_bytes: u64,
+    /// Packets dropped going down.
+    pub down_drops: u64,
+}
+
+impl LinkCounters {
+    /// The growth since `before`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            up_bytes: self.up_bytes.saturating_sub(before.up_bytes),
+            up_drops: self.up_drops.saturating_sub(before.up_drops),
+            down_bytes: self.down_bytes.saturating_sub(before.down_bytes),
+            down_drops: self.down_drops.saturating_sub(before.down_drops),
+        }
+    }
+}
+
+/// Reads every peer's link counters (`tc -s -j`), by slot; a link whose
+/// counters cannot be read counts zero.
+pub fn link_counters(router: &str, peers: &[PeerNet]) -> Vec<LinkCounters> {
+    let read = |ns: &str, dev: Option<&str>| -> Vec<serde_json::Value> {
+        let mut args = vec!["-n", ns, "-s", "-j", "qdisc", "show"];
+        if let Some(d) = dev {
+            args.extend(["dev", d]);
+        }
+        Command::new("tc")
+            .args(&args)
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or_default()
+    };
+    let field = |q: &serde_json::Value, k: &str| q.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let down = read(router, None);
+    peers
+        .iter()
+        .map(|p| {
+            let up = read(&p.netns, Some("wan"));
+            let dev = format!("p{}", p.slot);
+            let d = down
+                .iter()
+                .find(|q| q.get("dev").and_then(|v| v.as_str()) == Some(dev.as_str()));
+            LinkCounters {
+                up_bytes: up.first().map_or(0, |q| field(q, "bytes")),
+                up_drops: up.first().map_or(0, |q| field(q, "drops")),
+                down_bytes: d.map_or(0, |q| field(q, "bytes")),
+                down_drops: d.map_or(0, |q| field(q, "drops")),
+            }
+        })
+        .collect()
 }
 
 /// `tc` arguments of a token bucket at `kbps`: a burst of 4 ms at the

@@ -136,6 +136,9 @@ pub struct Assignment {
 pub struct Heartbeat {
     /// Bytes received from its parent since the last heartbeat.
     pub bytes_from_parent: u64,
+    /// Bytes it fetched from the edge since the last heartbeat because the
+    /// tree was late: what its parent failed to deliver.
+    pub bytes_from_edge: u64,
 }
 
 /// What a peer reports about its parent.
@@ -200,8 +203,15 @@ struct Peer {
     last_seen: Instant,
     cap_kbps: Option<u32>,
     credit_bytes: u64,
+    /// Bytes its children had to take from the edge in the window.
+    credit_missed: u64,
+    /// Its own reception in the window: (from its parent, from the edge).
+    own: (u64, u64),
     credit_since: Instant,
     measured_kbps: u32,
+    /// Children it has shown it can feed; `None` until a window with
+    /// children is measured (then probation slots apply).
+    earned: Option<usize>,
     /// When its backup was last chosen or checked.
     backup_checked: Instant,
     /// Generation of the backup's slot when it was chosen (a slot reused
@@ -210,6 +220,17 @@ struct Peer {
     /// Peers naming this one as their backup.
     backers: u32,
 }
+
+/// Share of its children's bytes a parent must deliver itself (the rest
+/// they took from the edge) to earn another slot.
+const DELIVERED: f64 = 0.97;
+/// Share of a parent's own bytes that must come from its parent for its
+/// children's misses to count against its upload.
+const FED_WELL: f64 = 0.95;
+
+/// Children a peer must have earned to trade places with a weak peer
+/// nearer the root.
+const LIFT_EARNED: usize = 2;
 
 /// Most peers one peer stands in for as backup: each keeps a warm QUIC
 /// connection to it, and a peer's connections are capped (children come
@@ -371,8 +392,11 @@ impl Tracker {
             last_seen: now,
             cap_kbps: req.max_upload_kbps,
             credit_bytes: 0,
+            credit_missed: 0,
+            own: (0, 0),
             credit_since: now,
             measured_kbps: 0,
+            earned: None,
             backup_checked: now,
             backup_generation: 0,
             backers: 0,
@@ -426,17 +450,25 @@ impl Tracker {
         let parent = {
             let p = &mut self.peers[i as usize];
             p.last_seen = now;
+            p.own.0 += hb.bytes_from_parent;
+            p.own.1 += hb.bytes_from_edge;
             p.parent
         };
         if parent != ROOT && parent != NONE {
             let window = self.config.upload_window;
             let par = &mut self.peers[parent as usize];
             par.credit_bytes += hb.bytes_from_parent;
+            par.credit_missed += hb.bytes_from_edge;
             let elapsed = now.saturating_duration_since(par.credit_since);
             if elapsed >= window {
                 par.measured_kbps =
                     (par.credit_bytes * 8 / elapsed.as_millis().max(1) as u64) as u32;
+                self.earn(parent);
+                self.lift(parent);
+                let par = &mut self.peers[parent as usize];
                 par.credit_bytes = 0;
+                par.credit_missed = 0;
+                par.own = (0, 0);
                 par.credit_since = now;
                 self.mark_open(parent);
                 self.shed_excess(parent, now);
@@ -570,6 +602,76 @@ impl Tracker {
         self.events.pop_front()
     }
 
+    /// At the end of a measured window: a parent whose children got
+    /// (nearly) everything from it earns one slot more than it fills (to
+    /// probe for more); one whose children had to take a real share from
+    /// the edge while it itself was fed well is saturated, and keeps only
+    /// the children its measured upload carries, fewer than it has.
+    fn earn(&mut self, i: u32) {
+        let stream = u64::from(self.config.stream_kbps.max(1));
+        let p = &mut self.peers[i as usize];
+        let children = p.children.len();
+        let got = p.credit_bytes + p.credit_missed;
+        if children == 0 || got == 0 {
+            return;
+        }
+        let delivered = p.credit_bytes as f64 / got as f64;
+        let own_total = p.own.0 + p.own.1;
+        let fed_well = own_total == 0 || p.own.0 as f64 / own_total as f64 >= FED_WELL;
+        let earned = p.earned.unwrap_or(children);
+        p.earned = Some(if delivered >= DELIVERED {
+            if children >= earned {
+                children + 1
+            } else {
+                earned
+            }
+        } else if fed_well {
+            let proven = (u64::from(p.measured_kbps) / stream) as usize;
+            proven.min(children - 1)
+        } else {
+            // Its children miss what it missed itself: not its upload.
+            earned
+        });
+    }
+
+    /// Moves a proven feeder `f` towards the root: if a peer near the top
+    /// (depth 1 or 2, shallower than `f`) has shown it can feed no one and
+    /// has no children, the two trade places (`f` with its subtree). Only
+    /// the top two levels are searched: they are few, and they are where
+    /// a weak peer costs the most.
+    fn lift(&mut self, f: u32) {
+        let fp = &self.peers[f as usize];
+        if fp.earned.unwrap_or(0) < LIFT_EARNED || fp.parent == NONE || fp.depth <= 1 {
+            return;
+        }
+        let depth = fp.depth;
+        let weak = |t: &Self, w: u32| {
+            let p = &t.peers[w as usize];
+            p.live && p.children.is_empty() && p.earned == Some(0) && p.depth < depth && w != f
+        };
+        let mut candidates = self.root_children.clone();
+        for &c in &self.root_children {
+            candidates.extend(self.peers[c as usize].children.iter().copied());
+        }
+        let Some(w) = candidates.into_iter().find(|&w| weak(self, w)) else {
+            return;
+        };
+        let (fparent, wparent) = (self.peers[f as usize].parent, self.peers[w as usize].parent);
+        if self.is_in_subtree(wparent, f) {
+            return;
+        }
+        self.detach(f);
+        self.detach(w);
+        self.attach(f, wparent);
+        self.attach(w, fparent);
+        for moved in [f, w] {
+            let b = self.find_backup(moved);
+            self.set_backup(moved, b);
+            self.events
+                .push_back(TrackerEvent::Moved(self.assignment_of(moved)));
+        }
+    }
+
     fn slots(&self, i: u32) -> usize {
         if i == ROOT {
             return self.config.root_slots as usize;
@@ -578,12 +680,11 @@ impl Tracker {
         if p.leaf_only || !p.promoted {
             return 0;
         }
-        let stream = self.config.stream_kbps.max(1);
-        // What children measured, plus one slot to probe for more: a parent
-        // that fills it and delivers earns the next at the next window.
-        let proven = (p.measured_kbps / stream) as usize;
-        let mut slots = (proven + 1).max(usize::from(self.config.probation_slots));
+        let mut slots = p
+            .earned
+            .unwrap_or(usize::from(self.config.probation_slots));
         if let Some(cap) = p.cap_kbps {
+            let stream = self.config.stream_kbps.max(1);
             slots = slots.min((cap / stream) as usize);
         }
         slots.min(usize::from(self.config.max_children))
@@ -1066,7 +1167,7 @@ mod tests {
                         prop_assert!(t.assignment(id).is_err(), "a peer that left is gone");
                     }
                     Op::Heartbeat(k, bytes) if !ids.is_empty() => {
-                        let _ = t.handle_heartbeat(ids[k % ids.len()], Heartbeat { bytes_from_parent: bytes }, now);
+                        let _ = t.handle_heartbeat(ids[k % ids.len()], Heartbeat { bytes_from_parent: bytes, bytes_from_edge: if k % 3 == 0 { bytes } else { 0 } }, now);
                     }
                     Op::Report(k, corrupt) if !ids.is_empty() => {
                         let id = ids[k % ids.len()];
@@ -1133,6 +1234,77 @@ mod tests {
             .expect("e");
         assert!(e.parent.is_some());
         t.check_invariants().expect("invariants");
+    }
+
+    /// One second of heartbeats: each peer in `weak_parents`' subtree
+    /// gets `share` of a 1000 kb/s stream from its parent and the rest
+    /// from the edge; everyone else gets it all from the tree.
+    fn second(t: &mut Tracker, now: &mut Instant, all: &[PeerId], weak: &[PeerId], share: f64) {
+        *now += Duration::from_secs(1);
+        for &p in all {
+            let a = t.assignment(p).expect("alive");
+            let under_weak = matches!(a.parent, Some(Node::Peer(q)) if weak.contains(&q));
+            let from_tree = if under_weak { (125_000.0 * share) as u64 } else { 125_000 };
+            let hb = Heartbeat {
+                bytes_from_parent: from_tree,
+                bytes_from_edge: 125_000 - from_tree,
+            };
+            t.handle_heartbeat(p, hb, *now).expect("alive");
+        }
+        t.handle_timeout(*now);
+    }
+
+    #[test]
+    fn a_saturated_parent_sheds_and_a_proven_feeder_trades_places_with_it() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            max_children: 4,
+            probation_slots: 2,
+            ..config()
+        });
+        let join = |t: &mut Tracker, now| t.handle_join(JoinRequest::default(), now).expect("placed").id;
+        let weak = join(&mut t, now);
+        let strong = join(&mut t, now);
+        let mut all = vec![weak, strong];
+        // Both at the root get children on probation.
+        for _ in 0..4 {
+            all.push(join(&mut t, now));
+        }
+        let under = |t: &Tracker, p: PeerId| {
+            all.iter()
+                .filter(|&&c| t.assignment(c).expect("alive").parent == Some(Node::Peer(p)))
+                .count()
+        };
+        assert_eq!(under(&t, weak), 2);
+        // The weak parent delivers a tenth of the stream; a window later it
+        // has no children and earns no slot.
+        for _ in 0..3 {
+            second(&mut t, &mut now, &all, &[weak], 0.1);
+        }
+        assert_eq!(under(&t, weak), 0, "the saturated parent shed its children");
+        assert_eq!(t.peers[weak.index() as usize].earned, Some(0));
+        t.check_invariants().expect("invariants");
+        // The strong side delivers everything: its subtree grows, and a
+        // feeder below it that has earned two children trades places with
+        // the weak peer at the root.
+        for _ in 0..20 {
+            second(&mut t, &mut now, &all, &[weak], 0.1);
+            t.check_invariants().expect("invariants");
+        }
+        let depth = |t: &Tracker, p| t.assignment(p).expect("alive").depth;
+        assert!(depth(&t, weak) > 1, "the weak peer left the root");
+        let roots: Vec<PeerId> = all
+            .iter()
+            .copied()
+            .filter(|&p| depth(&t, p) == 1)
+            .collect();
+        assert_eq!(roots.len(), 2);
+        assert!(roots.iter().all(|&r| under(&t, r) >= 1), "both root slots feed peers");
+        let moved = std::iter::from_fn(|| t.poll_event())
+            .filter(|e| matches!(e, TrackerEvent::Moved(a) if a.id == weak))
+            .count();
+        assert!(moved >= 1, "the weak peer was told of its move");
     }
 
     #[test]

@@ -375,6 +375,7 @@ impl TrackerService {
                         PeerId(req.peer_id),
                         core::Heartbeat {
                             bytes_from_parent: req.bytes_from_parent,
+                            bytes_from_edge: req.bytes_from_edge,
                         },
                         now,
                     )
