@@ -375,7 +375,8 @@ async fn spawn_peer(
         // pid is the peer's.
         Some(net) => {
             let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &net.netns]).arg(&config.peer_exe);
+            cmd.args(["netns", "exec", &net.netns])
+                .arg(&config.peer_exe);
             (cmd, "127.0.0.1:0".to_string(), format!("{}:0", net.wan))
         }
         None => (

@@ -91,9 +91,14 @@ struct SwarmArgs {
     /// Most children of any peer.
     #[arg(long, default_value_t = 4)]
     max_children: u8,
-    /// Seed for roles and churn.
+    /// Seed for roles, churn and the lab's links.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds after the last peer started before the measured window
+    /// opens (egress, offload and fallbacks count after it; stalls from
+    /// each player's start).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    warmup: f64,
     /// Print only the JSON report.
     #[arg(long)]
     json: bool,
@@ -250,6 +255,7 @@ async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
                 kill_parents: a.kill_parents,
                 encoder_gap: a.encoder_gap,
                 seed: a.seed,
+                warmup: Duration::from_secs_f64(a.warmup.max(0.0)),
                 net,
             });
             // Ctrl-C or SIGTERM: stop the peers (dropping the run kills

@@ -67,6 +67,10 @@ pub struct SwarmConfig {
     pub encoder_gap: Option<(Duration, Duration)>,
     /// Seed of the role and churn draws.
     pub seed: u64,
+    /// Time after the last peer started before the measured window opens:
+    /// egress, offload and fallbacks count only after it (stalls count
+    /// from each player's start).
+    pub warmup: Duration,
     /// The network lab the peers run in; `None`: loopback.
     pub net: Option<NetRun>,
 }
@@ -124,8 +128,10 @@ impl Percentiles {
 pub struct Report {
     /// Peers alive at any time.
     pub peers: usize,
-    /// Measured duration, seconds.
+    /// Measured duration, seconds (after the warm-up).
     pub duration_s: f64,
+    /// Warm-up before the measured window, seconds.
+    pub warmup_s: f64,
     /// Stream bitrate, kb/s (from the segments the players fetched).
     pub stream_kbps: f64,
     /// Bytes the edge sent (tree pushes and HTTP) during the run.
@@ -238,7 +244,6 @@ pub struct LinkReport {
     pub children_max: i64,
 }
 
-
 struct Running {
     process: PeerProcess,
     stop: watch::Sender<bool>,
@@ -264,6 +269,13 @@ struct Collected {
     slot_of: HashMap<usize, usize>,
     /// Slots whose peers are leaf only.
     leaf_slots: std::collections::HashSet<usize>,
+    /// Per peer, (tree bytes, edge bytes, fallbacks) when the measured
+    /// window opened after a warm-up.
+    baseline: HashMap<usize, (u64, u64, u64)>,
+    /// Per slot, the upload cap (`None`: unlimited), for the physical limit.
+    caps: Vec<Option<u32>>,
+    /// Per slot in the lab, what its link carried in the measured window.
+    wire: Vec<LinkCounters>,
 }
 
 /// One peer's upload, from consecutive statuses.
@@ -372,7 +384,10 @@ fn log_stalls(peer: usize, started: Instant, report: &PlayerReport) {
 }
 
 fn roles(config: &SwarmConfig, index: usize, rng: &mut Rng) -> PeerOptions {
-    let net = config.net.as_ref().and_then(|n| n.slots.get(index).cloned());
+    let net = config
+        .net
+        .as_ref()
+        .and_then(|n| n.slots.get(index).cloned());
     let leaf = rng.chance(config.zero_upload_fraction);
     let tamper = rng.chance(config.corrupt_fraction) || index < config.corrupt_first;
     PeerOptions {
@@ -435,9 +450,9 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut rng = Rng::new(config.seed);
     let mut cluster = Cluster::start(config.cluster.clone()).await?;
     cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
-    let edge_before = edge_counters(&cluster).await?;
-    let links_before = read_links(config.net.as_ref()).await;
-    let t0 = Instant::now();
+    let mut edge_before = edge_counters(&cluster).await?;
+    let mut links_before = read_links(config.net.as_ref()).await;
+    let mut t0 = Instant::now();
     let mut running: Vec<Running> = Vec::new();
     let mut started = 0;
     let mut digests = OriginDigests::default();
@@ -461,6 +476,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     info!(peers = config.peers, "all peers started");
     let mut collected = Collected {
         origin_digests: digests,
+        caps,
         ..Collected::default()
     };
     let churn_every = (config.churn_per_minute > 0.0 && config.peers > 0)
@@ -468,7 +484,8 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     // Churn starts once every peer is up.
     let mut next_churn = churn_every.map(|d| Instant::now() + d);
     let mut next_poll = t0;
-    let end = t0 + config.duration;
+    let mut warm_at = (!config.warmup.is_zero()).then(|| Instant::now() + config.warmup);
+    let mut end = warm_at.unwrap_or(t0) + config.duration;
     let mut gap = config
         .encoder_gap
         .map(|(at, len)| (t0 + at, t0 + at + len, false));
@@ -478,6 +495,23 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
         .count() as u64;
     while Instant::now() < end {
         let now = Instant::now();
+        if warm_at.is_some_and(|at| now >= at) {
+            // The measured window opens: counters start from here.
+            for r in &running {
+                poll(&r.process, &mut collected).await;
+            }
+            collected.baseline = collected
+                .last
+                .iter()
+                .map(|(&n, s)| (n, (s.bytes_from_tree, s.bytes_from_edge, s.fallbacks)))
+                .collect();
+            edge_before = edge_counters(&cluster).await?;
+            links_before = read_links(config.net.as_ref()).await;
+            t0 = Instant::now();
+            end = t0 + config.duration;
+            warm_at = None;
+            info!("warm-up over: measuring");
+        }
         if let Some((stop_at, start_at, stopped)) = gap {
             if now >= start_at {
                 info!("encoder gap over: starting the encoder again");
@@ -535,7 +569,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
                 }
             },
         );
-        let wake = [Some(next_poll), next_churn, gap_wake, Some(end)]
+        let wake = [Some(next_poll), next_churn, gap_wake, warm_at, Some(end)]
             .into_iter()
             .flatten()
             .min()
@@ -544,10 +578,15 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     }
     let duration = t0.elapsed();
     let edge = edge_counters(&cluster).await?.since(edge_before);
-    let links: Vec<LinkCounters> = read_links(config.net.as_ref())
+    collected.wire = read_links(config.net.as_ref())
         .await
         .into_iter()
-        .zip(links_before.iter().copied().chain(std::iter::repeat(LinkCounters::default())))
+        .zip(
+            links_before
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(LinkCounters::default())),
+        )
         .map(|(after, before)| after.since(before))
         .collect();
     // Stop every player at once, before any peer: players left running
@@ -564,9 +603,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
         leaving.spawn(async move { process.terminate().await });
     }
     while leaving.join_next().await.is_some() {}
-    let report = summarize(
-        &config, collected, edge, duration, started, corrupting, &caps, &links,
-    );
+    let report = summarize(&config, collected, edge, duration, started, corrupting);
     cluster.shutdown().await;
     Ok(report)
 }
@@ -586,8 +623,6 @@ fn summarize(
     duration: Duration,
     started: usize,
     corrupting: u64,
-    caps: &[Option<u32>],
-    links: &[LinkCounters],
 ) -> Report {
     let (bytes, media) = c.players.iter().fold((0u64, Duration::ZERO), |(b, m), p| {
         (b + p.bytes, m + p.media)
@@ -599,16 +634,25 @@ fn summarize(
     };
     let stream_bytes = stream_kbps * 1000.0 / 8.0 * duration.as_secs_f64();
     let statuses = || c.last.values();
-    let received: u64 = statuses()
-        .map(|s| s.bytes_from_tree + s.bytes_from_edge)
-        .sum();
+    // Per peer, what it received and fetched in the measured window.
+    let measured = || {
+        c.last.iter().map(|(n, s)| {
+            let (t, e, f) = c.baseline.get(n).copied().unwrap_or_default();
+            (
+                s.bytes_from_tree.saturating_sub(t),
+                s.bytes_from_edge.saturating_sub(e),
+                s.fallbacks.saturating_sub(f),
+            )
+        })
+    };
+    let received: u64 = measured().map(|(t, e, _)| t + e).sum();
     let offload = if received == 0 {
         0.0
     } else {
         (1.0 - edge.egress as f64 / received as f64).max(0.0)
     };
     let limit = physical_limit(
-        caps,
+        &c.caps,
         stream_kbps,
         config.cluster.max_children,
         config.cluster.root_slots,
@@ -616,7 +660,7 @@ fn summarize(
     let network = config
         .net
         .as_ref()
-        .map(|net| network_report(net, &c, links, duration, stream_kbps, config.cluster.max_children));
+        .map(|net| network_report(net, &c, duration, stream_kbps, config.cluster.max_children));
     let stalls = c.players.iter().map(|p| p.playback.stalls).sum();
     let rebuffer: f64 = c
         .players
@@ -668,20 +712,21 @@ fn summarize(
     Report {
         peers: config.peers,
         duration_s: duration.as_secs_f64(),
+        warmup_s: config.warmup.as_secs_f64(),
         stream_kbps,
         edge_egress_bytes: edge.egress,
         edge_streams: ratio(edge.egress as f64, stream_bytes),
         offload_ratio: offload,
         physical_limit: limit,
         offload_vs_limit: ratio(offload, limit),
-        bytes_from_tree: statuses().map(|s| s.bytes_from_tree).sum(),
-        bytes_from_edge_http: statuses().map(|s| s.bytes_from_edge).sum(),
+        bytes_from_tree: measured().map(|(t, _, _)| t).sum(),
+        bytes_from_edge_http: measured().map(|(_, e, _)| e).sum(),
         stalls,
         rebuffer_ratio: ratio(rebuffer, watched),
         peer_inferred_stalls: inferred.0,
         peer_inferred_stall_s: inferred.1 as f64 / 1000.0,
         peer_inferred_rebuffer_ratio: ratio(inferred.1 as f64, inferred.2 as f64),
-        fallbacks: statuses().map(|s| s.fallbacks).sum(),
+        fallbacks: measured().map(|(_, _, f)| f).sum(),
         corrupt_detected: statuses().map(|s| s.corrupt).sum(),
         corrupt_served,
         evictions_corrupt: edge.evicted_corrupt,
@@ -722,7 +767,12 @@ fn usable_slots(cap: Option<u32>, stream_kbps: f64, max_children: u8) -> u32 {
 /// The best offload any scheduler could reach: every peer but the edge's
 /// `root_slots` children fed by a peer (`1 - root_slots/N`), and no more
 /// peers fed than the peers' usable slots (`sum(usable_slots)/N`).
-pub fn physical_limit(caps: &[Option<u32>], stream_kbps: f64, max_children: u8, root_slots: u32) -> f64 {
+pub fn physical_limit(
+    caps: &[Option<u32>],
+    stream_kbps: f64,
+    max_children: u8,
+    root_slots: u32,
+) -> f64 {
     let n = caps.len() as f64;
     if n == 0.0 {
         return 0.0;
@@ -739,7 +789,6 @@ pub fn physical_limit(caps: &[Option<u32>], stream_kbps: f64, max_children: u8, 
 fn network_report(
     net: &NetRun,
     c: &Collected,
-    wire: &[LinkCounters],
     duration: Duration,
     stream_kbps: f64,
     max_children: u8,
@@ -757,7 +806,7 @@ fn network_report(
                 .filter_map(|(n, _)| c.uploads.get(n))
                 .collect();
             let to_children: u64 = ups.iter().map(|u| u.last.1.saturating_sub(u.first.1)).sum();
-            let w = wire.get(slot.slot).copied().unwrap_or_default();
+            let w = c.wire.get(slot.slot).copied().unwrap_or_default();
             LinkReport {
                 slot: slot.slot,
                 link: slot.link.clone(),

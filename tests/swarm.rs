@@ -23,6 +23,8 @@ fn config(dir: &std::path::Path, peers: usize, seconds: u64) -> SwarmConfig {
         kill_parents: false,
         encoder_gap: None,
         seed: 7,
+        warmup: Duration::ZERO,
+        net: None,
     }
 }
 

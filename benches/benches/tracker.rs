@@ -123,7 +123,7 @@ fn bench(c: &mut Criterion) {
                         *id,
                         Heartbeat {
                             bytes_from_parent: 250_000,
-                        bytes_from_edge: 0,
+                            bytes_from_edge: 0,
                         },
                         at,
                     ));

@@ -210,7 +210,9 @@ impl Shared {
         signature: &[u8],
         source: Source,
     ) -> Result<bool, VerifyError> {
-        let result = self.store().handle_segment(seq, bytes, signature);
+        let result = self
+            .store()
+            .handle_segment(seq, bytes, signature, source == Source::Tree);
         match &result {
             Ok(Some(origin_ms)) => {
                 self.metrics

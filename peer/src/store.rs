@@ -104,6 +104,9 @@ pub struct Store {
     verified: BTreeMap<u64, Bytes>,
     fetching: BTreeSet<u64>,
     window: Option<ProxyWindow>,
+    /// The newest segment verified came from the edge: the tree is failing
+    /// now, so the next is fetched as soon as it is listed.
+    tree_late: bool,
 }
 
 /// Segments kept beyond the local playlist, for children that join late.
@@ -121,6 +124,7 @@ impl Store {
             verified: BTreeMap::new(),
             fetching: BTreeSet::new(),
             window: None,
+            tree_late: false,
         }
     }
 
@@ -175,11 +179,15 @@ impl Store {
     /// Verifies a segment against the origin's signature document and keeps
     /// it. `Ok(Some(t))`: newly verified, complete at the origin at `t`
     /// (Unix milliseconds, signed); `Ok(None)`: it was already there.
+    /// `from_tree` says where it came from: while the newest verified
+    /// segment came from the edge, [`poll_fallback`](Self::poll_fallback)
+    /// gives the tree no grace.
     pub fn handle_segment(
         &mut self,
         seq: u64,
         bytes: Bytes,
         signature: &[u8],
+        from_tree: bool,
     ) -> Result<Option<u64>, VerifyError> {
         if self.verified.contains_key(&seq) {
             return Ok(None);
@@ -188,6 +196,13 @@ impl Store {
         self.key
             .verify_segment(&signed, &self.channel, seq, &bytes)?;
         self.fetching.remove(&seq);
+        if self
+            .verified
+            .last_key_value()
+            .is_none_or(|(&last, _)| seq > last)
+        {
+            self.tree_late = !from_tree;
+        }
         self.verified.insert(seq, bytes);
         self.prune();
         Ok(Some(signed.record.completed_ms))
@@ -216,7 +231,8 @@ impl Store {
     }
 
     /// The next segment to fetch from the edge: listed live for longer than
-    /// the grace period, needed by the local playlist, neither verified nor
+    /// the grace period (none while the tree is late), needed by the local
+    /// playlist, neither verified nor
     /// being fetched. The caller must report the fetch's end with
     /// [`fallback_done`](Self::fallback_done).
     pub fn poll_fallback(&mut self, now: Instant) -> Option<u64> {
@@ -225,13 +241,18 @@ impl Store {
             Some(w) => w.last + 1,
             None => self.listable_end()?,
         };
+        let grace = if self.tree_late {
+            Duration::ZERO
+        } else {
+            self.config.grace
+        };
         let seq = (start..=live_last).find(|seq| {
             !self.verified.contains_key(seq)
                 && !self.fetching.contains(seq)
                 && self
                     .metas
                     .get(seq)
-                    .is_some_and(|m| now.saturating_duration_since(m.seen) >= self.config.grace)
+                    .is_some_and(|m| now.saturating_duration_since(m.seen) >= grace)
         })?;
         self.fetching.insert(seq);
         Some(seq)
@@ -447,7 +468,7 @@ mod tests {
 
     fn deliver(s: &mut Store, seq: u64) {
         let (b, sig) = segment(seq);
-        s.handle_segment(seq, b, &sig).expect("verifies");
+        s.handle_segment(seq, b, &sig, true).expect("verifies");
     }
 
     fn parse(text: &str) -> MediaPlaylist {
@@ -543,20 +564,20 @@ mod tests {
         let mut bad = b.to_vec();
         bad[10] ^= 1;
         assert_eq!(
-            s.handle_segment(3, bad.into(), &sig),
+            s.handle_segment(3, bad.into(), &sig, true),
             Err(VerifyError::DigestMismatch)
         );
         assert!(matches!(
-            s.handle_segment(3, b.slice(..100), &sig),
+            s.handle_segment(3, b.slice(..100), &sig, true),
             Err(VerifyError::LengthMismatch { .. })
         ));
         assert!(matches!(
-            s.handle_segment(2, b.clone(), &sig),
+            s.handle_segment(2, b.clone(), &sig, true),
             Err(VerifyError::WrongSequence { .. })
         ));
         assert!(s.segment(3).is_none());
-        assert_eq!(s.handle_segment(3, b.clone(), &sig), Ok(Some(3_000)));
-        assert_eq!(s.handle_segment(3, b, &sig), Ok(None));
+        assert_eq!(s.handle_segment(3, b.clone(), &sig, true), Ok(Some(3_000)));
+        assert_eq!(s.handle_segment(3, b, &sig, true), Ok(None));
     }
 
     #[test]
@@ -575,6 +596,31 @@ mod tests {
         deliver(&mut s, 5);
         s.refresh();
         assert_eq!(s.window().expect("window").last, 5);
+    }
+
+    #[test]
+    fn while_the_tree_is_late_the_edge_is_asked_at_once() {
+        let mut s = store(2);
+        let t0 = Instant::now();
+        s.handle_playlist(&live(1, 5, &[]), t0).expect("playlist");
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(s.poll_fallback(later), Some(4));
+        // 4 came from the edge: the tree is late, 6 is asked for as soon
+        // as it is listed.
+        let (b, sig) = segment(4);
+        s.handle_segment(4, b, &sig, false).expect("verifies");
+        s.fallback_done(4);
+        s.handle_playlist(&live(1, 6, &[]), later)
+            .expect("playlist");
+        assert_eq!(s.poll_fallback(later), Some(5));
+        assert_eq!(s.poll_fallback(later), Some(6));
+        // The tree delivers 6 first: the grace is back for 7.
+        let (b, sig) = segment(6);
+        s.handle_segment(6, b, &sig, true).expect("verifies");
+        s.handle_playlist(&live(1, 7, &[]), later)
+            .expect("playlist");
+        assert_eq!(s.poll_fallback(later), None);
+        assert_eq!(s.poll_fallback(later + Duration::from_secs(1)), Some(7));
     }
 
     #[test]

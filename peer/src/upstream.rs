@@ -28,17 +28,26 @@ use tracing::{debug, info, warn};
 use treecast_proto::quic::{client_config, parse_fingerprint, SERVER_NAME};
 use treecast_proto::tracker::{NodeInfo, ReportKind};
 use treecast_proto::tree::{
-    encode, frame_name, read_frame, TreeError, TreeSegment, CONTROL_PRIORITY,
+    encode, frame_name, read_frame, TreeError, TreeSegment, CONTROL_PRIORITY, RECENT,
 };
 use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 use treecast_proto::GrowingBody;
 
 use crate::shared::{ParentLink, Shared, Source};
 
-/// Segment streams one parent may have open to this peer at once.
-const MAX_INFLIGHT: usize = 6;
-/// Longest a connection attempt or `Hello` may take.
+/// Segment streams one parent may have open to this peer at once: a
+/// joining child's backfill (the parent's recent segments) and, on a slow
+/// link, the live segments that start while that backfill is still going;
+/// beyond that a parent is misbehaving.
+const MAX_INFLIGHT: usize = 2 * RECENT + 2;
+/// Longest a QUIC handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest the parent may take to answer `Hello` once connected. More than
+/// the handshake: a parent busy feeding other children over a small
+/// uplink queues this child's first packets behind their data, and loses
+/// some there (measured in the network lab: `Welcome` took over 2 s behind
+/// two children's backfill on a 17 Mb/s uplink).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A parent that failed is not tried again for this long.
 const FAILED_COOLDOWN: Duration = Duration::from_secs(10);
 
@@ -263,7 +272,7 @@ impl Manager {
             ticket: node.ticket.clone(),
             next_seq: self.shared.store().next_wanted(),
         };
-        let (control, control_rx, decoder) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let (control, control_rx, decoder) = tokio::time::timeout(HELLO_TIMEOUT, async {
             let (mut tx, mut rx) = conn.open_bi().await?;
             let _ = tx.set_priority(CONTROL_PRIORITY);
             tx.write_all(&encode(&hello)).await?;

@@ -40,10 +40,10 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONTROL_PRIORITY: i32 = 10;
 
 /// Recent segments a parent keeps for a child that just connected: the one
-/// being cut and the four before it, so a new or switching child can fill
+/// being cut and the three before it, so a new or switching child can fill
 /// its player's buffer (the local playlist's first segments) from the tree
 /// instead of the edge.
-const RECENT: usize = 5;
+pub const RECENT: usize = 4;
 
 /// One segment on its way down the tree.
 #[derive(Debug)]
@@ -508,20 +508,20 @@ mod tests {
     #[test]
     fn feed_keeps_the_latest_attempt_of_the_last_few_segments() {
         let feed = Feed::new();
-        for s in 1..=5 {
+        for s in 1..=4 {
             feed.publish(seg(s));
         }
-        let retry = seg(5);
+        let retry = seg(4);
         feed.publish(retry.clone());
         let recent: Vec<u64> = feed.recent().iter().map(|s| s.seq).collect();
-        let retry_at = recent.len() - 1;
-        assert_eq!(recent, vec![1, 2, 3, 4, 5]);
-        for s in 6..=8 {
+        assert_eq!(recent, vec![1, 2, 3, 4]);
+        assert!(Arc::ptr_eq(&feed.recent()[3], &retry));
+        for s in 5..=6 {
             feed.publish(seg(s));
         }
         let recent: Vec<u64> = feed.recent().iter().map(|s| s.seq).collect();
-        assert_eq!(recent, vec![4, 5, 6, 7, 8]);
-        assert!(Arc::ptr_eq(&feed.recent()[retry_at - 3], &retry));
+        assert_eq!(recent, vec![3, 4, 5, 6]);
+        assert!(Arc::ptr_eq(&feed.recent()[1], &retry));
         assert!(feed.set_playlist(Bytes::from_static(b"a")));
         assert!(!feed.set_playlist(Bytes::from_static(b"a")));
     }

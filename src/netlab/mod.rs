@@ -39,8 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emulator::{Emulator, EmulatorHandle, Leg};
-use treecast_peer::edge_client::Dial;
 use profile::{EdgeLink, PeerLink};
+use treecast_peer::edge_client::Dial;
 
 /// The edge's address, inside the harness namespace.
 pub const EDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -157,7 +157,11 @@ impl Lab {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(LabError::NotRoot);
         }
-        for (tool, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("iptables", "iptables")] {
+        for (tool, package) in [
+            ("ip", "iproute2"),
+            ("tc", "iproute2"),
+            ("iptables", "iptables"),
+        ] {
             if Command::new(tool).arg("-V").output().is_err() {
                 return Err(LabError::MissingTool { tool, package });
             }
@@ -265,7 +269,8 @@ impl Lab {
         run("ip", &["-batch", "-"], Some(&batch))?;
         self.namespaces = names;
 
-        let mut links = format!("link add uplink netns {harness} type veth peer name edge netns {router}\n");
+        let mut links =
+            format!("link add uplink netns {harness} type veth peer name edge netns {router}\n");
         for (n, p) in self.peers.iter().enumerate() {
             let ns = &p.netns;
             let _ = writeln!(
@@ -275,7 +280,9 @@ impl Lab {
         }
         run("ip", &["-batch", "-"], Some(&links))?;
 
-        let mut r = format!("link set dev lo up\nlink set dev edge up\naddr add {ROUTER_EDGE_IP}/24 dev edge\n");
+        let mut r = format!(
+            "link set dev lo up\nlink set dev edge up\naddr add {ROUTER_EDGE_IP}/24 dev edge\n"
+        );
         let h = format!(
             "link set dev lo up\nlink set dev uplink up\naddr add {EDGE_IP}/24 dev uplink\nroute add 10.64.0.0/10 via {ROUTER_EDGE_IP}\n"
         );
@@ -312,7 +319,14 @@ impl Lab {
 
         run(
             "ip",
-            &["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            &[
+                "netns",
+                "exec",
+                &router,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
             None,
         )?;
         // Every forwarded packet goes to the emulator; none passes while
@@ -321,8 +335,17 @@ impl Lab {
         run(
             "ip",
             &[
-                "netns", "exec", &router, "iptables", "-w", "-A", "FORWARD", "-j", "NFQUEUE",
-                "--queue-num", &QUEUE.to_string(),
+                "netns",
+                "exec",
+                &router,
+                "iptables",
+                "-w",
+                "-A",
+                "FORWARD",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &QUEUE.to_string(),
             ],
             None,
         )?;
@@ -442,7 +465,10 @@ fn clean_stale() {
         })
         .collect();
     if !stale.is_empty() {
-        tracing::info!(count = stale.len(), "netlab: removing namespaces a killed run left");
+        tracing::info!(
+            count = stale.len(),
+            "netlab: removing namespaces a killed run left"
+        );
         remove(&stale);
     }
 }
@@ -475,7 +501,9 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<(), LabError> {
         pipe.write_all(text.as_bytes())
             .map_err(|e| failed(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
         return Err(failed(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),

@@ -18,8 +18,14 @@ use crate::rng::Rng;
 /// The profiles shipped in `profiles/`, by name.
 pub const SHIPPED: &[(&str, &str)] = &[
     ("lan", include_str!("../../profiles/lan.toml")),
-    ("residential", include_str!("../../profiles/residential.toml")),
-    ("mobile-heavy", include_str!("../../profiles/mobile-heavy.toml")),
+    (
+        "residential",
+        include_str!("../../profiles/residential.toml"),
+    ),
+    (
+        "mobile-heavy",
+        include_str!("../../profiles/mobile-heavy.toml"),
+    ),
 ];
 
 /// Fastest link a profile may give, Mb/s (the veth pairs and `tc` go
@@ -465,7 +471,10 @@ mod tests {
         let e = refused(&format!("{CLASS}loss = 0.9\n"));
         assert!(e.contains("`loss`") && e.contains("line 6"), "{e}");
         let e = refused(&format!("[edge]\nupload_mbps = -1\n{CLASS}"));
-        assert!(e.contains("`edge.upload_mbps`") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("`edge.upload_mbps`") && e.contains("line 2"),
+            "{e}"
+        );
         let e = refused(&CLASS.replace("share = 1", "share = 0.5"));
         assert!(e.contains("add up to 0.5"), "{e}");
         let e = refused("description = \"x\"\n");

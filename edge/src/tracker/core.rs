@@ -680,9 +680,7 @@ impl Tracker {
         if p.leaf_only || !p.promoted {
             return 0;
         }
-        let mut slots = p
-            .earned
-            .unwrap_or(usize::from(self.config.probation_slots));
+        let mut slots = p.earned.unwrap_or(usize::from(self.config.probation_slots));
         if let Some(cap) = p.cap_kbps {
             let stream = self.config.stream_kbps.max(1);
             slots = slots.min((cap / stream) as usize);
@@ -1244,7 +1242,11 @@ mod tests {
         for &p in all {
             let a = t.assignment(p).expect("alive");
             let under_weak = matches!(a.parent, Some(Node::Peer(q)) if weak.contains(&q));
-            let from_tree = if under_weak { (125_000.0 * share) as u64 } else { 125_000 };
+            let from_tree = if under_weak {
+                (125_000.0 * share) as u64
+            } else {
+                125_000
+            };
             let hb = Heartbeat {
                 bytes_from_parent: from_tree,
                 bytes_from_edge: 125_000 - from_tree,
@@ -1263,7 +1265,11 @@ mod tests {
             probation_slots: 2,
             ..config()
         });
-        let join = |t: &mut Tracker, now| t.handle_join(JoinRequest::default(), now).expect("placed").id;
+        let join = |t: &mut Tracker, now| {
+            t.handle_join(JoinRequest::default(), now)
+                .expect("placed")
+                .id
+        };
         let weak = join(&mut t, now);
         let strong = join(&mut t, now);
         let mut all = vec![weak, strong];
@@ -1294,13 +1300,12 @@ mod tests {
         }
         let depth = |t: &Tracker, p| t.assignment(p).expect("alive").depth;
         assert!(depth(&t, weak) > 1, "the weak peer left the root");
-        let roots: Vec<PeerId> = all
-            .iter()
-            .copied()
-            .filter(|&p| depth(&t, p) == 1)
-            .collect();
+        let roots: Vec<PeerId> = all.iter().copied().filter(|&p| depth(&t, p) == 1).collect();
         assert_eq!(roots.len(), 2);
-        assert!(roots.iter().all(|&r| under(&t, r) >= 1), "both root slots feed peers");
+        assert!(
+            roots.iter().all(|&r| under(&t, r) >= 1),
+            "both root slots feed peers"
+        );
         let moved = std::iter::from_fn(|| t.poll_event())
             .filter(|e| matches!(e, TrackerEvent::Moved(a) if a.id == weak))
             .count();
