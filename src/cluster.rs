@@ -43,6 +43,9 @@ use crate::netlab::{dialer, PeerNet};
 /// the origin.
 pub const SAMPLE: &[u8] = include_bytes!("../media/sample.ts");
 
+/// The shipped sample's bitrate on the wire (3,485,144 bytes in 16 s).
+pub const SAMPLE_KBPS: u32 = 1_750;
+
 /// How the network is set up.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -74,6 +77,9 @@ pub struct ClusterConfig {
     pub dashboard_token: Option<String>,
     /// Price of 1 GB of edge egress, for the dashboard's savings.
     pub price_per_gb: Option<f64>,
+    /// The stream's bitrate as the tracker counts slots (one child per
+    /// this much upload a parent delivers).
+    pub stream_kbps: u32,
 }
 
 impl ClusterConfig {
@@ -94,6 +100,7 @@ impl ClusterConfig {
             source: None,
             dashboard_token: None,
             price_per_gb: None,
+            stream_kbps: SAMPLE_KBPS,
         }
     }
 }
@@ -237,6 +244,7 @@ impl Cluster {
                 max_children: config.max_children,
                 max_depth: config.max_depth,
                 promote_after_secs: config.promote_after_secs,
+                stream_kbps: config.stream_kbps,
                 // Every peer here is 127.0.0.1.
                 rate_per_sec: 1e6,
                 ..TrackerSection::default()

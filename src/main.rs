@@ -111,9 +111,14 @@ struct SwarmArgs {
     /// root. Without it the peers run on loopback.
     #[arg(long, value_name = "PROFILE")]
     net: Option<String>,
-    /// MPEG-TS file the origin loops [default: the shipped sample, 1.7 Mb/s].
+    /// MPEG-TS file the origin loops [default: the shipped sample, 1.75 Mb/s].
     #[arg(long, value_name = "FILE")]
     source: Option<PathBuf>,
+    /// The stream's bitrate, kb/s, for the tracker's slots (one child per
+    /// this much upload delivered) and the lab's physical limit; set it
+    /// with --source [default: the shipped sample's].
+    #[arg(long, value_name = "KBPS")]
+    stream_kbps: Option<u32>,
 }
 
 #[derive(Parser, Debug)]
@@ -238,6 +243,9 @@ async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
             cluster.root_slots = a.root_slots;
             cluster.max_children = a.max_children;
             cluster.source = a.source;
+            if let Some(k) = a.stream_kbps.filter(|&k| k > 0) {
+                cluster.stream_kbps = k;
+            }
             if net.is_some() {
                 let edge = SocketAddr::new(treecast::netlab::EDGE_IP.into(), 0);
                 cluster.edge_listen = edge;
