@@ -10,6 +10,14 @@
 //!   opens a control stream and sends `Hello` with its ticket; the root
 //!   checks the ticket (this channel, this child, parent = edge, not
 //!   expired) and answers `Welcome` or `Refuse`;
+//! - the root enforces its slots itself: a child beyond `root_slots` on a
+//!   channel is refused ("root slots full") unless the tracker has it
+//!   streaming from the edge now (a replacement arriving before a killed
+//!   child's connection timed out); a peer switching to the edge as its
+//!   backup of last resort is refused that way and plays from the edge
+//!   over HTTP until the tracker places it; at most
+//!   [`MAX_CONNECTIONS`] QUIC connections are held, more are refused
+//!   before the handshake;
 //! - the push itself is [`treecast_proto::tree`], shared with peers: each
 //!   segment on its own stream, cut-through, closed by the origin's signed
 //!   digest (fetched through the cache once the segment is complete); a
@@ -35,6 +43,12 @@ use crate::cache::Cache;
 
 /// Longest time one segment may take to deliver to one child.
 const SEGMENT_DEADLINE: Duration = Duration::from_secs(9);
+/// Most QUIC connections the root holds at once (children of every
+/// channel and peers keeping the edge as their warm backup).
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Whether the tracker has a peer streaming from the edge on a channel.
+pub type RootChildCheck = Arc<dyn Fn(&ChannelName, u64) -> bool + Send + Sync>;
 
 /// Root metrics.
 #[derive(Debug, Clone)]
@@ -43,7 +57,8 @@ pub struct RootMetrics {
     pub egress: IntCounter,
     /// Children connected now.
     pub children: IntGauge,
-    /// Children refused (bad or missing ticket, wrong protocol).
+    /// Children refused (bad or missing ticket, wrong protocol, slots full,
+    /// too many connections).
     pub refused: IntCounter,
     /// Segment deliveries abandoned (slow or gone child).
     pub abandoned: IntCounter,
@@ -68,6 +83,8 @@ pub struct Root {
     feeds: Mutex<HashMap<ChannelName, Following>>,
     metrics: RootMetrics,
     push: PushOptions,
+    root_slots: usize,
+    is_root_child: RootChildCheck,
 }
 
 impl std::fmt::Debug for Root {
@@ -84,8 +101,15 @@ fn unix_now() -> u64 {
 
 impl Root {
     /// A root pushing from `cache`, admitting children with tickets signed
-    /// by `ticket_key`.
-    pub fn new(cache: Arc<Cache>, ticket_key: VerifyingKey, metrics: RootMetrics) -> Arc<Self> {
+    /// by `ticket_key`, at most `root_slots` per channel beyond those
+    /// `is_root_child` vouches for.
+    pub fn new(
+        cache: Arc<Cache>,
+        ticket_key: VerifyingKey,
+        metrics: RootMetrics,
+        root_slots: usize,
+        is_root_child: RootChildCheck,
+    ) -> Arc<Self> {
         let push = PushOptions {
             deadline: SEGMENT_DEADLINE,
             cap: None,
@@ -101,6 +125,8 @@ impl Root {
             feeds: Mutex::new(HashMap::new()),
             metrics,
             push,
+            root_slots,
+            is_root_child,
         })
     }
 
@@ -128,6 +154,15 @@ impl Root {
         feed
     }
 
+    /// Children streaming a channel's feed now.
+    fn streaming_children(&self, channel: &ChannelName) -> usize {
+        self.feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .map_or(0, |f| f.feed.children())
+    }
+
     /// Stops a channel's feed once its last child is gone, so the edge does
     /// not keep pulling a channel nobody receives through the tree.
     fn drop_idle_feed(&self, channel: &ChannelName) {
@@ -148,6 +183,12 @@ impl Root {
             tokio::select! {
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
+                    if conns.len() >= MAX_CONNECTIONS {
+                        self.metrics.refused.inc();
+                        warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+                        incoming.refuse();
+                        continue;
+                    }
                     let root = self.clone();
                     conns.spawn(async move {
                         let remote = incoming.remote_address();
@@ -170,8 +211,15 @@ impl Root {
         let admitted = tree::admit(incoming, |channel, peer_id, ticket| {
             let channel = ChannelName::new(channel).map_err(|e| e.to_string())?;
             ticket::verify(ticket, &self.ticket_key, &channel, peer_id, 0, unix_now())
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let streaming = self.streaming_children(&channel);
+            if streaming >= self.root_slots && !(self.is_root_child)(&channel, peer_id) {
+                return Err(format!(
+                    "the edge's root slots are full ({streaming} of {} streaming); the tracker will place you",
+                    self.root_slots
+                ));
+            }
+            Ok(())
         })
         .await;
         let mut child: Admitted = match admitted {

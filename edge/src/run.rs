@@ -114,7 +114,14 @@ impl EdgeHandle {
             info!(path = %key_path.display(), ticket_key = %tracker.ticket_key(), "generated a new ticket signing key");
         }
         let ticket_key = SigningKey::from_bytes(&seed).verifying_key();
-        let root = Root::new(cache.clone(), ticket_key, metrics.root.clone());
+        let vouch = tracker.clone();
+        let root = Root::new(
+            cache.clone(),
+            ticket_key,
+            metrics.root.clone(),
+            config.tracker.root_slots as usize,
+            Arc::new(move |channel, peer| vouch.is_root_child(channel, peer)),
+        );
         let history = Arc::new(crate::dashboard::History::default());
         let sampler_metrics = metrics.clone();
         let metrics_only = config.metrics_listen.map(|_| {

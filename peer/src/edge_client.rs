@@ -131,7 +131,13 @@ impl EdgeClient {
         http.set_nodelay(true);
         Self {
             base: base.to_string().trim_end_matches('/').to_owned(),
-            client: Client::builder(TokioExecutor::new()).build(Connector { http, dial }),
+            client: Client::builder(TokioExecutor::new())
+                // Idle connections are few and short-lived: a burst of
+                // fallbacks must not leave a pile of them at the edge.
+                .pool_max_idle_per_host(4)
+                .pool_idle_timeout(Duration::from_secs(15))
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(Connector { http, dial }),
         }
     }
 

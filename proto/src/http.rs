@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -229,6 +229,10 @@ pub struct RemoteAddr(pub std::net::SocketAddr);
 
 /// How long open requests may run on after a shutdown signal.
 pub const DRAIN: Duration = Duration::from_secs(3);
+/// How long a connection may take to send a request's headers, and may sit
+/// idle between requests: a client that vanished (its FIN lost, its
+/// process killed behind a NAT) does not hold a connection slot forever.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server's request handler: answers every request (problems are
 /// responses, never errors). [`serve`] adds the CORS headers and strips the
@@ -242,8 +246,10 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Serves HTTP/1.1 on `listener` with `service` until `shutdown` changes:
-/// at most `max_connections` at once (more are refused), every connection
-/// task owned here, open requests given [`DRAIN`] to finish at shutdown.
+/// at most `max_connections` at once (more are refused), each closed when
+/// its next request's headers take over [`HEADER_TIMEOUT`], every
+/// connection task owned here, open requests given [`DRAIN`] to finish at
+/// shutdown.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     service: Arc<H>,
@@ -266,6 +272,8 @@ pub async fn serve<H: Handler>(
                 };
                 let svc = service.clone();
                 let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(
                         TokioIo::new(stream),
                         service_fn(move |mut req: Request<Incoming>| {

@@ -497,6 +497,17 @@ impl TrackerService {
         }
     }
 
+    /// Whether the tracker has `peer_id` streaming from the edge in
+    /// `channel` now (not merely holding the edge as its backup): the
+    /// root admits such a child even when its slots look full.
+    pub fn is_root_child(&self, channel: &ChannelName, peer_id: u64) -> bool {
+        lock(&self.trees).get(channel).is_some_and(|t| {
+            t.tracker
+                .assignment(PeerId(peer_id))
+                .is_ok_and(|a| a.parent == Some(core::Node::Root))
+        })
+    }
+
     /// Every channel's tree, with at most `limit` peers listed per channel
     /// (shallowest first: the part of the tree that matters most).
     pub fn snapshot(&self, limit: usize) -> Vec<ChannelSnapshot> {
