@@ -9,7 +9,7 @@
 //! # max_upload_kbps = 8000           # upload cap; 0 = leaf only; unset = no cap
 //! buffer_secs = 4.0                  # how far behind live the player is fed
 //! fallback_grace_ms = 1000           # tree gets this long before the edge is asked
-//! gap_ms = 500                       # parent silent this long: switch to the backup
+//! gap_ms = 1000                      # longest silence before switching (usually sooner: 4 RTTs or the link's cadence, 120 ms at least)
 //! # origin_key = "hex"               # pin the origin's key instead of asking the edge
 //! # site = "paris-office"            # peers on one site prefer each other
 //! # token = "s3cret"                 # viewer token, if the channel needs one
@@ -53,8 +53,9 @@ pub struct PeerConfig {
     /// How long after a segment is listed live the tree has to deliver it
     /// before it is fetched from the edge, in milliseconds. Default 1000.
     pub fallback_grace_ms: u64,
-    /// A parent silent this long (no data, no answer to pings) is lost, in
-    /// milliseconds. Default 500.
+    /// Longest silence (no data, no answer to pings) before a parent is
+    /// lost, in milliseconds; the link's round trips and cadence usually
+    /// decide sooner (`crate::liveness`). Default 1000.
     pub gap_ms: u64,
     /// Largest segment accepted, in bytes. Default 16 MiB.
     pub max_segment_bytes: usize,
@@ -81,7 +82,7 @@ impl Default for PeerConfig {
             max_upload_kbps: None,
             buffer_secs: 4.0,
             fallback_grace_ms: 1000,
-            gap_ms: 500,
+            gap_ms: 1000,
             max_segment_bytes: 16 << 20,
             origin_key: None,
             site: None,

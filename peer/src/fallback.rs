@@ -92,8 +92,9 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     last_poll = Some(now);
                     polling = Some(tokio::spawn(poll_playlist(shared.clone())));
                 }
+                let tree_up = shared.parent().is_some();
                 while fetches.len() < MAX_FETCHES {
-                    let next = shared.store().poll_fallback(now);
+                    let next = shared.store().poll_fallback(now, tree_up);
                     let Some(seq) = next else { break };
                     fetches.spawn(fetch(shared.clone(), seq));
                 }

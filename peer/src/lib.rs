@@ -16,6 +16,8 @@
 //! - [`shared`]: state the tasks share; where every segment and playlist
 //!   enters.
 //! - [`upstream`]: the link to the parent and the warm backup; switching.
+//! - [`liveness`]: sans-IO: when a parent has gone silent, from the link's
+//!   round trip and cadence.
 //! - [`downstream`]: admitting children and pushing to them.
 //! - [`fallback`]: fetching from the edge what the tree did not deliver.
 //! - [`tracker`]: join, heartbeat with stats, report, leave.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod downstream;
 pub mod edge_client;
 pub mod fallback;
+pub mod liveness;
 pub mod metrics;
 pub mod proxy;
 pub mod run;

@@ -210,9 +210,7 @@ impl Shared {
         signature: &[u8],
         source: Source,
     ) -> Result<bool, VerifyError> {
-        let result = self
-            .store()
-            .handle_segment(seq, bytes, signature, source == Source::Tree);
+        let result = self.store().handle_segment(seq, bytes, signature);
         match &result {
             Ok(Some(origin_ms)) => {
                 self.metrics

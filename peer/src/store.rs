@@ -104,9 +104,6 @@ pub struct Store {
     verified: BTreeMap<u64, Bytes>,
     fetching: BTreeSet<u64>,
     window: Option<ProxyWindow>,
-    /// The newest segment verified came from the edge: the tree is failing
-    /// now, so the next is fetched as soon as it is listed.
-    tree_late: bool,
 }
 
 /// Segments kept beyond the local playlist, for children that join late.
@@ -124,7 +121,6 @@ impl Store {
             verified: BTreeMap::new(),
             fetching: BTreeSet::new(),
             window: None,
-            tree_late: false,
         }
     }
 
@@ -179,15 +175,11 @@ impl Store {
     /// Verifies a segment against the origin's signature document and keeps
     /// it. `Ok(Some(t))`: newly verified, complete at the origin at `t`
     /// (Unix milliseconds, signed); `Ok(None)`: it was already there.
-    /// `from_tree` says where it came from: while the newest verified
-    /// segment came from the edge, [`poll_fallback`](Self::poll_fallback)
-    /// gives the tree no grace.
     pub fn handle_segment(
         &mut self,
         seq: u64,
         bytes: Bytes,
         signature: &[u8],
-        from_tree: bool,
     ) -> Result<Option<u64>, VerifyError> {
         if self.verified.contains_key(&seq) {
             return Ok(None);
@@ -196,13 +188,6 @@ impl Store {
         self.key
             .verify_segment(&signed, &self.channel, seq, &bytes)?;
         self.fetching.remove(&seq);
-        if self
-            .verified
-            .last_key_value()
-            .is_none_or(|(&last, _)| seq > last)
-        {
-            self.tree_late = !from_tree;
-        }
         self.verified.insert(seq, bytes);
         self.prune();
         Ok(Some(signed.record.completed_ms))
@@ -231,17 +216,17 @@ impl Store {
     }
 
     /// The next segment to fetch from the edge: listed live for longer than
-    /// the grace period (none while the tree is late), needed by the local
-    /// playlist, neither verified nor
+    /// the grace period (no grace while no parent streams, `tree_up`
+    /// false: nothing is on its way), needed by the local playlist, neither verified nor
     /// being fetched. The caller must report the fetch's end with
     /// [`fallback_done`](Self::fallback_done).
-    pub fn poll_fallback(&mut self, now: Instant) -> Option<u64> {
+    pub fn poll_fallback(&mut self, now: Instant, tree_up: bool) -> Option<u64> {
         let live_last = self.live.as_ref()?.last?;
         let start = match self.window {
             Some(w) => w.last + 1,
             None => self.listable_end()?,
         };
-        let grace = if self.tree_late {
+        let grace = if !tree_up {
             Duration::ZERO
         } else {
             self.config.grace
@@ -468,7 +453,7 @@ mod tests {
 
     fn deliver(s: &mut Store, seq: u64) {
         let (b, sig) = segment(seq);
-        s.handle_segment(seq, b, &sig, true).expect("verifies");
+        s.handle_segment(seq, b, &sig).expect("verifies");
     }
 
     fn parse(text: &str) -> MediaPlaylist {
@@ -564,20 +549,20 @@ mod tests {
         let mut bad = b.to_vec();
         bad[10] ^= 1;
         assert_eq!(
-            s.handle_segment(3, bad.into(), &sig, true),
+            s.handle_segment(3, bad.into(), &sig),
             Err(VerifyError::DigestMismatch)
         );
         assert!(matches!(
-            s.handle_segment(3, b.slice(..100), &sig, true),
+            s.handle_segment(3, b.slice(..100), &sig),
             Err(VerifyError::LengthMismatch { .. })
         ));
         assert!(matches!(
-            s.handle_segment(2, b.clone(), &sig, true),
+            s.handle_segment(2, b.clone(), &sig),
             Err(VerifyError::WrongSequence { .. })
         ));
         assert!(s.segment(3).is_none());
-        assert_eq!(s.handle_segment(3, b.clone(), &sig, true), Ok(Some(3_000)));
-        assert_eq!(s.handle_segment(3, b, &sig, true), Ok(None));
+        assert_eq!(s.handle_segment(3, b.clone(), &sig), Ok(Some(3_000)));
+        assert_eq!(s.handle_segment(3, b, &sig), Ok(None));
     }
 
     #[test]
@@ -585,42 +570,27 @@ mod tests {
         let mut s = store(2);
         let t0 = Instant::now();
         s.handle_playlist(&live(1, 6, &[]), t0).expect("playlist");
-        assert_eq!(s.poll_fallback(t0), None);
+        assert_eq!(s.poll_fallback(t0, true), None);
         let later = t0 + Duration::from_millis(1500);
         // The local playlist will start at 5 (2 s behind 6).
-        assert_eq!(s.poll_fallback(later), Some(5));
-        assert_eq!(s.poll_fallback(later), Some(6));
-        assert_eq!(s.poll_fallback(later), None);
+        assert_eq!(s.poll_fallback(later, true), Some(5));
+        assert_eq!(s.poll_fallback(later, true), Some(6));
+        assert_eq!(s.poll_fallback(later, true), None);
         s.fallback_done(6);
-        assert_eq!(s.poll_fallback(later), Some(6));
+        assert_eq!(s.poll_fallback(later, true), Some(6));
         deliver(&mut s, 5);
         s.refresh();
         assert_eq!(s.window().expect("window").last, 5);
     }
 
     #[test]
-    fn while_the_tree_is_late_the_edge_is_asked_at_once() {
+    fn while_no_parent_streams_the_edge_is_asked_at_once() {
         let mut s = store(2);
         let t0 = Instant::now();
-        s.handle_playlist(&live(1, 5, &[]), t0).expect("playlist");
-        let later = t0 + Duration::from_millis(1500);
-        assert_eq!(s.poll_fallback(later), Some(4));
-        // 4 came from the edge: the tree is late, 6 is asked for as soon
-        // as it is listed.
-        let (b, sig) = segment(4);
-        s.handle_segment(4, b, &sig, false).expect("verifies");
-        s.fallback_done(4);
-        s.handle_playlist(&live(1, 6, &[]), later)
-            .expect("playlist");
-        assert_eq!(s.poll_fallback(later), Some(5));
-        assert_eq!(s.poll_fallback(later), Some(6));
-        // The tree delivers 6 first: the grace is back for 7.
-        let (b, sig) = segment(6);
-        s.handle_segment(6, b, &sig, true).expect("verifies");
-        s.handle_playlist(&live(1, 7, &[]), later)
-            .expect("playlist");
-        assert_eq!(s.poll_fallback(later), None);
-        assert_eq!(s.poll_fallback(later + Duration::from_secs(1)), Some(7));
+        s.handle_playlist(&live(1, 6, &[]), t0).expect("playlist");
+        assert_eq!(s.poll_fallback(t0, true), None, "a parent gets its grace");
+        assert_eq!(s.poll_fallback(t0, false), Some(5), "none is streaming");
+        assert_eq!(s.poll_fallback(t0, false), Some(6));
     }
 
     #[test]

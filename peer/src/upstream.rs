@@ -9,9 +9,10 @@
 //!   segment: each chunk goes straight into a growing body that children
 //!   are already streaming from (cut-through), and the whole segment is
 //!   verified against the origin's signature at its end;
-//! - the link ends when the parent goes silent for `gap_ms` (pings every
-//!   third of that), closes, breaks the protocol, or sends a segment that
-//!   fails verification; the manager then switches to the warm backup at
+//! - the link ends when the parent goes silent for longer than the link's
+//!   own round trips and cadence allow ([`crate::liveness`]: at least
+//!   120 ms, at most `gap_ms`), closes, breaks the protocol, or sends a
+//!   segment that fails verification; the manager then switches to the warm backup at
 //!   once and tells the tracker, which names a new backup;
 //! - what a hostile parent can make this peer hold is bounded: segments in
 //!   flight per link, bytes per segment, time per segment.
@@ -33,6 +34,7 @@ use treecast_proto::tree::{
 use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 use treecast_proto::GrowingBody;
 
+use crate::liveness::Liveness;
 use crate::shared::{ParentLink, Shared, Source};
 
 /// Segment streams one parent may have open to this peer at once: a
@@ -40,6 +42,9 @@ use crate::shared::{ParentLink, Shared, Source};
 /// link, the live segments that start while that backfill is still going;
 /// beyond that a parent is misbehaving.
 const MAX_INFLIGHT: usize = 2 * RECENT + 2;
+/// Shortest silence that ends a link ([`Liveness`] gives a slow or
+/// bursty link more).
+const SILENCE_FLOOR: Duration = Duration::from_millis(120);
 /// Longest a QUIC handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest the parent may take to answer `Hello` once connected. More than
@@ -353,8 +358,15 @@ async fn link_loop(
     base: Instant,
     heard: &Arc<AtomicU64>,
 ) -> LinkEnd {
-    let gap = Duration::from_millis(shared.config.gap_ms);
-    let mut ping = tokio::time::interval(gap / 3);
+    let mut liveness = Liveness::new(
+        Instant::now(),
+        SILENCE_FLOOR,
+        Duration::from_millis(shared.config.gap_ms),
+    );
+    // The detector decides when to ping and when silence is too long;
+    // this only looks often enough for its shortest limit.
+    let mut tick = tokio::time::interval(SILENCE_FLOOR / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pings = 0u64;
     let mut segments: JoinSet<Result<(), LinkEnd>> = JoinSet::new();
     // Frames that arrived with `Welcome`.
@@ -394,14 +406,19 @@ async fn link_loop(
                     return end;
                 }
             }
-            _ = ping.tick() => {
-                let silent = Duration::from_millis(stamp(base).saturating_sub(heard.load(Ordering::Relaxed)));
-                if silent > gap {
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let srtt = conn.rtt();
+                liveness.handle_heard(base + Duration::from_millis(heard.load(Ordering::Relaxed)));
+                if let Some(silence) = liveness.poll_silent(now, srtt) {
+                    debug!(?silence, limit = ?liveness.limit(srtt), ?srtt, "parent silent");
                     return LinkEnd::Gap;
                 }
-                pings += 1;
-                if let Err(e) = control.write_all(&encode(&Frame::Ping(pings))).await {
-                    return LinkEnd::Closed(e.into());
+                if liveness.poll_ping(now, srtt) {
+                    pings += 1;
+                    if let Err(e) = control.write_all(&encode(&Frame::Ping(pings))).await {
+                        return LinkEnd::Closed(e.into());
+                    }
                 }
             }
         }
