@@ -69,7 +69,10 @@ impl Liveness {
     /// True when a ping is due at `now` (and counts it as sent).
     pub fn poll_ping(&mut self, now: Instant, srtt: Duration) -> bool {
         let every = srtt.clamp(MIN_PING, MAX_PING);
-        if self.last_ping.is_some_and(|p| now.saturating_duration_since(p) < every) {
+        if self
+            .last_ping
+            .is_some_and(|p| now.saturating_duration_since(p) < every)
+        {
             return false;
         }
         self.last_ping = Some(now);
@@ -138,7 +141,10 @@ mod tests {
         assert!(l.poll_ping(t + 30 * MS, MS), "at least 30 ms apart");
         assert!(!l.poll_ping(t + 129 * MS, 100 * MS));
         assert!(l.poll_ping(t + 130 * MS, 100 * MS), "every round trip");
-        assert!(l.poll_ping(t + 330 * MS, Duration::from_secs(1)), "at most 200 ms apart");
+        assert!(
+            l.poll_ping(t + 330 * MS, Duration::from_secs(1)),
+            "at most 200 ms apart"
+        );
         // Stale heard times change nothing.
         l.handle_heard(t);
         assert_eq!(l.poll_silent(t + 100 * MS, MS), None);

@@ -460,7 +460,10 @@ mod tests {
             .filter(|d| *d == Decision::Drop)
             .count();
         // 1 - 0.98^10 = 18.3%
-        assert!((3300..4000).contains(&lost), "{lost} of 20000 batches of 10 at 2%");
+        assert!(
+            (3300..4000).contains(&lost),
+            "{lost} of 20000 batches of 10 at 2%"
+        );
     }
 
     fn jittered(reorder: f64) -> Vec<Instant> {
