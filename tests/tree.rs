@@ -230,15 +230,22 @@ async fn a_parent_that_corrupts_is_detected_evicted_and_never_reaches_the_player
     let (stop, rx) = watch::channel(false);
     let (progress, mut played) = watch::channel(0);
     let player = tokio::spawn(play(v.client(), "demo".into(), v.started, rx, progress));
+    // The origin's digests are read from its playlist while it still lists
+    // them: from the player's first segment on, through the wait.
+    let digests = std::cell::RefCell::new(OriginDigests::default());
     let s = wait_for(
         "V to catch a corrupt segment and move",
         Duration::from_secs(30),
         || async {
+            let mut d = digests.borrow_mut();
+            d.record(&cluster).await;
+            drop(d);
             let s = v.status().await.ok()?;
             (s.corrupt >= 1 && s.connected && s.parent.as_ref()?.id != t_id).then_some(s)
         },
     )
     .await;
+    let mut digests = digests.into_inner();
     wait_for("the edge to evict T", Duration::from_secs(10), || async {
         (edge_metric(
             &cluster,
@@ -251,7 +258,6 @@ async fn a_parent_that_corrupts_is_detected_evicted_and_never_reaches_the_player
     .await;
     // Play on a few segments from the new parent.
     let last = s.live_last.expect("live");
-    let mut digests = OriginDigests::default();
     play_through(
         &cluster,
         &mut digests,
