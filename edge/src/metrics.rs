@@ -236,7 +236,7 @@ impl EdgeMetrics {
                 r,
                 IntCounter::new(
                     "treecast_edge_tree_refused_total",
-                    "Children refused (bad ticket, wrong protocol).",
+                    "Children refused (bad ticket, wrong protocol, root slots full, too many connections).",
                 )
                 .unwrap_or_else(|e| panic!("metric: {e}")),
             ),

@@ -222,6 +222,10 @@ struct Peer {
 /// Share of its children's bytes a parent must deliver itself (the rest
 /// they took from the edge) to earn another slot.
 const DELIVERED: f64 = 0.97;
+/// Below this share a parent is saturated and sheds. Between the two it
+/// keeps what it has: a repair above it, or one late segment, costs a
+/// window a few percent without saying anything about its upload.
+const SATURATED: f64 = 0.8;
 
 /// Children a peer must have earned to trade places with a weak peer
 /// nearer the root.
@@ -595,9 +599,9 @@ impl Tracker {
 
     /// At the end of a measured window: a parent whose children got
     /// (nearly) everything from it earns one slot more than it fills (to
-    /// probe for more); one whose children had to take a real share from
-    /// the edge keeps only the children its measured upload carries, fewer
-    /// than it has. That holds even when the parent itself was fed late: a
+    /// probe for more); one whose children had to take a fifth or more
+    /// from the edge keeps only the children its measured upload carries,
+    /// fewer than it has. That holds even when the parent itself was fed late: a
     /// saturated uplink delays the parent's own acknowledgements too, so
     /// "late from above" cannot be told from "too many children" (found in
     /// the network lab, where exempting it kept 1 Mb/s parents full for
@@ -619,9 +623,11 @@ impl Tracker {
             } else {
                 earned
             }
-        } else {
+        } else if delivered < SATURATED {
             let proven = (u64::from(p.measured_kbps) / stream) as usize;
             proven.min(children - 1)
+        } else {
+            earned
         });
     }
 
