@@ -232,14 +232,12 @@ async fn a_parent_that_corrupts_is_detected_evicted_and_never_reaches_the_player
     let player = tokio::spawn(play(v.client(), "demo".into(), v.started, rx, progress));
     // The origin's digests are read from its playlist while it still lists
     // them: from the player's first segment on, through the wait.
-    let digests = std::cell::RefCell::new(OriginDigests::default());
+    let digests = tokio::sync::Mutex::new(OriginDigests::default());
     let s = wait_for(
         "V to catch a corrupt segment and move",
         Duration::from_secs(30),
         || async {
-            let mut d = digests.borrow_mut();
-            d.record(&cluster).await;
-            drop(d);
+            digests.lock().await.record(&cluster).await;
             let s = v.status().await.ok()?;
             (s.corrupt >= 1 && s.connected && s.parent.as_ref()?.id != t_id).then_some(s)
         },
