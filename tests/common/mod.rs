@@ -189,8 +189,15 @@ pub async fn kill_parent_mid_segment(
         "the child to hold part of a segment",
         Duration::from_secs(10),
         || async {
+            // The segment the origin is still cutting (after the last one
+            // listed live): it cannot complete before the kill lands, as a
+            // backfill segment finishing its transfer could.
             let s = child.status().await.ok()?;
-            s.receiving.iter().find(|r| r.bytes > 0).copied()
+            let live = s.live_last?;
+            s.receiving
+                .iter()
+                .find(|r| r.bytes > 0 && r.seq > live)
+                .copied()
         },
     )
     .await;
