@@ -55,6 +55,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A parent that failed is not tried again for this long.
 const FAILED_COOLDOWN: Duration = Duration::from_secs(10);
+/// The edge that refused is tried again after this long.
+const EDGE_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// Why a link to a parent ended.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +145,17 @@ struct Manager {
 impl Manager {
     fn recently_failed(&mut self, n: &NodeInfo) -> bool {
         self.failed.retain(|_, at| at.elapsed() < FAILED_COOLDOWN);
-        self.failed.contains_key(&key(n))
+        // The edge refuses while its root slots are full and takes the
+        // child once the tracker has put it there: a short wait, not a
+        // peer's cooldown.
+        let cooldown = if n.kind == "edge" {
+            EDGE_COOLDOWN
+        } else {
+            FAILED_COOLDOWN
+        };
+        self.failed
+            .get(&key(n))
+            .is_some_and(|at| at.elapsed() < cooldown)
     }
 
     /// Brings the links in line with the tracker's latest assignment.
