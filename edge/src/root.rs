@@ -11,11 +11,11 @@
 //!   checks the ticket (this channel, this child, parent = edge, not
 //!   expired) and answers `Welcome` or `Refuse`;
 //! - the root enforces its slots itself: a child beyond `root_slots` on a
-//!   channel is refused ("root slots full") unless the tracker has it
-//!   streaming from the edge now (a replacement arriving before a killed
-//!   child's connection timed out); a peer switching to the edge as its
-//!   backup of last resort is refused that way and plays from the edge
-//!   over HTTP until the tracker places it; at most
+//!   channel is refused ("root slots full") unless the tracker names the
+//!   edge as its parent or backup now (a replacement arriving before a
+//!   killed child's connection timed out; a peer switching to its backup
+//!   of last resort, which the tracker moves on); a stale ticket is not
+//!   enough; at most
 //!   [`MAX_CONNECTIONS`] QUIC connections are held, more are refused
 //!   before the handshake;
 //! - the push itself is [`treecast_proto::tree`], shared with peers: each
@@ -47,7 +47,8 @@ const SEGMENT_DEADLINE: Duration = Duration::from_secs(9);
 /// channel and peers keeping the edge as their warm backup).
 pub const MAX_CONNECTIONS: usize = 4096;
 
-/// Whether the tracker has a peer streaming from the edge on a channel.
+/// Whether the tracker names the edge as a peer's parent or backup on a
+/// channel.
 pub type RootChildCheck = Arc<dyn Fn(&ChannelName, u64) -> bool + Send + Sync>;
 
 /// Root metrics.

@@ -120,7 +120,7 @@ impl EdgeHandle {
             ticket_key,
             metrics.root.clone(),
             config.tracker.root_slots as usize,
-            Arc::new(move |channel, peer| vouch.is_root_child(channel, peer)),
+            Arc::new(move |channel, peer| vouch.names_the_edge(channel, peer)),
         );
         let history = Arc::new(crate::dashboard::History::default());
         let sampler_metrics = metrics.clone();

@@ -497,14 +497,16 @@ impl TrackerService {
         }
     }
 
-    /// Whether the tracker has `peer_id` streaming from the edge in
-    /// `channel` now (not merely holding the edge as its backup): the
-    /// root admits such a child even when its slots look full.
-    pub fn is_root_child(&self, channel: &ChannelName, peer_id: u64) -> bool {
+    /// Whether the tracker names the edge as `peer_id`'s parent or backup
+    /// in `channel` now: the root admits such a child even when its slots
+    /// look full (a replacement arriving before a killed child's
+    /// connection timed out; a peer switching to its backup of last
+    /// resort).
+    pub fn names_the_edge(&self, channel: &ChannelName, peer_id: u64) -> bool {
         lock(&self.trees).get(channel).is_some_and(|t| {
-            t.tracker
-                .assignment(PeerId(peer_id))
-                .is_ok_and(|a| a.parent == Some(core::Node::Root))
+            t.tracker.assignment(PeerId(peer_id)).is_ok_and(|a| {
+                a.parent == Some(core::Node::Root) || a.backup == Some(core::Node::Root)
+            })
         })
     }
 
