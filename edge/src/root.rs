@@ -49,7 +49,7 @@ pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Whether the tracker names the edge as a peer's parent or backup on a
 /// channel.
-pub type RootChildCheck = Arc<dyn Fn(&ChannelName, u64) -> bool + Send + Sync>;
+pub type EdgeNamed = Arc<dyn Fn(&ChannelName, u64) -> bool + Send + Sync>;
 
 /// Root metrics.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ pub struct Root {
     metrics: RootMetrics,
     push: PushOptions,
     root_slots: usize,
-    is_root_child: RootChildCheck,
+    names_the_edge: EdgeNamed,
 }
 
 impl std::fmt::Debug for Root {
@@ -103,13 +103,13 @@ fn unix_now() -> u64 {
 impl Root {
     /// A root pushing from `cache`, admitting children with tickets signed
     /// by `ticket_key`, at most `root_slots` per channel beyond those
-    /// `is_root_child` vouches for.
+    /// `names_the_edge` vouches for.
     pub fn new(
         cache: Arc<Cache>,
         ticket_key: VerifyingKey,
         metrics: RootMetrics,
         root_slots: usize,
-        is_root_child: RootChildCheck,
+        names_the_edge: EdgeNamed,
     ) -> Arc<Self> {
         let push = PushOptions {
             deadline: SEGMENT_DEADLINE,
@@ -127,7 +127,7 @@ impl Root {
             metrics,
             push,
             root_slots,
-            is_root_child,
+            names_the_edge,
         })
     }
 
@@ -214,7 +214,7 @@ impl Root {
             ticket::verify(ticket, &self.ticket_key, &channel, peer_id, 0, unix_now())
                 .map_err(|e| e.to_string())?;
             let streaming = self.streaming_children(&channel);
-            if streaming >= self.root_slots && !(self.is_root_child)(&channel, peer_id) {
+            if streaming >= self.root_slots && !(self.names_the_edge)(&channel, peer_id) {
                 return Err(format!(
                     "the edge's root slots are full ({streaming} of {} streaming); the tracker will place you",
                     self.root_slots
