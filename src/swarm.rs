@@ -278,19 +278,12 @@ struct Collected {
     wire: Vec<LinkCounters>,
 }
 
-/// One peer's upload, from consecutive statuses.
+/// One peer's upload: its counter at its first status (the last is in
+/// its last status) and the most children it was seen with.
 #[derive(Debug, Clone, Copy)]
 struct Upload {
-    first: (Instant, u64),
-    last: (Instant, u64),
+    first_bytes: u64,
     children_max: i64,
-}
-
-impl Upload {
-    fn seen(&mut self, at: Instant, bytes: u64, children: i64) {
-        self.last = (at, bytes);
-        self.children_max = self.children_max.max(children);
-    }
 }
 
 impl Collected {
@@ -302,15 +295,11 @@ impl Collected {
         for v in &s.recent {
             self.arrivals.insert((number, v.seq), *v);
         }
-        let now = Instant::now();
-        self.uploads
-            .entry(number)
-            .or_insert(Upload {
-                first: (now, s.bytes_uploaded),
-                last: (now, s.bytes_uploaded),
-                children_max: 0,
-            })
-            .seen(now, s.bytes_uploaded, s.children);
+        let up = self.uploads.entry(number).or_insert(Upload {
+            first_bytes: s.bytes_uploaded,
+            children_max: 0,
+        });
+        up.children_max = up.children_max.max(s.children);
         self.last.insert(number, s);
     }
 
@@ -799,13 +788,18 @@ fn network_report(
         .slots
         .iter()
         .map(|slot| {
-            let ups: Vec<&Upload> = c
+            // (upload record, bytes uploaded at the last status) per peer
+            // that held the slot.
+            let ups: Vec<(&Upload, u64)> = c
                 .slot_of
                 .iter()
                 .filter(|(_, &s)| s == slot.slot)
-                .filter_map(|(n, _)| c.uploads.get(n))
+                .filter_map(|(n, _)| Some((c.uploads.get(n)?, c.last.get(n)?.bytes_uploaded)))
                 .collect();
-            let to_children: u64 = ups.iter().map(|u| u.last.1.saturating_sub(u.first.1)).sum();
+            let to_children: u64 = ups
+                .iter()
+                .map(|(u, last)| last.saturating_sub(u.first_bytes))
+                .sum();
             let w = c.wire.get(slot.slot).copied().unwrap_or_default();
             LinkReport {
                 slot: slot.slot,
@@ -819,7 +813,7 @@ fn network_report(
                 download_kbps_measured: kbps(w.down_bytes),
                 drops: (w.up_drops, w.down_drops),
                 upload_kbps_to_children: kbps(to_children),
-                children_max: ups.iter().map(|u| u.children_max).max().unwrap_or(0),
+                children_max: ups.iter().map(|(u, _)| u.children_max).max().unwrap_or(0),
             }
         })
         .collect();
