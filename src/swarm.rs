@@ -236,8 +236,9 @@ pub struct LinkReport {
     pub download_kbps_measured: f64,
     /// Packets the link's queues dropped (up, down): saturation.
     pub drops: (u64, u64),
-    /// Segment bytes the slot's peers wrote to their children, over the
-    /// run, kb/s (what the peers count; more than the wire carried when
+    /// Segment bytes the slot's peers wrote to their children from their
+    /// first status to their last (warm-up included), over the measured
+    /// window, kb/s (what the peers count; more than the wire carried when
     /// children stopped streams they had from elsewhere).
     pub upload_kbps_to_children: f64,
     /// Most children seen at once.
