@@ -282,3 +282,59 @@ async fn a_parent_that_corrupts_is_detected_evicted_and_never_reaches_the_player
     t.terminate_owned().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_whose_uplink_cannot_carry_two_children_sheds_the_newest() {
+    // The tracker counts one child per 1,000 kb/s, so A, capped at
+    // 2,600 kb/s, is given two children on probation; the stream is
+    // about 1,750 kb/s, so its uplink carries one.
+    let (_dir, mut cluster) = common::cluster_with(1, 4, |c| c.stream_kbps = 1_000).await;
+    let a = cluster
+        .spawn_peer(PeerOptions {
+            max_upload_kbps: Some(2_600),
+            ..PeerOptions::default()
+        })
+        .await
+        .expect("A starts");
+    let sa = streaming(&a).await;
+    assert_eq!(sa.depth, 1);
+    let kids = spawn_streaming(&mut cluster, 2).await;
+    for k in &kids {
+        let s = streaming(k).await;
+        assert_eq!(
+            s.parent.as_ref().map(|p| p.id),
+            Some(sa.peer_id),
+            "both children start under A: {s:?}"
+        );
+    }
+    let (b, c) = (&kids[0], &kids[1]);
+    let shed = wait_for("A to shed a child", Duration::from_secs(40), || async {
+        let s = a.status().await.ok()?;
+        (s.children_shed > 0).then_some(s)
+    })
+    .await;
+    let sc = wait_for(
+        "C, the newest, to stream from another parent",
+        Duration::from_secs(20),
+        || async {
+            let s = c.status().await.ok()?;
+            (s.connected && s.parent.as_ref()?.id != sa.peer_id).then_some(s)
+        },
+    )
+    .await;
+    let sb = b.status().await.expect("B status");
+    eprintln!(
+        "A shed {} child(ren); C now under {:?} at depth {}; B under {:?}",
+        shed.children_shed, sc.parent, sc.depth, sb.parent
+    );
+    assert_eq!(
+        sb.parent.as_ref().map(|p| p.id),
+        Some(sa.peer_id),
+        "B, the older child, stays under A"
+    );
+    for p in kids {
+        p.terminate_owned().await;
+    }
+    a.terminate_owned().await;
+    cluster.shutdown().await;
+}

@@ -115,6 +115,9 @@ impl Root {
             deadline: SEGMENT_DEADLINE,
             cap: None,
             tamper_every: None,
+            // The edge's root slots are its operator's decision, not a
+            // guess to correct.
+            shedder: None,
             metrics: PushMetrics {
                 egress: metrics.egress.clone(),
                 abandoned: metrics.abandoned.clone(),

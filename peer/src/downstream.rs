@@ -5,7 +5,8 @@
 //! its parent, not expired; a leaf-only peer (`max_upload_kbps = 0`)
 //! refuses everyone. The push itself is [`treecast_proto::tree::push`]:
 //! the same cut-through, per-segment streams the edge uses, under this
-//! peer's upload cap.
+//! peer's upload cap. Unlike the edge, a peer lets its newest child go
+//! when its uplink delivers live segments late ([`treecast_proto::uplink`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use treecast_proto::ticket::{self, VerifyingKey};
 use treecast_proto::tree::{self, PushOptions, TreeError, UploadCap};
+use treecast_proto::uplink::{self, Shedder};
 
 use crate::shared::Shared;
 
@@ -38,6 +40,7 @@ pub async fn serve(
             .filter(|&k| k > 0)
             .map(|k| Arc::new(UploadCap::new(k))),
         tamper_every: shared.config.tamper_every,
+        shedder: Some(Shedder::new(uplink::LATE)),
         metrics: shared.metrics.push(),
     };
     let mut children = JoinSet::new();
@@ -121,6 +124,14 @@ async fn child(
     shared.metrics.children.inc();
     let result = tree::push(&mut child, &shared.feed, opts).await;
     shared.metrics.children.dec();
-    info!(child = child.peer_id, "child gone");
+    if matches!(result, Err(TreeError::Shed)) {
+        shared.metrics.children_shed.inc();
+        warn!(
+            child = child.peer_id,
+            "uplink saturated: let the newest child go"
+        );
+    } else {
+        info!(child = child.peer_id, "child gone");
+    }
     result
 }

@@ -44,6 +44,8 @@ pub struct PeerMetrics {
     pub children_refused: IntCounter,
     /// Children admitted, since the peer started.
     pub children_admitted: IntCounter,
+    /// Children let go because this peer's uplink was saturated.
+    pub children_shed: IntCounter,
     /// Segment deliveries to children abandoned.
     pub abandoned: IntCounter,
     /// Children connected now.
@@ -171,6 +173,11 @@ impl PeerMetrics {
                 r,
                 "treecast_peer_children_admitted_total",
                 "Children admitted (ticket checked) since the peer started.",
+            ),
+            children_shed: counter(
+                r,
+                "treecast_peer_children_shed_total",
+                "Children let go because this peer's uplink delivered live segments late.",
             ),
             children_refused: counter(
                 r,

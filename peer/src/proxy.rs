@@ -299,6 +299,9 @@ pub struct Status {
     pub children: i64,
     /// Children admitted since the peer started.
     pub children_admitted: u64,
+    /// Children let go since the peer started because its uplink
+    /// delivered live segments late.
+    pub children_shed: u64,
     /// Media time between the end of the local playlist and live, ms.
     pub buffer_ms: u64,
     /// First and last segment of the local playlist.
@@ -353,6 +356,7 @@ pub fn status(shared: &Shared) -> Status {
         backup: a.as_ref().and_then(|a| a.backup.as_ref()).map(Into::into),
         children: m.children.get(),
         children_admitted: m.children_admitted.get(),
+        children_shed: m.children_shed.get(),
         buffer_ms: buffer.as_millis() as u64,
         playlist_first: window.map(|w| w.first),
         playlist_last: window.map(|w| w.last),

@@ -11,7 +11,8 @@
 //!   verified against the origin's signature at its end;
 //! - the link ends when the parent goes silent for longer than the link's
 //!   own round trips and cadence allow ([`crate::liveness`]: at least
-//!   120 ms, at most `gap_ms`), closes, breaks the protocol, or sends a
+//!   120 ms, at most `gap_ms`), closes, sheds this peer (its uplink is
+//!   saturated: [`treecast_proto::uplink`]), breaks the protocol, or sends a
 //!   segment that fails verification; the manager then switches to the warm backup at
 //!   once and tells the tracker, which names a new backup;
 //! - what a hostile parent can make this peer hold is bounded: segments in
@@ -29,7 +30,7 @@ use tracing::{debug, info, warn};
 use treecast_proto::quic::{client_config, parse_fingerprint, SERVER_NAME};
 use treecast_proto::tracker::{NodeInfo, ReportKind};
 use treecast_proto::tree::{
-    encode, frame_name, read_frame, TreeError, TreeSegment, CONTROL_PRIORITY, RECENT,
+    encode, frame_name, read_frame, TreeError, TreeSegment, CLOSE_SHED, CONTROL_PRIORITY, RECENT,
 };
 use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 use treecast_proto::GrowingBody;
@@ -67,6 +68,9 @@ enum LinkEnd {
     /// A segment failed verification.
     #[error("segment {0} from the parent failed verification")]
     Corrupt(u64),
+    /// The parent let this peer go: its uplink is saturated.
+    #[error("the parent's uplink is saturated; it let this child go")]
+    Shed,
     /// The connection closed or broke the protocol.
     #[error("the link closed: {0}")]
     Closed(TreeError),
@@ -228,6 +232,7 @@ impl Manager {
         let (report, reason) = match &end {
             LinkEnd::Gap => (ReportKind::ParentGap, "gap"),
             LinkEnd::Corrupt(_) => (ReportKind::ParentCorrupt, "corrupt"),
+            LinkEnd::Shed => (ReportKind::ParentShed, "shed"),
             LinkEnd::Closed(_) => (ReportKind::ParentGap, "closed"),
         };
         warn!(parent = node.id, reason = %end, "lost the parent; switching to the backup");
@@ -356,6 +361,13 @@ async fn run_link(
         &heard,
     )
     .await;
+    // However the loop saw it end (a stream, the control stream, the
+    // connection), a parent that closed with the shed code shed us.
+    let shed = matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == CLOSE_SHED.into()
+    );
+    let end = if shed { LinkEnd::Shed } else { end };
     conn.close(0u32.into(), b"switching parent");
     let last_heard = base + Duration::from_millis(heard.load(Ordering::Relaxed));
     (end, last_heard)

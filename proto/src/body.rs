@@ -37,6 +37,8 @@ struct State {
     starts: Vec<usize>,
     len: usize,
     end: Option<End>,
+    /// When the writer finished it (parents time deliveries from here).
+    completed: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +118,11 @@ impl GrowingBody {
         }
     }
 
+    /// When the body was completed, if it is.
+    pub fn completed_at(&self) -> Option<std::time::Instant> {
+        self.shared.lock().completed
+    }
+
     /// The whole body, if it is complete.
     pub fn bytes(&self) -> Option<Bytes> {
         let state = self.shared.lock();
@@ -175,6 +182,7 @@ impl BodyWriter {
                 state.starts = vec![0];
             }
             state.end = Some(End::Complete);
+            state.completed = Some(std::time::Instant::now());
         }
         self.shared.notify.notify_waiters();
         // `Drop` sees the end already set and does nothing.

@@ -19,6 +19,7 @@
 //! - [`quic`]: QUIC endpoint configs with pinned self-signed certificates.
 //! - [`tracker`]: the tracker's HTTP+JSON messages (peer ↔ edge).
 //! - [`tree`]: the parent side of the tree protocol (admit a child, push to it).
+//! - [`uplink`]: when a parent's uplink is saturated, and which child it sheds.
 //! - [`viewer`]: the player's own stall reports and the checks they must pass.
 
 pub mod app;
@@ -31,6 +32,7 @@ pub mod signature;
 pub mod ticket;
 pub mod tracker;
 pub mod tree;
+pub mod uplink;
 pub mod viewer;
 pub mod wire;
 

@@ -96,6 +96,8 @@ pub enum ReportKind {
     ParentGap,
     /// Data failed verification.
     ParentCorrupt,
+    /// The parent let this peer go: its uplink is saturated.
+    ParentShed,
 }
 
 /// `POST /tracker/v1/report`.

@@ -30,6 +30,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::body::GrowingBody;
+use crate::uplink::{ChildHandle, Shedder};
 use crate::wire::{Frame, FrameDecoder, WireError, VERSION};
 
 /// Largest piece of a segment sent in one frame.
@@ -38,6 +39,10 @@ pub const CHUNK: usize = 16 * 1024;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Priority of the control stream over segment streams (live 1, backfill 0).
 pub const CONTROL_PRIORITY: i32 = 10;
+/// Application close code of a parent that lets a child go because its
+/// uplink is saturated ([`crate::uplink`]): the child switches to its
+/// backup at once and tells the tracker.
+pub const CLOSE_SHED: u32 = 4;
 
 /// Recent segments a parent keeps for a child that just connected: the one
 /// being cut and the three before it, so a new or switching child can fill
@@ -165,6 +170,9 @@ pub enum TreeError {
     /// The upstream copy of a segment failed.
     #[error("segment source failed: {0}")]
     Source(String),
+    /// This parent let the child go: its uplink is saturated.
+    #[error("shed: this parent's uplink is saturated")]
+    Shed,
 }
 
 /// Encodes one frame.
@@ -313,11 +321,16 @@ pub struct PushOptions {
     /// Fault injection for tests and the swarm harness: flip one byte in
     /// every segment whose sequence number is a multiple of this.
     pub tamper_every: Option<u64>,
+    /// Times live deliveries and sheds the newest child when the uplink
+    /// saturates (a peer's uplink; the edge's root slots are fixed).
+    pub shedder: Option<Arc<Shedder>>,
     /// Counters.
     pub metrics: PushMetrics,
 }
 
-/// Pushes `feed` to an admitted child until it or the connection goes.
+/// Pushes `feed` to an admitted child until it or the connection goes, or
+/// the parent sheds it ([`TreeError::Shed`], the connection closed with
+/// [`CLOSE_SHED`]).
 pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Result<(), TreeError> {
     let mut segments = feed.segments.subscribe();
     let mut playlist = feed.playlist.subscribe();
@@ -327,21 +340,38 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
         .filter(|s| s.seq >= child.next_seq)
         .cloned()
         .collect();
+    let uplink = opts.shedder.as_ref().map(|s| Arc::new(s.join()));
     let mut sends = JoinSet::new();
     let conn = child.conn.clone();
-    let spawn_send = |sends: &mut JoinSet<()>, seg: Arc<TreeSegment>, priority: i32| {
-        let (conn, opts) = (conn.clone(), opts.clone());
+    let spawn_send = |sends: &mut JoinSet<()>, seg: Arc<TreeSegment>| {
+        let (conn, opts, uplink) = (conn.clone(), opts.clone(), uplink.clone());
+        // Live segments go before backfill, and only they say anything
+        // about the uplink: a backfill takes as long as its size needs.
+        let live = !seg.data.is_complete();
+        if let (true, Some(u)) = (live, &uplink) {
+            u.segment(seg.seq);
+        }
         sends.spawn(async move {
-            let sent =
-                tokio::time::timeout(opts.deadline, send_segment(&conn, &seg, &opts, priority))
-                    .await;
-            if !matches!(sent, Ok(Ok(()))) {
+            let sent = tokio::time::timeout(
+                opts.deadline,
+                send_segment(&conn, &seg, &opts, i32::from(live)),
+            )
+            .await;
+            let lag = match sent {
+                Ok(Ok(lag)) => lag,
+                Ok(Err(_)) => None,
+                Err(_) => Some(opts.deadline),
+            };
+            if !matches!(sent, Ok(Ok(_))) {
                 opts.metrics.abandoned.inc();
+            }
+            if let (true, Some(u), Some(lag)) = (live, &uplink, lag) {
+                u.delivered(seg.seq, lag);
             }
         });
     };
     // Playlists and pongs go before segment data, so a child never takes a
-    // busy parent for a silent one; live segments go before backfill.
+    // busy parent for a silent one.
     let _ = child.control.set_priority(CONTROL_PRIORITY);
     let first = playlist.borrow_and_update().clone();
     if let Some(p) = first {
@@ -351,15 +381,14 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
             .await?;
     }
     for seg in &recent {
-        let live = !seg.data.is_complete();
-        spawn_send(&mut sends, seg.clone(), i32::from(live));
+        spawn_send(&mut sends, seg.clone());
     }
     loop {
         tokio::select! {
             seg = segments.recv() => match seg {
                 Ok(seg) => {
                     if seg.seq >= child.next_seq && !recent.iter().any(|r| Arc::ptr_eq(r, &seg)) {
-                        spawn_send(&mut sends, seg, 1);
+                        spawn_send(&mut sends, seg);
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -387,26 +416,47 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
                     }
                 }
             }
+            () = shed(uplink.as_deref()) => {
+                conn.close(CLOSE_SHED.into(), b"uplink saturated");
+                return Err(TreeError::Shed);
+            }
             reason = conn.closed() => return Err(reason.into()),
         }
     }
 }
 
+/// Completes when the parent sheds this child; never without a shedder.
+async fn shed(uplink: Option<&ChildHandle>) {
+    match uplink {
+        Some(u) => u.shed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sends one segment on its own stream: start, data as it arrives, end.
-/// A child that stops the stream (it has the segment already) ends it
-/// quietly; a failed source resets it, so the child sees an incomplete
-/// segment rather than a wrong one.
+/// A child that stops the stream because it has the segment already
+/// (code 0) ends it quietly; a failed source resets it, so the child sees
+/// an incomplete segment rather than a wrong one. Answers how long after
+/// this parent held the whole segment the child had acknowledged all of
+/// it; a child that gave up on the stream (it timed out, or had too many
+/// open) got it at the deadline as far as the uplink is concerned.
 async fn send_segment(
     conn: &quinn::Connection,
     seg: &TreeSegment,
     opts: &PushOptions,
     priority: i32,
-) -> Result<(), TreeError> {
+) -> Result<Option<Duration>, TreeError> {
+    let gave_up = |code: quinn::VarInt| (code != 0u32.into()).then_some(opts.deadline);
     let mut s = conn.open_uni().await?;
     let _ = s.set_priority(priority);
     match write_segment(&mut s, seg, opts).await {
-        Ok(()) => Ok(()),
-        Err(TreeError::Write(quinn::WriteError::Stopped(_))) => Ok(()),
+        Ok(held) => match s.stopped().await {
+            Ok(None) => Ok(Some(held.elapsed())),
+            Ok(Some(code)) => Ok(gave_up(code)),
+            // The connection went: nothing to time.
+            Err(_) => Ok(None),
+        },
+        Err(TreeError::Write(quinn::WriteError::Stopped(code))) => Ok(gave_up(code)),
         Err(e) => {
             let _ = s.reset(1u32.into());
             Err(e)
@@ -414,11 +464,13 @@ async fn send_segment(
     }
 }
 
+/// Writes one segment's frames; answers when the last of its bytes had
+/// arrived here.
 async fn write_segment(
     s: &mut quinn::SendStream,
     seg: &TreeSegment,
     opts: &PushOptions,
-) -> Result<(), TreeError> {
+) -> Result<Instant, TreeError> {
     s.write_all(&encode(&Frame::SegmentStart { seq: seg.seq }))
         .await?;
     let tamper = opts.tamper_every.is_some_and(|n| n > 0 && seg.seq % n == 0);
@@ -445,6 +497,12 @@ async fn write_segment(
             opts.metrics.egress.inc_by(piece.len() as u64);
         }
     }
+    // The data were all here when the source finished them, which may be
+    // well before this send got to its end behind a full uplink.
+    let held = seg
+        .data
+        .completed_at()
+        .map_or_else(Instant::now, Instant::from_std);
     let signature = seg
         .signature
         .wait_complete()
@@ -453,7 +511,7 @@ async fn write_segment(
     s.write_all(&encode(&Frame::SegmentEnd { signature }))
         .await?;
     s.finish()?;
-    Ok(())
+    Ok(held)
 }
 
 /// A token bucket shared by all of a parent's children: the viewer's

@@ -148,6 +148,9 @@ pub enum Report {
     ParentGap,
     /// The parent sent data that failed verification: evict it.
     ParentCorrupt,
+    /// The parent let me go because its uplink is saturated: move me, and
+    /// count the parent one slot less.
+    ParentShed,
 }
 
 /// Things the driver must tell peers.
@@ -210,6 +213,9 @@ struct Peer {
     /// Children it has shown it can feed; `None` until a window with
     /// children is measured (then probation slots apply).
     earned: Option<usize>,
+    /// When it last shed a child (it probes for more no sooner than
+    /// [`PROBE_HOLD`] after).
+    shed_at: Option<Instant>,
     /// When its backup was last chosen or checked.
     backup_checked: Instant,
     /// Generation of the backup's slot when it was chosen (a slot reused
@@ -219,13 +225,17 @@ struct Peer {
     backers: u32,
 }
 
-/// Share of its children's bytes a parent must deliver itself (the rest
-/// they took from the edge) to earn another slot.
-const DELIVERED: f64 = 0.97;
-/// Below this share a parent is saturated and sheds. Between the two it
-/// keeps what it has: a repair above it, or one late segment, costs a
-/// window a few percent without saying anything about its upload.
-const SATURATED: f64 = 0.8;
+/// Below this share of its children's bytes delivered by itself (the
+/// rest they took from the edge) a parent that did not shed on its own
+/// loses slots anyway: one that is not honest about its uplink, or runs an
+/// older version. Above it, a shortfall is more likely lateness from
+/// further up than this parent's uplink, which sheds by itself when full.
+const SATURATED: f64 = 0.4;
+
+/// After a parent shed a child, how long before it probes for another.
+/// A probe that overfills the uplink costs the probe child a switch;
+/// once a minute is cheap.
+const PROBE_HOLD: Duration = Duration::from_secs(60);
 
 /// Children a peer must have earned to trade places with a weak peer
 /// nearer the root.
@@ -395,6 +405,7 @@ impl Tracker {
             credit_since: now,
             measured_kbps: 0,
             earned: None,
+            shed_at: None,
             backup_checked: now,
             backup_generation: 0,
             backers: 0,
@@ -459,7 +470,7 @@ impl Tracker {
             if elapsed >= window {
                 par.measured_kbps =
                     (par.credit_bytes * 8 / elapsed.as_millis().max(1) as u64) as u32;
-                self.earn(parent);
+                self.earn(parent, now);
                 self.lift(parent);
                 let par = &mut self.peers[parent as usize];
                 par.credit_bytes = 0;
@@ -546,7 +557,8 @@ impl Tracker {
                     reason: EvictReason::Corrupt,
                 });
             }
-            Report::ParentGap | Report::ParentCorrupt => {
+            Report::ParentShed if parent != NONE => self.shed_by_parent(i, now),
+            Report::ParentGap | Report::ParentCorrupt | Report::ParentShed => {
                 if parent != NONE {
                     self.detach(i);
                     self.replace(i, now);
@@ -597,17 +609,15 @@ impl Tracker {
         self.events.pop_front()
     }
 
-    /// At the end of a measured window: a parent whose children got
-    /// (nearly) everything from it earns one slot more than it fills (to
-    /// probe for more); one whose children had to take a fifth or more
-    /// from the edge keeps only the children its measured upload carries,
-    /// fewer than it has. That holds even when the parent itself was fed late: a
-    /// saturated uplink delays the parent's own acknowledgements too, so
-    /// "late from above" cannot be told from "too many children" (found in
-    /// the network lab, where exempting it kept 1 Mb/s parents full for
-    /// good); a parent starved from above loses children it then gets back
-    /// at the next windows.
-    fn earn(&mut self, i: u32) {
+    /// At the end of a measured window with children: a parent that has
+    /// filled what it earned and has not shed a child for [`PROBE_HOLD`]
+    /// earns one slot more (a probe: if the uplink cannot carry it, the
+    /// parent sheds the newest child, reported with
+    /// [`Report::ParentShed`], and its slots drop to what it kept). A
+    /// parent whose children had to take most of the stream from the edge
+    /// ([`SATURATED`]) without it shedding keeps only the children its
+    /// measured upload carries, fewer than it has.
+    fn earn(&mut self, i: u32, now: Instant) {
         let stream = u64::from(self.config.stream_kbps.max(1));
         let p = &mut self.peers[i as usize];
         let children = p.children.len();
@@ -617,18 +627,30 @@ impl Tracker {
         }
         let delivered = p.credit_bytes as f64 / got as f64;
         let earned = p.earned.unwrap_or(children);
-        p.earned = Some(if delivered >= DELIVERED {
-            if children >= earned {
-                children + 1
-            } else {
-                earned
-            }
-        } else if delivered < SATURATED {
+        let may_probe = p
+            .shed_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_HOLD);
+        p.earned = Some(if delivered < SATURATED {
             let proven = (u64::from(p.measured_kbps) / stream) as usize;
             proven.min(children - 1)
+        } else if children >= earned && may_probe {
+            children + 1
         } else {
             earned
         });
+    }
+
+    /// `i`'s parent let it go for lack of uplink: the parent keeps the
+    /// children it has left as its slots.
+    fn shed_by_parent(&mut self, i: u32, now: Instant) {
+        let parent = self.peers[i as usize].parent;
+        self.detach(i);
+        if parent != ROOT && parent != NONE {
+            let p = &mut self.peers[parent as usize];
+            p.earned = Some(p.children.len());
+            p.shed_at = Some(now);
+        }
+        self.replace(i, now);
     }
 
     /// Moves a proven feeder `f` towards the root: if a peer near the top
@@ -1307,6 +1329,57 @@ mod tests {
             .filter(|e| matches!(e, TrackerEvent::Moved(a) if a.id == weak))
             .count();
         assert!(moved >= 1, "the weak peer was told of its move");
+    }
+
+    #[test]
+    fn a_parent_that_sheds_keeps_what_it_has_left_and_probes_again_only_later() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            max_children: 4,
+            probation_slots: 3,
+            ..config()
+        });
+        let join = |t: &mut Tracker, now| {
+            t.handle_join(JoinRequest::default(), now)
+                .expect("placed")
+                .id
+        };
+        let parent = join(&mut t, now);
+        age(&mut t, &mut now, &[parent]);
+        let kids: Vec<PeerId> = (0..3).map(|_| join(&mut t, now)).collect();
+        let mut all = vec![parent];
+        all.extend(&kids);
+        let under = |t: &Tracker| {
+            all.iter()
+                .filter(|&&c| t.assignment(c).expect("alive").parent == Some(Node::Peer(parent)))
+                .count()
+        };
+        assert_eq!(under(&t), 3);
+        // The newest child is let go for lack of uplink.
+        t.handle_report(kids[2], Report::ParentShed, now)
+            .expect("known");
+        assert_ne!(
+            t.assignment(kids[2]).expect("alive").parent,
+            Some(Node::Peer(parent)),
+            "the shed child went elsewhere"
+        );
+        assert_eq!(under(&t), 2);
+        assert_eq!(t.peers[parent.index() as usize].earned, Some(2));
+        // Its two children get everything from it, window after window:
+        // no probe for a third within the hold...
+        let extra = join(&mut t, now);
+        all.push(extra);
+        for _ in 0..30 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+        }
+        assert_eq!(t.peers[parent.index() as usize].earned, Some(2));
+        // ...and a probe once it is over.
+        for _ in 0..40 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+        }
+        assert_eq!(t.peers[parent.index() as usize].earned, Some(3));
+        t.check_invariants().expect("invariants");
     }
 
     #[test]

@@ -432,6 +432,7 @@ impl TrackerService {
                 let report = match req.report {
                     wire::ReportKind::ParentGap => Report::ParentGap,
                     wire::ReportKind::ParentCorrupt => Report::ParentCorrupt,
+                    wire::ReportKind::ParentShed => Report::ParentShed,
                 };
                 tree.tracker
                     .handle_report(PeerId(req.peer_id), report, now)
