@@ -291,6 +291,10 @@ pub struct Tracker {
     orphans: Vec<u32>,
     events: VecDeque<TrackerEvent>,
     live: usize,
+    /// While a reported peer is re-placed: the parent it reported, which
+    /// is neither its new parent nor its backup (its child would refuse
+    /// it, and waits out a cooldown instead of streaming).
+    avoid: u32,
 }
 
 impl Tracker {
@@ -307,6 +311,7 @@ impl Tracker {
             orphans: Vec::new(),
             events: VecDeque::new(),
             live: 0,
+            avoid: NONE,
         }
     }
 
@@ -557,11 +562,17 @@ impl Tracker {
                     reason: EvictReason::Corrupt,
                 });
             }
-            Report::ParentShed if parent != NONE => self.shed_by_parent(i, now),
+            Report::ParentShed if parent != NONE => {
+                self.avoid = parent;
+                self.shed_by_parent(i, now);
+                self.avoid = NONE;
+            }
             Report::ParentGap | Report::ParentCorrupt | Report::ParentShed => {
                 if parent != NONE {
+                    self.avoid = parent;
                     self.detach(i);
                     self.replace(i, now);
+                    self.avoid = NONE;
                 }
             }
         }
@@ -811,6 +822,7 @@ impl Tracker {
                 }
                 let c = self.open[d][k];
                 if c != i
+                    && c != self.avoid
                     && self.has_room(c)
                     && self.depth(c) as usize == d
                     && !self.is_in_subtree(c, i)
@@ -868,6 +880,7 @@ impl Tracker {
         for d in 1..=usize::from(self.depth_of_parent_slot(i)) {
             for &c in self.open[d].iter().rev().take(8) {
                 if c != i
+                    && c != self.avoid
                     && self.has_room(c)
                     && self.peers[c as usize].backers < MAX_BACKERS
                     && self.survives_parent(c, i)
@@ -1379,6 +1392,37 @@ mod tests {
             second(&mut t, &mut now, &all, &[], 1.0);
         }
         assert_eq!(t.peers[parent.index() as usize].earned, Some(3));
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_child_that_reports_its_parent_silent_is_not_placed_back_under_it() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            max_children: 4,
+            probation_slots: 4,
+            ..config()
+        });
+        let join = |t: &mut Tracker, now| {
+            t.handle_join(JoinRequest::default(), now)
+                .expect("placed")
+                .id
+        };
+        let (a, b) = (join(&mut t, now), join(&mut t, now));
+        age(&mut t, &mut now, &[a, b]);
+        let c = join(&mut t, now);
+        let first = t.assignment(c).expect("alive").parent;
+        let Some(Node::Peer(old)) = first else {
+            panic!("C goes under a peer: {first:?}");
+        };
+        // The old parent still has three free slots, shallower than any
+        // other; yet C's child side has just given up on it.
+        t.handle_report(c, Report::ParentGap, now).expect("known");
+        let after = t.assignment(c).expect("alive");
+        assert_ne!(after.parent, Some(Node::Peer(old)), "{after:?}");
+        assert_ne!(after.backup, Some(Node::Peer(old)), "{after:?}");
+        assert!(matches!(after.parent, Some(Node::Peer(_))), "{after:?}");
         t.check_invariants().expect("invariants");
     }
 
