@@ -1288,6 +1288,13 @@ mod tests {
         t.handle_timeout(*now);
     }
 
+    /// A default peer joins and is placed.
+    fn join(t: &mut Tracker, now: Instant) -> PeerId {
+        t.handle_join(JoinRequest::default(), now)
+            .expect("placed")
+            .id
+    }
+
     #[test]
     fn a_saturated_parent_sheds_and_a_proven_feeder_trades_places_with_it() {
         let mut now = Instant::now();
@@ -1297,11 +1304,6 @@ mod tests {
             probation_slots: 2,
             ..config()
         });
-        let join = |t: &mut Tracker, now| {
-            t.handle_join(JoinRequest::default(), now)
-                .expect("placed")
-                .id
-        };
         let weak = join(&mut t, now);
         let strong = join(&mut t, now);
         let mut all = vec![weak, strong];
@@ -1353,11 +1355,6 @@ mod tests {
             probation_slots: 3,
             ..config()
         });
-        let join = |t: &mut Tracker, now| {
-            t.handle_join(JoinRequest::default(), now)
-                .expect("placed")
-                .id
-        };
         let parent = join(&mut t, now);
         age(&mut t, &mut now, &[parent]);
         let kids: Vec<PeerId> = (0..3).map(|_| join(&mut t, now)).collect();
@@ -1404,11 +1401,6 @@ mod tests {
             probation_slots: 4,
             ..config()
         });
-        let join = |t: &mut Tracker, now| {
-            t.handle_join(JoinRequest::default(), now)
-                .expect("placed")
-                .id
-        };
         let (a, b) = (join(&mut t, now), join(&mut t, now));
         age(&mut t, &mut now, &[a, b]);
         let c = join(&mut t, now);
