@@ -163,6 +163,8 @@ pub struct Report {
     pub peer_inferred_rebuffer_ratio: f64,
     /// Segments peers fetched from the edge because the tree was late.
     pub fallbacks: u64,
+    /// Children let go by parents whose uplink was full, whole run.
+    pub children_shed: u64,
     /// Segments that failed verification at a peer.
     pub corrupt_detected: u64,
     /// Segments a player received that differ from the origin's (must be 0).
@@ -717,6 +719,7 @@ fn summarize(
         peer_inferred_stall_s: inferred.1 as f64 / 1000.0,
         peer_inferred_rebuffer_ratio: ratio(inferred.1 as f64, inferred.2 as f64),
         fallbacks: measured().map(|(_, _, f)| f).sum(),
+        children_shed: statuses().map(|s| s.children_shed).sum(),
         corrupt_detected: statuses().map(|s| s.corrupt).sum(),
         corrupt_served,
         evictions_corrupt: edge.evicted_corrupt,

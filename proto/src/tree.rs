@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::body::GrowingBody;
-use crate::uplink::{ChildHandle, Shedder};
+use crate::uplink::{ChildHandle, Shedder, VERY_LATE};
 use crate::wire::{Frame, FrameDecoder, WireError, VERSION};
 
 /// Largest piece of a segment sent in one frame.
@@ -450,11 +450,18 @@ async fn send_segment(
     let mut s = conn.open_uni().await?;
     let _ = s.set_priority(priority);
     match write_segment(&mut s, seg, opts).await {
-        Ok(held) => match s.stopped().await {
-            Ok(None) => Ok(Some(held.elapsed())),
-            Ok(Some(code)) => Ok(gave_up(code)),
-            // The connection went: nothing to time.
-            Err(_) => Ok(None),
+        // A child not done by `VERY_LATE` after the parent held the whole
+        // segment is counted then, not when its acknowledgement finally
+        // comes (seconds later behind a full uplink): the uplink learns
+        // it is full within a second. The stream itself goes on.
+        Ok(held) => tokio::select! {
+            stopped = s.stopped() => match stopped {
+                Ok(None) => Ok(Some(held.elapsed())),
+                Ok(Some(code)) => Ok(gave_up(code)),
+                // The connection went: nothing to time.
+                Err(_) => Ok(None),
+            },
+            () = tokio::time::sleep_until(held + VERY_LATE) => Ok(Some(held.elapsed())),
         },
         Err(TreeError::Write(quinn::WriteError::Stopped(code))) => Ok(gave_up(code)),
         Err(e) => {

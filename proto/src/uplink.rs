@@ -32,6 +32,10 @@ use tokio::time::Instant;
 /// link, well below the fallback's grace period (1 s).
 pub const LATE: Duration = Duration::from_millis(500);
 
+/// A delivery this late counts on its own ([`Uplink::handle_delivered`]);
+/// the push reports it at this moment rather than waiting for the child.
+pub const VERY_LATE: Duration = Duration::from_millis(LATE.as_millis() as u64 * 2 + 1);
+
 /// Two late segments count together only this many segments apart or
 /// closer: a hiccup now and then is not saturation.
 const REMEMBERED: u64 = 3;
