@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use treecast_proto::ticket::{self, VerifyingKey};
 use treecast_proto::tree::{self, PushOptions, TreeError, UploadCap};
-use treecast_proto::uplink::{self, Shedder};
+use treecast_proto::uplink::Shedder;
 
 use crate::shared::Shared;
 
@@ -40,7 +40,7 @@ pub async fn serve(
             .filter(|&k| k > 0)
             .map(|k| Arc::new(UploadCap::new(k))),
         tamper_every: shared.config.tamper_every,
-        shedder: Some(Shedder::new(uplink::LATE)),
+        shedder: Some(Shedder::new()),
         metrics: shared.metrics.push(),
     };
     let mut children = JoinSet::new();

@@ -50,7 +50,6 @@ struct Late {
 /// The decisions of one parent's uplink over its children.
 #[derive(Debug)]
 pub struct Uplink {
-    late: Duration,
     /// Children in the order they came: the newest is last.
     children: Vec<u64>,
     /// Newest live segment the parent started forwarding.
@@ -64,11 +63,16 @@ pub struct Uplink {
     shed: Option<u64>,
 }
 
+impl Default for Uplink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Uplink {
-    /// An uplink that counts a delivery slower than `late` against itself.
-    pub fn new(late: Duration) -> Self {
+    /// An uplink that counts a delivery slower than [`LATE`] against itself.
+    pub fn new() -> Self {
         Self {
-            late,
             children: Vec::new(),
             newest_seq: None,
             ignore_through: None,
@@ -100,7 +104,7 @@ impl Uplink {
     /// of it (a delivery abandoned at its deadline counts with the
     /// deadline).
     pub fn handle_delivered(&mut self, _now: Instant, child: u64, seq: u64, lag: Duration) {
-        if lag <= self.late
+        if lag <= LATE
             || self.ignore_through.is_some_and(|t| seq <= t)
             || !self.children.contains(&child)
         {
@@ -130,7 +134,7 @@ impl Uplink {
             .filter(|l| l.children.len() >= most)
             .map(|l| l.worst)
             .collect();
-        let saturated = saturating.len() >= 2 || saturating.iter().any(|&w| w > 2 * self.late);
+        let saturated = saturating.len() >= 2 || saturating.iter().any(|&w| w > 2 * LATE);
         if saturated && self.shed.is_none() {
             if let Some(&newest_child) = self.children.last() {
                 self.shed = Some(newest_child);
@@ -169,11 +173,11 @@ struct ShedState {
 }
 
 impl Shedder {
-    /// A shedder that counts deliveries slower than `late`.
-    pub fn new(late: Duration) -> Arc<Self> {
+    /// A shedder that counts deliveries slower than [`LATE`].
+    pub fn new() -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(ShedState {
-                uplink: Uplink::new(late),
+                uplink: Uplink::new(),
                 next: 0,
                 kicks: HashMap::new(),
             }),
@@ -247,7 +251,7 @@ mod tests {
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
     fn uplink(children: &[u64]) -> Uplink {
-        let mut u = Uplink::new(LATE);
+        let mut u = Uplink::new();
         for &c in children {
             u.handle_child(c);
         }
@@ -366,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_shedder_kicks_the_newest_child_and_forgets_dropped_ones() {
-        let s = Shedder::new(LATE);
+        let s = Shedder::new();
         let first = s.join();
         let second = s.join();
         let third = s.join();

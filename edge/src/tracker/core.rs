@@ -562,18 +562,19 @@ impl Tracker {
                     reason: EvictReason::Corrupt,
                 });
             }
-            Report::ParentShed if parent != NONE => {
+            _ if parent == NONE => {}
+            report => {
                 self.avoid = parent;
-                self.shed_by_parent(i, now);
-                self.avoid = NONE;
-            }
-            Report::ParentGap | Report::ParentCorrupt | Report::ParentShed => {
-                if parent != NONE {
-                    self.avoid = parent;
-                    self.detach(i);
-                    self.replace(i, now);
-                    self.avoid = NONE;
+                self.detach(i);
+                if report == Report::ParentShed && parent != ROOT {
+                    // Let go for lack of uplink: the parent keeps the
+                    // children it has left as its slots.
+                    let p = &mut self.peers[parent as usize];
+                    p.earned = Some(p.children.len());
+                    p.shed_at = Some(now);
                 }
+                self.replace(i, now);
+                self.avoid = NONE;
             }
         }
         Ok(())
@@ -649,19 +650,6 @@ impl Tracker {
         } else {
             earned
         });
-    }
-
-    /// `i`'s parent let it go for lack of uplink: the parent keeps the
-    /// children it has left as its slots.
-    fn shed_by_parent(&mut self, i: u32, now: Instant) {
-        let parent = self.peers[i as usize].parent;
-        self.detach(i);
-        if parent != ROOT && parent != NONE {
-            let p = &mut self.peers[parent as usize];
-            p.earned = Some(p.children.len());
-            p.shed_at = Some(now);
-        }
-        self.replace(i, now);
     }
 
     /// Moves a proven feeder `f` towards the root: if a peer near the top
