@@ -34,10 +34,18 @@ async fn a_chain_of_eight_peers_delivers_identical_segments_cut_through() {
     // Wait until the deepest peer has verified four segments from the tree
     // since the chain was complete.
     let last = &peers[7];
-    let first_seq = *tree_arrivals(&last.status().await.expect("status"))
-        .keys()
-        .last()
-        .expect("the deepest peer received a segment");
+    // Placed is not yet fed: wait for its first segment from the tree.
+    let first_seq = wait_for(
+        "a first segment from the tree at depth 8",
+        Duration::from_secs(30),
+        || async {
+            tree_arrivals(&last.status().await.ok()?)
+                .keys()
+                .last()
+                .copied()
+        },
+    )
+    .await;
     let wanted: Vec<u64> = (first_seq + 1..=first_seq + 4).collect();
     wait_for(
         "four more segments at depth 8",
