@@ -24,7 +24,7 @@ fn input() -> Vec<u8> {
 }
 
 fn segment_all(data: &[u8]) -> (u64, u64) {
-    let mut s = Segmenter::new(SegmenterConfig::new(2.0, 3));
+    let mut s = Segmenter::new(SegmenterConfig::learning(2.0, 12));
     let mut segments = 0;
     let mut bytes = 0;
     // 64 KiB reads, as a socket or file driver would hand them over.

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(seg.len() % 188, 0);
                     assert!(seg.is_empty() || (seg[0] == 0x47 && seg[1] & 0x1F == 0 && seg[2] == 0));
                 }
-                Event::Notice(_) => {}
+                Event::Notice(_) | Event::TargetDuration(_) => {}
             }
         }
     };

@@ -36,6 +36,10 @@ pub struct PersistedState {
     pub next_seq: u64,
     /// Discontinuity sequence number after every segment so far.
     pub next_discontinuity_sequence: u64,
+    /// The target duration chosen for the channel's stream, once chosen;
+    /// later sessions and a restarted origin keep it.
+    #[serde(default)]
+    pub target_duration: Option<u64>,
 }
 
 /// Public figures about a channel, for `/api/channels` and the ingest CLI.
@@ -57,6 +61,8 @@ pub struct ChannelStatus {
     pub input_errors: u64,
     /// The last problem found, if any.
     pub last_error: Option<String>,
+    /// The playlist's target duration, once chosen.
+    pub target_duration: Option<u64>,
     /// Media duration of the last segment, in seconds.
     pub last_segment_seconds: Option<f64>,
 }
@@ -81,6 +87,8 @@ struct State {
     segments: BTreeMap<u64, Stored>,
     open: Option<OpenSegment>,
     next_seq: u64,
+    /// The target duration, once the first session chose it.
+    target_duration: Option<u64>,
     /// PDT and duration of the last completed segment, to continue PDTs.
     last_end: Option<SystemTime>,
     /// The next segment follows a new publishing session or a restart.
@@ -130,13 +138,18 @@ impl Channel {
         persisted: Option<PersistedState>,
     ) -> Self {
         let p = persisted.unwrap_or_default();
+        let mut playlist = Playlist::new(config, p.next_seq, p.next_discontinuity_sequence);
+        if let Some(t) = p.target_duration {
+            playlist.set_target_duration(t);
+        }
         Self {
             name,
             key,
             metrics,
             state: Mutex::new(State {
-                playlist: Playlist::new(config, p.next_seq, p.next_discontinuity_sequence),
+                playlist,
                 rendered: None,
+                target_duration: p.target_duration,
                 segments: BTreeMap::new(),
                 open: None,
                 next_seq: p.next_seq,
@@ -145,6 +158,7 @@ impl Channel {
                 publisher: None,
                 status: ChannelStatus {
                     next_seq: p.next_seq,
+                    target_duration: p.target_duration,
                     ..Default::default()
                 },
             }),
@@ -201,6 +215,12 @@ impl Channel {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// The target duration the channel's stream was given, if a session
+    /// (of this origin run or, persisted, an earlier one) chose it.
+    pub fn chosen_target_duration(&self) -> Option<u64> {
+        self.lock().target_duration
+    }
+
     /// Counts received bytes.
     pub fn add_bytes_in(&self, n: usize) {
         self.lock().status.bytes_in += n as u64;
@@ -249,13 +269,16 @@ impl Channel {
                     old.writer.fail("segment was never completed");
                 }
                 s.status.next_seq = s.next_seq;
-                let listed_disc = s.playlist.entries().filter(|e| e.discontinuity).count() as u64;
-                persist = Some(PersistedState {
-                    next_seq: s.next_seq,
-                    next_discontinuity_sequence: s.playlist.discontinuity_sequence()
-                        + listed_disc
-                        + u64::from(discontinuity),
-                });
+                persist = Some(Self::persisted(&s, u64::from(discontinuity)));
+            }
+            Event::TargetDuration(secs) => {
+                if s.target_duration == Some(secs) {
+                    return None;
+                }
+                s.target_duration = Some(secs);
+                s.status.target_duration = Some(secs);
+                s.playlist.set_target_duration(secs);
+                return Some(Self::persisted(&s, 0));
             }
             Event::Data(bytes) => {
                 if let Some(open) = s.open.as_mut() {
@@ -278,7 +301,23 @@ impl Channel {
         persist
     }
 
+    /// What to persist now; `open_discontinuity` is 1 when the segment just
+    /// started is a discontinuity (it is not listed yet).
+    fn persisted(s: &State, open_discontinuity: u64) -> PersistedState {
+        let listed_disc = s.playlist.entries().filter(|e| e.discontinuity).count() as u64;
+        PersistedState {
+            next_seq: s.next_seq,
+            next_discontinuity_sequence: s.playlist.discontinuity_sequence()
+                + listed_disc
+                + open_discontinuity,
+            target_duration: s.target_duration,
+        }
+    }
+
     fn count_problem(&self, s: &mut State, n: &Notice) {
+        if n.is_info() {
+            return;
+        }
         let name = self.name.as_str();
         self.metrics
             .problems

@@ -10,7 +10,8 @@
 //!
 //! [segments]
 //! segment_seconds = 2.0            # cut at the first keyframe after this much media
-//! target_duration = 3              # EXT-X-TARGETDURATION; no segment is longer
+//! max_target_duration = 12         # EXT-X-TARGETDURATION is learned from the GOP, up to this
+//! # target_duration = 3            # or fixed, whatever the GOP (long GOPs get forced cuts)
 //! window_segments = 6              # fewest segments listed in the live playlist
 //!
 //! [[udp]]                          # MPEG-TS over UDP into a channel
@@ -76,10 +77,14 @@ pub struct SegmentsConfig {
     /// Media per segment to aim for, in seconds: a segment is cut at the
     /// first keyframe at or after this. Default 2.0 (match the encoder's GOP).
     pub segment_seconds: f64,
-    /// EXT-X-TARGETDURATION in seconds, fixed for the stream. No segment is
-    /// longer: a GOP that runs past it is cut on a non-keyframe (see
-    /// docs/segmenting.md). Default 3.
-    pub target_duration: u64,
+    /// EXT-X-TARGETDURATION in seconds, fixed for the stream whatever its
+    /// GOP: a GOP that runs past it is cut on a non-keyframe (see
+    /// docs/segmenting.md). Default: none, the target is learned from the
+    /// stream's first GOP (a 2 s GOP gets 3 s) before anything is published.
+    pub target_duration: Option<u64>,
+    /// The largest target duration learned, in seconds. Default 12 (room for
+    /// OBS's default GOP of 250 frames at 24 fps and up).
+    pub max_target_duration: u64,
     /// Fewest segments listed in the live playlist; the window also always
     /// spans at least three target durations. Default 6 (the minimum).
     pub window_segments: usize,
@@ -126,7 +131,8 @@ impl Default for SegmentsConfig {
     fn default() -> Self {
         Self {
             segment_seconds: 2.0,
-            target_duration: 3,
+            target_duration: None,
+            max_target_duration: 12,
             window_segments: MIN_WINDOW_SEGMENTS,
         }
     }
@@ -149,12 +155,16 @@ impl OriginConfig {
                 s.segment_seconds
             )));
         }
-        if (s.target_duration as f64) < s.segment_seconds.ceil() || s.target_duration > 60 {
-            return Err(ConfigError::Invalid(format!(
-                "segments.target_duration = {} must be at least segment_seconds rounded up ({}) and at most 60",
-                s.target_duration,
-                s.segment_seconds.ceil()
-            )));
+        for (name, value) in [
+            ("target_duration", s.target_duration),
+            ("max_target_duration", Some(s.max_target_duration)),
+        ] {
+            if let Some(t) = value.filter(|&t| (t as f64) < s.segment_seconds.ceil() || t > 60) {
+                return Err(ConfigError::Invalid(format!(
+                    "segments.{name} = {t} must be at least segment_seconds rounded up ({}) and at most 60",
+                    s.segment_seconds.ceil()
+                )));
+            }
         }
         if s.window_segments < MIN_WINDOW_SEGMENTS || s.window_segments > 1000 {
             return Err(ConfigError::Invalid(format!(
@@ -212,7 +222,7 @@ mod tests {
     fn defaults_are_valid_and_bad_values_are_explained() {
         OriginConfig::default().validate().expect("defaults valid");
         let mut c = OriginConfig::default();
-        c.segments.target_duration = 1;
+        c.segments.target_duration = Some(1);
         let e = c.validate().expect_err("target below segment").to_string();
         assert!(e.contains("target_duration"), "{e}");
         let e = toml::from_str::<OriginConfig>("listen = 5")

@@ -81,14 +81,12 @@ impl Ingest {
             return Err(e.into());
         }
         info!(channel = %name, publisher = from, "publishing started");
+        let segmenter = Segmenter::new(self.segmenter_config(&channel));
         Ok(Session {
             ingest: self,
             channel,
             id,
-            segmenter: Segmenter::new(SegmenterConfig::new(
-                self.segments.segment_seconds,
-                self.segments.target_duration,
-            )),
+            segmenter,
             last_logged: HashMap::new(),
             suppressed: HashMap::new(),
             segments: 0,
@@ -96,6 +94,17 @@ impl Ingest {
             problems: 0,
             ended: false,
         })
+    }
+
+    /// How a session on `channel` cuts: a target the operator fixed, else
+    /// the one an earlier session chose (HLS keeps it for the playlist's
+    /// life), else learned from this stream's GOP.
+    fn segmenter_config(&self, channel: &Channel) -> SegmenterConfig {
+        let s = &self.segments;
+        match s.target_duration.or(channel.chosen_target_duration()) {
+            Some(t) => SegmenterConfig::new(s.segment_seconds, t),
+            None => SegmenterConfig::learning(s.segment_seconds, s.max_target_duration),
+        }
     }
 
     fn reject(&self, name: &ChannelName) {
@@ -187,6 +196,9 @@ impl Session<'_> {
         while let Some(event) = self.segmenter.poll_event() {
             match &event {
                 Event::SegmentEnd { .. } => self.segments += 1,
+                Event::Notice(n) if n.is_info() => {
+                    info!(channel = %self.channel.name(), "{n}");
+                }
                 Event::Notice(n) => {
                     self.problems += 1;
                     let kind = n.kind();

@@ -59,7 +59,8 @@ struct ServeArgs {
     /// Seconds of media per segment (cut at the first keyframe after this).
     #[arg(long)]
     segment_seconds: Option<f64>,
-    /// EXT-X-TARGETDURATION in seconds.
+    /// Fix EXT-X-TARGETDURATION to this many seconds (default: learned from
+    /// each stream's first GOP, up to segments.max_target_duration).
     #[arg(long)]
     target_duration: Option<u64>,
 }
@@ -133,7 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.segments.segment_seconds = s;
             }
             if let Some(t) = a.target_duration {
-                config.segments.target_duration = t;
+                config.segments.target_duration = Some(t);
             }
             for u in &a.udp {
                 let (addr, channel) = u

@@ -31,7 +31,8 @@ pub const MIN_WINDOW_SEGMENTS: usize = 6;
 /// Shape of the playlist.
 #[derive(Debug, Clone, Copy)]
 pub struct PlaylistConfig {
-    /// EXT-X-TARGETDURATION in seconds; fixed for the life of the channel.
+    /// EXT-X-TARGETDURATION in seconds until the segmenter chooses one
+    /// ([`Playlist::set_target_duration`]); fixed for the life of the channel.
     pub target_duration: u64,
     /// Fewest segments listed once the stream has that many.
     pub window_segments: usize,
@@ -169,6 +170,13 @@ impl Playlist {
     /// The target duration in seconds.
     pub fn target_duration(&self) -> u64 {
         self.config.target_duration
+    }
+
+    /// Sets the target duration, as the segmenter chose it for the stream.
+    /// HLS fixes it for the life of a playlist: a channel sets it once,
+    /// before its first segment, and passes it to every later session.
+    pub fn set_target_duration(&mut self, secs: u64) {
+        self.config.target_duration = secs;
     }
 
     /// Media listed, in ticks.

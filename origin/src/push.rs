@@ -350,7 +350,7 @@ struct Monitor {
 impl Monitor {
     fn new() -> Self {
         Self {
-            segmenter: Segmenter::new(SegmenterConfig::new(2.0, 3)),
+            segmenter: Segmenter::new(SegmenterConfig::learning(2.0, 12)),
             problems: 0,
             last_problem: None,
             window_bytes: 0,
@@ -364,6 +364,9 @@ impl Monitor {
         self.segmenter.handle_input(data);
         while let Some(e) = self.segmenter.poll_event() {
             if let Event::Notice(n) = e {
+                if n.is_info() {
+                    continue;
+                }
                 self.problems += 1;
                 self.last_problem = Some(n.to_string());
             }
@@ -405,8 +408,12 @@ impl Monitor {
             o.segments_cut.to_string()
         });
         let origin_errs = origin.map_or(0, |o| o.input_errors);
+        let target = origin
+            .and_then(|o| o.target_duration)
+            .or(st.target_secs)
+            .map_or("--".into(), |t| format!("{t} s"));
         let mut line = format!(
-            "[{channel}] {:02}:{:02}:{:02} in {rate} | GOP {gop} | {codec} +{} audio | segments cut {segs} | errors {} local, {origin_errs} at origin | sent {:.1} MB",
+            "[{channel}] {:02}:{:02}:{:02} in {rate} | GOP {gop} | target {target} | {codec} +{} audio | segments cut {segs} | errors {} local, {origin_errs} at origin | sent {:.1} MB",
             t / 3600,
             (t / 60) % 60,
             t % 60,

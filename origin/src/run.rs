@@ -69,7 +69,10 @@ impl OriginHandle {
             Arc::new(key),
             metrics.ingest.clone(),
             PlaylistConfig {
-                target_duration: config.segments.target_duration,
+                target_duration: config
+                    .segments
+                    .target_duration
+                    .unwrap_or(config.segments.max_target_duration),
                 window_segments: config.segments.window_segments,
             },
             config.data_dir.join("channels"),

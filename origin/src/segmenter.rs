@@ -42,15 +42,29 @@ use crate::ts::psi::{section_packets, Pat, Pmt, PsiError, SectionAssembler};
 use crate::ts::timestamp::{distance, Unwrapped, Unwrapper};
 use crate::ts::{PACKET_LEN, TICKS_PER_SECOND};
 
+/// How the playlist's target duration is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetRule {
+    /// This many seconds, whatever the input.
+    Fixed(u64),
+    /// Learned from the input's first GOP before anything is published (see
+    /// [`target_for_gop`]), at most `max` seconds.
+    Learn {
+        /// The largest target chosen; a stream without a second random
+        /// access point within this much media gets it.
+        max: u64,
+    },
+}
+
 /// Tunables of one segmenter.
 #[derive(Debug, Clone)]
 pub struct SegmenterConfig {
     /// Media per segment to aim for, in 90 kHz ticks: a segment is cut at the
     /// first random access point at or after this much media.
     pub segment_ticks: u64,
-    /// Hard upper bound on a segment's media, in ticks (the playlist's
-    /// target duration).
-    pub target_ticks: u64,
+    /// How the target duration (the hard upper bound on a segment's media)
+    /// is chosen.
+    pub target: TargetRule,
     /// Largest PES packet accepted, in bytes of TS packets; larger ones are
     /// dropped (a PES that never ends must not grow memory without bound).
     pub max_pes_bytes: usize,
@@ -60,15 +74,42 @@ pub struct SegmenterConfig {
 }
 
 impl SegmenterConfig {
-    /// A config for `segment_secs` aimed and `target_secs` maximum.
+    /// A config for `segment_secs` aimed and a fixed target of `target_secs`.
     pub fn new(segment_secs: f64, target_secs: u64) -> Self {
+        Self::with_target(segment_secs, TargetRule::Fixed(target_secs))
+    }
+
+    /// A config for `segment_secs` aimed, the target learned from the
+    /// input's GOP up to `max_target_secs`.
+    pub fn learning(segment_secs: f64, max_target_secs: u64) -> Self {
+        Self::with_target(
+            segment_secs,
+            TargetRule::Learn {
+                max: max_target_secs,
+            },
+        )
+    }
+
+    fn with_target(segment_secs: f64, target: TargetRule) -> Self {
         Self {
             segment_ticks: (segment_secs * TICKS_PER_SECOND as f64) as u64,
-            target_ticks: target_secs * TICKS_PER_SECOND,
+            target,
             max_pes_bytes: 16 << 20,
             max_held_bytes: 8 << 20,
         }
     }
+}
+
+/// The target duration for a stream whose GOP lasts `gop_ticks` when
+/// segments aim at `segment_ticks`: the longer of the two rounded up with
+/// half a second to spare, so that GOPs a little longer than the first (an
+/// encoder's rate control, frame timing jitter) still fit, and capped at
+/// `max` seconds. A 2 s GOP gets 3 s, OBS's default 250 frames at 30 fps
+/// (8.33 s) gets 9 s.
+pub fn target_for_gop(gop_ticks: u64, segment_ticks: u64, max: u64) -> u64 {
+    let longest = gop_ticks.max(segment_ticks) as f64 / TICKS_PER_SECOND as f64;
+    let floor = (segment_ticks as f64 / TICKS_PER_SECOND as f64).ceil() as u64;
+    ((longest + 0.5).ceil() as u64).clamp(floor.max(1), max.max(floor).max(1))
 }
 
 /// What the segmenter tells its driver.
@@ -85,6 +126,9 @@ pub enum Event {
     },
     /// Something about the input worth a log line and a metric.
     Notice(Notice),
+    /// The playlist's target duration in seconds; comes once, before the
+    /// first [`Event::SegmentStart`], and holds for the whole stream.
+    TargetDuration(u64),
 }
 
 /// How a segment begins.
@@ -166,9 +210,23 @@ pub enum Notice {
         /// Bytes dropped.
         bytes: usize,
     },
+    /// The target duration was chosen before publishing the first segment.
+    TargetChosen {
+        /// Seconds.
+        target_secs: u64,
+        /// The first GOP, in ticks, if one was seen.
+        gop_ticks: Option<u64>,
+        /// The GOP in frames the encoder declared, if it did.
+        encoder_keyint: Option<u32>,
+    },
 }
 
 impl Notice {
+    /// Whether this is news rather than a problem with the input.
+    pub fn is_info(&self) -> bool {
+        matches!(self, Notice::TargetChosen { .. })
+    }
+
     /// A short stable name, used as the `kind` label of the problems metric.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -186,6 +244,7 @@ impl Notice {
             Notice::WaitingForKeyframe { .. } => "waiting_for_keyframe",
             Notice::KeyframeWithoutParameterSets => "keyframe_without_parameter_sets",
             Notice::HeldDataDropped { .. } => "held_data_dropped",
+            Notice::TargetChosen { .. } => "target_chosen",
         }
     }
 }
@@ -207,6 +266,17 @@ impl std::fmt::Display for Notice {
             Notice::WaitingForKeyframe { waited_ticks } => write!(f, "no keyframe for {:.1} s of media; nothing is published until one arrives", *waited_ticks as f64 / 90_000.0),
             Notice::KeyframeWithoutParameterSets => write!(f, "keyframe without in-band SPS/PPS cannot start a segment; have the encoder repeat headers"),
             Notice::HeldDataDropped { bytes } => write!(f, "dropped {bytes} bytes of audio/data held while waiting for video"),
+            Notice::TargetChosen { target_secs, gop_ticks, encoder_keyint } => {
+                write!(f, "target duration {target_secs} s")?;
+                match gop_ticks {
+                    Some(g) => write!(f, " for a GOP of {:.2} s", *g as f64 / 90_000.0)?,
+                    None => write!(f, " (no second keyframe within it)")?,
+                }
+                match encoder_keyint {
+                    Some(k) => write!(f, "; the encoder declares keyint={k}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -241,6 +311,8 @@ pub struct Stats {
     pub video_codec: Option<VideoCodec>,
     /// Number of audio streams carried.
     pub audio_streams: u32,
+    /// The target duration, once chosen.
+    pub target_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +355,20 @@ struct Held {
     buf: Vec<u8>,
 }
 
+/// While the target duration is being learned: segment events are kept
+/// here, not published, until the first GOP is known.
+#[derive(Debug, Default)]
+struct Learning {
+    events: VecDeque<Event>,
+    bytes: usize,
+    first_rap: Option<i64>,
+    longest_segment: i64,
+}
+
+/// Most bytes of segments kept while learning the GOP; past this the target
+/// is chosen from what was seen.
+const MAX_LEARNING_BYTES: usize = 64 << 20;
+
 #[derive(Debug, Clone, Copy)]
 struct OpenSegment {
     start: i64,
@@ -312,6 +398,10 @@ pub struct Segmenter {
     last_rap: Option<i64>,
     frames_since_rap: u32,
     waiting_from: Option<i64>,
+    /// The target in effect, in ticks (while learning: the largest allowed).
+    target_ticks: i64,
+    learning: Option<Learning>,
+    encoder_keyint: Option<u32>,
 }
 
 /// Steps larger than these (in ticks) between consecutive timestamps of one
@@ -321,13 +411,26 @@ const MAX_BACKWARD: i64 = TICKS_PER_SECOND as i64;
 const MAX_FORWARD: i64 = 10 * TICKS_PER_SECOND as i64;
 /// Other streams' data may start this far before the segment's cut point.
 const LEAD_TOLERANCE: i64 = TICKS_PER_SECOND as i64 / 10;
+const HALF_SECOND: i64 = TICKS_PER_SECOND as i64 / 2;
 /// Assumed frame duration until one is measured (30 fps).
 const DEFAULT_FRAME_TICKS: i64 = 3000;
 
 impl Segmenter {
     /// A segmenter waiting for its first PAT.
     pub fn new(config: SegmenterConfig) -> Self {
+        let (target, learning) = match config.target {
+            TargetRule::Fixed(t) => (t, None),
+            TargetRule::Learn { max } => (max, Some(Learning::default())),
+        };
+        let mut events = VecDeque::new();
+        let fixed = learning.is_none().then_some(target);
+        if let Some(t) = fixed {
+            events.push_back(Event::TargetDuration(t));
+        }
         Self {
+            target_ticks: (target * TICKS_PER_SECOND) as i64,
+            learning,
+            encoder_keyint: None,
             config,
             framer: Framer::new(),
             pat_asm: SectionAssembler::default(),
@@ -342,8 +445,11 @@ impl Segmenter {
             pending_discontinuity: false,
             held: VecDeque::new(),
             held_bytes: 0,
-            events: VecDeque::new(),
-            stats: Stats::default(),
+            events,
+            stats: Stats {
+                target_secs: fixed,
+                ..Stats::default()
+            },
             last_rap: None,
             frames_since_rap: 0,
             waiting_from: None,
@@ -377,6 +483,9 @@ impl Segmenter {
         self.flush_held();
         self.end_segment_at_last_frame();
         self.drop_held();
+        if self.learning.is_some() {
+            self.choose_target(None);
+        }
     }
 
     /// The next event, if any.
@@ -683,11 +792,11 @@ impl Segmenter {
                         // The open segment carries only other streams now;
                         // it still may not outgrow the target. What follows
                         // has a hole in its video: a discontinuity.
-                        Some(seg) if self.breaks_timeline(&seg, &pts, frame) => {
+                        Some(seg) if self.breaks_timeline(&seg, &pts) => {
                             self.end_segment(seg.max_end - seg.start);
                             self.pending_discontinuity = true;
                         }
-                        Some(seg) if pts.ticks - seg.start >= self.config.target_ticks as i64 => {
+                        Some(seg) if pts.ticks - seg.start >= self.target_ticks => {
                             self.end_segment(pts.ticks - seg.start);
                             self.pending_discontinuity = true;
                         }
@@ -715,7 +824,7 @@ impl Segmenter {
                 }
                 self.start_segment(pts.ticks, raw, true);
             }
-            Some(seg) if self.breaks_timeline(&seg, &pts, frame) => {
+            Some(seg) if self.breaks_timeline(&seg, &pts) => {
                 self.end_segment(seg.max_end - seg.start);
                 self.pending_discontinuity = true;
                 if !is_rap {
@@ -729,7 +838,7 @@ impl Segmenter {
                 if is_rap && elapsed + frame / 2 >= self.config.segment_ticks as i64 {
                     self.end_segment(elapsed);
                     self.start_segment(pts.ticks, raw, true);
-                } else if elapsed >= self.config.target_ticks as i64 {
+                } else if elapsed >= self.target_ticks {
                     self.notice(Notice::ForcedCut {
                         elapsed_ticks: elapsed as u64,
                     });
@@ -738,13 +847,29 @@ impl Segmenter {
                 }
             }
         }
+        if let Some(k) = pes.scanner.as_ref().and_then(NalScanner::encoder_keyint) {
+            self.encoder_keyint = Some(k);
+        }
         if is_rap {
             if let Some(last) = self.last_rap {
-                self.stats.last_gop_ticks = Some((pts.ticks - last).max(0) as u64);
+                let gop = (pts.ticks - last).max(0) as u64;
+                self.stats.last_gop_ticks = Some(gop);
                 self.stats.last_gop_frames = self.frames_since_rap;
+                if self.learning.is_some() {
+                    self.choose_target(Some(gop));
+                }
             }
             self.last_rap = Some(pts.ticks);
             self.frames_since_rap = 0;
+        }
+        if let Some(first) = self
+            .learning
+            .as_mut()
+            .map(|l| *l.first_rap.get_or_insert(pts.ticks))
+        {
+            if pts.ticks - first >= self.target_ticks {
+                self.choose_target(None);
+            }
         }
         self.frames_since_rap += 1;
         if let Some(seg) = self.segment.as_mut() {
@@ -754,17 +879,90 @@ impl Segmenter {
     }
 
     /// Whether `pts` cannot belong to the open segment: a jump, or a step
-    /// past the target inside one segment (a hole from lost frames or a
-    /// damaged timestamp), which is treated the same way.
-    fn breaks_timeline(&self, seg: &OpenSegment, pts: &Unwrapped, frame: i64) -> bool {
+    /// so far past the target that the segment could not be cut within it
+    /// (a hole from lost frames or a damaged timestamp), which is treated
+    /// the same way. The margin is HLS's own: an EXTINF that rounds to the
+    /// target is allowed, and it also covers B-frame reordering, whose
+    /// timestamps run a few frames ahead of decode order.
+    fn breaks_timeline(&self, seg: &OpenSegment, pts: &Unwrapped) -> bool {
         let elapsed = pts.ticks - seg.start;
-        pts.jump || elapsed > self.config.target_ticks as i64 + frame || elapsed < -MAX_BACKWARD
+        pts.jump || elapsed >= self.target_ticks + HALF_SECOND || elapsed < -MAX_BACKWARD
+    }
+
+    /// Fixes the target duration from the first GOP (`None`: none was seen
+    /// within the largest target, or the feed ended first) and publishes
+    /// what was kept while learning.
+    fn choose_target(&mut self, gop: Option<u64>) {
+        let Some(learning) = self.learning.take() else {
+            return;
+        };
+        let TargetRule::Learn { max } = self.config.target else {
+            return;
+        };
+        let segment = self.config.segment_ticks;
+        // The encoder's own statement of its GOP, when it made one, is the
+        // longest GOP it will send (a scene cut only shortens one).
+        let declared = self.encoder_keyint.and_then(|k| {
+            let ticks = u64::from(k) * self.frame_ticks() as u64;
+            (ticks <= max * TICKS_PER_SECOND).then_some(ticks)
+        });
+        let target = match gop {
+            Some(g) => target_for_gop(
+                g.max(declared.unwrap_or(0))
+                    .max(learning.longest_segment.max(0) as u64),
+                segment,
+                max,
+            ),
+            None if learning.events.is_empty() => max,
+            None => target_for_gop(learning.longest_segment.max(0) as u64, segment, max).max(
+                self.open_ticks()
+                    .map_or(0, |t| target_for_gop(t, segment, max)),
+            ),
+        };
+        self.target_ticks = (target * TICKS_PER_SECOND) as i64;
+        self.stats.target_secs = Some(target);
+        self.notice(Notice::TargetChosen {
+            target_secs: target,
+            gop_ticks: gop,
+            encoder_keyint: self.encoder_keyint,
+        });
+        self.events.push_back(Event::TargetDuration(target));
+        self.events.extend(learning.events);
+    }
+
+    /// Media in the open segment so far.
+    fn open_ticks(&self) -> Option<u64> {
+        self.segment.map(|s| (s.max_end - s.start).max(0) as u64)
+    }
+
+    fn frame_ticks(&self) -> i64 {
+        self.driver
+            .map_or(DEFAULT_FRAME_TICKS, |d| self.streams[d].frame_ticks)
+    }
+
+    /// Queues a segment event, or keeps it while the target is learned.
+    fn emit(&mut self, event: Event) {
+        let Some(learning) = self.learning.as_mut() else {
+            return self.events.push_back(event);
+        };
+        match &event {
+            Event::Data(b) => learning.bytes += b.len(),
+            Event::SegmentEnd { duration_ticks } => {
+                learning.longest_segment = learning.longest_segment.max(*duration_ticks as i64);
+            }
+            _ => {}
+        }
+        let full = learning.bytes > MAX_LEARNING_BYTES;
+        learning.events.push_back(event);
+        if full {
+            self.choose_target(None);
+        }
     }
 
     fn wait_for_keyframe(&mut self, ticks: i64) {
         let from = *self.waiting_from.get_or_insert(ticks);
         let waited = ticks - from;
-        if waited >= self.config.target_ticks as i64 {
+        if waited >= self.target_ticks {
             self.notice(Notice::WaitingForKeyframe {
                 waited_ticks: waited as u64,
             });
@@ -828,16 +1026,17 @@ impl Segmenter {
 
     fn start_segment(&mut self, start: i64, start_raw: u64, independent: bool) {
         self.waiting_from = None;
-        self.events.push_back(Event::SegmentStart(SegmentStart {
+        let start_event = Event::SegmentStart(SegmentStart {
             discontinuity: std::mem::take(&mut self.pending_discontinuity),
             independent,
-        }));
+        });
+        self.emit(start_event);
         let mut header = Vec::with_capacity(2 * PACKET_LEN);
         if let (Some(pat), Some(pmt)) = (self.pat, self.pmt_section.as_ref()) {
             section_packets(PAT_PID, &pat.to_section(), &mut self.cc_pat, &mut header);
             section_packets(pat.pmt_pid, pmt, &mut self.cc_pmt, &mut header);
         }
-        self.events.push_back(Event::Data(Bytes::from(header)));
+        self.emit(Event::Data(Bytes::from(header)));
         self.segment = Some(OpenSegment {
             start,
             start_raw,
@@ -849,7 +1048,7 @@ impl Segmenter {
 
     fn end_segment(&mut self, duration: i64) {
         if self.segment.take().is_some() {
-            self.events.push_back(Event::SegmentEnd {
+            self.emit(Event::SegmentEnd {
                 duration_ticks: duration.max(0) as u64,
             });
         }
@@ -872,6 +1071,6 @@ impl Segmenter {
                 es.cc_out = (es.cc_out + 1) & 0x0F;
             }
         }
-        self.events.push_back(Event::Data(Bytes::from(buf)));
+        self.emit(Event::Data(Bytes::from(buf)));
     }
 }

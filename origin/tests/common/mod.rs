@@ -38,6 +38,7 @@ pub struct Seg {
 pub struct Run {
     pub segments: Vec<Seg>,
     pub notices: Vec<Notice>,
+    pub target: Option<u64>,
 }
 
 pub fn drain(s: &mut Segmenter, run: &mut Run) {
@@ -59,7 +60,13 @@ pub fn drain(s: &mut Segmenter, run: &mut Run) {
                 assert!(seg.duration_ticks.is_none(), "segment ended twice");
                 seg.duration_ticks = Some(duration_ticks);
             }
+            Event::Notice(n) if n.is_info() => {}
             Event::Notice(n) => run.notices.push(n),
+            Event::TargetDuration(t) => {
+                assert!(run.target.is_none(), "target duration given twice");
+                assert!(run.segments.is_empty(), "target duration after a segment");
+                run.target = Some(t);
+            }
         }
     }
 }
