@@ -340,6 +340,9 @@ struct Es {
     pes: Option<Pes>,
     unwrap: Unwrapper,
     frame_ticks: i64,
+    /// The shortest frame step seen: the nominal frame rate of a stream
+    /// whose frame rate varies.
+    min_frame_ticks: Option<i64>,
     last_decode: Option<i64>,
     /// Video only: drop until the next random access point.
     after_loss: bool,
@@ -596,6 +599,7 @@ impl Segmenter {
                 pes: None,
                 unwrap: Unwrapper::new(MAX_BACKWARD, MAX_FORWARD),
                 frame_ticks: DEFAULT_FRAME_TICKS,
+                min_frame_ticks: None,
                 last_decode: None,
                 after_loss: false,
                 holding: false,
@@ -757,6 +761,7 @@ impl Segmenter {
                 let step = decode - last;
                 if step > 0 && step <= TICKS_PER_SECOND as i64 && !pts.jump {
                     es.frame_ticks = step;
+                    es.min_frame_ticks = Some(es.min_frame_ticks.map_or(step, |m| m.min(step)));
                 }
             }
             es.last_decode = Some(decode);
@@ -903,7 +908,7 @@ impl Segmenter {
         // The encoder's own statement of its GOP, when it made one, is the
         // longest GOP it will send (a scene cut only shortens one).
         let declared = self.encoder_keyint.and_then(|k| {
-            let ticks = u64::from(k) * self.frame_ticks() as u64;
+            let ticks = u64::from(k) * self.nominal_frame_ticks() as u64;
             (ticks <= max * TICKS_PER_SECOND).then_some(ticks)
         });
         let target = match gop {
@@ -935,9 +940,10 @@ impl Segmenter {
         self.segment.map(|s| (s.max_end - s.start).max(0) as u64)
     }
 
-    fn frame_ticks(&self) -> i64 {
+    fn nominal_frame_ticks(&self) -> i64 {
         self.driver
-            .map_or(DEFAULT_FRAME_TICKS, |d| self.streams[d].frame_ticks)
+            .and_then(|d| self.streams[d].min_frame_ticks)
+            .unwrap_or(DEFAULT_FRAME_TICKS)
     }
 
     /// Queues a segment event, or keeps it while the target is learned.

@@ -1,0 +1,409 @@
+//! What producers' encoders send, end to end: a corpus made with ffmpeg's
+//! lavfi sources (nothing large in the repository), each file pushed over
+//! HTTP with the real `origin ingest` into the real `origin serve`, read back
+//! over HTTP and checked with ffprobe, independently of the segmenter:
+//!
+//! - every frame of the driving stream from the first random access point
+//!   on reaches a segment (packets in = packets out);
+//! - every segment's first frame decodes on its own, as an I picture;
+//! - one target duration, the one the GOP calls for, and every EXTINF
+//!   rounded within it;
+//! - every EXTINF within one frame of the media between segment starts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::net::*;
+
+/// Frames per second of every video in the corpus.
+const FPS: f64 = 30.0;
+
+struct Case {
+    name: &'static str,
+    /// The target duration the stream's GOP calls for.
+    target: u64,
+    /// The stream segments are cut on: `v:0`, or `a:0` for audio only.
+    driving: &'static str,
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const VIDEO: &str = "testsrc2=size=320x180:rate=30";
+const AUDIO: &str = "sine=frequency=440:sample_rate=48000";
+
+/// An H.264 clip of `secs` with extra encoder arguments.
+fn h264(out: &Path, secs: &str, extra: &[&str]) {
+    let mut args = vec![
+        "-f", "lavfi", "-i", VIDEO, "-f", "lavfi", "-i", AUDIO, "-t", secs, "-c:v", "libx264",
+        "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["-f", "mpegts", out.to_str().expect("path")]);
+    ffmpeg(&args);
+}
+
+fn hevc(out: &Path, params: &str) {
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        VIDEO,
+        "-f",
+        "lavfi",
+        "-i",
+        AUDIO,
+        "-t",
+        "20",
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        params,
+        "-c:a",
+        "aac",
+        "-f",
+        "mpegts",
+        out.to_str().expect("path"),
+    ]);
+}
+
+/// Makes the corpus file for `name` in `dir`.
+fn make(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(format!("{name}.ts"));
+    let p = |f: &str| dir.join(f).to_str().expect("path").to_owned();
+    match name {
+        "bframes" => h264(&out, "20", &["-g", "60", "-bf", "3"]),
+        "gop5" => h264(&out, "20", &["-g", "150", "-keyint_min", "150", "-sc_threshold", "0"]),
+        "gop0.5" => h264(&out, "12", &["-g", "15"]),
+        "open-gop" => h264(&out, "20", &["-g", "60", "-bf", "3", "-x264-params", "open-gop=1"]),
+        // OBS with the keyframe interval on "auto": x264's keyint 250 (8.3 s
+        // at 30 fps), 3 B-frames, keyframes at scene cuts (here at 5 s and
+        // 17 s), so the first GOP is shorter than the longest.
+        "obs-default" => ffmpeg(&[
+            "-f", "lavfi", "-i", AUDIO, "-filter_complex",
+            "testsrc2=s=320x180:r=30:d=5[a];smptebars=s=320x180:r=30:d=12[b];testsrc=s=320x180:r=30:d=13[c];[a][b][c]concat=n=3:v=1:a=0[v]",
+            "-map", "[v]", "-map", "0:a", "-t", "30", "-c:v", "libx264", "-preset", "veryfast",
+            "-pix_fmt", "yuv420p", "-g", "250", "-bf", "3", "-c:a", "aac", "-f", "mpegts",
+            out.to_str().expect("path"),
+        ]),
+        "hevc-open" => hevc(&out, "log-level=error:keyint=60:open-gop=1"),
+        "hevc-closed" => hevc(&out, "log-level=error:keyint=60:open-gop=0"),
+        "audio-only" => ffmpeg(&[
+            "-f", "lavfi", "-i", AUDIO, "-t", "12", "-c:a", "aac", "-f", "mpegts",
+            out.to_str().expect("path"),
+        ]),
+        "mid-gop-start" => {
+            h264(&dir.join("whole.ts"), "14", &["-g", "60", "-bf", "3"]);
+            let whole = std::fs::read(dir.join("whole.ts")).expect("read");
+            // Drop the first 2.6 s worth of packets: the file starts in the
+            // middle of a PES and of a GOP.
+            let packets = whole.len() / 188;
+            let skip = packets * 26 / 140 * 188 + 188 * 3 / 2 / 188 * 188 + 57;
+            std::fs::write(&out, &whole[skip..]).expect("write");
+        }
+        "pts-wrap" => h264(&out, "20", &["-g", "60", "-bf", "3", "-output_ts_offset", "95436"]),
+        "variable-frame-rate" => h264(
+            &out,
+            "16",
+            &[
+                "-g", "60", "-vf",
+                "select='not(eq(mod(n\\,10)\\,3))*not(eq(mod(n\\,7)\\,5))'",
+                "-fps_mode", "vfr",
+            ],
+        ),
+        "resolution-change" => {
+            h264(&dir.join("small.ts"), "8", &["-g", "60", "-bf", "3"]);
+            ffmpeg(&[
+                "-f", "lavfi", "-i", "testsrc2=size=480x270:rate=30", "-f", "lavfi", "-i", AUDIO,
+                "-t", "8", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                "-g", "60", "-bf", "3", "-c:a", "aac", "-f", "mpegts", &p("large.ts"),
+            ]);
+            std::fs::write(
+                dir.join("list.txt"),
+                format!("file '{}'\nfile '{}'\n", p("small.ts"), p("large.ts")),
+            )
+            .expect("write");
+            ffmpeg(&[
+                "-f", "concat", "-safe", "0", "-i", &p("list.txt"), "-c", "copy", "-f", "mpegts",
+                out.to_str().expect("path"),
+            ]);
+        }
+        other => panic!("no corpus file {other}"),
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+struct Packet {
+    pts: Option<i64>,
+    keyframe: bool,
+}
+
+/// The packets of stream `sel` of `path`, in decode order.
+fn packets(path: &Path, sel: &str) -> Vec<Packet> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            sel,
+            "-of",
+            "json",
+            "-show_packets",
+        ])
+        .args(["-show_entries", "packet=pts,flags"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    json["packets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| Packet {
+                    pts: p["pts"].as_i64(),
+                    keyframe: p["flags"].as_str().is_some_and(|f| f.starts_with('K')),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Picture types of the frames `path`'s first video stream decodes to, by PTS.
+fn decoded_frames(path: &Path) -> Vec<(Option<i64>, String)> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-of",
+            "json",
+            "-show_frames",
+        ])
+        .args(["-show_entries", "frame=pts,pict_type"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    json["frames"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["pts"].as_i64(),
+                        f["pict_type"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ticks from `a` to `b` on the 33-bit PTS clock.
+fn ticks_between(a: i64, b: i64) -> i64 {
+    (b - a).rem_euclid(1 << 33)
+}
+
+/// Pushes `file` to a fresh origin and checks what it serves; returns the
+/// problems found and a line for the summary table.
+async fn check(dir: &Path, case: &Case, file: &Path) -> (Vec<String>, String) {
+    let data = dir.join(format!("origin-{}", case.name));
+    std::fs::create_dir_all(&data).expect("data dir");
+    let config = data.join("origin.toml");
+    std::fs::write(&config, "[segments]\nwindow_segments = 1000\n").expect("config");
+    let (_origin, base) = spawn_origin(&data, &["--config", config.to_str().expect("path")]).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .args([
+            "ingest",
+            "--quiet",
+            "--origin",
+            &base,
+            "--channel",
+            "corpus",
+        ])
+        .arg(file)
+        .output()
+        .expect("origin ingest runs");
+    assert!(
+        out.status.success(),
+        "{}: ingest failed: {}",
+        case.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = String::from_utf8(
+        get(&format!("{base}/live/corpus/index.m3u8"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .expect("utf-8 playlist");
+    let playlist = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("valid playlist");
+    let mut problems = Vec::new();
+    if playlist.target_duration != case.target {
+        problems.push(format!(
+            "target duration {} where the GOP calls for {}",
+            playlist.target_duration, case.target
+        ));
+    }
+    let mut all = Vec::new();
+    let mut starts = Vec::new();
+    for (n, seg) in playlist.segments.iter().enumerate() {
+        let bytes = get(&format!("{base}/live/corpus/{}", seg.uri)).await.body;
+        let path = data.join(&seg.uri);
+        std::fs::write(&path, &bytes).expect("write segment");
+        all.extend_from_slice(&bytes);
+        let first = packets(&path, case.driving).first().cloned();
+        let Some(first_pts) = first.and_then(|p| p.pts) else {
+            problems.push(format!("segment {n} has no timed {} packet", case.driving));
+            continue;
+        };
+        starts.push((first_pts, f64::from(seg.duration)));
+        if (f64::from(seg.duration)).round() as u64 > playlist.target_duration {
+            problems.push(format!(
+                "segment {n}: EXTINF {} above the target",
+                seg.duration
+            ));
+        }
+        if case.driving == "v:0" {
+            let frames = decoded_frames(&path);
+            let first_frame = frames.iter().find(|f| f.0 == Some(first_pts));
+            if first_frame.is_none_or(|f| f.1 != "I") {
+                problems.push(format!(
+                    "segment {n}: its first frame (pts {first_pts}) does not decode as an I picture on its own: {first_frame:?}"
+                ));
+            }
+        }
+    }
+    for (n, pair) in starts.windows(2).enumerate() {
+        let media = ticks_between(pair[0].0, pair[1].0) as f64 / 90_000.0;
+        let frame = if case.driving == "v:0" {
+            1.0 / FPS
+        } else {
+            0.03
+        };
+        if (pair[0].1 - media).abs() > frame + 0.001 {
+            problems.push(format!(
+                "segment {n}: EXTINF {:.3} s but {media:.3} s of media to the next segment",
+                pair[0].1
+            ));
+        }
+    }
+    let joined = data.join("all.ts");
+    std::fs::write(&joined, &all).expect("write");
+    let input = packets(file, case.driving);
+    let from_rap = input.iter().position(|p| p.keyframe).unwrap_or(0);
+    let frames_in = input.len() - from_rap;
+    let frames_out = packets(&joined, case.driving).len();
+    if frames_in != frames_out {
+        problems.push(format!(
+            "{frames_in} frames from the first random access point on, {frames_out} in segments"
+        ));
+    }
+    let line = format!(
+        "{:<20} target {:>2} s  segments {:>3}  frames in {:>4} out {:>4}  problems {}",
+        case.name,
+        playlist.target_duration,
+        playlist.segments.len(),
+        frames_in,
+        frames_out,
+        problems.len()
+    );
+    (problems, line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_encoders_output_is_segmented_without_losing_a_frame() {
+    require_tool("ffmpeg");
+    require_tool("ffprobe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        Case {
+            name: "bframes",
+            target: 3,
+            driving: "v:0",
+        },
+        Case {
+            name: "gop5",
+            target: 6,
+            driving: "v:0",
+        },
+        Case {
+            name: "gop0.5",
+            target: 3,
+            driving: "v:0",
+        },
+        Case {
+            name: "open-gop",
+            target: 3,
+            driving: "v:0",
+        },
+        Case {
+            name: "obs-default",
+            target: 9,
+            driving: "v:0",
+        },
+        Case {
+            name: "hevc-open",
+            target: 3,
+            driving: "v:0",
+        },
+        Case {
+            name: "hevc-closed",
+            target: 3,
+            driving: "v:0",
+        },
+        Case {
+            name: "audio-only",
+            target: 3,
+            driving: "a:0",
+        },
+        Case {
+            name: "mid-gop-start",
+            target: 3,
+            driving: "v:0",
+        },
+        Case {
+            name: "pts-wrap",
+            target: 3,
+            driving: "v:0",
+        },
+        // 60 frames with about a quarter dropped: GOPs of about 2.6 s.
+        Case {
+            name: "variable-frame-rate",
+            target: 4,
+            driving: "v:0",
+        },
+        Case {
+            name: "resolution-change",
+            target: 3,
+            driving: "v:0",
+        },
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let file = make(dir.path(), case.name);
+        let (problems, line) = check(dir.path(), case, &file).await;
+        println!("{line}");
+        for p in problems {
+            failures.push(format!("{}: {p}", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
