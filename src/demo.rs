@@ -87,7 +87,7 @@ pub async fn run(
     println!("  edge metrics:      {}/metrics", cluster.edge_url());
     println!("  origin channels:   {}/api/channels", cluster.origin_url());
     println!(
-        "  logs:              {}",
+        "  logs:              {} (origin and edge: demo.log; peers: peer-<n>.log)",
         cluster.config().work_dir.display()
     );
     println!();

@@ -179,7 +179,19 @@ fn main() -> ExitCode {
         edge: lab.edge(),
         slots: lab.peers().to_vec(),
     });
-    let code = treecast_proto::app::run_main(run(cli, net));
+    // The demo's terminal shows its own progress and URLs; the roles' log
+    // lines go to a file in its work directory.
+    let mut cli = cli;
+    let log = match &mut cli.command {
+        Command::Demo(a) => {
+            let dir = a
+                .work_dir
+                .get_or_insert_with(|| work_dir(&std::env::temp_dir(), "treecast-demo"));
+            Some(dir.join("demo.log"))
+        }
+        _ => None,
+    };
+    let code = treecast_proto::app::run_main_logging_to(log.as_deref(), run(cli, net));
     // After the runtime, and with it every peer process, is gone.
     drop(lab);
     code

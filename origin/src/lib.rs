@@ -13,22 +13,26 @@
 //! - [`playlist`]: the sans-IO live playlist window and its rendering.
 //! - [`channel`]: a channel's segments, signatures and playlist; the
 //!   registry of channels and their persisted state.
-//! - [`ingest`]: publishing sessions, and the UDP input driver.
+//! - [`publish`]: the server side of publishing: sessions (one publisher
+//!   into one channel), and the UDP and file input drivers.
+//! - [`source`]: reading a file, stdin or UDP feed (pacing, seamless
+//!   looping), for `origin ingest` and the origin's file inputs.
 //! - [`server`]: the HTTP routes.
 //! - [`run`]: starting and stopping a whole origin ([`OriginHandle`]).
-//! - [`push`]: the `origin ingest` client that pushes a file, stdin or UDP
+//! - [`push_client`]: the `origin ingest` client that pushes a file, stdin or UDP
 //!   feed to an origin and shows the producer what is happening.
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.
 
 pub mod channel;
 pub mod config;
-pub mod ingest;
 pub mod metrics;
 pub mod playlist;
-pub mod push;
+pub mod publish;
+pub mod push_client;
 pub mod run;
 pub mod segmenter;
 pub mod server;
+pub mod source;
 pub mod ts;
 
 pub use config::OriginConfig;

@@ -18,9 +18,9 @@ use treecast_proto::{ChannelName, OriginPublicKey};
 
 use crate::channel::Channels;
 use crate::config::{ConfigError, OriginConfig};
-use crate::ingest::{run_file, run_udp, Ingest};
 use crate::metrics::OriginMetrics;
 use crate::playlist::PlaylistConfig;
+use crate::publish::{run_file, run_udp, Ingest};
 use crate::server::OriginService;
 use treecast_proto::keyfile::{self, KeyError};
 

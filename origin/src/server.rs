@@ -28,8 +28,8 @@ use hyper::body::Incoming;
 use treecast_proto::{ChannelName, OriginPublicKey, SegmentFile};
 
 use crate::channel::{Channels, SegmentLookup};
-use crate::ingest::{Ingest, StartError};
 use crate::metrics::OriginMetrics;
+use crate::publish::{Ingest, StartError};
 use treecast_proto::http::{self as h, Body};
 
 /// Everything request handlers need.

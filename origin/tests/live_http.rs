@@ -398,3 +398,69 @@ async fn udp_and_stdin_inputs_publish() {
         6
     );
 }
+
+/// The origin's own file input loops the sample clip as one continuous
+/// stream: across the loop no input problem, no discontinuity, and the
+/// segment durations and timestamps run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looped_file_is_one_continuous_stream() {
+    require_tool("ffprobe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = common::repo_file("media/sample.ts");
+    let file = format!("{}=loop", sample.to_str().expect("path"));
+    let (_origin, base) = spawn_origin(dir.path(), &["--file", &file]).await;
+    // The clip is 16 s (8 segments): wait for the fourth segment of the
+    // second pass to be listed.
+    let status = || async {
+        let r = get(&format!("{base}/api/channels/loop")).await;
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(60), || async {
+        status().await["segments_cut"].as_u64().unwrap_or(0) >= 12
+    })
+    .await;
+    let st = status().await;
+    assert_eq!(
+        st["input_errors"], 0,
+        "input problems across the loop: {st}"
+    );
+    let text = String::from_utf8(
+        get(&format!("{base}/live/loop/index.m3u8"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .expect("utf-8");
+    assert!(
+        !text.contains("#EXT-X-DISCONTINUITY\n"),
+        "a discontinuity at the loop: {text}"
+    );
+    let playlist = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("valid playlist");
+    let mut last_end: Option<f64> = None;
+    for seg in &playlist.segments {
+        let body = get(&format!("{base}/live/loop/{}", seg.uri)).await.body;
+        let path = dir.path().join(&seg.uri);
+        std::fs::write(&path, &body).expect("write");
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+            .args(["stream=start_time", "-of", "csv=p=0"])
+            .arg(&path)
+            .output()
+            .expect("ffprobe");
+        // One line for the program, one for the stream: the same start.
+        let start: f64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a start time");
+        if let Some(end) = last_end {
+            // Within a frame (30 fps) of where the previous segment ended.
+            assert!(
+                (start - end).abs() < 0.034,
+                "segment {} starts at {start:.3} s, the previous one ended at {end:.3} s",
+                seg.uri
+            );
+        }
+        last_end = Some(start + f64::from(seg.duration));
+    }
+}

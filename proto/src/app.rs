@@ -9,13 +9,35 @@ use std::process::ExitCode;
 /// multi-threaded runtime, prints an error with its causes, and turns the
 /// outcome into the exit code.
 pub fn run_main(main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    run_main_logging_to(None, main)
+}
+
+/// [`run_main`], with the log written to `log_file` (appended, created with
+/// its directory) instead of stderr when given: for a command whose
+/// terminal shows its own progress, such as the demo.
+pub fn run_main_logging_to(
+    log_file: Option<&Path>,
+    main: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    match log_file.map(open_log) {
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+        Some(Ok(file)) => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init(),
+        Some(Err(e)) => {
+            eprintln!("error: cannot open the log file: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -30,6 +52,16 @@ pub fn run_main(main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// Resolves at the first Ctrl-C (SIGINT) or SIGTERM: the two ways an

@@ -290,7 +290,7 @@ pub async fn run_file(
     channel: ChannelName,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use crate::push::{read_source, Input, SourceConfig};
+    use crate::source::{read_source, Input, SourceConfig};
     loop {
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let source = SourceConfig {
