@@ -109,10 +109,10 @@ fn make(dir: &Path, name: &str) -> PathBuf {
         "mid-gop-start" => {
             h264(&dir.join("whole.ts"), "14", &["-g", "60", "-bf", "3"]);
             let whole = std::fs::read(dir.join("whole.ts")).expect("read");
-            // Drop the first 2.6 s worth of packets: the file starts in the
-            // middle of a PES and of a GOP.
+            // Drop about the first 2.6 s of the 14 s, and 57 bytes more: the
+            // file starts inside a packet, a PES and a GOP.
             let packets = whole.len() / 188;
-            let skip = packets * 26 / 140 * 188 + 188 * 3 / 2 / 188 * 188 + 57;
+            let skip = packets * 26 / 140 * 188 + 57;
             std::fs::write(&out, &whole[skip..]).expect("write");
         }
         "pts-wrap" => h264(&out, "20", &["-g", "60", "-bf", "3", "-output_ts_offset", "95436"]),
