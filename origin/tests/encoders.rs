@@ -153,66 +153,43 @@ struct Packet {
     keyframe: bool,
 }
 
-/// The packets of stream `sel` of `path`, in decode order.
-fn packets(path: &Path, sel: &str) -> Vec<Packet> {
+/// What ffprobe lists of stream `sel` of `path`: `section` is `packets`
+/// (decode order) or `frames` (what the decoder outputs), with `entries`.
+fn ffprobe(path: &Path, sel: &str, section: &str, entries: &str) -> Vec<serde_json::Value> {
+    let show = format!("-show_{section}");
+    let entries = format!("{}={entries}", section.trim_end_matches('s'));
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            sel,
-            "-of",
-            "json",
-            "-show_packets",
-        ])
-        .args(["-show_entries", "packet=pts,flags"])
+        .args(["-v", "error", "-select_streams", sel, "-of", "json", &show])
+        .args(["-show_entries", &entries])
         .arg(path)
         .output()
         .expect("ffprobe runs");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
-    json["packets"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| Packet {
-                    pts: p["pts"].as_i64(),
-                    keyframe: p["flags"].as_str().is_some_and(|f| f.starts_with('K')),
-                })
-                .collect()
+    json[section].as_array().cloned().unwrap_or_default()
+}
+
+/// The packets of stream `sel` of `path`, in decode order.
+fn packets(path: &Path, sel: &str) -> Vec<Packet> {
+    ffprobe(path, sel, "packets", "pts,flags")
+        .iter()
+        .map(|p| Packet {
+            pts: p["pts"].as_i64(),
+            keyframe: p["flags"].as_str().is_some_and(|f| f.starts_with('K')),
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Picture types of the frames `path`'s first video stream decodes to, by PTS.
 fn decoded_frames(path: &Path) -> Vec<(Option<i64>, String)> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-of",
-            "json",
-            "-show_frames",
-        ])
-        .args(["-show_entries", "frame=pts,pict_type"])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
-    json["frames"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|f| {
-                    (
-                        f["pts"].as_i64(),
-                        f["pict_type"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
+    ffprobe(path, "v:0", "frames", "pts,pict_type")
+        .iter()
+        .map(|f| {
+            (
+                f["pts"].as_i64(),
+                f["pict_type"].as_str().unwrap_or("").to_owned(),
+            )
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Ticks from `a` to `b` on the 33-bit PTS clock.
@@ -247,14 +224,7 @@ async fn check(dir: &Path, case: &Case, file: &Path) -> (Vec<String>, String) {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let text = String::from_utf8(
-        get(&format!("{base}/live/corpus/index.m3u8"))
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf-8 playlist");
-    let playlist = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("valid playlist");
+    let (_, playlist) = media_playlist(&format!("{base}/live/corpus/index.m3u8")).await;
     let mut problems = Vec::new();
     if playlist.target_duration != case.target {
         problems.push(format!(

@@ -314,14 +314,7 @@ async fn restarted_origin_never_reuses_segment_numbers() {
         "key is kept"
     );
     assert!(ingest_cmd(&base, "demo", &[sample]).status.success());
-    let text = String::from_utf8(
-        get(&format!("{base}/live/demo/index.m3u8"))
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf-8");
-    let p = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("playlist");
+    let (text, p) = media_playlist(&format!("{base}/live/demo/index.m3u8")).await;
     assert_eq!(listed_segments(&text), vec![10, 11, 12, 13, 14, 15]);
     assert!(p.media_sequence >= 10);
     // The first segment after the restart (8) left the window; its
@@ -424,18 +417,11 @@ async fn a_looped_file_is_one_continuous_stream() {
         st["input_errors"], 0,
         "input problems across the loop: {st}"
     );
-    let text = String::from_utf8(
-        get(&format!("{base}/live/loop/index.m3u8"))
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf-8");
+    let (text, playlist) = media_playlist(&format!("{base}/live/loop/index.m3u8")).await;
     assert!(
         !text.contains("#EXT-X-DISCONTINUITY\n"),
         "a discontinuity at the loop: {text}"
     );
-    let playlist = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("valid playlist");
     let mut last_end: Option<f64> = None;
     for seg in &playlist.segments {
         let body = get(&format!("{base}/live/loop/{}", seg.uri)).await.body;

@@ -177,18 +177,25 @@ impl Looper {
     }
 }
 
-/// Moves a packet's PCR, if it carries one, `offset` ticks forward.
-fn shift_pcr(p: &mut [u8; PACKET_LEN], offset: u64) {
+/// The 90 kHz base of a packet's PCR, if it carries one.
+fn pcr_base(p: &[u8; PACKET_LEN]) -> Option<u64> {
     let has_adaptation = p[3] & 0x20 != 0;
     if !has_adaptation || p[4] < 7 || p[5] & 0x10 == 0 {
-        return;
+        return None;
     }
-    let b = &p[6..12];
-    let base = (u64::from(b[0]) << 25)
-        | (u64::from(b[1]) << 17)
-        | (u64::from(b[2]) << 9)
-        | (u64::from(b[3]) << 1)
-        | (u64::from(b[4]) >> 7);
+    let b = &p[6..11];
+    Some(
+        (u64::from(b[0]) << 25)
+            | (u64::from(b[1]) << 17)
+            | (u64::from(b[2]) << 9)
+            | (u64::from(b[3]) << 1)
+            | (u64::from(b[4]) >> 7),
+    )
+}
+
+/// Moves a packet's PCR, if it carries one, `offset` ticks forward.
+fn shift_pcr(p: &mut [u8; PACKET_LEN], offset: u64) {
+    let Some(base) = pcr_base(p) else { return };
     let base = (base + offset) % CLOCK;
     p[6] = (base >> 25) as u8;
     p[7] = (base >> 17) as u8;
@@ -228,12 +235,7 @@ mod tests {
         let p: &[u8; PACKET_LEN] = p.try_into().expect("packet");
         let h = PacketHeader::parse(p).expect("header");
         let pes = PesHeader::parse(&p[h.payload_offset..]).expect("pes");
-        let b = &p[6..11];
-        let pcr = (u64::from(b[0]) << 25)
-            | (u64::from(b[1]) << 17)
-            | (u64::from(b[2]) << 9)
-            | (u64::from(b[3]) << 1)
-            | (u64::from(b[4]) >> 7);
+        let pcr = pcr_base(p).expect("pcr");
         (
             h.continuity,
             pes.pts.expect("pts"),

@@ -123,3 +123,10 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The media playlist at `url`: its text and its parsed form.
+pub async fn media_playlist(url: &str) -> (String, m3u8_rs::MediaPlaylist) {
+    let text = String::from_utf8(get(url).await.body.to_vec()).expect("utf-8 playlist");
+    let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("valid playlist");
+    (text, parsed)
+}
