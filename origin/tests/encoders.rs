@@ -28,19 +28,6 @@ struct Case {
     driving: &'static str,
 }
 
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg runs");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 const VIDEO: &str = "testsrc2=size=320x180:rate=30";
 const AUDIO: &str = "sine=frequency=440:sample_rate=48000";
 

@@ -195,19 +195,16 @@ async fn ffmpeg_can_publish_with_put() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_origin, base) = spawn_origin(dir.path(), &[]).await;
     let sample = common::repo_file("media/sample.ts");
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-i"])
-        .arg(&sample)
-        .args(["-c", "copy", "-f", "mpegts", "-method", "PUT"])
-        .arg(format!("{base}/ingest/ff"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("ffmpeg runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let put = format!("{base}/ingest/ff");
+    let args = [
+        "-i",
+        sample.to_str().expect("path"),
+        "-c",
+        "copy",
+        "-f",
+        "mpegts",
+    ];
+    ffmpeg(&[&args[..], &["-method", "PUT", &put]].concat());
     // ffmpeg is done writing; wait for the origin to finish the session.
     let url = format!("{base}/api/channels/ff");
     wait_until(Duration::from_secs(20), || async {

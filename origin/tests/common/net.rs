@@ -130,3 +130,18 @@ pub async fn media_playlist(url: &str) -> (String, m3u8_rs::MediaPlaylist) {
     let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).expect("valid playlist");
     (text, parsed)
 }
+
+/// Runs ffmpeg quietly with `args`; panics with its error output if it fails.
+pub fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-y"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
