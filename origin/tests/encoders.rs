@@ -192,18 +192,7 @@ async fn check(dir: &Path, case: &Case, file: &Path) -> (Vec<String>, String) {
     let config = data.join("origin.toml");
     std::fs::write(&config, "[segments]\nwindow_segments = 1000\n").expect("config");
     let (_origin, base) = spawn_origin(&data, &["--config", config.to_str().expect("path")]).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_origin"))
-        .args([
-            "ingest",
-            "--quiet",
-            "--origin",
-            &base,
-            "--channel",
-            "corpus",
-        ])
-        .arg(file)
-        .output()
-        .expect("origin ingest runs");
+    let out = ingest_cmd(&base, "corpus", &[file.to_str().expect("path")]);
     assert!(
         out.status.success(),
         "{}: ingest failed: {}",

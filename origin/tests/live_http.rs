@@ -11,14 +11,6 @@ use common::net::*;
 use http::{Method, StatusCode};
 use treecast_proto::{ChannelName, OriginPublicKey, SignedSegment};
 
-fn ingest_cmd(base: &str, channel: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_origin"))
-        .args(["ingest", "--quiet", "--origin", base, "--channel", channel])
-        .args(extra)
-        .output()
-        .expect("origin ingest runs")
-}
-
 fn listed_segments(playlist: &str) -> Vec<u64> {
     let p = m3u8_rs::parse_media_playlist_res(playlist.as_bytes()).expect("valid playlist");
     p.segments

@@ -145,3 +145,12 @@ pub fn ffmpeg(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `origin ingest --quiet` against `base` on `channel`, waiting for it to end.
+pub fn ingest_cmd(base: &str, channel: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_origin"))
+        .args(["ingest", "--quiet", "--origin", base, "--channel", channel])
+        .args(extra)
+        .output()
+        .expect("origin ingest runs")
+}
