@@ -264,6 +264,26 @@ mod corrupted_input {
     use super::*;
     use proptest::prelude::*;
 
+    /// A damaged control field that turns the keyframe's first packet into
+    /// an adaptation-only one (found by the property below): the bytes after
+    /// its adaptation field still look like a PES header, and must not be
+    /// taken for the start of a frame.
+    #[test]
+    fn a_start_bit_on_a_packet_without_payload_starts_no_frame() {
+        let mut data = sample()[..1_000_000].to_vec();
+        let first_video = (0..data.len() / PACKET_LEN)
+            .map(|i| i * PACKET_LEN)
+            .find(|&at| data[at + 1] & 0x1F == 0x01 && data[at + 2] == 0x00)
+            .expect("a video packet");
+        assert_eq!(data[first_video + 1] & 0x40, 0x40, "it starts a PES");
+        // adaptation_field_control 3 -> 2: adaptation field only.
+        data[first_video + 3] ^= 0x51;
+        assert_eq!((data[first_video + 3] >> 4) & 0x3, 2);
+        let run = segment(&data, default_config(), 1);
+        assert!(!run.segments.is_empty(), "the stream still publishes");
+        check_ts_rules(&run);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 

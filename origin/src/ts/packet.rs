@@ -13,6 +13,7 @@ pub struct PacketHeader {
     /// Packet identifier.
     pub pid: u16,
     /// `payload_unit_start_indicator`: a PES or PSI section starts here.
+    /// Never set on a packet without payload, whatever its header bit says.
     pub payload_start: bool,
     /// `transport_error_indicator`: the sender knows this packet is damaged.
     pub transport_error: bool,
@@ -22,7 +23,8 @@ pub struct PacketHeader {
     pub has_payload: bool,
     /// The adaptation field's `discontinuity_indicator`.
     pub discontinuity: bool,
-    /// Offset of the payload within the packet.
+    /// Offset of the payload within the packet: [`PACKET_LEN`] when the
+    /// packet has none, so the payload slice is empty.
     pub payload_offset: usize,
 }
 
@@ -70,14 +72,22 @@ impl PacketHeader {
             }
             payload_offset = end;
         }
+        // The bytes after an adaptation-only packet's field are stuffing,
+        // even when they look like a PES header: a damaged control field
+        // must not turn them into the start of a frame.
+        let has_payload = has_payload && payload_offset < PACKET_LEN;
         Ok(Self {
             pid,
-            payload_start,
+            payload_start: payload_start && has_payload,
             transport_error,
             continuity,
-            has_payload: has_payload && payload_offset < PACKET_LEN,
+            has_payload,
             discontinuity,
-            payload_offset,
+            payload_offset: if has_payload {
+                payload_offset
+            } else {
+                PACKET_LEN
+            },
         })
     }
 }
@@ -129,6 +139,16 @@ mod tests {
             PacketHeader::parse(&p),
             Err(PacketError::BadAdaptationLength(184))
         );
+    }
+
+    #[test]
+    fn a_packet_without_payload_starts_nothing() {
+        let mut p = packet(0x41, 0x00, 0x20);
+        p[4] = 7;
+        let h = PacketHeader::parse(&p).expect("valid");
+        assert!(!h.has_payload);
+        assert!(!h.payload_start);
+        assert_eq!(h.payload_offset, PACKET_LEN);
     }
 
     #[test]
