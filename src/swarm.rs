@@ -201,6 +201,10 @@ pub struct Report {
     pub corrupting_peers: u64,
     /// Of those, peers seen with children.
     pub corrupting_peers_with_children: u64,
+    /// Children the faults cut off: each killed peer's children when it was
+    /// killed, plus the most children each corrupting peer was seen with.
+    /// Each may fetch a segment from the edge while it moves.
+    pub children_of_faulty_peers: u64,
     /// Segments the players received in all.
     pub segments_played: u64,
     /// Played segments whose origin digest could not be read (expected 0).
@@ -265,6 +269,7 @@ struct Collected {
     corrupting_parents: std::collections::HashSet<usize>,
     kills: u64,
     kills_of_parents: u64,
+    children_of_killed: u64,
     origin_digests: OriginDigests,
     /// Per peer: upload figures from its statuses.
     uploads: HashMap<usize, Upload>,
@@ -358,6 +363,10 @@ async fn finish(r: Running, kill: bool, collected: &mut Collected) {
     if kill {
         collected.kills += 1;
         collected.kills_of_parents += u64::from(collected.has_children(process.number));
+        collected.children_of_killed += collected
+            .last
+            .get(&process.number)
+            .map_or(0, |s| s.children.max(0) as u64);
         process.kill().await;
     } else {
         process.terminate().await;
@@ -739,6 +748,12 @@ fn summarize(
         kills_of_parents: c.kills_of_parents,
         corrupting_peers: corrupting,
         corrupting_peers_with_children: c.corrupting_parents.len() as u64,
+        children_of_faulty_peers: c.children_of_killed
+            + c.corrupting_parents
+                .iter()
+                .filter_map(|n| c.uploads.get(n))
+                .map(|u| u.children_max.max(0) as u64)
+                .sum::<u64>(),
         segments_played: c.players.iter().map(|p| p.segments.len() as u64).sum(),
         segments_unchecked: unchecked,
         network,

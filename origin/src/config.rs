@@ -14,6 +14,9 @@
 //! # target_duration = 3            # or fixed, whatever the GOP (long GOPs get forced cuts)
 //! window_segments = 6              # fewest segments listed in the live playlist
 //!
+//! [rtmp]                           # RTMP publishers (OBS, hardware encoders)
+//! listen = "127.0.0.1:1935"        # rtmp://HOST:1935/live/<channel>, key as <channel>?key=<key>
+//!
 //! [[udp]]                          # MPEG-TS over UDP into a channel
 //! listen = "127.0.0.1:5000"
 //! channel = "demo"
@@ -54,6 +57,8 @@ pub struct OriginConfig {
     pub publish: PublishConfig,
     /// How streams are cut and listed.
     pub segments: SegmentsConfig,
+    /// RTMP ingest. Default: off.
+    pub rtmp: Option<RtmpInput>,
     /// UDP inputs.
     pub udp: Vec<UdpInput>,
     /// Files looped into channels in real time (a test card, a demo).
@@ -90,6 +95,14 @@ pub struct SegmentsConfig {
     pub window_segments: usize,
 }
 
+/// The RTMP listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RtmpInput {
+    /// TCP address to accept publishers on (RTMP's port is 1935).
+    pub listen: SocketAddr,
+}
+
 /// One UDP MPEG-TS input.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +134,7 @@ impl Default for OriginConfig {
             max_connections: 4096,
             publish: PublishConfig::default(),
             segments: SegmentsConfig::default(),
+            rtmp: None,
             udp: Vec::new(),
             file: Vec::new(),
         }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod playlist;
 pub mod publish;
 pub mod push_client;
+pub mod rtmp;
 pub mod run;
 pub mod segmenter;
 pub mod server;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use treecast_origin::config::{FileInput, UdpInput};
+use treecast_origin::config::{FileInput, RtmpInput, UdpInput};
 use treecast_origin::push_client::{run_push, PushConfig};
 use treecast_origin::source::Input;
 use treecast_origin::{OriginConfig, OriginHandle};
@@ -50,6 +50,10 @@ struct ServeArgs {
     /// Require this publish key from publishers.
     #[arg(long, env = "TREECAST_PUBLISH_KEY", hide_env_values = true)]
     publish_key: Option<String>,
+    /// Accept RTMP publishers on this address (e.g. 0.0.0.0:1935): OBS's
+    /// server rtmp://HOST:1935/live, stream key <channel>[?key=<publish key>].
+    #[arg(long, value_name = "ADDR")]
+    rtmp: Option<SocketAddr>,
     /// Receive MPEG-TS over UDP: ADDR=CHANNEL, e.g. 127.0.0.1:5000=demo. Repeatable.
     #[arg(long, value_name = "ADDR=CHANNEL")]
     udp: Vec<String>,
@@ -136,6 +140,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(t) = a.target_duration {
                 config.segments.target_duration = Some(t);
+            }
+            if let Some(listen) = a.rtmp {
+                config.rtmp = Some(RtmpInput { listen });
             }
             for u in &a.udp {
                 let (addr, channel) = u

@@ -24,6 +24,9 @@ pub struct IngestMetrics {
     pub segment_duration: HistogramVec,
     /// Segments listed in the live playlist now.
     pub window_segments: IntGaugeVec,
+    /// RTMP connections that ended, by outcome (`ended`, `wrong_key`,
+    /// `handshake_failed`, `timeout`, ...).
+    pub rtmp_connections: IntCounterVec,
 }
 
 /// The HTTP server.
@@ -122,6 +125,12 @@ impl OriginMetrics {
                 "treecast_origin_playlist_segments",
                 "Segments listed in the live playlist.",
                 &["channel"],
+            ),
+            rtmp_connections: counter(
+                r,
+                "treecast_origin_rtmp_connections_total",
+                "RTMP connections that ended, by outcome.",
+                &["outcome"],
             ),
         };
         let http = HttpMetrics {

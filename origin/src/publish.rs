@@ -32,6 +32,12 @@ pub const LOG_EVERY: Duration = Duration::from_secs(5);
 /// A UDP input that receives nothing for this long ends its session.
 pub const UDP_IDLE: Duration = Duration::from_secs(5);
 
+/// Compares without an early exit, so response timing does not reveal how
+/// much of a guessed publish key was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Why a session could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -192,6 +198,39 @@ impl Session<'_> {
         summary
     }
 
+    /// Counts and reports a problem a driver found before the segmenter
+    /// (a bad RTMP tag): a metric each time, a log line at most once per
+    /// [`LOG_EVERY`] for its `kind`.
+    pub fn report_problem(&mut self, kind: &'static str, problem: &dyn std::fmt::Display) {
+        self.ingest
+            .metrics
+            .problems
+            .with_label_values(&[self.channel.name().as_str(), kind])
+            .inc();
+        self.log_problem(kind, problem);
+    }
+
+    /// The channel this session publishes to.
+    pub fn channel(&self) -> &ChannelName {
+        self.channel.name()
+    }
+
+    fn log_problem(&mut self, kind: &'static str, problem: &dyn std::fmt::Display) {
+        self.problems += 1;
+        let now = Instant::now();
+        let due = self
+            .last_logged
+            .get(kind)
+            .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
+        if due {
+            let suppressed = self.suppressed.remove(kind).unwrap_or(0);
+            warn!(channel = %self.channel.name(), kind, suppressed, "input problem: {problem}");
+            self.last_logged.insert(kind, now);
+        } else {
+            *self.suppressed.entry(kind).or_default() += 1;
+        }
+    }
+
     fn drain(&mut self) {
         while let Some(event) = self.segmenter.poll_event() {
             match &event {
@@ -199,22 +238,7 @@ impl Session<'_> {
                 Event::Notice(n) if n.is_info() => {
                     info!(channel = %self.channel.name(), "{n}");
                 }
-                Event::Notice(n) => {
-                    self.problems += 1;
-                    let kind = n.kind();
-                    let now = Instant::now();
-                    let due = self
-                        .last_logged
-                        .get(kind)
-                        .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
-                    if due {
-                        let suppressed = self.suppressed.remove(kind).unwrap_or(0);
-                        warn!(channel = %self.channel.name(), kind, suppressed, "input problem: {n}");
-                        self.last_logged.insert(kind, now);
-                    } else {
-                        *self.suppressed.entry(kind).or_default() += 1;
-                    }
-                }
+                Event::Notice(n) => self.log_problem(n.kind(), n),
                 _ => {}
             }
             if let Some(state) = self.channel.apply(event, SystemTime::now()) {

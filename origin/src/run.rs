@@ -21,6 +21,7 @@ use crate::config::{ConfigError, OriginConfig};
 use crate::metrics::OriginMetrics;
 use crate::playlist::PlaylistConfig;
 use crate::publish::{run_file, run_udp, Ingest};
+use crate::rtmp::run_rtmp;
 use crate::server::OriginService;
 use treecast_proto::keyfile::{self, KeyError};
 
@@ -48,6 +49,7 @@ pub enum StartError {
 pub struct OriginHandle {
     local_addr: SocketAddr,
     udp_addrs: Vec<SocketAddr>,
+    rtmp_addr: Option<SocketAddr>,
     public_key: OriginPublicKey,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -132,12 +134,28 @@ impl OriginHandle {
                 rx.clone(),
             ));
         }
+        let mut rtmp_addr = None;
+        if let Some(rtmp) = &config.rtmp {
+            let listener =
+                TcpListener::bind(rtmp.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: rtmp.listen,
+                        source,
+                    })?;
+            let addr = listener.local_addr().unwrap_or(rtmp.listen);
+            info!(listen = %addr, "accepting RTMP publishers: rtmp://{addr}/live/<channel>");
+            rtmp_addr = Some(addr);
+            let key = config.publish.key.as_deref().map(Arc::from);
+            tasks.spawn(run_rtmp(ingest.clone(), listener, key, rx.clone()));
+        }
         tasks.spawn(sweep(channels, rx.clone()));
         tasks.spawn(serve(listener, service, config.max_connections, rx));
         info!(%local_addr, "origin listening");
         Ok(Self {
             local_addr,
             udp_addrs,
+            rtmp_addr,
             public_key,
             shutdown,
             tasks,
@@ -147,6 +165,11 @@ impl OriginHandle {
     /// The HTTP address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The RTMP listener's bound address, if RTMP is on.
+    pub fn rtmp_addr(&self) -> Option<SocketAddr> {
+        self.rtmp_addr
     }
 
     /// The UDP input addresses actually bound, in config order.

@@ -29,7 +29,7 @@ use treecast_proto::{ChannelName, OriginPublicKey, SegmentFile};
 
 use crate::channel::{Channels, SegmentLookup};
 use crate::metrics::OriginMetrics;
-use crate::publish::{Ingest, StartError};
+use crate::publish::{constant_time_eq, Ingest, StartError};
 use treecast_proto::http::{self as h, Body};
 
 /// Everything request handlers need.
@@ -309,10 +309,4 @@ fn key_matches(req: &Request<Incoming>, expected: &str) -> bool {
         .into_iter()
         .flatten()
         .any(|k| constant_time_eq(k.as_bytes(), expected.as_bytes()))
-}
-
-/// Compares without an early exit, so response timing does not reveal how
-/// much of a guessed key was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,7 +1,9 @@
 //! What producers' encoders send, end to end: a corpus made with ffmpeg's
 //! lavfi sources (nothing large in the repository), each file pushed over
-//! HTTP with the real `origin ingest` into the real `origin serve`, read back
-//! over HTTP and checked with ffprobe, independently of the segmenter:
+//! HTTP with the real `origin ingest` into the real `origin serve` (and the
+//! OBS-like file also as OBS sends it, over RTMP from ffmpeg's FLV muxer),
+//! read back over HTTP and checked with ffprobe, independently of the
+//! segmenter:
 //!
 //! - every frame of the driving stream from the first random access point
 //!   on reaches a segment (packets in = packets out);
@@ -184,22 +186,57 @@ fn ticks_between(a: i64, b: i64) -> i64 {
     (b - a).rem_euclid(1 << 33)
 }
 
+/// How a file reaches the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Push {
+    /// `origin ingest FILE`: MPEG-TS over HTTP.
+    Http,
+    /// `ffmpeg -c copy -f flv rtmp://...`, with a publish key, as OBS does.
+    Rtmp,
+}
+
 /// Pushes `file` to a fresh origin and checks what it serves; returns the
 /// problems found and a line for the summary table.
-async fn check(dir: &Path, case: &Case, file: &Path) -> (Vec<String>, String) {
-    let data = dir.join(format!("origin-{}", case.name));
+async fn check(dir: &Path, case: &Case, file: &Path, push: Push) -> (Vec<String>, String) {
+    let data = dir.join(format!("origin-{}-{push:?}", case.name));
     std::fs::create_dir_all(&data).expect("data dir");
     let config = data.join("origin.toml");
     std::fs::write(&config, "[segments]\nwindow_segments = 1000\n").expect("config");
-    let (_origin, base) = spawn_origin(&data, &["--config", config.to_str().expect("path")]).await;
-    let out = ingest_cmd(&base, "corpus", &[file.to_str().expect("path")]);
-    assert!(
-        out.status.success(),
-        "{}: ingest failed: {}",
-        case.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config = config.to_str().expect("path");
+    match push {
+        Push::Http => {
+            let (_origin, base) = spawn_origin(&data, &["--config", config]).await;
+            let out = ingest_cmd(&base, "corpus", &[file.to_str().expect("path")]);
+            assert!(
+                out.status.success(),
+                "{}: ingest failed: {}",
+                case.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            read_back(&data, &base, case, file).await
+        }
+        Push::Rtmp => {
+            let rtmp = format!("127.0.0.1:{}", free_port());
+            let args = ["--config", config, "--rtmp", &rtmp, "--publish-key", "k3y"];
+            let (_origin, base) = spawn_origin(&data, &args).await;
+            let url = format!("rtmp://{rtmp}/live/corpus?key=k3y");
+            ffmpeg(&[
+                "-i",
+                file.to_str().expect("path"),
+                "-c",
+                "copy",
+                "-f",
+                "flv",
+                &url,
+            ]);
+            wait_until_published(&base, "corpus").await;
+            read_back(&data, &base, case, file).await
+        }
+    }
+}
 
+/// Reads what the origin at `base` published from `file` and checks it.
+async fn read_back(data: &Path, base: &str, case: &Case, file: &Path) -> (Vec<String>, String) {
     let (_, playlist) = media_playlist(&format!("{base}/live/corpus/index.m3u8")).await;
     let mut problems = Vec::new();
     if playlist.target_duration != case.target {
@@ -345,10 +382,17 @@ async fn every_encoders_output_is_segmented_without_losing_a_frame() {
     let mut failures = Vec::new();
     for case in &cases {
         let file = make(dir.path(), case.name);
-        let (problems, line) = check(dir.path(), case, &file).await;
-        println!("{line}");
-        for p in problems {
-            failures.push(format!("{}: {p}", case.name));
+        let pushes: &[Push] = if case.name == "obs-default" {
+            &[Push::Http, Push::Rtmp]
+        } else {
+            &[Push::Http]
+        };
+        for &push in pushes {
+            let (problems, line) = check(dir.path(), case, &file, push).await;
+            println!("{push:<5?} {line}");
+            for p in problems {
+                failures.push(format!("{} over {push:?}: {p}", case.name));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -14,9 +14,13 @@
 //!   its H.264/H.265 NAL units.
 //! - [`timestamp`]: 33-bit PTS unwrapping and timeline jump detection.
 //!
+//! And one the other way: [`mux`] writes frames (from RTMP's FLV tags) as
+//! a transport stream the segmenter then reads like any other input.
+//!
 //! Everything here is sans-IO: bytes in, facts out.
 
 pub mod framer;
+pub mod mux;
 pub mod nal;
 pub mod packet;
 pub mod pes;

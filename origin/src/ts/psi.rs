@@ -183,6 +183,29 @@ impl Pmt {
         }
         Ok(Self { pcr_pid, streams })
     }
+
+    /// Writes a PMT section for `program_number` at table `version`, with
+    /// no descriptors.
+    pub fn to_section(&self, program_number: u16, version: u8) -> Vec<u8> {
+        let mut s = vec![0x02, 0, 0];
+        s.extend_from_slice(&program_number.to_be_bytes());
+        s.push(0xC1 | (version & 0x1F) << 1);
+        s.extend_from_slice(&[0, 0]);
+        s.extend_from_slice(&(0xE000 | self.pcr_pid).to_be_bytes());
+        s.extend_from_slice(&[0xF0, 0x00]);
+        for e in &self.streams {
+            s.push(e.stream_type);
+            s.extend_from_slice(&(0xE000 | e.pid).to_be_bytes());
+            s.extend_from_slice(&[0xF0, 0x00]);
+        }
+        // section_length counts from after the length field to the CRC's end.
+        let len = s.len() - 3 + 4;
+        s[1] = 0xB0 | (len >> 8) as u8 & 0x0F;
+        s[2] = len as u8;
+        let crc = CRC32.checksum(&s);
+        s.extend_from_slice(&crc.to_be_bytes());
+        s
+    }
 }
 
 /// Packs `section` into packets on `pid`, continuity counters from `*cc`.
@@ -216,18 +239,14 @@ mod tests {
     use crate::ts::packet::PacketHeader;
 
     fn pmt_section(streams: &[(u8, u16)]) -> Vec<u8> {
-        let mut body = vec![0x02, 0, 0, 0x00, 0x01, 0xC1, 0, 0, 0xE1, 0x00, 0xF0, 0x00];
-        for &(t, pid) in streams {
-            body.push(t);
-            body.extend_from_slice(&(0xE000 | pid).to_be_bytes());
-            body.extend_from_slice(&[0xF0, 0x00]);
-        }
-        let len = body.len() - 3 + 4;
-        body[1] = 0xB0 | (len >> 8) as u8;
-        body[2] = len as u8;
-        let crc = CRC32.checksum(&body);
-        body.extend_from_slice(&crc.to_be_bytes());
-        body
+        let pmt = Pmt {
+            pcr_pid: 0x100,
+            streams: streams
+                .iter()
+                .map(|&(stream_type, pid)| PmtStream { stream_type, pid })
+                .collect(),
+        };
+        pmt.to_section(1, 0)
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub async fn spawn_origin(data: &Path, extra: &[&str]) -> (Proc, String) {
     (proc, base)
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 free right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -144,6 +145,20 @@ pub fn ffmpeg(args: &[&str]) {
         "ffmpeg {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Waits until `channel` on the origin at `base` has no publisher and has
+/// cut at least one segment: what a pushed stream left is all published.
+pub async fn wait_until_published(base: &str, channel: &str) {
+    let url = format!("{base}/api/channels/{channel}");
+    wait_until(Duration::from_secs(30), || async {
+        let r = get(&url).await;
+        let Ok(status) = serde_json::from_slice::<serde_json::Value>(&r.body) else {
+            return false;
+        };
+        status["live"] == false && status["segments_cut"].as_u64().is_some_and(|n| n > 0)
+    })
+    .await;
 }
 
 /// Runs `origin ingest --quiet` against `base` on `channel`, waiting for it to end.
