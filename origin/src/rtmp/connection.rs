@@ -244,6 +244,10 @@ impl Connection {
                 self.publishing = false;
                 // A later publish on this connection is a new stream.
                 self.remux = FlvRemuxer::new();
+                // Media of this batch first: it came before the unpublish.
+                if !media.is_empty() {
+                    out.push(Output::Media(std::mem::take(media)));
+                }
                 out.push(Output::Unpublished);
             }
             _ => {}
