@@ -17,6 +17,10 @@
 //! [rtmp]                           # RTMP publishers (OBS, hardware encoders)
 //! listen = "127.0.0.1:1935"        # rtmp://HOST:1935/live/<channel>, key as <channel>?key=<key>
 //!
+//! [srt]                            # MPEG-TS over SRT (OBS, vMix, ffmpeg as callers)
+//! listen = "127.0.0.1:9000"        # srt://HOST:9000?streamid=<channel>, passphrase = publish key
+//! latency_ms = 500                 # SRT receive latency
+//!
 //! [[udp]]                          # MPEG-TS over UDP into a channel
 //! listen = "127.0.0.1:5000"
 //! channel = "demo"
@@ -59,6 +63,8 @@ pub struct OriginConfig {
     pub segments: SegmentsConfig,
     /// RTMP ingest. Default: off.
     pub rtmp: Option<RtmpInput>,
+    /// SRT ingest. Default: off.
+    pub srt: Option<SrtInput>,
     /// UDP inputs.
     pub udp: Vec<UdpInput>,
     /// Files looped into channels in real time (a test card, a demo).
@@ -103,6 +109,37 @@ pub struct RtmpInput {
     pub listen: SocketAddr,
 }
 
+/// The SRT listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SrtInput {
+    /// UDP address to accept SRT callers on.
+    pub listen: SocketAddr,
+    /// SRT receive latency in milliseconds: how long a packet may take,
+    /// retransmissions included, before SRT gives up on it (the larger of
+    /// this and the caller's own is used). Default 500 (SRT's advice is
+    /// four round trips; a burst at a keyframe on a busy host needs room too).
+    #[serde(default = "SrtInput::default_latency_ms")]
+    pub latency_ms: u64,
+}
+
+impl SrtInput {
+    /// The default [`SrtInput::latency_ms`].
+    pub const DEFAULT_LATENCY_MS: u64 = 500;
+
+    fn default_latency_ms() -> u64 {
+        Self::DEFAULT_LATENCY_MS
+    }
+
+    /// An SRT listener on `listen` with the defaults.
+    pub fn on(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            latency_ms: Self::DEFAULT_LATENCY_MS,
+        }
+    }
+}
+
 /// One UDP MPEG-TS input.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +172,7 @@ impl Default for OriginConfig {
             publish: PublishConfig::default(),
             segments: SegmentsConfig::default(),
             rtmp: None,
+            srt: None,
             udp: Vec::new(),
             file: Vec::new(),
         }
@@ -193,6 +231,25 @@ impl OriginConfig {
         }
         if self.publish.key.as_deref() == Some("") {
             return Err(ConfigError::Invalid("publish.key must not be empty".into()));
+        }
+        if let Some(srt) = self
+            .srt
+            .as_ref()
+            .filter(|s| !(20..=10_000).contains(&s.latency_ms))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "srt.latency_ms = {} must be between 20 and 10000",
+                srt.latency_ms
+            )));
+        }
+        if let (Some(_), Some(key)) = (&self.srt, &self.publish.key) {
+            // SRT's passphrase rule: the key doubles as the passphrase.
+            if !(10..=79).contains(&key.len()) {
+                return Err(ConfigError::Invalid(format!(
+                    "publish.key is {} bytes; with SRT on it is also the SRT passphrase, which must be 10 to 79 bytes",
+                    key.len()
+                )));
+            }
         }
         for u in &self.udp {
             ChannelName::new(&u.channel)

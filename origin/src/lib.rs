@@ -34,6 +34,7 @@ pub mod run;
 pub mod segmenter;
 pub mod server;
 pub mod source;
+pub mod srt;
 pub mod ts;
 
 pub use config::OriginConfig;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use treecast_origin::config::{FileInput, RtmpInput, UdpInput};
+use treecast_origin::config::{FileInput, RtmpInput, SrtInput, UdpInput};
 use treecast_origin::push_client::{run_push, PushConfig};
 use treecast_origin::source::Input;
 use treecast_origin::{OriginConfig, OriginHandle};
@@ -54,6 +54,10 @@ struct ServeArgs {
     /// server rtmp://HOST:1935/live, stream key <channel>[?key=<publish key>].
     #[arg(long, value_name = "ADDR")]
     rtmp: Option<SocketAddr>,
+    /// Accept SRT callers on this UDP address (e.g. 0.0.0.0:9000):
+    /// srt://HOST:9000?streamid=<channel>, passphrase = the publish key.
+    #[arg(long, value_name = "ADDR")]
+    srt: Option<SocketAddr>,
     /// Receive MPEG-TS over UDP: ADDR=CHANNEL, e.g. 127.0.0.1:5000=demo. Repeatable.
     #[arg(long, value_name = "ADDR=CHANNEL")]
     udp: Vec<String>,
@@ -143,6 +147,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(listen) = a.rtmp {
                 config.rtmp = Some(RtmpInput { listen });
+            }
+            if let Some(listen) = a.srt {
+                config.srt = Some(SrtInput::on(listen));
             }
             for u in &a.udp {
                 let (addr, channel) = u

@@ -27,6 +27,8 @@ pub struct IngestMetrics {
     /// RTMP connections that ended, by outcome (`ended`, `wrong_key`,
     /// `handshake_failed`, `timeout`, ...).
     pub rtmp_connections: IntCounterVec,
+    /// SRT callers that ended or were refused, by outcome.
+    pub srt_connections: IntCounterVec,
 }
 
 /// The HTTP server.
@@ -130,6 +132,12 @@ impl OriginMetrics {
                 r,
                 "treecast_origin_rtmp_connections_total",
                 "RTMP connections that ended, by outcome.",
+                &["outcome"],
+            ),
+            srt_connections: counter(
+                r,
+                "treecast_origin_srt_connections_total",
+                "SRT callers that ended or were refused, by outcome.",
                 &["outcome"],
             ),
         };

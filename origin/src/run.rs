@@ -23,6 +23,7 @@ use crate::playlist::PlaylistConfig;
 use crate::publish::{run_file, run_udp, Ingest};
 use crate::rtmp::run_rtmp;
 use crate::server::OriginService;
+use crate::srt::run_srt;
 use treecast_proto::keyfile::{self, KeyError};
 
 /// Why the origin could not start.
@@ -148,6 +149,25 @@ impl OriginHandle {
             rtmp_addr = Some(addr);
             let key = config.publish.key.as_deref().map(Arc::from);
             tasks.spawn(run_rtmp(ingest.clone(), listener, key, rx.clone()));
+        }
+        if let Some(srt) = &config.srt {
+            let latency = Duration::from_millis(srt.latency_ms);
+            let bound = crate::srt::bind(srt.listen, latency)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: srt.listen,
+                    source,
+                })?;
+            info!(listen = %srt.listen, "accepting SRT callers: srt://{}?streamid=<channel>", srt.listen);
+            let key = config.publish.key.as_deref().map(Arc::from);
+            tasks.spawn(run_srt(
+                ingest.clone(),
+                srt.listen,
+                latency,
+                bound,
+                key,
+                rx.clone(),
+            ));
         }
         tasks.spawn(sweep(channels, rx.clone()));
         tasks.spawn(serve(listener, service, config.max_connections, rx));

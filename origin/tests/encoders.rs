@@ -1,7 +1,8 @@
 //! What producers' encoders send, end to end: a corpus made with ffmpeg's
 //! lavfi sources (nothing large in the repository), each file pushed over
 //! HTTP with the real `origin ingest` into the real `origin serve` (and the
-//! OBS-like file also as OBS sends it, over RTMP from ffmpeg's FLV muxer),
+//! OBS-like file also as OBS sends it: over RTMP from ffmpeg's FLV muxer,
+//! and over SRT in real time, as an encoder does),
 //! read back over HTTP and checked with ffprobe, independently of the
 //! segmenter:
 //!
@@ -193,6 +194,9 @@ enum Push {
     Http,
     /// `ffmpeg -c copy -f flv rtmp://...`, with a publish key, as OBS does.
     Rtmp,
+    /// `ffmpeg -re -c copy -f mpegts srt://...`, the publish key as the
+    /// passphrase (SRT's live mode drops what comes faster than real time).
+    Srt,
 }
 
 /// Pushes `file` to a fresh origin and checks what it serves; returns the
@@ -231,6 +235,17 @@ async fn check(dir: &Path, case: &Case, file: &Path, push: Push) -> (Vec<String>
             ]);
             wait_until_published(&base, "corpus").await;
             read_back(&data, &base, case, file).await
+        }
+        Push::Srt => {
+            let srt = format!("127.0.0.1:{}", free_udp_port());
+            let key = "corpus-passphrase";
+            let args = ["--config", config, "--srt", &srt, "--publish-key", key];
+            let (_origin, base) = spawn_origin(&data, &args).await;
+            let url = format!("srt://{srt}?streamid=corpus&passphrase={key}&pbkeylen=16");
+            let file = file.to_str().expect("path");
+            ffmpeg(&["-re", "-i", file, "-c", "copy", "-f", "mpegts", &url]);
+            wait_until_published(&base, "corpus").await;
+            read_back(&data, &base, case, file.as_ref()).await
         }
     }
 }
@@ -383,7 +398,7 @@ async fn every_encoders_output_is_segmented_without_losing_a_frame() {
     for case in &cases {
         let file = make(dir.path(), case.name);
         let pushes: &[Push] = if case.name == "obs-default" {
-            &[Push::Http, Push::Rtmp]
+            &[Push::Http, Push::Rtmp, Push::Srt]
         } else {
             &[Push::Http]
         };

@@ -19,9 +19,12 @@ pub fn run_main_logging_to(
     log_file: Option<&Path>,
     main: impl Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
+    // The SRT library logs every malformed datagram and every late packet
+    // at WARN: a flood of garbage must not become a flood of log lines. The
+    // origin's own SRT module logs refusals and failures once each.
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,srt_protocol=error"))
     };
     match log_file.map(open_log) {
         None => tracing_subscriber::fmt()

@@ -96,6 +96,14 @@ pub async fn spawn_origin(data: &Path, extra: &[&str]) -> (Proc, String) {
     (proc, base)
 }
 
+/// A UDP port on 127.0.0.1 free right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port")
+}
+
 /// A TCP port on 127.0.0.1 free right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
