@@ -119,10 +119,10 @@ pub type Bound = (SrtListener, SrtIncoming);
 
 /// Binds the SRT listener on `listen` with a receive `latency`.
 pub async fn bind(listen: SocketAddr, latency: Duration) -> std::io::Result<Bound> {
-    SrtListener::builder()
-        .receive_latency(latency)
-        .bind(listen)
-        .await
+    // Both ways: srt-tokio drains a closing connection for twice the send
+    // latency, and with a shorter send than receive latency it would drop
+    // the last packets still waiting out the receive latency.
+    SrtListener::builder().latency(latency).bind(listen).await
 }
 
 /// Accepts SRT callers on `first` (bound on `listen`) until `shutdown`,

@@ -241,7 +241,11 @@ async fn check(dir: &Path, case: &Case, file: &Path, push: Push) -> (Vec<String>
             let key = "corpus-passphrase";
             let args = ["--config", config, "--srt", &srt, "--publish-key", key];
             let (_origin, base) = spawn_origin(&data, &args).await;
-            let url = format!("srt://{srt}?streamid=corpus&passphrase={key}&pbkeylen=16");
+            // libsrt's live mode closes without linger: what ffmpeg had not
+            // sent yet (the last 3 KB here) would never leave it. A second
+            // of linger lets the caller finish sending, as a stopping
+            // encoder should.
+            let url = format!("srt://{srt}?streamid=corpus&passphrase={key}&pbkeylen=16&linger=1");
             let file = file.to_str().expect("path");
             ffmpeg(&["-re", "-i", file, "-c", "copy", "-f", "mpegts", &url]);
             wait_until_published(&base, "corpus").await;
