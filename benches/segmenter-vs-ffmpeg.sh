@@ -49,7 +49,7 @@ printf '[segments]\nwindow_segments = 1000\n' > "$data/origin.toml"
 target/release/origin serve --config "$data/origin.toml" --listen "127.0.0.1:$port" --data "$data" \
   >"$data/origin.log" 2>&1 &
 origin_pid=$!
-trap 'kill "$origin_pid" 2>/dev/null; wait "$origin_pid" 2>/dev/null; rm -rf "$out" "$data"' EXIT
+trap 'kill "$origin_pid" 2>/dev/null; wait "$origin_pid" 2>/dev/null || true; rm -rf "$out" "$data"' EXIT
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$port/api/channels" >/dev/null && break
   sleep 0.1

@@ -127,7 +127,12 @@ pub fn looks_like_ts(head: &[u8]) -> bool {
     })
 }
 
-const CHUNK: usize = 7 * PACKET_LEN * 8;
+/// Bytes read at a time when paced: small, so pacing is smooth.
+const PACED_CHUNK: usize = 7 * PACKET_LEN * 8;
+/// Bytes read at a time as fast as possible: large, because each chunk
+/// costs a blocking-pool read and an HTTP chunk, and a file pushed whole
+/// spent more time on those than on the bytes.
+const FAST_CHUNK: usize = PACKET_LEN * 1392;
 
 /// How a source is read.
 #[derive(Debug, Clone)]
@@ -248,7 +253,7 @@ async fn pump(
     stop: &mut watch::Receiver<bool>,
     pass: &mut Pass<'_>,
 ) -> Result<bool, SourceError> {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; if config.realtime { PACED_CHUNK } else { FAST_CHUNK }];
     loop {
         let n = tokio::select! {
             r = read_full(&mut reader, &mut buf) => r.map_err(|source| SourceError::Input { path: name.into(), source })?,
