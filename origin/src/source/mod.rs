@@ -253,7 +253,12 @@ async fn pump(
     stop: &mut watch::Receiver<bool>,
     pass: &mut Pass<'_>,
 ) -> Result<bool, SourceError> {
-    let mut buf = vec![0u8; if config.realtime { PACED_CHUNK } else { FAST_CHUNK }];
+    let chunk = if config.realtime {
+        PACED_CHUNK
+    } else {
+        FAST_CHUNK
+    };
+    let mut buf = vec![0u8; chunk];
     loop {
         let n = tokio::select! {
             r = read_full(&mut reader, &mut buf) => r.map_err(|source| SourceError::Input { path: name.into(), source })?,
