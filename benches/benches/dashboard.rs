@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use treecast_edge::dashboard::{History, Pricing};
 use treecast_edge::metrics::EdgeMetrics;
-use treecast_edge::tracker::service::{TrackerService, TrackerSettings};
+use treecast_edge::tracker::service::{Now, TrackerService, TrackerSettings};
 use treecast_edge::tracker::TrackerConfig;
 use treecast_proto::ticket::SigningKey;
 
@@ -43,7 +43,7 @@ fn swarm() -> (TrackerService, EdgeMetrics) {
         ));
         let body = serde_json::json!({"channel": "demo", "addr": from.to_string()}).to_string();
         tracker
-            .handle("join", body.as_bytes(), from)
+            .handle("join", body.as_bytes(), from, Now::current())
             .unwrap_or_else(|e| panic!("join {i}: {e}"));
     }
     (tracker, metrics)

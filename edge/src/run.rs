@@ -220,7 +220,7 @@ async fn tick(tracker: Arc<TrackerService>, mut shutdown: watch::Receiver<bool>)
     let mut every = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = every.tick() => tracker.tick(),
+            _ = every.tick() => tracker.tick(std::time::Instant::now()),
             _ = shutdown.changed() => return,
         }
     }

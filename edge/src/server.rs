@@ -26,7 +26,7 @@ use treecast_proto::{ChannelName, GrowingBody, SegmentFile};
 use crate::cache::Cache;
 use crate::metrics::EdgeMetrics;
 use crate::origin::OriginClient;
-use crate::tracker::service::TrackerService;
+use crate::tracker::service::{Now, TrackerService};
 use crate::tracker::wire::MAX_BODY;
 use treecast_proto::viewer::{PlayerReport, ReportBook, MAX_REPORT_BODY};
 
@@ -165,7 +165,7 @@ impl EdgeService {
             Err(r) => return r,
         };
         let tracker = self.tracker.clone();
-        match tracker.handle(&endpoint, &body, from) {
+        match tracker.handle(&endpoint, &body, from, Now::current()) {
             Ok(a) => h::json(StatusCode::OK, &a),
             Err(r) => h::text(r.status, r.message),
         }

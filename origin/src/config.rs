@@ -6,7 +6,7 @@
 //! max_channels = 16
 //!
 //! [publish]
-//! key = "change-me"                # publishers must present it (optional)
+//! key = "change-me-now"            # publishers must present it (optional; with SRT on, 10-79 bytes)
 //!
 //! [segments]
 //! segment_seconds = 2.0            # cut at the first keyframe after this much media
@@ -286,7 +286,7 @@ mod tests {
         c.file[0].path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../media/sample.ts");
         c.validate().expect("example is valid");
         assert_eq!(c.udp.len(), 1);
-        assert_eq!(c.publish.key.as_deref(), Some("change-me"));
+        assert_eq!(c.publish.key.as_deref(), Some("change-me-now"));
     }
 
     #[test]

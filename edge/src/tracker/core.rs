@@ -291,6 +291,9 @@ pub struct Tracker {
     orphans: Vec<u32>,
     events: VecDeque<TrackerEvent>,
     live: usize,
+    /// Live peers at each depth (index 0: waiting for a parent), kept up
+    /// to date on every move so gauges never scan the audience.
+    depth_counts: Vec<u64>,
     /// While a reported peer is re-placed: the parent it reported, which
     /// is neither its new parent nor its backup (its child would refuse
     /// it, and waits out a cooldown instead of streaming).
@@ -311,6 +314,7 @@ impl Tracker {
             orphans: Vec::new(),
             events: VecDeque::new(),
             live: 0,
+            depth_counts: vec![0; depths],
             avoid: NONE,
         }
     }
@@ -444,6 +448,7 @@ impl Tracker {
             return Err(JoinError::NoCapacity);
         };
         self.live += 1;
+        self.recount(None, i);
         self.attach(i, parent);
         if !leaf_only {
             self.newcomers.push_back(i);
@@ -888,13 +893,41 @@ impl Tracker {
         self.peers[i as usize].depth.max(1)
     }
 
+    /// Where peer `i` counts in [`Self::depth_counts`]: `None` if not live.
+    fn bucket(&self, i: u32) -> Option<usize> {
+        let p = &self.peers[i as usize];
+        p.live.then(|| {
+            let d = if p.parent == NONE {
+                0
+            } else {
+                usize::from(p.depth)
+            };
+            d.min(self.depth_counts.len() - 1)
+        })
+    }
+
+    /// Moves peer `i` in the depth counts from `before` to where it is now.
+    fn recount(&mut self, before: Option<usize>, i: u32) {
+        let after = self.bucket(i);
+        if before != after {
+            if let Some(b) = before {
+                self.depth_counts[b] -= 1;
+            }
+            if let Some(a) = after {
+                self.depth_counts[a] += 1;
+            }
+        }
+    }
+
     fn attach(&mut self, i: u32, parent: u32) {
         if parent == ROOT {
             self.root_children.push(i);
         } else {
             self.peers[parent as usize].children.push(i);
         }
+        let before = self.bucket(i);
         self.peers[i as usize].parent = parent;
+        self.recount(before, i);
         let base = self.depth(parent) + 1;
         self.set_depths(i, base);
     }
@@ -902,8 +935,10 @@ impl Tracker {
     fn set_depths(&mut self, i: u32, depth: u8) {
         let mut stack = vec![(i, depth)];
         while let Some((n, d)) = stack.pop() {
+            let before = self.bucket(n);
+            self.peers[n as usize].depth = d;
+            self.recount(before, n);
             let p = &mut self.peers[n as usize];
-            p.depth = d;
             p.in_open = false;
             for &c in &p.children {
                 stack.push((c, d + 1));
@@ -922,7 +957,9 @@ impl Tracker {
         if let Some(pos) = list.iter().position(|&c| c == i) {
             list.swap_remove(pos);
         }
+        let before = self.bucket(i);
         self.peers[i as usize].parent = NONE;
+        self.recount(before, i);
         if parent != ROOT {
             self.mark_open(parent);
         }
@@ -971,15 +1008,19 @@ impl Tracker {
         self.detach(i);
         self.set_backup(i, NONE);
         let children = std::mem::take(&mut self.peers[i as usize].children);
+        let before = self.bucket(i);
         {
             let p = &mut self.peers[i as usize];
             p.live = false;
             p.in_open = false;
         }
+        self.recount(before, i);
         self.live -= 1;
         self.free.push(i);
         for c in children {
+            let before = self.bucket(c);
             self.peers[c as usize].parent = NONE;
+            self.recount(before, c);
             if self.peers[c as usize].backup == i {
                 // Its slot is gone, and its backers count with it.
                 self.peers[c as usize].backup = NONE;
@@ -1069,6 +1110,18 @@ impl Tracker {
                 ));
             }
         }
+        let mut counts = vec![0u64; self.depth_counts.len()];
+        for i in 0..self.peers.len() as u32 {
+            if let Some(b) = self.bucket(i) {
+                counts[b] += 1;
+            }
+        }
+        if counts != self.depth_counts {
+            return Err(format!(
+                "depth counts {:?} but the peers give {counts:?}",
+                self.depth_counts
+            ));
+        }
         Ok(())
     }
 
@@ -1080,14 +1133,19 @@ impl Tracker {
             .count()
     }
 
-    /// Deepest depth in use.
+    /// Deepest depth in use; O(max depth).
     pub fn max_depth_in_use(&self) -> u8 {
-        self.peers
+        self.depth_counts
             .iter()
-            .filter(|p| p.live && p.parent != NONE)
-            .map(|p| p.depth)
-            .max()
-            .unwrap_or(0)
+            .rposition(|&n| n > 0)
+            .map_or(0, |d| d as u8)
+    }
+
+    /// Live peers at each depth, index 0 for those waiting for a parent
+    /// (depths past the configured maximum count at the last index); kept
+    /// up to date, so O(1).
+    pub fn depth_counts(&self) -> &[u64] {
+        &self.depth_counts
     }
 }
 

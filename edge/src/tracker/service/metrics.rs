@@ -1,0 +1,114 @@
+//! The tracker's Prometheus series: what they are, created at zero for a
+//! new channel, and updated from heartbeats and from the tree's own counts
+//! (never by scanning the audience).
+
+use prometheus::{IntCounterVec, IntGaugeVec};
+use treecast_proto::ChannelName;
+
+use super::{wire, ChannelTree, TrackerService};
+
+/// Tracker metrics.
+#[derive(Debug, Clone)]
+pub struct TrackerMetrics {
+    /// Peers in each channel's tree.
+    pub viewers: IntGaugeVec,
+    /// Deepest depth in use per channel.
+    pub depth: IntGaugeVec,
+    /// Requests by endpoint and outcome (`ok`, `bad_request`, `unauthorized`,
+    /// `unknown_peer`, `no_capacity`, `rate_limited`).
+    pub requests: IntCounterVec,
+    /// Peers moved to a new parent (repairs).
+    pub repairs: IntCounterVec,
+    /// Peers evicted, by reason (`silent`, `corrupt`).
+    pub evictions: IntCounterVec,
+    /// Bytes peers report, by channel and source (`tree`, `edge`,
+    /// `uploaded`).
+    pub peer_bytes: IntCounterVec,
+    /// Events peers report, by channel and kind (`fallback`, `corrupt`).
+    pub peer_events: IntCounterVec,
+    /// Viewer stalls, by channel and via (`peer`: from heartbeats;
+    /// `direct`: players on the edge reporting themselves).
+    pub viewer_stalls: IntCounterVec,
+    /// Seconds viewers stalled, by channel and via.
+    pub viewer_stall_seconds: prometheus::CounterVec,
+    /// Seconds viewers watched, by channel and via.
+    pub viewer_watch_seconds: prometheus::CounterVec,
+    /// Direct player reports refused, by reason.
+    pub player_reports_refused: IntCounterVec,
+    /// Peers at each depth, by channel (depth 0: waiting for a parent).
+    pub depth_peers: IntGaugeVec,
+}
+
+impl TrackerService {
+    /// Creates a channel's series at zero, so they exist (and `rate()`
+    /// works) before the first event.
+    pub(super) fn init_series(&self, channel: &ChannelName) {
+        let ch = channel.as_str();
+        let m = &self.metrics;
+        m.repairs.with_label_values(&[ch]);
+        for r in ["silent", "corrupt"] {
+            m.evictions.with_label_values(&[ch, r]);
+        }
+        for s in ["tree", "edge", "uploaded"] {
+            m.peer_bytes.with_label_values(&[ch, s]);
+        }
+        for e in ["fallback", "corrupt"] {
+            m.peer_events.with_label_values(&[ch, e]);
+        }
+        for via in ["peer", "direct"] {
+            m.viewer_stalls.with_label_values(&[ch, via]);
+            m.viewer_stall_seconds.with_label_values(&[ch, via]);
+            m.viewer_watch_seconds.with_label_values(&[ch, via]);
+        }
+    }
+
+    pub(super) fn record_stats(&self, channel: &ChannelName, hb: &wire::HeartbeatRequest) {
+        let ch = channel.as_str();
+        let m = &self.metrics;
+        for (source, n) in [
+            ("tree", hb.bytes_from_parent),
+            ("edge", hb.bytes_from_edge),
+            ("uploaded", hb.bytes_uploaded),
+        ] {
+            m.peer_bytes.with_label_values(&[ch, source]).inc_by(n);
+        }
+        m.viewer_stalls
+            .with_label_values(&[ch, "peer"])
+            .inc_by(hb.stalls);
+        m.viewer_stall_seconds
+            .with_label_values(&[ch, "peer"])
+            .inc_by(hb.stall_ms as f64 / 1000.0);
+        m.viewer_watch_seconds
+            .with_label_values(&[ch, "peer"])
+            .inc_by(hb.watched_ms as f64 / 1000.0);
+        for (event, n) in [("fallback", hb.fallbacks), ("corrupt", hb.corrupt)] {
+            m.peer_events.with_label_values(&[ch, event]).inc_by(n);
+        }
+    }
+
+    /// Viewers, deepest depth and peers per depth, from the tree's counts:
+    /// O(max depth), not O(audience).
+    pub(super) fn gauges(&self, channel: &ChannelName, tree: &ChannelTree) {
+        let ch = channel.as_str();
+        self.metrics
+            .viewers
+            .with_label_values(&[ch])
+            .set(tree.tracker.len() as i64);
+        self.metrics
+            .depth
+            .with_label_values(&[ch])
+            .set(i64::from(tree.tracker.max_depth_in_use()));
+        for (d, n) in tree.tracker.depth_counts().iter().enumerate() {
+            self.metrics
+                .depth_peers
+                .with_label_values(&[ch, DEPTHS.get(d).copied().unwrap_or("max")])
+                .set(*n as i64);
+        }
+    }
+}
+
+/// Depth labels, so a gauge update formats no number.
+const DEPTHS: [&str; 33] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+];

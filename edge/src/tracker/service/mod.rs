@@ -1,0 +1,651 @@
+//! The tracker's driver: HTTP+JSON requests in, [`Tracker`] calls out.
+//!
+//! - one [`Tracker`] per channel, created on the first join;
+//! - requests are size-limited, strictly parsed and rate limited per client
+//!   address *before* they touch any state, so a malformed or flooding
+//!   client changes nothing;
+//! - answers carry tickets signed with the edge's key for the parent and
+//!   backup, which those nodes check before accepting the peer;
+//! - [`TrackerService::tick`] (run every half second by the edge) expires
+//!   silent peers and re-places orphans.
+//!
+//! Every request costs O(1) or O(log N) in the audience: the gauges come
+//! from the tree's own counts, peers leave the maps as the tree says they
+//! left, the rate limit is a fixed table. Each channel has its own lock, so
+//! channels never wait for each other; the map of channels is read-locked
+//! for the moment it takes to find one. Time comes in as an argument.
+//!
+//! The jobs live in their own files: [`limiter`] (the per-address rate
+//! limit), [`metrics`] (the Prometheus series), [`snapshot`] (what the
+//! dashboard shows); this file parses, dispatches and answers.
+
+pub mod limiter;
+pub mod metrics;
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use treecast_proto::ticket::{SigningKey, TicketClaims};
+use treecast_proto::ChannelName;
+
+use super::core::{self, EvictReason, Node, PeerId, Report, Tracker, TrackerConfig, TrackerEvent};
+use super::wire;
+use limiter::Limiter;
+pub use metrics::TrackerMetrics;
+pub use snapshot::{ChannelSnapshot, PeerRow, PeerTotals, SiteRow};
+
+/// The time a request is handled at: the monotonic clock for the tree, the
+/// wall clock (Unix seconds) for ticket expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Instant,
+    /// Seconds since the Unix epoch.
+    pub unix_secs: u64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn current() -> Self {
+        Self {
+            mono: Instant::now(),
+            unix_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+/// Settings of the tracker service.
+#[derive(Debug, Clone)]
+pub struct TrackerSettings {
+    /// Placement policy.
+    pub core: TrackerConfig,
+    /// How long a ticket stays valid.
+    pub ticket_ttl: Duration,
+    /// Viewer tokens of channels that require one.
+    pub viewer_tokens: HashMap<String, String>,
+    /// Most channels with a tree.
+    pub max_channels: usize,
+    /// Requests per second allowed per client address (burst: twice that).
+    pub rate_per_sec: f64,
+    /// The edge's QUIC address, given to its children.
+    pub root_addr: Option<SocketAddr>,
+    /// The edge's certificate fingerprint (hex), given to its children.
+    pub root_fingerprint: Option<String>,
+}
+
+/// A request refused; the status and message go to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Metric outcome label.
+    pub outcome: &'static str,
+    /// What to tell the client.
+    pub message: String,
+}
+
+fn refuse(status: StatusCode, outcome: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        outcome,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug)]
+struct ChannelTree {
+    tracker: Tracker,
+    addrs: HashMap<PeerId, (SocketAddr, Option<String>)>,
+    /// Site key → label (the given site, or the subnet).
+    sites: HashMap<u32, String>,
+    /// What each peer reported, summed over its heartbeats.
+    stats: HashMap<PeerId, PeerTotals>,
+    /// Each peer's last tickets, for its parent and its backup.
+    tickets: HashMap<PeerId, [Option<CachedTicket>; 2]>,
+}
+
+/// A ticket signed for a child, kept for reuse.
+#[derive(Debug, Clone)]
+struct CachedTicket {
+    parent: u64,
+    expires: u64,
+    ticket: String,
+}
+
+/// One channel's tree, behind its own lock.
+type SharedTree = Arc<Mutex<ChannelTree>>;
+
+/// The tracker service; see the module docs.
+#[derive(Debug)]
+pub struct TrackerService {
+    settings: TrackerSettings,
+    key: SigningKey,
+    /// The ticket key, hex (every answer carries it).
+    ticket_key: String,
+    trees: RwLock<HashMap<ChannelName, SharedTree>>,
+    limiter: Mutex<Limiter>,
+    metrics: TrackerMetrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State changes are whole calls into the tracker; a poisoned lock is
+    // still consistent enough to serve.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TrackerService {
+    /// A tracker signing tickets with `key`.
+    pub fn new(settings: TrackerSettings, key: SigningKey, metrics: TrackerMetrics) -> Self {
+        let limiter = Limiter::new(settings.rate_per_sec, Instant::now());
+        Self {
+            ticket_key: hex::encode(key.verifying_key().as_bytes()),
+            settings,
+            key,
+            trees: RwLock::new(HashMap::new()),
+            limiter: Mutex::new(limiter),
+            metrics,
+        }
+    }
+
+    /// Every channel's tree, found under the map's read lock.
+    fn all_trees(&self) -> Vec<(ChannelName, SharedTree)> {
+        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        trees.iter().map(|(c, t)| (c.clone(), t.clone())).collect()
+    }
+
+    /// A channel's tree, if it has one.
+    fn tree(&self, channel: &ChannelName) -> Option<SharedTree> {
+        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        trees.get(channel).cloned()
+    }
+
+    /// A channel's tree, created on its first join (within `max_channels`).
+    fn tree_or_create(&self, channel: &ChannelName) -> Result<SharedTree, Refusal> {
+        if let Some(t) = self.tree(channel) {
+            return Ok(t);
+        }
+        let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
+        if !trees.contains_key(channel) && trees.len() >= self.settings.max_channels {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_capacity",
+                "tracker serves its maximum number of channels",
+            ));
+        }
+        let tree = trees.entry(channel.clone()).or_insert_with(|| {
+            self.init_series(channel);
+            Arc::new(Mutex::new(ChannelTree {
+                tracker: Tracker::new(self.settings.core.clone()),
+                addrs: HashMap::new(),
+                sites: HashMap::new(),
+                stats: HashMap::new(),
+                tickets: HashMap::new(),
+            }))
+        });
+        Ok(tree.clone())
+    }
+
+    /// The public key peers verify tickets with, hex.
+    pub fn ticket_key(&self) -> String {
+        self.ticket_key.clone()
+    }
+
+    /// Answers one tracker request at `now`: `endpoint` is the last path
+    /// segment.
+    pub fn handle(
+        &self,
+        endpoint: &str,
+        body: &[u8],
+        from: SocketAddr,
+        now: Now,
+    ) -> Result<wire::Assignment, Refusal> {
+        let label = match endpoint {
+            "join" | "heartbeat" | "leave" | "report" => endpoint,
+            _ => "unknown",
+        };
+        let result = self.dispatch(endpoint, body, from, now);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(r) => r.outcome,
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[label, outcome])
+            .inc();
+        result
+    }
+
+    fn dispatch(
+        &self,
+        endpoint: &str,
+        body: &[u8],
+        from: SocketAddr,
+        at: Now,
+    ) -> Result<wire::Assignment, Refusal> {
+        if !lock(&self.limiter).allow(from.ip(), at.mono) {
+            return Err(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many tracker requests from this address; slow down",
+            ));
+        }
+        if body.len() > wire::MAX_BODY {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad_request",
+                format!("request body over {} bytes", wire::MAX_BODY),
+            ));
+        }
+        let now = at.mono;
+        match endpoint {
+            "join" => {
+                let req: wire::JoinRequest = parse(body)?;
+                let channel = channel(&req.channel)?;
+                if let Some(expected) = self.settings.viewer_tokens.get(channel.as_str()) {
+                    if req.token.as_deref() != Some(expected.as_str()) {
+                        return Err(refuse(
+                            StatusCode::UNAUTHORIZED,
+                            "unauthorized",
+                            format!("channel {channel} needs a valid viewer token"),
+                        ));
+                    }
+                }
+                let label = site_label(req.site.as_deref(), from.ip());
+                let site = site_of(&label);
+                let shared = self.tree_or_create(&channel)?;
+                let mut guard = lock(&shared);
+                let tree = &mut *guard;
+                tree.sites.entry(site).or_insert(label);
+                // After a tracker restart a peer names the parent it still
+                // receives from by address; its old id is gone.
+                let resume_parent = req.resume_parent_addr.and_then(|want| {
+                    tree.addrs
+                        .iter()
+                        .find(|(_, a)| a.0 == want)
+                        .map(|(id, _)| *id)
+                });
+                let a = tree
+                    .tracker
+                    .handle_join(
+                        core::JoinRequest {
+                            site,
+                            max_upload_kbps: req.max_upload_kbps,
+                            resume_parent,
+                        },
+                        now,
+                    )
+                    .map_err(|e| {
+                        refuse(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no_capacity",
+                            e.to_string(),
+                        )
+                    })?;
+                tree.addrs
+                    .insert(a.id, (req.addr, req.cert_fingerprint.clone()));
+                self.gauges(&channel, tree);
+                Ok(self.answer(&channel, tree, a, at))
+            }
+            "heartbeat" => {
+                let req: wire::HeartbeatRequest = parse(body)?;
+                let channel = channel(&req.channel)?;
+                let shared = self.known_tree(&channel)?;
+                let mut guard = lock(&shared);
+                let tree = &mut *guard;
+                let a = tree
+                    .tracker
+                    .handle_heartbeat(
+                        PeerId(req.peer_id),
+                        core::Heartbeat {
+                            bytes_from_parent: req.bytes_from_parent,
+                            bytes_from_edge: req.bytes_from_edge,
+                        },
+                        now,
+                    )
+                    .map_err(unknown)?;
+                self.record_stats(&channel, &req);
+                tree.stats
+                    .entry(PeerId(req.peer_id))
+                    .or_default()
+                    .add(&PeerTotals {
+                        bytes_tree: req.bytes_from_parent,
+                        bytes_edge: req.bytes_from_edge,
+                        bytes_uploaded: req.bytes_uploaded,
+                        stalls: req.stalls,
+                        stall_ms: req.stall_ms,
+                        watched_ms: req.watched_ms,
+                        fallbacks: req.fallbacks,
+                        corrupt: req.corrupt,
+                    });
+                let out = self.answer(&channel, tree, a, at);
+                self.drain(&channel, tree);
+                Ok(out)
+            }
+            "leave" => {
+                let req: wire::LeaveRequest = parse(body)?;
+                let channel = channel(&req.channel)?;
+                let shared = self.known_tree(&channel)?;
+                let mut guard = lock(&shared);
+                let tree = &mut *guard;
+                let a = tree
+                    .tracker
+                    .assignment(PeerId(req.peer_id))
+                    .map_err(unknown)?;
+                tree.tracker
+                    .handle_leave(PeerId(req.peer_id), now)
+                    .map_err(unknown)?;
+                tree.addrs.remove(&PeerId(req.peer_id));
+                tree.stats.remove(&PeerId(req.peer_id));
+                tree.tickets.remove(&PeerId(req.peer_id));
+                let out = self.answer(
+                    &channel,
+                    tree,
+                    core::Assignment {
+                        parent: None,
+                        backup: None,
+                        depth: 0,
+                        ..a
+                    },
+                    at,
+                );
+                self.drain(&channel, tree);
+                Ok(out)
+            }
+            "report" => {
+                let req: wire::ReportRequest = parse(body)?;
+                let channel = channel(&req.channel)?;
+                let shared = self.known_tree(&channel)?;
+                let mut guard = lock(&shared);
+                let tree = &mut *guard;
+                let report = match req.report {
+                    wire::ReportKind::ParentGap => Report::ParentGap,
+                    wire::ReportKind::ParentCorrupt => Report::ParentCorrupt,
+                    wire::ReportKind::ParentShed => Report::ParentShed,
+                };
+                tree.tracker
+                    .handle_report(PeerId(req.peer_id), report, now)
+                    .map_err(unknown)?;
+                self.drain(&channel, tree);
+                let a = tree
+                    .tracker
+                    .assignment(PeerId(req.peer_id))
+                    .map_err(unknown)?;
+                Ok(self.answer(&channel, tree, a, at))
+            }
+            other => Err(refuse(
+                StatusCode::NOT_FOUND,
+                "bad_request",
+                format!("no tracker endpoint {other:?}; use join, heartbeat, leave or report"),
+            )),
+        }
+    }
+
+    /// Whether the tracker names the edge as `peer_id`'s parent or backup
+    /// in `channel` now: the root admits such a child even when its slots
+    /// look full (a replacement arriving before a killed child's
+    /// connection timed out; a peer switching to its backup of last
+    /// resort).
+    pub fn names_the_edge(&self, channel: &ChannelName, peer_id: u64) -> bool {
+        self.tree(channel).is_some_and(|t| {
+            lock(&t).tracker.assignment(PeerId(peer_id)).is_ok_and(|a| {
+                a.parent == Some(core::Node::Root) || a.backup == Some(core::Node::Root)
+            })
+        })
+    }
+
+    /// The tree of a channel a peer names, which must have one.
+    fn known_tree(&self, channel: &ChannelName) -> Result<SharedTree, Refusal> {
+        self.tree(channel).ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "unknown_peer",
+                format!("no peers in channel {channel}; join first"),
+            )
+        })
+    }
+
+    /// Expires silent peers and places orphans in every channel, at `now`.
+    pub fn tick(&self, now: Instant) {
+        for (channel, shared) in self.all_trees() {
+            let mut guard = lock(&shared);
+            let tree = &mut *guard;
+            tree.tracker.handle_timeout(now);
+            self.drain(&channel, tree);
+        }
+    }
+
+    fn drain(&self, channel: &ChannelName, tree: &mut ChannelTree) {
+        while let Some(e) = tree.tracker.poll_event() {
+            match e {
+                TrackerEvent::Moved(_) => self
+                    .metrics
+                    .repairs
+                    .with_label_values(&[channel.as_str()])
+                    .inc(),
+                TrackerEvent::Evicted { id, reason } => {
+                    // The tree removed it: so do the maps beside it (the
+                    // only other way out is a leave, handled there).
+                    tree.addrs.remove(&id);
+                    tree.stats.remove(&id);
+                    tree.tickets.remove(&id);
+                    let r = match reason {
+                        EvictReason::Silent => "silent",
+                        EvictReason::Corrupt => "corrupt",
+                    };
+                    self.metrics
+                        .evictions
+                        .with_label_values(&[channel.as_str(), r])
+                        .inc();
+                }
+            }
+        }
+        self.gauges(channel, tree);
+    }
+
+    fn answer(
+        &self,
+        channel: &ChannelName,
+        tree: &mut ChannelTree,
+        a: core::Assignment,
+        at: Now,
+    ) -> wire::Assignment {
+        wire::Assignment {
+            v: 1,
+            peer_id: a.id.0,
+            depth: a.depth,
+            parent: self.node_info(channel, tree, a.id, 0, a.parent, at),
+            backup: self.node_info(channel, tree, a.id, 1, a.backup, at),
+            heartbeat_interval_ms: (self.settings.core.heartbeat_timeout.as_millis() / 3) as u64,
+            ticket_key: self.ticket_key.clone(),
+        }
+    }
+
+    /// What `child` needs to reach `node` (its parent in `slot` 0, its
+    /// backup in 1): address, certificate and a ticket. A ticket signed
+    /// earlier for the same node is reused while it has half its life
+    /// left: signing costs more than the rest of a heartbeat, and most
+    /// heartbeats change nothing.
+    fn node_info(
+        &self,
+        channel: &ChannelName,
+        tree: &mut ChannelTree,
+        child: PeerId,
+        slot: usize,
+        node: Option<Node>,
+        at: Now,
+    ) -> Option<wire::NodeInfo> {
+        let (kind, id, addr, cert_fingerprint) = match node? {
+            Node::Root => (
+                "edge",
+                0,
+                self.settings.root_addr,
+                self.settings.root_fingerprint.clone(),
+            ),
+            Node::Peer(p) => {
+                let known = tree.addrs.get(&p);
+                (
+                    "peer",
+                    p.0,
+                    known.map(|k| k.0),
+                    known.and_then(|k| k.1.clone()),
+                )
+            }
+        };
+        let ttl = self.settings.ticket_ttl.as_secs();
+        let cached = &mut tree.tickets.entry(child).or_default()[slot];
+        let ticket = match cached {
+            Some(c) if c.parent == id && c.expires >= at.unix_secs + ttl / 2 => c.ticket.clone(),
+            _ => {
+                let expires = at.unix_secs + ttl;
+                let ticket = TicketClaims {
+                    channel: channel.clone(),
+                    child: child.0,
+                    parent: id,
+                    expires,
+                }
+                .sign(&self.key);
+                *cached = Some(CachedTicket {
+                    parent: id,
+                    expires,
+                    ticket: ticket.clone(),
+                });
+                ticket
+            }
+        };
+        Some(wire::NodeInfo {
+            kind: kind.into(),
+            id,
+            addr,
+            cert_fingerprint,
+            ticket,
+        })
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed tracker request: {e}"),
+        )
+    })
+}
+
+fn channel(name: &str) -> Result<ChannelName, Refusal> {
+    ChannelName::new(name)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
+}
+
+fn unknown(e: core::UnknownPeer) -> Refusal {
+    refuse(StatusCode::NOT_FOUND, "unknown_peer", e.to_string())
+}
+
+/// A peer's site: the label it gave, else its /24 (IPv4) or /48 (IPv6).
+fn site_label(given: Option<&str>, ip: IpAddr) -> String {
+    match (given, ip) {
+        (Some(s), _) => s.chars().take(64).collect(),
+        (None, IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        (None, IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
+fn site_of(label: &str) -> u32 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    label.hash(&mut h);
+    h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::EdgeMetrics;
+    use proptest::prelude::*;
+
+    fn service() -> TrackerService {
+        TrackerService::new(
+            TrackerSettings {
+                core: TrackerConfig::default(),
+                ticket_ttl: Duration::from_secs(60),
+                viewer_tokens: HashMap::new(),
+                max_channels: 4,
+                rate_per_sec: 1e9,
+                root_addr: Some(SocketAddr::from(([127, 0, 0, 1], 4433))),
+                root_fingerprint: Some("00".repeat(32)),
+            },
+            SigningKey::from_bytes(&[3; 32]),
+            EdgeMetrics::new().tracker,
+        )
+    }
+
+    /// Request bodies as a client might get them wrong: raw bytes, and JSON
+    /// objects with the right keys but any values.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let value = prop_oneof![
+            any::<i64>().prop_map(|v| serde_json::json!(v)),
+            any::<u64>().prop_map(|v| serde_json::json!(v)),
+            "[a-z0-9:./ -]{0,30}".prop_map(|v| serde_json::json!(v)),
+            Just(serde_json::json!(null)),
+            Just(serde_json::json!("127.0.0.1:5000")),
+            Just(serde_json::json!("demo")),
+        ];
+        let key = prop_oneof![
+            Just("channel"),
+            Just("addr"),
+            Just("peer_id"),
+            Just("report"),
+            Just("site"),
+            Just("max_upload_kbps"),
+            Just("stalls"),
+            Just("bytes_from_parent"),
+            Just("unknown"),
+        ];
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::btree_map(key, value, 0..6)
+                .prop_map(|m| { serde_json::to_vec(&m).unwrap_or_default() }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever arrives, the service answers (an assignment or a
+        /// refusal), never panics, and the live audience stays consistent.
+        #[test]
+        fn any_request_is_answered_and_the_audience_stays_consistent(
+            requests in proptest::collection::vec((0usize..5, body()), 1..40)
+        ) {
+            let s = service();
+            let from = SocketAddr::from(([127, 0, 0, 1], 5000));
+            let good = br#"{"channel":"demo","addr":"127.0.0.1:6000"}"#;
+            let joined = s.handle("join", good, from, Now::current()).expect("a good join");
+            for (endpoint, body) in requests {
+                let endpoint = ["join", "heartbeat", "leave", "report", "nonsense"][endpoint];
+                let _ = s.handle(endpoint, &body, from, Now::current());
+            }
+            // The peer that joined properly is still known, unless a request
+            // naming its id (only 2^-64 likely) made it leave.
+            let hb = format!(r#"{{"channel":"demo","peer_id":{}}}"#, joined.peer_id);
+            let answered = s.handle("heartbeat", hb.as_bytes(), from, Now::current());
+            prop_assert!(answered.is_ok() || answered.as_ref().is_err_and(|r| r.outcome == "unknown_peer"));
+            for c in s.snapshot(10) {
+                prop_assert_eq!(c.depth_histogram.iter().sum::<u64>(), c.viewers);
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! What the dashboard and its API show of each channel: totals, sites, and
+//! the shallowest peers. Built on request (every 2 s by the dashboard), in
+//! one pass over the audience; only the peers listed are sorted.
+
+use std::collections::HashMap;
+
+use super::{lock, TrackerService};
+use crate::tracker::core::PeerView;
+
+/// What a peer reported in its heartbeats, summed.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PeerTotals {
+    /// Bytes from its parent.
+    pub bytes_tree: u64,
+    /// Bytes fetched from the edge.
+    pub bytes_edge: u64,
+    /// Bytes sent to its children.
+    pub bytes_uploaded: u64,
+    /// Times its player ran dry.
+    pub stalls: u64,
+    /// Milliseconds its player was stalled.
+    pub stall_ms: u64,
+    /// Milliseconds its player played or stalled.
+    pub watched_ms: u64,
+    /// Segments fetched from the edge because the tree was late.
+    pub fallbacks: u64,
+    /// Segments that failed verification.
+    pub corrupt: u64,
+}
+
+impl PeerTotals {
+    pub(super) fn add(&mut self, o: &PeerTotals) {
+        self.bytes_tree += o.bytes_tree;
+        self.bytes_edge += o.bytes_edge;
+        self.bytes_uploaded += o.bytes_uploaded;
+        self.stalls += o.stalls;
+        self.stall_ms += o.stall_ms;
+        self.watched_ms += o.watched_ms;
+        self.fallbacks += o.fallbacks;
+        self.corrupt += o.corrupt;
+    }
+
+    /// Time stalled over time watched.
+    pub fn rebuffer_ratio(&self) -> f64 {
+        if self.watched_ms == 0 {
+            0.0
+        } else {
+            self.stall_ms as f64 / self.watched_ms as f64
+        }
+    }
+}
+
+/// One peer in a snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerRow {
+    /// Peer id.
+    pub id: u64,
+    /// A name for people: its site and a short id (`10.1.2.0/24 · p12`).
+    pub name: String,
+    /// The parent's short id (`edge` for the edge; null while waiting).
+    pub parent_name: Option<String>,
+    /// Time its player stalled over time watched.
+    pub rebuffer_ratio: f64,
+    /// Parent id (0: the edge; null: waiting for one).
+    pub parent: Option<u64>,
+    /// Depth.
+    pub depth: u8,
+    /// Children now.
+    pub children: u32,
+    /// Child slots now.
+    pub slots: u32,
+    /// Upload measured by its children, kb/s.
+    pub upload_kbps: u32,
+    /// Leaf only.
+    pub leaf_only: bool,
+    /// Site label.
+    pub site: String,
+    /// `ok`, `stalling` (its player waited), `fallback` (took segments
+    /// from the edge) or `corrupt` (received a bad segment).
+    pub health: &'static str,
+    /// Its reported totals.
+    pub totals: PeerTotals,
+}
+
+/// A site in a snapshot.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SiteRow {
+    /// Label.
+    pub site: String,
+    /// Peers.
+    pub viewers: u64,
+    /// Their reported totals.
+    pub totals: PeerTotals,
+}
+
+/// One channel's tree, for the dashboard and its API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelSnapshot {
+    /// Channel.
+    pub channel: String,
+    /// Peers in the tree.
+    pub viewers: u64,
+    /// Peers waiting for a parent.
+    pub orphans: u64,
+    /// Deepest depth in use.
+    pub max_depth: u8,
+    /// Peers at each depth (index = depth; 0 = waiting).
+    pub depth_histogram: Vec<u64>,
+    /// Totals of every live peer's reports.
+    pub totals: PeerTotals,
+    /// Peers moved to a new parent, since the edge started.
+    pub repairs: u64,
+    /// Peers evicted as silent.
+    pub evicted_silent: u64,
+    /// Peers evicted for corruption.
+    pub evicted_corrupt: u64,
+    /// Per site, largest first.
+    pub sites: Vec<SiteRow>,
+    /// Peers, shallowest first, at most the limit asked.
+    pub peers: Vec<PeerRow>,
+    /// True when `peers` was cut to the limit.
+    pub peers_truncated: bool,
+}
+
+impl TrackerService {
+    /// Every channel's tree, with at most `limit` peers listed per channel
+    /// (shallowest first: the part of the tree that matters most). One pass
+    /// over the audience for totals and sites; only the `limit` peers
+    /// listed are picked (a selection, not a sort of everyone) and built.
+    pub fn snapshot(&self, limit: usize) -> Vec<ChannelSnapshot> {
+        let mut out = Vec::new();
+        for (channel, shared) in self.all_trees() {
+            let tree = lock(&shared);
+            let ch = channel.as_str();
+            let hist = tree.tracker.depth_counts().to_vec();
+            let mut totals = PeerTotals::default();
+            let mut sites: HashMap<u32, SiteRow> = HashMap::new();
+            let mut listed = Vec::new();
+            for v in tree.tracker.peers() {
+                let t = tree.stats.get(&v.id).copied().unwrap_or_default();
+                totals.add(&t);
+                let site = sites.entry(v.site).or_insert_with(|| SiteRow {
+                    site: tree.sites.get(&v.site).cloned().unwrap_or_default(),
+                    ..SiteRow::default()
+                });
+                site.viewers += 1;
+                site.totals.add(&t);
+                if limit > 0 {
+                    listed.push(v);
+                }
+            }
+            let key = |v: &PeerView| (!v.placed, v.depth, v.id.0);
+            let truncated = tree.tracker.len() > limit;
+            if listed.len() > limit && limit > 0 {
+                listed.select_nth_unstable_by_key(limit - 1, key);
+                listed.truncate(limit);
+            }
+            listed.sort_unstable_by_key(key);
+            let rows = listed
+                .iter()
+                .map(|v| {
+                    let t = tree.stats.get(&v.id).copied().unwrap_or_default();
+                    let label = tree.sites.get(&v.site).cloned().unwrap_or_default();
+                    peer_row(v, t, label)
+                })
+                .collect();
+            let mut sites: Vec<SiteRow> = sites.into_values().collect();
+            sites.sort_by(|a, b| b.viewers.cmp(&a.viewers).then(a.site.cmp(&b.site)));
+            sites.truncate(50);
+            let m = &self.metrics;
+            out.push(ChannelSnapshot {
+                channel: ch.to_owned(),
+                viewers: tree.tracker.len() as u64,
+                orphans: hist.first().copied().unwrap_or(0),
+                max_depth: tree.tracker.max_depth_in_use(),
+                depth_histogram: hist,
+                totals,
+                repairs: m.repairs.with_label_values(&[ch]).get(),
+                evicted_silent: m.evictions.with_label_values(&[ch, "silent"]).get(),
+                evicted_corrupt: m.evictions.with_label_values(&[ch, "corrupt"]).get(),
+                sites,
+                peers: rows,
+                peers_truncated: truncated,
+            });
+        }
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        out
+    }
+}
+
+fn peer_row(v: &PeerView, t: PeerTotals, label: String) -> PeerRow {
+    let health = if t.corrupt > 0 {
+        "corrupt"
+    } else if t.stalls > 0 {
+        "stalling"
+    } else if t.fallbacks > 0 {
+        "fallback"
+    } else {
+        "ok"
+    };
+    PeerRow {
+        id: v.id.0,
+        name: format!("{label} · {}", v.id.short()),
+        parent_name: v
+            .placed
+            .then(|| v.parent.map_or_else(|| "edge".to_owned(), |p| p.short())),
+        rebuffer_ratio: t.rebuffer_ratio(),
+        parent: v.placed.then(|| v.parent.map_or(0, |p| p.0)),
+        depth: v.depth,
+        children: v.children,
+        slots: v.slots,
+        upload_kbps: v.measured_kbps,
+        leaf_only: v.leaf_only,
+        site: label,
+        health,
+        totals: t,
+    }
+}
