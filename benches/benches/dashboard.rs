@@ -4,7 +4,6 @@
 //!
 //! `cargo bench -p treecast-benches --bench dashboard`
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -20,18 +19,10 @@ const PEERS: u32 = 10_000;
 fn swarm() -> (TrackerService, EdgeMetrics) {
     let metrics = EdgeMetrics::new();
     let tracker = TrackerService::new(
-        TrackerSettings {
-            core: TrackerConfig {
-                promote_after: Duration::ZERO,
-                ..TrackerConfig::default()
-            },
-            ticket_ttl: Duration::from_secs(60),
-            viewer_tokens: HashMap::new(),
-            max_channels: 4,
-            rate_per_sec: 1e9,
-            root_addr: Some(SocketAddr::from(([127, 0, 0, 1], 4433))),
-            root_fingerprint: Some("00".repeat(32)),
-        },
+        TrackerSettings::loopback(TrackerConfig {
+            promote_after: Duration::ZERO,
+            ..TrackerConfig::default()
+        }),
         SigningKey::from_bytes(&[3; 32]),
         metrics.tracker.clone(),
     );

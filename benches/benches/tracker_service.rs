@@ -11,7 +11,6 @@
 //! `cargo bench -p treecast-benches --bench tracker_service`
 //! (`TREECAST_BENCH_SIZES=10000,100000` to pick sizes.)
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,14 @@ use treecast_proto::ChannelName;
 fn service() -> TrackerService {
     TrackerService::new(
         TrackerSettings {
-            core: TrackerConfig {
+            // Long enough that no ticket reaches half its life during the
+            // bench (building a million peers takes about a minute): the
+            // heartbeat figures are heartbeats that re-sign nothing, and
+            // `sign_ticket` is what a re-signed ticket adds (see the README
+            // for the steady state at the default 60 s).
+            ticket_ttl: Duration::from_secs(3600),
+            rate_per_sec: 1e6,
+            ..TrackerSettings::loopback(TrackerConfig {
                 // Heartbeats are not timed out while the bench runs, and
                 // newcomers take their full six children at the next tick:
                 // the bench builds its audience in seconds, not in the
@@ -35,18 +41,7 @@ fn service() -> TrackerService {
                 promote_after: Duration::ZERO,
                 probation_slots: 6,
                 ..TrackerConfig::default()
-            },
-            // Long enough that no ticket reaches half its life during the
-            // bench (building a million peers takes about a minute): the
-            // heartbeat figures are heartbeats that re-sign nothing, and
-            // `sign_ticket` is what a re-signed ticket adds (see the README
-            // for the steady state at the default 60 s).
-            ticket_ttl: Duration::from_secs(3600),
-            viewer_tokens: HashMap::new(),
-            max_channels: 4,
-            rate_per_sec: 1e6,
-            root_addr: Some(SocketAddr::from(([127, 0, 0, 1], 4433))),
-            root_fingerprint: Some("00".repeat(32)),
+            })
         },
         SigningKey::from_bytes(&[3; 32]),
         EdgeMetrics::new().tracker,

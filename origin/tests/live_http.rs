@@ -11,6 +11,24 @@ use common::net::*;
 use http::{Method, StatusCode};
 use treecast_proto::{ChannelName, OriginPublicKey, SignedSegment};
 
+/// `origin ingest -` publishing to `channel`, reading the test's writes.
+fn ingest_from_stdin(base: &str, channel: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_origin"))
+        .args([
+            "ingest",
+            "--quiet",
+            "--origin",
+            base,
+            "--channel",
+            channel,
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
 fn listed_segments(playlist: &str) -> Vec<u64> {
     let p = m3u8_rs::parse_media_playlist_res(playlist.as_bytes()).expect("valid playlist");
     p.segments
@@ -349,20 +367,7 @@ async fn udp_and_stdin_inputs_publish() {
     assert_eq!(text.status, StatusCode::OK);
 
     // stdin through the CLI.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_origin"))
-        .args([
-            "ingest",
-            "--quiet",
-            "--origin",
-            &base,
-            "--channel",
-            "viastdin",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = ingest_from_stdin(&base, "viastdin");
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("stdin");
@@ -492,20 +497,7 @@ async fn a_stalled_publisher_resumes_with_one_discontinuity() {
     std::fs::write(&config, "[segments]\nwindow_segments = 1000\n").expect("config");
     let (_origin, base) =
         spawn_origin(dir.path(), &["--config", config.to_str().expect("path")]).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_origin"))
-        .args([
-            "ingest",
-            "--quiet",
-            "--origin",
-            &base,
-            "--channel",
-            "stall",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = ingest_from_stdin(&base, "stall");
     let mut stdin = child.stdin.take().expect("stdin");
     let first = std::fs::read(sample).expect("read");
     {

@@ -15,20 +15,6 @@ use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The value of the Prometheus sample `series` on the origin at `base`.
-async fn metric(base: &str, series: &str) -> u64 {
-    let text = String::from_utf8(get(&format!("{base}/metrics")).await.body.to_vec())
-        .expect("utf-8 metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-async fn status(base: &str, channel: &str) -> serde_json::Value {
-    let r = get(&format!("{base}/api/channels/{channel}")).await;
-    serde_json::from_slice(&r.body).unwrap_or_default()
-}
-
 /// Publishes `sample` once to `url` with ffmpeg; its exit and stderr.
 fn publish_once(sample: &str, url: &str) -> (bool, String) {
     let out = Command::new("ffmpeg")
@@ -43,9 +29,15 @@ fn publish_once(sample: &str, url: &str) -> (bool, String) {
     )
 }
 
-/// Waits until the server closes `stream` (EOF or reset) after `send`.
+/// Connects to `rtmp`, sends `send` and asserts that the server closes.
 async fn closed_after(rtmp: &str, send: &[u8], within: Duration) {
-    let mut s = TcpStream::connect(rtmp).await.expect("connect");
+    let s = TcpStream::connect(rtmp).await.expect("connect");
+    sent_then_closed(s, send, within).await;
+}
+
+/// Sends `send` on `s` and asserts that the server closes it (EOF or reset)
+/// within `within`.
+async fn sent_then_closed(mut s: TcpStream, send: &[u8], within: Duration) {
     // The server may close while we still write: that is the point.
     let _ = s.write_all(send).await;
     let mut buf = vec![0u8; 16 * 1024];
@@ -85,12 +77,8 @@ async fn misbehaving_rtmp_clients_are_refused_while_the_live_publisher_goes_on()
         .spawn()
         .expect("ffmpeg starts");
     let _live = Proc(live);
-    wait_until(Duration::from_secs(30), || async {
-        let s = status(&base, "onair").await;
-        s["live"] == true && s["segments_cut"].as_u64().is_some_and(|n| n >= 1)
-    })
-    .await;
-    let cut_before = status(&base, "onair").await["segments_cut"]
+    wait_until_cut_past(&base, "onair", 0).await;
+    let cut_before = channel_status(&base, "onair").await["segments_cut"]
         .as_u64()
         .expect("count");
 
@@ -143,20 +131,7 @@ async fn misbehaving_rtmp_clients_are_refused_while_the_live_publisher_goes_on()
         huge.extend_from_slice(&[0x05; 128]);
         huge.push(0xC3);
     }
-    let _ = s.write_all(&huge).await;
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "a client flooding before its publish was kept open"
-    );
+    sent_then_closed(s, &huge, Duration::from_secs(5)).await;
 
     let outcome = |o: &str| format!("treecast_origin_rtmp_connections_total{{outcome=\"{o}\"}}");
     assert_eq!(metric(&base, &outcome("wrong_key")).await, 2);
@@ -168,15 +143,8 @@ async fn misbehaving_rtmp_clients_are_refused_while_the_live_publisher_goes_on()
     assert_eq!(metric(&base, &outcome("too_much_before_publish")).await, 1);
 
     // And the live channel went on publishing through all of it.
-    wait_until(Duration::from_secs(20), || async {
-        let s = status(&base, "onair").await;
-        s["live"] == true
-            && s["segments_cut"]
-                .as_u64()
-                .is_some_and(|n| n > cut_before + 1)
-    })
-    .await;
-    let s = status(&base, "onair").await;
+    wait_until_cut_past(&base, "onair", cut_before + 1).await;
+    let s = channel_status(&base, "onair").await;
     assert_eq!(s["input_errors"], 0, "the live input had no problem: {s}");
     assert_eq!(s["target_duration"], 3, "{s}");
 }

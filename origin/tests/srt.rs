@@ -8,24 +8,10 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::net::*;
 
 const KEY: &str = "srt-publish-key";
-
-async fn metric(base: &str, series: &str) -> u64 {
-    let text = String::from_utf8(get(&format!("{base}/metrics")).await.body.to_vec())
-        .expect("utf-8 metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-async fn status(base: &str, channel: &str) -> serde_json::Value {
-    let r = get(&format!("{base}/api/channels/{channel}")).await;
-    serde_json::from_slice(&r.body).unwrap_or_default()
-}
 
 /// Calls `url` with two seconds of the sample; whether ffmpeg succeeded.
 fn call_once(sample: &str, url: &str) -> bool {
@@ -66,12 +52,8 @@ async fn misbehaving_srt_callers_are_refused_while_the_live_caller_goes_on() {
         .spawn()
         .expect("ffmpeg starts");
     let _live = Proc(live);
-    wait_until(Duration::from_secs(30), || async {
-        let s = status(&base, "onair").await;
-        s["live"] == true && s["segments_cut"].as_u64().is_some_and(|n| n >= 1)
-    })
-    .await;
-    let cut_before = status(&base, "onair").await["segments_cut"]
+    wait_until_cut_past(&base, "onair", 0).await;
+    let cut_before = channel_status(&base, "onair").await["segments_cut"]
         .as_u64()
         .expect("count");
 
@@ -107,14 +89,7 @@ async fn misbehaving_srt_callers_are_refused_while_the_live_caller_goes_on() {
     assert_eq!(metric(&base, &outcome("not_publish")).await, 1);
     assert_eq!(metric(&base, &outcome("busy")).await, 1);
 
-    wait_until(Duration::from_secs(20), || async {
-        let s = status(&base, "onair").await;
-        s["live"] == true
-            && s["segments_cut"]
-                .as_u64()
-                .is_some_and(|n| n > cut_before + 1)
-    })
-    .await;
-    let s = status(&base, "onair").await;
+    wait_until_cut_past(&base, "onair", cut_before + 1).await;
+    let s = channel_status(&base, "onair").await;
     assert_eq!(s["input_errors"], 0, "the live input had no problem: {s}");
 }

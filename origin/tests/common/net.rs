@@ -155,6 +155,31 @@ pub fn ffmpeg(args: &[&str]) {
     );
 }
 
+/// The value of the Prometheus sample `series` (name and labels) on the
+/// origin at `base`; 0 when absent.
+pub async fn metric(base: &str, series: &str) -> u64 {
+    let text = String::from_utf8(get(&format!("{base}/metrics")).await.body.to_vec())
+        .expect("utf-8 metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `/api/channels/<channel>` of the origin at `base` (null if absent).
+pub async fn channel_status(base: &str, channel: &str) -> serde_json::Value {
+    let r = get(&format!("{base}/api/channels/{channel}")).await;
+    serde_json::from_slice(&r.body).unwrap_or_default()
+}
+
+/// Waits until `channel` is live and has cut more than `after` segments.
+pub async fn wait_until_cut_past(base: &str, channel: &str, after: u64) {
+    wait_until(Duration::from_secs(30), || async {
+        let s = channel_status(base, channel).await;
+        s["live"] == true && s["segments_cut"].as_u64().is_some_and(|n| n > after)
+    })
+    .await;
+}
+
 /// Waits until `channel` on the origin at `base` has no publisher and has
 /// cut at least one segment: what a pushed stream left is all published.
 pub async fn wait_until_published(base: &str, channel: &str) {

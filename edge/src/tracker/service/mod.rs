@@ -80,6 +80,23 @@ pub struct TrackerSettings {
     pub root_fingerprint: Option<String>,
 }
 
+impl TrackerSettings {
+    /// A tracker for tests and benchmarks on one machine: `core` placement,
+    /// 60 s tickets, 4 channels, no viewer tokens, a rate limit no test
+    /// reaches, the root at 127.0.0.1:4433 with a dummy fingerprint.
+    pub fn loopback(core: TrackerConfig) -> Self {
+        Self {
+            core,
+            ticket_ttl: Duration::from_secs(60),
+            viewer_tokens: HashMap::new(),
+            max_channels: 4,
+            rate_per_sec: 1e9,
+            root_addr: Some(SocketAddr::from(([127, 0, 0, 1], 4433))),
+            root_fingerprint: Some("00".repeat(32)),
+        }
+    }
+}
+
 /// A request refused; the status and message go to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -110,6 +127,15 @@ struct ChannelTree {
     stats: HashMap<PeerId, PeerTotals>,
     /// Each peer's last tickets, for its parent and its backup.
     tickets: HashMap<PeerId, [Option<CachedTicket>; 2]>,
+}
+
+impl ChannelTree {
+    /// Drops what the maps beside the tree hold about a peer that is gone.
+    fn forget(&mut self, id: PeerId) {
+        self.addrs.remove(&id);
+        self.stats.remove(&id);
+        self.tickets.remove(&id);
+    }
 }
 
 /// A ticket signed for a child, kept for reuse.
@@ -297,88 +323,83 @@ impl TrackerService {
             "heartbeat" => {
                 let req: wire::HeartbeatRequest = parse(body)?;
                 let channel = channel(&req.channel)?;
-                let shared = self.known_tree(&channel)?;
-                let mut guard = lock(&shared);
-                let tree = &mut *guard;
-                let a = tree
-                    .tracker
-                    .handle_heartbeat(
-                        PeerId(req.peer_id),
-                        core::Heartbeat {
-                            bytes_from_parent: req.bytes_from_parent,
-                            bytes_from_edge: req.bytes_from_edge,
-                        },
-                        now,
-                    )
-                    .map_err(unknown)?;
-                self.record_stats(&channel, &req);
-                tree.stats
-                    .entry(PeerId(req.peer_id))
-                    .or_default()
-                    .add(&PeerTotals {
-                        bytes_tree: req.bytes_from_parent,
-                        bytes_edge: req.bytes_from_edge,
-                        bytes_uploaded: req.bytes_uploaded,
-                        stalls: req.stalls,
-                        stall_ms: req.stall_ms,
-                        watched_ms: req.watched_ms,
-                        fallbacks: req.fallbacks,
-                        corrupt: req.corrupt,
-                    });
-                let out = self.answer(&channel, tree, a, at);
-                self.drain(&channel, tree);
-                Ok(out)
+                self.in_known_tree(&channel, |tree| {
+                    let a = tree
+                        .tracker
+                        .handle_heartbeat(
+                            PeerId(req.peer_id),
+                            core::Heartbeat {
+                                bytes_from_parent: req.bytes_from_parent,
+                                bytes_from_edge: req.bytes_from_edge,
+                            },
+                            now,
+                        )
+                        .map_err(unknown)?;
+                    self.record_stats(&channel, &req);
+                    tree.stats
+                        .entry(PeerId(req.peer_id))
+                        .or_default()
+                        .add(&PeerTotals {
+                            bytes_tree: req.bytes_from_parent,
+                            bytes_edge: req.bytes_from_edge,
+                            bytes_uploaded: req.bytes_uploaded,
+                            stalls: req.stalls,
+                            stall_ms: req.stall_ms,
+                            watched_ms: req.watched_ms,
+                            fallbacks: req.fallbacks,
+                            corrupt: req.corrupt,
+                        });
+                    let out = self.answer(&channel, tree, a, at);
+                    self.drain(&channel, tree);
+                    Ok(out)
+                })
             }
             "leave" => {
                 let req: wire::LeaveRequest = parse(body)?;
                 let channel = channel(&req.channel)?;
-                let shared = self.known_tree(&channel)?;
-                let mut guard = lock(&shared);
-                let tree = &mut *guard;
-                let a = tree
-                    .tracker
-                    .assignment(PeerId(req.peer_id))
-                    .map_err(unknown)?;
-                tree.tracker
-                    .handle_leave(PeerId(req.peer_id), now)
-                    .map_err(unknown)?;
-                tree.addrs.remove(&PeerId(req.peer_id));
-                tree.stats.remove(&PeerId(req.peer_id));
-                tree.tickets.remove(&PeerId(req.peer_id));
-                let out = self.answer(
-                    &channel,
-                    tree,
-                    core::Assignment {
-                        parent: None,
-                        backup: None,
-                        depth: 0,
-                        ..a
-                    },
-                    at,
-                );
-                self.drain(&channel, tree);
-                Ok(out)
+                self.in_known_tree(&channel, |tree| {
+                    let a = tree
+                        .tracker
+                        .assignment(PeerId(req.peer_id))
+                        .map_err(unknown)?;
+                    tree.tracker
+                        .handle_leave(PeerId(req.peer_id), now)
+                        .map_err(unknown)?;
+                    tree.forget(PeerId(req.peer_id));
+                    let out = self.answer(
+                        &channel,
+                        tree,
+                        core::Assignment {
+                            parent: None,
+                            backup: None,
+                            depth: 0,
+                            ..a
+                        },
+                        at,
+                    );
+                    self.drain(&channel, tree);
+                    Ok(out)
+                })
             }
             "report" => {
                 let req: wire::ReportRequest = parse(body)?;
                 let channel = channel(&req.channel)?;
-                let shared = self.known_tree(&channel)?;
-                let mut guard = lock(&shared);
-                let tree = &mut *guard;
-                let report = match req.report {
-                    wire::ReportKind::ParentGap => Report::ParentGap,
-                    wire::ReportKind::ParentCorrupt => Report::ParentCorrupt,
-                    wire::ReportKind::ParentShed => Report::ParentShed,
-                };
-                tree.tracker
-                    .handle_report(PeerId(req.peer_id), report, now)
-                    .map_err(unknown)?;
-                self.drain(&channel, tree);
-                let a = tree
-                    .tracker
-                    .assignment(PeerId(req.peer_id))
-                    .map_err(unknown)?;
-                Ok(self.answer(&channel, tree, a, at))
+                self.in_known_tree(&channel, |tree| {
+                    let report = match req.report {
+                        wire::ReportKind::ParentGap => Report::ParentGap,
+                        wire::ReportKind::ParentCorrupt => Report::ParentCorrupt,
+                        wire::ReportKind::ParentShed => Report::ParentShed,
+                    };
+                    tree.tracker
+                        .handle_report(PeerId(req.peer_id), report, now)
+                        .map_err(unknown)?;
+                    self.drain(&channel, tree);
+                    let a = tree
+                        .tracker
+                        .assignment(PeerId(req.peer_id))
+                        .map_err(unknown)?;
+                    Ok(self.answer(&channel, tree, a, at))
+                })
             }
             other => Err(refuse(
                 StatusCode::NOT_FOUND,
@@ -401,15 +422,22 @@ impl TrackerService {
         })
     }
 
-    /// The tree of a channel a peer names, which must have one.
-    fn known_tree(&self, channel: &ChannelName) -> Result<SharedTree, Refusal> {
-        self.tree(channel).ok_or_else(|| {
+    /// Runs `f` on the tree of a channel a peer names, which must have one,
+    /// under that channel's lock.
+    fn in_known_tree<R>(
+        &self,
+        channel: &ChannelName,
+        f: impl FnOnce(&mut ChannelTree) -> Result<R, Refusal>,
+    ) -> Result<R, Refusal> {
+        let shared = self.tree(channel).ok_or_else(|| {
             refuse(
                 StatusCode::NOT_FOUND,
                 "unknown_peer",
                 format!("no peers in channel {channel}; join first"),
             )
-        })
+        })?;
+        let mut tree = lock(&shared);
+        f(&mut tree)
     }
 
     /// Expires silent peers and places orphans in every channel, at `now`.
@@ -433,9 +461,7 @@ impl TrackerService {
                 TrackerEvent::Evicted { id, reason } => {
                     // The tree removed it: so do the maps beside it (the
                     // only other way out is a leave, handled there).
-                    tree.addrs.remove(&id);
-                    tree.stats.remove(&id);
-                    tree.tickets.remove(&id);
+                    tree.forget(id);
                     let r = match reason {
                         EvictReason::Silent => "silent",
                         EvictReason::Corrupt => "corrupt",
@@ -578,15 +604,7 @@ mod tests {
 
     fn service() -> TrackerService {
         TrackerService::new(
-            TrackerSettings {
-                core: TrackerConfig::default(),
-                ticket_ttl: Duration::from_secs(60),
-                viewer_tokens: HashMap::new(),
-                max_channels: 4,
-                rate_per_sec: 1e9,
-                root_addr: Some(SocketAddr::from(([127, 0, 0, 1], 4433))),
-                root_fingerprint: Some("00".repeat(32)),
-            },
+            TrackerSettings::loopback(TrackerConfig::default()),
             SigningKey::from_bytes(&[3; 32]),
             EdgeMetrics::new().tracker,
         )
