@@ -69,18 +69,7 @@ async fn misbehaving_rtmp_clients_are_refused_while_the_live_publisher_goes_on()
 
     // The live publisher: the sample looped in real time over RTMP.
     let live_url = format!("rtmp://{rtmp}/live/onair?key=k3y");
-    let live = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-re", "-stream_loop", "-1"])
-        .args(["-i", sample, "-c", "copy", "-f", "flv", &live_url])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ffmpeg starts");
-    let _live = Proc(live);
-    wait_until_cut_past(&base, "onair", 0).await;
-    let cut_before = channel_status(&base, "onair").await["segments_cut"]
-        .as_u64()
-        .expect("count");
+    let (_live, cut_before) = live_publisher(sample, "flv", &live_url, &base, "onair").await;
 
     // A wrong key, a second publisher, a bad name: refused, with the reason
     // shown by the encoder.

@@ -44,18 +44,7 @@ async fn misbehaving_srt_callers_are_refused_while_the_live_caller_goes_on() {
 
     let url = |query: &str| format!("srt://{srt}?{query}");
     let live_url = url(&format!("streamid=onair&passphrase={KEY}&pbkeylen=16"));
-    let live = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-re", "-stream_loop", "-1"])
-        .args(["-i", sample, "-c", "copy", "-f", "mpegts", &live_url])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ffmpeg starts");
-    let _live = Proc(live);
-    wait_until_cut_past(&base, "onair", 0).await;
-    let cut_before = channel_status(&base, "onair").await["segments_cut"]
-        .as_u64()
-        .expect("count");
+    let (_live, cut_before) = live_publisher(sample, "mpegts", &live_url, &base, "onair").await;
 
     // UDP garbage at the listener first: it must still take callers after.
     let garbage = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");

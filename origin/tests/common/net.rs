@@ -180,6 +180,31 @@ pub async fn wait_until_cut_past(base: &str, channel: &str, after: u64) {
     .await;
 }
 
+/// A live publisher: ffmpeg sending `file` looped in real time as `format`
+/// to `url`, publishing on the origin at `base` as `channel`. Returns it
+/// once the origin has cut a segment of it, with the count cut by then.
+pub async fn live_publisher(
+    file: &str,
+    format: &str,
+    url: &str,
+    base: &str,
+    channel: &str,
+) -> (Proc, u64) {
+    let live = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-re", "-stream_loop", "-1"])
+        .args(["-i", file, "-c", "copy", "-f", format, url])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg starts");
+    let live = Proc(live);
+    wait_until_cut_past(base, channel, 0).await;
+    let cut = channel_status(base, channel).await["segments_cut"]
+        .as_u64()
+        .expect("count");
+    (live, cut)
+}
+
 /// Waits until `channel` on the origin at `base` has no publisher and has
 /// cut at least one segment: what a pushed stream left is all published.
 pub async fn wait_until_published(base: &str, channel: &str) {
