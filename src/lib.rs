@@ -13,6 +13,7 @@
 //! - [`netlab`]: the network lab `swarm --net` runs the peers in.
 //! - [`demo`]: the one-command demo.
 //! - [`relay_bench`]: CPU and memory of one peer relaying to its children.
+//! - [`tracker_load`]: an HTTP load generator for an edge's tracker.
 //! - [`rng`]: the seeded generator behind roles and churn.
 
 pub mod cluster;
@@ -22,3 +23,4 @@ pub mod player;
 pub mod relay_bench;
 pub mod rng;
 pub mod swarm;
+pub mod tracker_load;

@@ -31,8 +31,33 @@ enum Command {
     Swarm(SwarmArgs),
     /// Measure one peer relaying a stream to its children (CPU, memory).
     RelayBench(RelayArgs),
+    /// Load an edge's tracker over HTTP: join an audience, then send
+    /// heartbeats as fast as it answers (see benches/tracker-http.sh).
+    TrackerLoad(TrackerLoadArgs),
     /// Run one peer (the same as the `peer` binary).
     Peer(treecast_peer::cli::Cli),
+}
+
+#[derive(Parser, Debug)]
+struct TrackerLoadArgs {
+    /// The edge's HTTP address.
+    #[arg(long)]
+    edge: SocketAddr,
+    /// Peers to join.
+    #[arg(long, default_value_t = 10_000)]
+    peers: usize,
+    /// Keep-alive connections, each from its own 127.1.x.y address.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds of heartbeats after the joins.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Channel joined.
+    #[arg(long, default_value = "load")]
+    channel: String,
+    /// The edge's pid, to report the edge's CPU time (a per-core figure).
+    #[arg(long)]
+    edge_pid: Option<u32>,
 }
 
 #[derive(Parser, Debug)]
@@ -213,6 +238,19 @@ const LINK_SEED: u64 = 0x6e65_746c_6162;
 async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
     match cli.command {
         Command::Peer(p) => treecast_peer::cli::run(p).await,
+        Command::TrackerLoad(a) => {
+            let report = treecast::tracker_load::run(treecast::tracker_load::LoadConfig {
+                edge: a.edge,
+                peers: a.peers,
+                clients: a.clients,
+                duration: Duration::from_secs_f64(a.seconds),
+                channel: a.channel,
+                edge_pid: a.edge_pid,
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::RelayBench(a) => {
             let dir = a
                 .work_dir

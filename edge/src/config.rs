@@ -19,6 +19,7 @@
 //! max_children = 6                   # most children of any peer
 //! stream_kbps = 2000                 # one child slot per this much measured upload
 //! promote_after_secs = 10            # newcomers are leaves this long
+//! probation_slots = 2                # children a promoted peer may take before it proves its upload
 //! heartbeat_timeout_secs = 6         # silent this long: gone
 //! ticket_ttl_secs = 60
 //! rate_per_sec = 20                  # tracker requests per client address
@@ -87,6 +88,12 @@ pub struct TrackerSection {
     pub stream_kbps: u32,
     /// Seconds a newcomer stays a leaf. Default 10.
     pub promote_after_secs: u64,
+    /// Children a promoted peer may take before its children's reports
+    /// prove what its upload carries (then it earns slots by delivery).
+    /// Default 2. With `max_depth` 12 and 4 root slots, 2 places about
+    /// 16,000 peers before anyone has proven more: raise it for a flash
+    /// crowd on a network known to have the upload (an office LAN).
+    pub probation_slots: u8,
     /// Seconds without a heartbeat after which a peer is gone. Default 6.
     pub heartbeat_timeout_secs: u64,
     /// Seconds a ticket stays valid. Default 60.
@@ -106,6 +113,7 @@ impl Default for TrackerSection {
             max_children: 6,
             stream_kbps: 2000,
             promote_after_secs: 10,
+            probation_slots: 2,
             heartbeat_timeout_secs: 6,
             ticket_ttl_secs: 60,
             rate_per_sec: 20.0,
@@ -163,11 +171,12 @@ impl EdgeConfig {
         if t.root_slots == 0
             || t.max_depth == 0
             || t.max_children == 0
+            || t.probation_slots == 0
             || t.stream_kbps == 0
             || t.rate_per_sec <= 0.0
             || t.heartbeat_timeout_secs == 0
         {
-            return Err(ConfigError::Invalid("tracker: root_slots, max_depth, max_children, stream_kbps, rate_per_sec and heartbeat_timeout_secs must be above 0".into()));
+            return Err(ConfigError::Invalid("tracker: root_slots, max_depth, max_children, probation_slots, stream_kbps, rate_per_sec and heartbeat_timeout_secs must be above 0".into()));
         }
         if self.price_per_gb.is_some_and(|p| !p.is_finite() || p < 0.0) {
             return Err(ConfigError::Invalid(

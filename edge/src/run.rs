@@ -97,6 +97,7 @@ impl EdgeHandle {
                     max_children: t.max_children,
                     stream_kbps: t.stream_kbps,
                     promote_after: Duration::from_secs(t.promote_after_secs),
+                    probation_slots: t.probation_slots,
                     heartbeat_timeout: Duration::from_secs(t.heartbeat_timeout_secs),
                     ..TrackerConfig::default()
                 },
