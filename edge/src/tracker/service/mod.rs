@@ -121,19 +121,85 @@ fn refuse(status: StatusCode, outcome: &'static str, message: impl Into<String>)
 struct ChannelTree {
     tracker: Tracker,
     addrs: HashMap<PeerId, (SocketAddr, Option<String>)>,
+    /// The same, the other way: who is at a QUIC address (a peer resuming
+    /// after a restart names its parent by address).
+    by_addr: HashMap<SocketAddr, PeerId>,
     /// Site key → label (the given site, or the subnet).
     sites: HashMap<u32, String>,
-    /// What each peer reported, summed over its heartbeats.
-    stats: HashMap<PeerId, PeerTotals>,
+    /// Each live peer's site and what it reported, summed over its
+    /// heartbeats.
+    stats: HashMap<PeerId, PeerStats>,
+    /// Per site: live peers and their totals, kept as peers come, report
+    /// and go, so the dashboard's sample walks no one.
+    site_rows: HashMap<u32, SiteRow>,
+    /// Totals of every live peer.
+    totals: PeerTotals,
     /// Each peer's last tickets, for its parent and its backup.
     tickets: HashMap<PeerId, [Option<CachedTicket>; 2]>,
 }
 
+/// One live peer's site and reported totals.
+#[derive(Debug, Clone, Copy, Default)]
+struct PeerStats {
+    site: u32,
+    totals: PeerTotals,
+}
+
 impl ChannelTree {
-    /// Drops what the maps beside the tree hold about a peer that is gone.
+    /// Records a peer the tree placed.
+    fn admit(&mut self, id: PeerId, site: u32, addr: SocketAddr, fingerprint: Option<String>) {
+        if let Some((old, _)) = self.addrs.insert(id, (addr, fingerprint)) {
+            self.by_addr.remove(&old);
+        }
+        self.by_addr.insert(addr, id);
+        self.stats.insert(
+            id,
+            PeerStats {
+                site,
+                totals: PeerTotals::default(),
+            },
+        );
+        let label = self.sites.get(&site).cloned().unwrap_or_default();
+        self.site_rows
+            .entry(site)
+            .or_insert_with(|| SiteRow {
+                site: label,
+                ..SiteRow::default()
+            })
+            .viewers += 1;
+    }
+
+    /// Adds one heartbeat's counts to the peer's, its site's and the
+    /// channel's totals.
+    fn report(&mut self, id: PeerId, delta: &PeerTotals) {
+        let Some(p) = self.stats.get_mut(&id) else {
+            return;
+        };
+        p.totals.add(delta);
+        if let Some(row) = self.site_rows.get_mut(&p.site) {
+            row.totals.add(delta);
+        }
+        self.totals.add(delta);
+    }
+
+    /// Drops what the maps beside the tree hold about a peer that is gone,
+    /// and its share of the totals.
     fn forget(&mut self, id: PeerId) {
-        self.addrs.remove(&id);
-        self.stats.remove(&id);
+        if let Some((addr, _)) = self.addrs.remove(&id) {
+            if self.by_addr.get(&addr) == Some(&id) {
+                self.by_addr.remove(&addr);
+            }
+        }
+        if let Some(p) = self.stats.remove(&id) {
+            self.totals.sub(&p.totals);
+            if let Some(row) = self.site_rows.get_mut(&p.site) {
+                row.viewers -= 1;
+                row.totals.sub(&p.totals);
+                if row.viewers == 0 {
+                    self.site_rows.remove(&p.site);
+                }
+            }
+        }
         self.tickets.remove(&id);
     }
 }
@@ -212,7 +278,10 @@ impl TrackerService {
                 tracker: Tracker::new(self.settings.core.clone()),
                 addrs: HashMap::new(),
                 sites: HashMap::new(),
+                by_addr: HashMap::new(),
                 stats: HashMap::new(),
+                site_rows: HashMap::new(),
+                totals: PeerTotals::default(),
                 tickets: HashMap::new(),
             }))
         });
@@ -292,12 +361,9 @@ impl TrackerService {
                 tree.sites.entry(site).or_insert(label);
                 // After a tracker restart a peer names the parent it still
                 // receives from by address; its old id is gone.
-                let resume_parent = req.resume_parent_addr.and_then(|want| {
-                    tree.addrs
-                        .iter()
-                        .find(|(_, a)| a.0 == want)
-                        .map(|(id, _)| *id)
-                });
+                let resume_parent = req
+                    .resume_parent_addr
+                    .and_then(|want| tree.by_addr.get(&want).copied());
                 let a = tree
                     .tracker
                     .handle_join(
@@ -315,8 +381,7 @@ impl TrackerService {
                             e.to_string(),
                         )
                     })?;
-                tree.addrs
-                    .insert(a.id, (req.addr, req.cert_fingerprint.clone()));
+                tree.admit(a.id, site, req.addr, req.cert_fingerprint.clone());
                 self.gauges(&channel, tree);
                 Ok(self.answer(&channel, tree, a, at))
             }
@@ -336,10 +401,9 @@ impl TrackerService {
                         )
                         .map_err(unknown)?;
                     self.record_stats(&channel, &req);
-                    tree.stats
-                        .entry(PeerId(req.peer_id))
-                        .or_default()
-                        .add(&PeerTotals {
+                    tree.report(
+                        PeerId(req.peer_id),
+                        &PeerTotals {
                             bytes_tree: req.bytes_from_parent,
                             bytes_edge: req.bytes_from_edge,
                             bytes_uploaded: req.bytes_uploaded,
@@ -348,7 +412,8 @@ impl TrackerService {
                             watched_ms: req.watched_ms,
                             fallbacks: req.fallbacks,
                             corrupt: req.corrupt,
-                        });
+                        },
+                    );
                     let out = self.answer(&channel, tree, a, at);
                     self.drain(&channel, tree);
                     Ok(out)
@@ -610,6 +675,54 @@ mod tests {
         )
     }
 
+    /// Totals and sites are kept as peers come, report and go: what a
+    /// snapshot shows matches the live audience without walking it.
+    #[test]
+    fn site_totals_follow_joins_reports_and_leaves() {
+        let s = service();
+        let join = |ip: [u8; 4]| {
+            let from = SocketAddr::from((ip, 5000));
+            let body = format!(r#"{{"channel":"demo","addr":"{from}"}}"#);
+            s.handle("join", body.as_bytes(), from, Now::current())
+                .expect("join")
+                .peer_id
+        };
+        let a = join([10, 0, 1, 1]);
+        let b = join([10, 0, 1, 2]);
+        let c = join([10, 0, 2, 1]);
+        let from = SocketAddr::from(([10, 0, 1, 1], 5000));
+        let hb = |id: u64, stalls: u64| {
+            let body = format!(
+                r#"{{"channel":"demo","peer_id":{id},"stalls":{stalls},"watched_ms":1000}}"#
+            );
+            s.handle("heartbeat", body.as_bytes(), from, Now::current())
+                .expect("heartbeat");
+        };
+        hb(a, 2);
+        hb(b, 3);
+        hb(c, 5);
+        let leave = format!(r#"{{"channel":"demo","peer_id":{b}}}"#);
+        s.handle("leave", leave.as_bytes(), from, Now::current())
+            .expect("leave");
+        let snap = s.snapshot(0).pop().expect("a channel");
+        assert_eq!(snap.viewers, 2);
+        assert!(snap.peers.is_empty(), "a sample lists no peer");
+        assert_eq!(snap.totals.stalls, 7, "the leaver's stalls left with it");
+        let mut sites: Vec<(String, u64, u64)> = snap
+            .sites
+            .iter()
+            .map(|r| (r.site.clone(), r.viewers, r.totals.stalls))
+            .collect();
+        sites.sort();
+        assert_eq!(
+            sites,
+            vec![
+                ("10.0.1.0/24".to_owned(), 1, 2),
+                ("10.0.2.0/24".to_owned(), 1, 5)
+            ]
+        );
+    }
+
     /// Request bodies as a client might get them wrong: raw bytes, and JSON
     /// objects with the right keys but any values.
     fn body() -> impl Strategy<Value = Vec<u8>> {
@@ -663,6 +776,7 @@ mod tests {
             prop_assert!(answered.is_ok() || answered.as_ref().is_err_and(|r| r.outcome == "unknown_peer"));
             for c in s.snapshot(10) {
                 prop_assert_eq!(c.depth_histogram.iter().sum::<u64>(), c.viewers);
+                prop_assert_eq!(c.sites.iter().map(|r| r.viewers).sum::<u64>(), c.viewers);
             }
         }
     }

@@ -1,8 +1,7 @@
 //! What the dashboard and its API show of each channel: totals, sites, and
-//! the shallowest peers. Built on request (every 2 s by the dashboard), in
-//! one pass over the audience; only the peers listed are sorted.
-
-use std::collections::HashMap;
+//! the shallowest peers. Totals and sites are kept up to date by the
+//! service as peers come, report and go; a snapshot walks the audience only
+//! to pick the peers it lists (a selection, then a sort of those).
 
 use super::{lock, TrackerService};
 use crate::tracker::core::PeerView;
@@ -29,6 +28,17 @@ pub struct PeerTotals {
 }
 
 impl PeerTotals {
+    pub(super) fn sub(&mut self, o: &PeerTotals) {
+        self.bytes_tree = self.bytes_tree.saturating_sub(o.bytes_tree);
+        self.bytes_edge = self.bytes_edge.saturating_sub(o.bytes_edge);
+        self.bytes_uploaded = self.bytes_uploaded.saturating_sub(o.bytes_uploaded);
+        self.stalls = self.stalls.saturating_sub(o.stalls);
+        self.stall_ms = self.stall_ms.saturating_sub(o.stall_ms);
+        self.watched_ms = self.watched_ms.saturating_sub(o.watched_ms);
+        self.fallbacks = self.fallbacks.saturating_sub(o.fallbacks);
+        self.corrupt = self.corrupt.saturating_sub(o.corrupt);
+    }
+
     pub(super) fn add(&mut self, o: &PeerTotals) {
         self.bytes_tree += o.bytes_tree;
         self.bytes_edge += o.bytes_edge;
@@ -124,30 +134,19 @@ pub struct ChannelSnapshot {
 
 impl TrackerService {
     /// Every channel's tree, with at most `limit` peers listed per channel
-    /// (shallowest first: the part of the tree that matters most). One pass
-    /// over the audience for totals and sites; only the `limit` peers
-    /// listed are picked (a selection, not a sort of everyone) and built.
+    /// (shallowest first: the part of the tree that matters most). With
+    /// `limit` 0 (the dashboard's 2-second sample) it walks no peer.
     pub fn snapshot(&self, limit: usize) -> Vec<ChannelSnapshot> {
         let mut out = Vec::new();
         for (channel, shared) in self.all_trees() {
             let tree = lock(&shared);
             let ch = channel.as_str();
             let hist = tree.tracker.depth_counts().to_vec();
-            let mut totals = PeerTotals::default();
-            let mut sites: HashMap<u32, SiteRow> = HashMap::new();
+            // Totals and sites are kept as peers come and go: only the
+            // peers listed need a walk, and a sample (limit 0) walks no one.
             let mut listed = Vec::new();
-            for v in tree.tracker.peers() {
-                let t = tree.stats.get(&v.id).copied().unwrap_or_default();
-                totals.add(&t);
-                let site = sites.entry(v.site).or_insert_with(|| SiteRow {
-                    site: tree.sites.get(&v.site).cloned().unwrap_or_default(),
-                    ..SiteRow::default()
-                });
-                site.viewers += 1;
-                site.totals.add(&t);
-                if limit > 0 {
-                    listed.push(v);
-                }
+            if limit > 0 {
+                listed.extend(tree.tracker.peers());
             }
             let key = |v: &PeerView| (!v.placed, v.depth, v.id.0);
             let truncated = tree.tracker.len() > limit;
@@ -159,14 +158,15 @@ impl TrackerService {
             let rows = listed
                 .iter()
                 .map(|v| {
-                    let t = tree.stats.get(&v.id).copied().unwrap_or_default();
+                    let t = tree.stats.get(&v.id).map(|p| p.totals).unwrap_or_default();
                     let label = tree.sites.get(&v.site).cloned().unwrap_or_default();
                     peer_row(v, t, label)
                 })
                 .collect();
-            let mut sites: Vec<SiteRow> = sites.into_values().collect();
+            let mut sites: Vec<SiteRow> = tree.site_rows.values().cloned().collect();
             sites.sort_by(|a, b| b.viewers.cmp(&a.viewers).then(a.site.cmp(&b.site)));
             sites.truncate(50);
+            let totals = tree.totals;
             let m = &self.metrics;
             out.push(ChannelSnapshot {
                 channel: ch.to_owned(),
