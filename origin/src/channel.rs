@@ -318,19 +318,28 @@ impl Channel {
         if n.is_info() {
             return;
         }
-        let name = self.name.as_str();
-        self.metrics
-            .problems
-            .with_label_values(&[name, n.kind()])
-            .inc();
         if let Notice::SyncLost { skipped } = n {
             self.metrics
                 .skipped_bytes
-                .with_label_values(&[name])
+                .with_label_values(&[self.name.as_str()])
                 .inc_by(*skipped as u64);
         }
+        self.count(s, n.kind(), n.to_string());
+    }
+
+    /// Counts a problem a driver found in the input before the segmenter
+    /// (a bad RTMP tag): in the metric and the status, as the segmenter's.
+    pub fn count_input_problem(&self, kind: &'static str, message: String) {
+        self.count(&mut self.lock(), kind, message);
+    }
+
+    fn count(&self, s: &mut State, kind: &'static str, message: String) {
+        self.metrics
+            .problems
+            .with_label_values(&[self.name.as_str(), kind])
+            .inc();
         s.status.input_errors += 1;
-        s.status.last_error = Some(n.to_string());
+        s.status.last_error = Some(message);
     }
 
     fn complete(&self, s: &mut State, open: OpenSegment, duration_ticks: u64, now: SystemTime) {

@@ -199,14 +199,10 @@ impl Session<'_> {
     }
 
     /// Counts and reports a problem a driver found before the segmenter
-    /// (a bad RTMP tag): a metric each time, a log line at most once per
-    /// [`LOG_EVERY`] for its `kind`.
+    /// (a bad RTMP tag): in the channel's metric and status each time, a log
+    /// line at most once per [`LOG_EVERY`] for its `kind`.
     pub fn report_problem(&mut self, kind: &'static str, problem: &dyn std::fmt::Display) {
-        self.ingest
-            .metrics
-            .problems
-            .with_label_values(&[self.channel.name().as_str(), kind])
-            .inc();
+        self.channel.count_input_problem(kind, problem.to_string());
         self.log_problem(kind, problem);
     }
 

@@ -93,28 +93,17 @@ impl OriginHandle {
             publish_key: config.publish.key.clone(),
             public_key,
         });
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(bind_error(config.listen))?;
+        let local_addr = listener.local_addr().map_err(bind_error(config.listen))?;
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut udp_addrs = Vec::new();
         for input in &config.udp {
-            let socket =
-                UdpSocket::bind(input.listen)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr: input.listen,
-                        source,
-                    })?;
+            let socket = UdpSocket::bind(input.listen)
+                .await
+                .map_err(bind_error(input.listen))?;
             udp_addrs.push(socket.local_addr().unwrap_or(input.listen));
             // Validated in `config.validate()`.
             let Ok(channel) = ChannelName::new(&input.channel) else {
@@ -137,13 +126,9 @@ impl OriginHandle {
         }
         let mut rtmp_addr = None;
         if let Some(rtmp) = &config.rtmp {
-            let listener =
-                TcpListener::bind(rtmp.listen)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr: rtmp.listen,
-                        source,
-                    })?;
+            let listener = TcpListener::bind(rtmp.listen)
+                .await
+                .map_err(bind_error(rtmp.listen))?;
             let addr = listener.local_addr().unwrap_or(rtmp.listen);
             info!(listen = %addr, "accepting RTMP publishers: rtmp://{addr}/live/<channel>");
             rtmp_addr = Some(addr);
@@ -154,10 +139,7 @@ impl OriginHandle {
             let latency = Duration::from_millis(srt.latency_ms);
             let bound = crate::srt::bind(srt.listen, latency)
                 .await
-                .map_err(|source| StartError::Bind {
-                    addr: srt.listen,
-                    source,
-                })?;
+                .map_err(bind_error(srt.listen))?;
             info!(listen = %srt.listen, "accepting SRT callers: srt://{}?streamid=<channel>", srt.listen);
             let key = config.publish.key.as_deref().map(Arc::from);
             tasks.spawn(run_srt(
@@ -212,6 +194,11 @@ impl OriginHandle {
         .await;
         self.tasks.abort_all();
     }
+}
+
+/// Maps a failure to bind `addr` to the start error that names it.
+fn bind_error(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Bind { addr, source }
 }
 
 async fn sweep(channels: Arc<Channels>, mut shutdown: watch::Receiver<bool>) {

@@ -211,10 +211,7 @@ impl FlvRemuxer {
         let body = &data[5..];
         match head[1] {
             0 => {
-                let config = parse_avc_config(body)?;
-                if self.avc.as_ref() != Some(&config) {
-                    self.avc = Some(config);
-                }
+                self.avc = Some(parse_avc_config(body)?);
                 Ok(())
             }
             1 => {

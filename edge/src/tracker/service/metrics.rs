@@ -2,10 +2,11 @@
 //! new channel, and updated from heartbeats and from the tree's own counts
 //! (never by scanning the audience).
 
-use prometheus::{IntCounterVec, IntGaugeVec};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec};
 use treecast_proto::ChannelName;
 
-use super::{wire, ChannelTree, TrackerService};
+use super::{wire, TrackerService};
+use crate::tracker::core::Tracker;
 
 /// Tracker metrics.
 #[derive(Debug, Clone)]
@@ -86,23 +87,39 @@ impl TrackerService {
         }
     }
 
+    /// A channel's gauges, looked up once: requests set them without
+    /// hashing labels.
+    pub(super) fn channel_gauges(&self, channel: &ChannelName, depths: usize) -> ChannelGauges {
+        let ch = channel.as_str();
+        ChannelGauges {
+            viewers: self.metrics.viewers.with_label_values(&[ch]),
+            depth: self.metrics.depth.with_label_values(&[ch]),
+            depth_peers: (0..depths)
+                .map(|d| {
+                    let label = DEPTHS.get(d).copied().unwrap_or("max");
+                    self.metrics.depth_peers.with_label_values(&[ch, label])
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One channel's tree gauges.
+#[derive(Debug, Clone)]
+pub(super) struct ChannelGauges {
+    viewers: IntGauge,
+    depth: IntGauge,
+    depth_peers: Vec<IntGauge>,
+}
+
+impl ChannelGauges {
     /// Viewers, deepest depth and peers per depth, from the tree's counts:
     /// O(max depth), not O(audience).
-    pub(super) fn gauges(&self, channel: &ChannelName, tree: &ChannelTree) {
-        let ch = channel.as_str();
-        self.metrics
-            .viewers
-            .with_label_values(&[ch])
-            .set(tree.tracker.len() as i64);
-        self.metrics
-            .depth
-            .with_label_values(&[ch])
-            .set(i64::from(tree.tracker.max_depth_in_use()));
-        for (d, n) in tree.tracker.depth_counts().iter().enumerate() {
-            self.metrics
-                .depth_peers
-                .with_label_values(&[ch, DEPTHS.get(d).copied().unwrap_or("max")])
-                .set(*n as i64);
+    pub(super) fn set(&self, tree: &Tracker) {
+        self.viewers.set(tree.len() as i64);
+        self.depth.set(i64::from(tree.max_depth_in_use()));
+        for (g, n) in self.depth_peers.iter().zip(tree.depth_counts()) {
+            g.set(*n as i64);
         }
     }
 }

@@ -136,6 +136,7 @@ struct ChannelTree {
     totals: PeerTotals,
     /// Each peer's last tickets, for its parent and its backup.
     tickets: HashMap<PeerId, [Option<CachedTicket>; 2]>,
+    gauges: metrics::ChannelGauges,
 }
 
 /// One live peer's site and reported totals.
@@ -274,8 +275,10 @@ impl TrackerService {
         }
         let tree = trees.entry(channel.clone()).or_insert_with(|| {
             self.init_series(channel);
+            let tracker = Tracker::new(self.settings.core.clone());
+            let gauges = self.channel_gauges(channel, tracker.depth_counts().len());
             Arc::new(Mutex::new(ChannelTree {
-                tracker: Tracker::new(self.settings.core.clone()),
+                tracker,
                 addrs: HashMap::new(),
                 sites: HashMap::new(),
                 by_addr: HashMap::new(),
@@ -283,6 +286,7 @@ impl TrackerService {
                 site_rows: HashMap::new(),
                 totals: PeerTotals::default(),
                 tickets: HashMap::new(),
+                gauges,
             }))
         });
         Ok(tree.clone())
@@ -382,7 +386,7 @@ impl TrackerService {
                         )
                     })?;
                 tree.admit(a.id, site, req.addr, req.cert_fingerprint.clone());
-                self.gauges(&channel, tree);
+                tree.gauges.set(&tree.tracker);
                 Ok(self.answer(&channel, tree, a, at))
             }
             "heartbeat" => {
@@ -538,7 +542,7 @@ impl TrackerService {
                 }
             }
         }
-        self.gauges(channel, tree);
+        tree.gauges.set(&tree.tracker);
     }
 
     fn answer(
