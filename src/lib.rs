@@ -14,6 +14,8 @@
 //! - [`demo`]: the one-command demo.
 //! - [`relay_bench`]: CPU and memory of one peer relaying to its children.
 //! - [`tracker_load`]: an HTTP load generator for an edge's tracker.
+//! - [`sim`]: a deterministic simulation of a whole event around the real
+//!   tracker core.
 //! - [`rng`]: the seeded generator behind roles and churn.
 
 pub mod cluster;
@@ -22,5 +24,6 @@ pub mod netlab;
 pub mod player;
 pub mod relay_bench;
 pub mod rng;
+pub mod sim;
 pub mod swarm;
 pub mod tracker_load;

@@ -34,6 +34,9 @@ enum Command {
     /// Load an edge's tracker over HTTP: join an audience, then send
     /// heartbeats as fast as it answers (see benches/tracker-http.sh).
     TrackerLoad(TrackerLoadArgs),
+    /// Simulate a whole live event around the real tracker core (no
+    /// sockets; the same seed gives the same report; docs/sim.md).
+    Sim(SimArgs),
     /// Run one peer (the same as the `peer` binary).
     Peer(treecast_peer::cli::Cli),
 }
@@ -58,6 +61,72 @@ struct TrackerLoadArgs {
     /// The edge's pid, to report the edge's CPU time (a per-core figure).
     #[arg(long)]
     edge_pid: Option<u32>,
+}
+
+#[derive(Parser, Debug)]
+struct SimArgs {
+    /// Audience: viewers the event brings in (with --churn: viewers kept).
+    #[arg(long, default_value_t = 100_000)]
+    viewers: usize,
+    /// Simulated minutes (with --churn: measured after everyone joined).
+    #[arg(long, default_value_t = 60.0)]
+    minutes: f64,
+    /// Seed of every draw: the same seed gives the same report.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Links from a network profile (lan, residential, mobile-heavy, or a
+    /// TOML file: docs/netlab.md) [default: loopback, unlimited upload].
+    #[arg(long, value_name = "PROFILE")]
+    net: Option<String>,
+    /// Replace this fraction of the audience per minute, as
+    /// `treecast swarm --churn` does, instead of the live event's
+    /// sessions (flash crowd, Weibull sessions, mass departure).
+    #[arg(long, value_name = "FRACTION_PER_MINUTE")]
+    churn: Option<f64>,
+    /// With --churn: milliseconds between the initial joins (the swarm
+    /// harness starts one peer process after another).
+    #[arg(long, default_value_t = 150)]
+    join_every_ms: u64,
+    /// Joins in the first minute [default: half the audience].
+    #[arg(long)]
+    flash: Option<usize>,
+    /// Mean session, minutes (Weibull, shape --session-shape).
+    #[arg(long, default_value_t = 20.0)]
+    session_minutes: f64,
+    /// Weibull shape of session lengths (below 1: heavy-tailed).
+    #[arg(long, default_value_t = 0.5)]
+    session_shape: f64,
+    /// Stream bitrate, kb/s (the tracker's stream_kbps too).
+    #[arg(long, default_value_t = 2_500)]
+    stream_kbps: u32,
+    /// Segment length, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    segment_secs: f64,
+    /// Peers the edge feeds itself.
+    #[arg(long, default_value_t = 4)]
+    root_slots: u32,
+    /// Most children of any peer.
+    #[arg(long, default_value_t = 6)]
+    max_children: u8,
+    /// Children a promoted peer may take before it proves its upload.
+    #[arg(long, default_value_t = 2)]
+    probation_slots: u8,
+    /// Fraction of viewers with no upload.
+    #[arg(long, default_value_t = 0.1)]
+    leaf_only_fraction: f64,
+    /// Fraction of viewers that corrupt what they forward.
+    #[arg(long, default_value_t = 0.02)]
+    corrupt_fraction: f64,
+    /// Fraction of departures that vanish (SIGKILL) instead of leaving.
+    #[arg(long, default_value_t = 0.5)]
+    kill_fraction: f64,
+    /// Write the JSON report to FILE and its plot to FILE with `.svg`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Print the whole JSON report (with the timeline) to stdout instead
+    /// of a summary.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -238,6 +307,7 @@ const LINK_SEED: u64 = 0x6e65_746c_6162;
 async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
     match cli.command {
         Command::Peer(p) => treecast_peer::cli::run(p).await,
+        Command::Sim(a) => sim(a),
         Command::TrackerLoad(a) => {
             let report = treecast::tracker_load::run(treecast::tracker_load::LoadConfig {
                 edge: a.edge,
@@ -333,4 +403,85 @@ async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn sim(a: SimArgs) -> anyhow::Result<()> {
+    use treecast::sim::{self, Sessions, SimConfig};
+    let profile = a.net.as_deref().map(Profile::load).transpose()?;
+    let mut c = SimConfig::event(a.viewers, a.minutes, a.seed, profile);
+    if !(a.minutes.is_finite() && a.minutes > 0.0) {
+        anyhow::bail!("--minutes must be above 0");
+    }
+    if !(a.segment_secs.is_finite() && a.segment_secs > 0.0) {
+        anyhow::bail!("--segment-secs must be above 0");
+    }
+    if !(a.session_shape > 0.0 && a.session_minutes > 0.0) {
+        anyhow::bail!("--session-shape and --session-minutes must be above 0");
+    }
+    c.stream_kbps = a.stream_kbps;
+    c.tracker.stream_kbps = a.stream_kbps;
+    c.tracker.root_slots = a.root_slots;
+    c.tracker.max_children = a.max_children;
+    c.tracker.probation_slots = a.probation_slots;
+    c.segment_ms = (a.segment_secs * 1000.0) as u64;
+    c.leaf_only_fraction = a.leaf_only_fraction;
+    c.corrupt_fraction = a.corrupt_fraction;
+    c.kill_fraction = a.kill_fraction;
+    c.sessions = match a.churn {
+        Some(per_minute) if per_minute >= 0.0 => Sessions::Churn {
+            join_every_ms: a.join_every_ms,
+            per_minute,
+        },
+        Some(x) => anyhow::bail!("--churn must not be negative, got {x}"),
+        None => match Sessions::event(a.viewers) {
+            Sessions::Event {
+                flash,
+                flash_ms,
+                ramp_ms,
+                replace_ms,
+                departure_ms,
+                ..
+            } => Sessions::Event {
+                flash: a.flash.unwrap_or(flash).min(a.viewers),
+                flash_ms,
+                ramp_ms,
+                shape: a.session_shape,
+                mean_ms: a.session_minutes * 60_000.0,
+                replace_ms,
+                departure_ms,
+            },
+            other => other,
+        },
+    };
+    c.validate().map_err(anyhow::Error::msg)?;
+    let started = std::time::Instant::now();
+    let report = sim::run(&c);
+    let wall = started.elapsed();
+    eprintln!(
+        "simulated {:.1} min of {} viewers in {:.2} s ({:.0}x real time, {} events)",
+        c.total_ms() as f64 / 60_000.0,
+        a.viewers,
+        wall.as_secs_f64(),
+        sim::speed(&c, wall),
+        report.events
+    );
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &a.out {
+        std::fs::write(path, &json)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        let svg = path.with_extension("svg");
+        std::fs::write(&svg, sim::plot::svg(&report))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", svg.display()))?;
+        eprintln!("report in {}, plot in {}", path.display(), svg.display());
+    }
+    if a.json {
+        println!("{json}");
+    } else {
+        let mut summary = serde_json::to_value(&report)?;
+        if let Some(m) = summary.as_object_mut() {
+            m.remove("timeline");
+        }
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(())
 }

@@ -763,7 +763,7 @@ fn summarize(
 /// Children a peer with upload `cap` could feed at `stream_kbps`: whole
 /// streams only, at most `max_children`; unlimited upload feeds
 /// `max_children`.
-fn usable_slots(cap: Option<u32>, stream_kbps: f64, max_children: u8) -> u32 {
+pub fn usable_slots(cap: Option<u32>, stream_kbps: f64, max_children: u8) -> u32 {
     let k = u32::from(max_children);
     match cap {
         None => k,

@@ -50,6 +50,13 @@ impl PeerId {
         (self.0 >> 32) as u32
     }
 
+    /// Its slot in the tracker's slab: unique among live peers (a
+    /// simulation indexes its own tables by it; check the whole id too,
+    /// slots are reused).
+    pub fn slot(self) -> u32 {
+        self.index()
+    }
+
     /// A short name for people: `p<slot>`, with `.<generation>` once the
     /// slot has been reused (`p12`, `p12.3`).
     pub fn short(self) -> String {
@@ -158,6 +165,9 @@ pub enum Report {
 pub enum TrackerEvent {
     /// A peer has a new parent or backup.
     Moved(Assignment),
+    /// A peer lost its parent and no slot was free: it plays from the
+    /// edge until a later tick places it (then a [`TrackerEvent::Moved`]).
+    Orphaned(PeerId),
     /// A peer was removed for misbehaving or going silent.
     Evicted {
         /// The peer.
@@ -223,6 +233,12 @@ struct Peer {
     backup_generation: u32,
     /// Peers naming this one as their backup.
     backers: u32,
+    /// A child reported its data stopped: offered to nobody as parent or
+    /// backup until it heartbeats again (a live peer does within one
+    /// interval; a dead one would otherwise be handed out until its
+    /// timeout, and every child sent there waits out a failed
+    /// handshake).
+    suspect: bool,
 }
 
 /// Below this share of its children's bytes delivered by itself (the
@@ -418,6 +434,7 @@ impl Tracker {
             backup_checked: now,
             backup_generation: 0,
             backers: 0,
+            suspect: false,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -471,6 +488,9 @@ impl Tracker {
             p.last_seen = now;
             p.parent
         };
+        if std::mem::take(&mut self.peers[i as usize].suspect) {
+            self.mark_open(i);
+        }
         if parent != ROOT && parent != NONE {
             let window = self.config.upload_window;
             let par = &mut self.peers[parent as usize];
@@ -570,6 +590,9 @@ impl Tracker {
             _ if parent == NONE => {}
             report => {
                 self.avoid = parent;
+                if report == Report::ParentGap && parent != ROOT {
+                    self.peers[parent as usize].suspect = true;
+                }
                 self.detach(i);
                 if report == Report::ParentShed && parent != ROOT {
                     // Let go for lack of uplink: the parent keeps the
@@ -616,7 +639,8 @@ impl Tracker {
         }
         for i in std::mem::take(&mut self.orphans) {
             if self.peers[i as usize].live && self.peers[i as usize].parent == NONE {
-                self.replace(i, now);
+                // Still waiting: back on the list, told once already.
+                self.place_again(i, now);
             }
         }
     }
@@ -728,8 +752,10 @@ impl Tracker {
     }
 
     fn has_room(&self, i: u32) -> bool {
-        (i == ROOT || (self.peers[i as usize].live && self.peers[i as usize].parent != NONE))
-            && self.children(i).len() < self.slots(i)
+        (i == ROOT || {
+            let p = &self.peers[i as usize];
+            p.live && p.parent != NONE && !p.suspect
+        }) && self.children(i).len() < self.slots(i)
             && self.depth(i) < self.config.max_depth
     }
 
@@ -968,6 +994,13 @@ impl Tracker {
     /// Gives `i` (already detached) a new parent: its backup if it has
     /// room, else the best free slot; an orphan if there is none.
     fn replace(&mut self, i: u32, now: Instant) {
+        if !self.place_again(i, now) {
+            self.events.push_back(TrackerEvent::Orphaned(self.id_of(i)));
+        }
+    }
+
+    /// [`Self::replace`] without telling: whether `i` was placed.
+    fn place_again(&mut self, i: u32, now: Instant) -> bool {
         let backup = match self.peers[i as usize].backup {
             ROOT => Some(ROOT),
             _ => self.backup_peer(i),
@@ -987,8 +1020,12 @@ impl Tracker {
                 self.set_backup(i, b);
                 self.events
                     .push_back(TrackerEvent::Moved(self.assignment_of(i)));
+                true
             }
-            None => self.orphans.push(i),
+            None => {
+                self.orphans.push(i);
+                false
+            }
         }
     }
 
@@ -1462,6 +1499,40 @@ mod tests {
         assert_ne!(after.backup, Some(Node::Peer(old)), "{after:?}");
         assert!(matches!(after.parent, Some(Node::Peer(_))), "{after:?}");
         t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_parent_reported_silent_is_offered_to_nobody_until_it_heartbeats() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            max_children: 4,
+            probation_slots: 4,
+            ..config()
+        });
+        let (a, b) = (join(&mut t, now), join(&mut t, now));
+        age(&mut t, &mut now, &[a, b]);
+        let c = join(&mut t, now);
+        let Some(Node::Peer(old)) = t.assignment(c).expect("alive").parent else {
+            panic!("C goes under a peer");
+        };
+        t.handle_report(c, Report::ParentGap, now).expect("known");
+        // Newcomers go elsewhere, and nobody is given it as backup.
+        for _ in 0..3 {
+            let n = join(&mut t, now);
+            let got = t.assignment(n).expect("alive");
+            assert_ne!(got.parent, Some(Node::Peer(old)), "{got:?}");
+            assert_ne!(got.backup, Some(Node::Peer(old)), "{got:?}");
+        }
+        t.check_invariants().expect("invariants");
+        // It was alive after all: once it heartbeats, it takes children.
+        t.handle_heartbeat(old, Heartbeat::default(), now)
+            .expect("alive");
+        let n = join(&mut t, now);
+        assert_eq!(
+            t.assignment(n).expect("alive").parent,
+            Some(Node::Peer(old))
+        );
     }
 
     #[test]

@@ -527,6 +527,9 @@ impl TrackerService {
                     .repairs
                     .with_label_values(&[channel.as_str()])
                     .inc(),
+                // The orphans gauge shows how many wait; the peer learns
+                // at its next heartbeat.
+                TrackerEvent::Orphaned(_) => {}
                 TrackerEvent::Evicted { id, reason } => {
                     // The tree removed it: so do the maps beside it (the
                     // only other way out is a leave, handled there).
