@@ -161,7 +161,9 @@ fn panel(
 }
 
 fn tick_label(v: f64) -> String {
-    if v >= 10_000.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 10_000.0 {
         format!("{:.0}k", v / 1000.0)
     } else if v >= 10.0 {
         format!("{v:.0}")

@@ -1475,8 +1475,9 @@ mod tests {
         t.check_invariants().expect("invariants");
     }
 
-    #[test]
-    fn a_child_that_reports_its_parent_silent_is_not_placed_back_under_it() {
+    /// Two established peers with room under the edge, and a newcomer C
+    /// under one of them: the tracker, C and C's parent.
+    fn child_under_a_peer() -> (Tracker, Instant, PeerId, PeerId) {
         let mut now = Instant::now();
         let mut t = Tracker::new(TrackerConfig {
             root_slots: 2,
@@ -1488,9 +1489,15 @@ mod tests {
         age(&mut t, &mut now, &[a, b]);
         let c = join(&mut t, now);
         let first = t.assignment(c).expect("alive").parent;
-        let Some(Node::Peer(old)) = first else {
+        let Some(Node::Peer(parent)) = first else {
             panic!("C goes under a peer: {first:?}");
         };
+        (t, now, c, parent)
+    }
+
+    #[test]
+    fn a_child_that_reports_its_parent_silent_is_not_placed_back_under_it() {
+        let (mut t, now, c, old) = child_under_a_peer();
         // The old parent still has three free slots, shallower than any
         // other; yet C's child side has just given up on it.
         t.handle_report(c, Report::ParentGap, now).expect("known");
@@ -1503,19 +1510,7 @@ mod tests {
 
     #[test]
     fn a_parent_reported_silent_is_offered_to_nobody_until_it_heartbeats() {
-        let mut now = Instant::now();
-        let mut t = Tracker::new(TrackerConfig {
-            root_slots: 2,
-            max_children: 4,
-            probation_slots: 4,
-            ..config()
-        });
-        let (a, b) = (join(&mut t, now), join(&mut t, now));
-        age(&mut t, &mut now, &[a, b]);
-        let c = join(&mut t, now);
-        let Some(Node::Peer(old)) = t.assignment(c).expect("alive").parent else {
-            panic!("C goes under a peer");
-        };
+        let (mut t, now, c, old) = child_under_a_peer();
         t.handle_report(c, Report::ParentGap, now).expect("known");
         // Newcomers go elsewhere, and nobody is given it as backup.
         for _ in 0..3 {
