@@ -8,10 +8,16 @@
 //! (the tree, the address, stats and ticket maps, the limiter), from the
 //! process's resident set before and after the audience joined.
 //!
+//! A flood of bad requests is timed too, on the 100k audience (or the
+//! largest below it): joins for channels the edge does not carry,
+//! heartbeats for peers it does not know, each from a new address; and a
+//! live heartbeat while another thread floods, against one without.
+//!
 //! `cargo bench -p treecast-benches --bench tracker_service`
 //! (`TREECAST_BENCH_SIZES=10000,100000` to pick sizes.)
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -112,6 +118,72 @@ fn audience(n: u32) -> (TrackerService, Vec<u64>) {
     (s, ids)
 }
 
+/// Bad request `k` of a flood, from its own address (past the audience's):
+/// a join for a channel that is not there (the service carries at most
+/// `max_channels`: the first few are created, the rest refused), or
+/// a heartbeat for a peer id never handed out.
+fn flood_request(k: u64) -> (&'static str, Vec<u8>, SocketAddr) {
+    let from = addr(0x0800_0000 + (k as u32 & 0x03ff_ffff));
+    if k.is_multiple_of(2) {
+        let body = format!(r#"{{"channel":"flood{k}","addr":"{from}"}}"#);
+        ("join", body.into_bytes(), from)
+    } else {
+        ("heartbeat", heartbeat_body(u64::MAX - k), from)
+    }
+}
+
+/// Times the flood on `s` (an audience with live heartbeat `bodies`).
+fn flood(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    s: &TrackerService,
+    bodies: &[(Vec<u8>, SocketAddr)],
+    n: u32,
+) {
+    let before = rss();
+    let mut k = 0u64;
+    let mut accepted = 0u64;
+    g.bench_with_input(BenchmarkId::new("flood_request", n), &n, |b, _| {
+        b.iter(|| {
+            let (endpoint, body, from) = flood_request(k);
+            k += 1;
+            // Refused, but for the first joins: a new channel is
+            // created while fewer than `max_channels` exist.
+            if s.handle(endpoint, &body, from, Now::current()).is_ok() {
+                accepted += 1;
+            }
+        })
+    });
+    println!(
+        "{n} peers: {k} flood requests ({accepted} accepted) grew the service by {:.1} MB",
+        rss().saturating_sub(before) as f64 / 1e6
+    );
+    // A live heartbeat while another thread floods as fast as it can.
+    let stop = AtomicBool::new(false);
+    let flooded = std::thread::scope(|scope| {
+        let flooder = scope.spawn(|| {
+            let mut k = 1u64 << 40;
+            while !stop.load(Ordering::Relaxed) {
+                let (endpoint, body, from) = flood_request(k);
+                k += 1;
+                let _ = s.handle(endpoint, &body, from, Now::current());
+            }
+            k - (1u64 << 40)
+        });
+        let mut next = 0usize;
+        g.bench_with_input(BenchmarkId::new("heartbeat_under_flood", n), &n, |b, _| {
+            b.iter(|| {
+                let (body, from) = &bodies[next % bodies.len()];
+                next = next.wrapping_add(7919);
+                s.handle("heartbeat", body, *from, Now::current())
+                    .expect("heartbeat")
+            })
+        });
+        stop.store(true, Ordering::Relaxed);
+        flooder.join().unwrap_or(0)
+    });
+    println!("{n} peers: the flooding thread sent {flooded} bad requests meanwhile");
+}
+
 fn bench(c: &mut Criterion) {
     let sizes: Vec<u32> = std::env::var("TREECAST_BENCH_SIZES")
         .ok()
@@ -162,6 +234,15 @@ fn bench(c: &mut Criterion) {
                     .expect("leave")
             })
         });
+        let flood_at = sizes
+            .iter()
+            .copied()
+            .filter(|&m| m <= 100_000)
+            .max()
+            .unwrap_or(n);
+        if n == flood_at {
+            flood(&mut g, &s, &bodies, n);
+        }
     }
     g.finish();
 }
