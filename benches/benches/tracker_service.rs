@@ -132,6 +132,26 @@ fn flood_request(k: u64) -> (&'static str, Vec<u8>, SocketAddr) {
     }
 }
 
+/// Times the live audience's heartbeats on `s` as `name`: peers in turn,
+/// as their 2 s intervals come round.
+fn live_heartbeats(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    s: &TrackerService,
+    bodies: &[(Vec<u8>, SocketAddr)],
+    n: u32,
+) {
+    let mut next = 0usize;
+    g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        b.iter(|| {
+            let (body, from) = &bodies[next % bodies.len()];
+            next = next.wrapping_add(7919);
+            s.handle("heartbeat", body, *from, Now::current())
+                .expect("heartbeat")
+        })
+    });
+}
+
 /// Times the flood on `s` (an audience with live heartbeat `bodies`).
 fn flood(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -169,15 +189,7 @@ fn flood(
             }
             k - (1u64 << 40)
         });
-        let mut next = 0usize;
-        g.bench_with_input(BenchmarkId::new("heartbeat_under_flood", n), &n, |b, _| {
-            b.iter(|| {
-                let (body, from) = &bodies[next % bodies.len()];
-                next = next.wrapping_add(7919);
-                s.handle("heartbeat", body, *from, Now::current())
-                    .expect("heartbeat")
-            })
-        });
+        live_heartbeats(g, "heartbeat_under_flood", s, bodies, n);
         stop.store(true, Ordering::Relaxed);
         flooder.join().unwrap_or(0)
     });
@@ -210,16 +222,7 @@ fn bench(c: &mut Criterion) {
             .enumerate()
             .map(|(i, &id)| (heartbeat_body(id), addr(i as u32)))
             .collect();
-        let mut next = 0usize;
-        g.bench_with_input(BenchmarkId::new("heartbeat", n), &n, |b, _| {
-            b.iter(|| {
-                // Peers in turn, as their 2 s intervals come round.
-                let (body, from) = &bodies[next % bodies.len()];
-                next = next.wrapping_add(7919);
-                s.handle("heartbeat", body, *from, Now::current())
-                    .expect("heartbeat")
-            })
-        });
+        live_heartbeats(&mut g, "heartbeat", &s, &bodies, n);
         // A join and the leave that keeps the audience at n.
         let mut k = n;
         g.bench_with_input(BenchmarkId::new("join_and_leave", n), &n, |b, _| {
