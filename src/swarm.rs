@@ -781,17 +781,20 @@ pub fn physical_limit(
     max_children: u8,
     root_slots: u32,
 ) -> f64 {
-    let n = caps.len() as f64;
-    if n == 0.0 {
-        return 0.0;
-    }
     let slots: u32 = caps
         .iter()
         .map(|&c| usable_slots(c, stream_kbps, max_children))
         .sum();
-    (1.0 - f64::from(root_slots) / n)
-        .min(f64::from(slots) / n)
-        .max(0.0)
+    limit_of(caps.len() as f64, f64::from(slots), f64::from(root_slots))
+}
+
+/// [`physical_limit`] for `n` peers whose links give `usable_slots` child
+/// slots in all.
+pub fn limit_of(n: f64, usable_slots: f64, root_slots: f64) -> f64 {
+    if n <= 0.0 {
+        return 0.0;
+    }
+    (1.0 - root_slots / n).min(usable_slots / n).max(0.0)
 }
 
 fn network_report(

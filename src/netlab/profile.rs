@@ -28,6 +28,11 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Mixed into a run's seed for its links' draw, so links and roles are not
+/// drawn from one sequence, and `sim --net P --seed S` draws the links
+/// `swarm --net P --seed S` does.
+pub const LINK_SEED: u64 = 0x6e65_746c_6162;
+
 /// Fastest link a profile may give, Mb/s (the veth pairs and `tc` go
 /// further, but a 2-core machine cannot fill more).
 const MAX_MBPS: f64 = 10_000.0;

@@ -29,10 +29,6 @@ pub use report::SimReport;
 
 use crate::netlab::profile::Profile;
 
-/// Mixed into the seed for the links' draw, as the swarm harness does, so
-/// `sim --net P --seed S` gives the links `swarm --net P --seed S` does.
-pub const LINK_SEED: u64 = 0x6e65_746c_6162;
-
 /// One simulated event.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -47,10 +43,9 @@ pub struct SimConfig {
     /// Links of the viewers and the edge; `None`: loopback (unlimited
     /// upload, no delay, an edge without a limit).
     pub profile: Option<Profile>,
-    /// The tracker's policy (the edge's `[tracker]` defaults).
+    /// The tracker's policy (the edge's `[tracker]` defaults); its
+    /// `stream_kbps` is the stream's bitrate.
     pub tracker: TrackerConfig,
-    /// Stream bitrate, kb/s (also the tracker's `stream_kbps`).
-    pub stream_kbps: u32,
     /// Segment length, ms.
     pub segment_ms: u64,
     /// How viewers come and go.
@@ -79,9 +74,8 @@ impl SimConfig {
     /// in the first minute, 10% leaf only, 2% corrupting, half of the
     /// departures vanishing.
     pub fn event(viewers: usize, minutes: f64, seed: u64, profile: Option<Profile>) -> Self {
-        let stream_kbps = 2_500;
         let tracker = TrackerConfig {
-            stream_kbps,
+            stream_kbps: 2_500,
             ..TrackerConfig::default()
         };
         let duration_ms = (minutes * 60_000.0) as u64;
@@ -91,7 +85,6 @@ impl SimConfig {
             seed,
             profile,
             tracker,
-            stream_kbps,
             segment_ms: 2_000,
             sessions: Sessions::event(viewers),
             leaf_only_fraction: 0.1,
@@ -138,7 +131,7 @@ impl SimConfig {
 
     /// One segment, bytes.
     pub fn segment_bytes(&self) -> u64 {
-        u64::from(self.stream_kbps) * self.segment_ms / 8
+        u64::from(self.tracker.stream_kbps) * self.segment_ms / 8
     }
 
     /// Checks what would make the run meaningless.
@@ -155,14 +148,30 @@ impl SimConfig {
         if self.viewers == 0 || self.duration_ms == 0 {
             return Err("--viewers and --minutes must be above 0".into());
         }
-        if self.stream_kbps == 0 || self.segment_ms == 0 {
+        if self.tracker.stream_kbps == 0 || self.segment_ms == 0 {
             return Err("--stream-kbps and --segment-secs must be above 0".into());
         }
-        if self.tracker.root_slots == 0 || self.tracker.max_children == 0 {
-            return Err("--root-slots and --max-children must be above 0".into());
+        let t = &self.tracker;
+        if t.root_slots == 0 || t.max_children == 0 || t.probation_slots == 0 {
+            return Err(
+                "--root-slots, --max-children and --probation-slots must be above 0".into(),
+            );
         }
-        Ok(())
+        match self.sessions {
+            Sessions::Churn { per_minute, .. } if per_minute.is_nan() || per_minute < 0.0 => {
+                Err(format!("--churn must not be negative, got {per_minute}"))
+            }
+            Sessions::Event { shape, mean_ms, .. } if !(positive(shape) && positive(mean_ms)) => {
+                Err("--session-shape and --session-minutes must be above 0".into())
+            }
+            _ => Ok(()),
+        }
     }
+}
+
+/// Above 0 (NaN is not).
+fn positive(x: f64) -> bool {
+    x > 0.0
 }
 
 /// Runs the simulation; the report.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use treecast_edge::tracker::core::Tracker;
 
 use super::SimConfig;
-use crate::swarm::Percentiles;
+use crate::swarm::{limit_of as physical_limit, Percentiles};
 
 /// Totals over the measured window.
 #[derive(Debug, Clone, Default)]
@@ -42,15 +42,21 @@ pub struct Counters {
     pub leaves: u64,
     pub stalls: u64,
     pub stall_ms: f64,
-    pub end_ms: u64,
+}
+
+impl Counters {
+    /// Bytes the edge sent: to its children and over HTTP.
+    pub fn edge_bytes(&self) -> u64 {
+        self.bytes_root + self.bytes_fallback + self.bytes_http
+    }
 }
 
 /// Counts of the current sample window.
 #[derive(Debug, Clone, Default)]
 pub struct Window {
     pub repairs: u64,
+    /// The totals when it opened.
     edge_bytes: u64,
-    all_bytes: u64,
     tree_bytes: u64,
 }
 
@@ -109,7 +115,7 @@ impl Recorder {
             peak_seen: 0,
             measure_from: config.measure_from_ms(),
             root_slots: f64::from(config.tracker.root_slots),
-            stream_kbps: config.stream_kbps,
+            stream_kbps: config.tracker.stream_kbps,
         }
     }
 
@@ -123,6 +129,7 @@ impl Recorder {
             peak_viewers: c.peak_viewers,
             ..Counters::default()
         };
+        self.window = Window::default();
         self.limit_weighted = 0.0;
         self.viewer_ms = 0.0;
         self.lags.clear();
@@ -147,13 +154,10 @@ impl Recorder {
     ) {
         let (root_slots, stream_kbps) = (self.root_slots, self.stream_kbps);
         let c = &self.counters;
-        let edge = c.bytes_root + c.bytes_fallback + c.bytes_http;
-        let all = edge + c.bytes_tree;
-        let (edge_w, all_w, tree_w) = (
-            edge.saturating_sub(self.window.edge_bytes),
-            all.saturating_sub(self.window.all_bytes),
-            c.bytes_tree.saturating_sub(self.window.tree_bytes),
-        );
+        let edge = c.edge_bytes();
+        let edge_w = edge.saturating_sub(self.window.edge_bytes);
+        let tree_w = c.bytes_tree.saturating_sub(self.window.tree_bytes);
+        let all_w = edge_w + tree_w;
         let ms = now.saturating_sub(self.last_sample_ms).max(1);
         let stream_bytes = f64::from(stream_kbps) * ms as f64 / 8.0;
         let depths = tracker.depth_counts();
@@ -185,7 +189,6 @@ impl Recorder {
         self.window = Window {
             repairs: 0,
             edge_bytes: edge,
-            all_bytes: all,
             tree_bytes: c.bytes_tree,
         };
         self.last_sample_ms = now;
@@ -199,23 +202,6 @@ impl Recorder {
             }
         }
     }
-
-    /// Resets the window's byte marks after [`Self::open_window`].
-    pub fn rebase_window(&mut self) {
-        let c = &self.counters;
-        self.window.edge_bytes = c.bytes_root + c.bytes_fallback + c.bytes_http;
-        self.window.all_bytes = self.window.edge_bytes + c.bytes_tree;
-        self.window.tree_bytes = c.bytes_tree;
-    }
-}
-
-/// The best offload any scheduler could reach for `n` viewers whose links
-/// give `usable` child slots in all: as `docs/swarm.md` defines it.
-fn physical_limit(n: f64, usable: f64, root_slots: f64) -> f64 {
-    if n <= 0.0 {
-        return 0.0;
-    }
-    (1.0 - root_slots / n).min(usable / n).max(0.0)
 }
 
 /// The report; its keys are a stable interface (`docs/sim.md`).
@@ -325,8 +311,9 @@ impl SimReport {
             ..
         } = rec;
         let window_ms = config.duration_ms.max(1) as f64;
-        let streams = |bytes: u64| bytes as f64 * 8.0 / f64::from(config.stream_kbps) / window_ms;
-        let edge = c.bytes_root + c.bytes_fallback + c.bytes_http;
+        let streams =
+            |bytes: u64| bytes as f64 * 8.0 / f64::from(config.tracker.stream_kbps) / window_ms;
+        let edge = c.edge_bytes();
         let all = edge + c.bytes_tree;
         let offload = if all == 0 {
             0.0
@@ -356,7 +343,7 @@ impl SimReport {
                 super::model::Sessions::Event { .. } => "event".into(),
                 super::model::Sessions::Churn { .. } => "churn".into(),
             },
-            stream_kbps: config.stream_kbps,
+            stream_kbps: config.tracker.stream_kbps,
             root_slots: config.tracker.root_slots,
             sessions: c.sessions,
             peak_viewers: c.peak_viewers,
@@ -367,7 +354,7 @@ impl SimReport {
             fallback_streams: streams(c.bytes_fallback + c.bytes_http),
             edge_capacity_streams: config
                 .edge_kbps()
-                .map(|k| k / f64::from(config.stream_kbps)),
+                .map(|k| k / f64::from(config.tracker.stream_kbps)),
             bytes_from_tree: c.bytes_tree,
             bytes_from_edge: edge,
             offload_ratio: offload,

@@ -42,7 +42,7 @@ use super::calendar::Calendar;
 use super::model::{exponential, weibull, Sessions};
 use super::report::Recorder;
 use super::SimConfig;
-use crate::netlab::profile::PeerLink;
+use crate::netlab::profile::{PeerLink, LINK_SEED};
 use crate::rng::Rng;
 
 /// Index of a viewer record.
@@ -140,11 +140,8 @@ pub struct World {
     live_pos: Vec<u32>,
     /// Sum of live viewers' usable slots.
     usable_sum: u64,
-    /// Arrivals of the event still to schedule.
-    arrivals_left: usize,
-    sessions_started: u64,
-    /// Edge bytes in the current tick, for its uplink.
-    tick_edge_bytes: u64,
+    /// The edge's bytes when the last tick began, for its uplink.
+    edge_at_tick: u64,
     /// How far the edge's players have drained their buffers, ms.
     edge_debt_ms: f64,
     stalled: bool,
@@ -159,7 +156,7 @@ impl World {
         let mut rng = Rng::new(config.seed);
         let n = config.viewers.max(1);
         let links = match &config.profile {
-            Some(p) => p.draw(n, &mut Rng::new(config.seed ^ super::LINK_SEED)),
+            Some(p) => p.draw(n, &mut Rng::new(config.seed ^ LINK_SEED)),
             None => Vec::new(),
         };
         let end = config.total_ms();
@@ -177,9 +174,7 @@ impl World {
             live: Vec::new(),
             live_pos: Vec::new(),
             usable_sum: 0,
-            arrivals_left: n,
-            sessions_started: 0,
-            tick_edge_bytes: 0,
+            edge_at_tick: 0,
             edge_debt_ms: 0.0,
             stalled: false,
             rec: Recorder::new(&config),
@@ -217,7 +212,7 @@ impl World {
                         self.viewers[v as usize].watching_since = self.now;
                     }
                     self.rec.open_window();
-                    self.rec.rebase_window();
+                    self.edge_at_tick = 0;
                     // A stall under way counts again in the window.
                     self.stalled = false;
                 }
@@ -230,7 +225,6 @@ impl World {
             self.end_unnoticed_gap(v);
             self.stop_watching(v);
         }
-        self.rec.counters.end_ms = self.end;
         self.rec
     }
 
@@ -244,16 +238,13 @@ impl World {
     }
 
     fn stream_bytes(&self, ms: u64) -> u64 {
-        u64::from(self.config.stream_kbps) * ms / 8
-    }
-
-    fn segment_bytes(&self) -> u64 {
-        self.stream_bytes(self.config.segment_ms)
+        u64::from(self.config.tracker.stream_kbps) * ms / 8
     }
 
     // ---- sessions -------------------------------------------------------
 
     fn schedule_arrivals(&mut self) {
+        let n = self.config.viewers.max(1);
         match self.config.sessions.clone() {
             Sessions::Event {
                 flash,
@@ -261,7 +252,6 @@ impl World {
                 ramp_ms,
                 ..
             } => {
-                let n = self.arrivals_left;
                 let flash = flash.min(n);
                 for k in 0..n {
                     let at = if k < flash {
@@ -276,7 +266,6 @@ impl World {
                 join_every_ms,
                 per_minute,
             } => {
-                let n = self.arrivals_left;
                 for k in 0..n {
                     self.calendar.push(k as u64 * join_every_ms, Ev::Arrive);
                 }
@@ -292,12 +281,10 @@ impl World {
                 }
             }
         }
-        self.arrivals_left = 0;
     }
 
     fn arrive(&mut self) {
-        let k = self.sessions_started as usize;
-        self.sessions_started += 1;
+        let k = self.rec.counters.sessions as usize;
         self.rec.counters.sessions += 1;
         let (up, rtt) = match self.links.get(k % self.links.len().max(1)) {
             Some(l) => (Some(l.upload_kbps), l.rtt_ms as f32),
@@ -310,7 +297,7 @@ impl World {
         } else {
             crate::swarm::usable_slots(
                 up,
-                f64::from(self.config.stream_kbps),
+                f64::from(self.config.tracker.stream_kbps),
                 self.config.tracker.max_children,
             )
         };
@@ -525,7 +512,7 @@ impl World {
 
     /// The rate a parent gives each of its children, kb/s.
     fn share_kbps(&self, p: V) -> f64 {
-        let s = f64::from(self.config.stream_kbps);
+        let s = f64::from(self.config.tracker.stream_kbps);
         let r = &self.viewers[p as usize];
         match r.up_kbps {
             None => s,
@@ -539,7 +526,7 @@ impl World {
     fn saturated(&self, p: V) -> bool {
         let r = &self.viewers[p as usize];
         r.up_kbps.is_some_and(|up| {
-            r.children.len() as f64 * f64::from(self.config.stream_kbps)
+            r.children.len() as f64 * f64::from(self.config.tracker.stream_kbps)
                 > f64::from(up) * self.config.model.upload_efficiency
         })
     }
@@ -561,11 +548,9 @@ impl World {
             Feed::Http => {
                 c.bytes_http += full;
                 c.unplaced_ms += ok_ms;
-                self.tick_edge_bytes += full;
             }
             Feed::Edge => {
                 c.bytes_root += full;
-                self.tick_edge_bytes += full;
                 self.viewers[v as usize].from_parent += full;
             }
             Feed::Peer { v: p, epoch } => {
@@ -583,7 +568,6 @@ impl World {
                 c.bytes_tree += tree;
                 c.bytes_fallback += missed;
                 c.fallbacks_bytes_late += missed;
-                self.tick_edge_bytes += missed;
                 let r = &mut self.viewers[v as usize];
                 r.from_parent += tree;
                 r.from_edge += missed;
@@ -607,7 +591,7 @@ impl World {
         // the new feed's (its backfill), if the viewer is still there.
         let until = until.min(self.now);
         let all = self.stream_bytes(until.saturating_sub(from));
-        let edge = (segments * self.segment_bytes()).min(all);
+        let edge = (segments * self.config.segment_bytes()).min(all);
         let rest = all - edge;
         {
             let r = &mut self.viewers[v as usize];
@@ -625,7 +609,6 @@ impl World {
             c.repair_ms.push(g as f64);
             self.rec.window.repairs += 1;
         }
-        self.tick_edge_bytes += edge;
         match feed {
             Feed::Peer { .. } => {
                 self.rec.counters.bytes_tree += rest;
@@ -633,11 +616,9 @@ impl World {
             }
             Feed::Edge => {
                 self.rec.counters.bytes_root += rest;
-                self.tick_edge_bytes += rest;
             }
             Feed::Http => {
                 self.rec.counters.bytes_http += rest;
-                self.tick_edge_bytes += rest;
             }
         }
         // The gap is counted: what settles later is after it.
@@ -909,8 +890,9 @@ impl World {
         self.tracker.handle_timeout(self.t());
         self.drain();
         // The edge's uplink over the tick.
-        let demand = self.tick_edge_bytes as f64 * 8.0 / tick as f64; // kb/s
-        self.tick_edge_bytes = 0;
+        let edge = self.rec.counters.edge_bytes();
+        let demand = edge.saturating_sub(self.edge_at_tick) as f64 * 8.0 / tick as f64; // kb/s
+        self.edge_at_tick = edge;
         let n = self.live.len() as f64;
         self.rec.add_limit(n, self.usable_sum as f64, tick);
         let Some(cap) = self.config.edge_kbps() else {
@@ -918,7 +900,7 @@ impl World {
         };
         if demand > cap {
             let short = 1.0 - cap / demand;
-            let fed = demand / f64::from(self.config.stream_kbps);
+            let fed = demand / f64::from(self.config.tracker.stream_kbps);
             self.edge_debt_ms += short * tick as f64;
             if self.edge_debt_ms > self.config.model.buffer_ms as f64 {
                 if !self.stalled {
