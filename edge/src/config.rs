@@ -3,7 +3,8 @@
 //! ```toml
 //! listen = "127.0.0.1:8081"          # HTTP for players, peers and operators
 //! quic_listen = "127.0.0.1:8444"     # UDP: the root of the delivery tree
-//! origin = "http://127.0.0.1:8080"   # the origin to pull from
+//! origin = "http://127.0.0.1:8080"   # where to pull from: the origin, another edge, or an HTTP cache
+//! # origin_key = "hex"               # pin the origin's key (`origin key` prints it); default: asked from `origin`
 //! origin_timeout_ms = 10000          # wait for an origin response head
 //! cache_max_mb = 512                 # byte budget for cached segments
 //! max_connections = 8192
@@ -44,8 +45,15 @@ pub struct EdgeConfig {
     /// QUIC (UDP) address where the edge's direct children connect.
     /// Default `127.0.0.1:8444`.
     pub quic_listen: SocketAddr,
-    /// Base URL of the origin. Default `http://127.0.0.1:8080`.
+    /// Base URL to pull the origin's URL layout from: the origin itself,
+    /// another edge, or a standard HTTP cache in front of either (see
+    /// `docs/edge.md`, "Tiers"). Default `http://127.0.0.1:8080`.
     pub origin: String,
+    /// The origin's public key (hex, as `origin key` prints it). Every
+    /// signature and segment is checked with it before the edge serves
+    /// it. Default: asked once from `origin`'s `/origin/key`; pin it when
+    /// the source is not the origin itself.
+    pub origin_key: Option<String>,
     /// Longest wait for the origin's response head, in milliseconds. The
     /// origin holds a request for the next segment up to two target
     /// durations, so keep this above that. Default 10000.
@@ -128,6 +136,7 @@ impl Default for EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             quic_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
             origin: "http://127.0.0.1:8080".into(),
+            origin_key: None,
             origin_timeout_ms: 10_000,
             cache_max_mb: 512,
             max_connections: 8192,
@@ -164,9 +173,24 @@ impl EdgeConfig {
         Ok(uri)
     }
 
+    /// The pinned origin key, checked.
+    pub fn pinned_origin_key(
+        &self,
+    ) -> Result<Option<treecast_proto::OriginPublicKey>, ConfigError> {
+        self.origin_key
+            .as_deref()
+            .map(|k| {
+                k.trim()
+                    .parse()
+                    .map_err(|e| ConfigError::Invalid(format!("origin_key: {e}")))
+            })
+            .transpose()
+    }
+
     /// Checks values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.origin_uri()?;
+        self.pinned_origin_key()?;
         let t = &self.tracker;
         if t.root_slots == 0
             || t.max_depth == 0

@@ -77,9 +77,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         edge.local_addr(),
         edge.quic_addr()
     );
-    tokio::signal::ctrl_c()
+    treecast_proto::app::shutdown_signal()
         .await
-        .context("waiting for Ctrl-C")?;
+        .context("waiting for Ctrl-C or SIGTERM")?;
     eprintln!("shutting down");
     edge.shutdown().await;
     Ok(())

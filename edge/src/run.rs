@@ -68,10 +68,11 @@ impl EdgeHandle {
         );
         let metrics = EdgeMetrics::new();
         let cache = Cache::new(
-            origin.clone(),
+            origin,
             CacheConfig {
                 max_bytes: config.cache_max_mb << 20,
                 default_playlist_ttl: Duration::from_secs(1),
+                origin_key: config.pinned_origin_key()?,
             },
             metrics.cache.clone(),
         );
@@ -142,8 +143,6 @@ impl EdgeHandle {
             dashboard_token: config.dashboard_token.clone(),
             serve_metrics: config.metrics_listen.is_none(),
             tracker: tracker.clone(),
-            origin,
-            origin_key: tokio::sync::OnceCell::new(),
             player_reports: std::sync::Mutex::new(ReportBook::new(
                 crate::server::DIRECT_REPORT_SESSIONS,
             )),

@@ -25,7 +25,6 @@ use treecast_proto::{ChannelName, GrowingBody, SegmentFile};
 
 use crate::cache::Cache;
 use crate::metrics::EdgeMetrics;
-use crate::origin::OriginClient;
 use crate::tracker::service::{Now, TrackerService};
 use crate::tracker::wire::MAX_BODY;
 use treecast_proto::viewer::{PlayerReport, ReportBook, MAX_REPORT_BODY};
@@ -39,10 +38,6 @@ pub struct EdgeService {
     pub metrics: EdgeMetrics,
     /// The tracker.
     pub tracker: Arc<TrackerService>,
-    /// The origin, for its public key.
-    pub origin: OriginClient,
-    /// The origin's public key once fetched.
-    pub origin_key: tokio::sync::OnceCell<Bytes>,
     /// The dashboard's history.
     pub history: Arc<crate::dashboard::History>,
     /// Stream bitrate the tracker plans with, kb/s.
@@ -228,22 +223,12 @@ impl EdgeService {
             || query_param(req, "token").as_deref() == Some(token.as_str())
     }
 
-    /// Peers verify segments with the origin's key; the edge relays it so a
-    /// peer needs only the edge's address.
+    /// Peers verify segments with the origin's key; the edge relays the
+    /// one it checks with, so a peer needs only the edge's address.
     async fn origin_key(&self) -> Response<Body> {
-        let key = self
-            .origin_key
-            .get_or_try_init(|| async {
-                let body = self.origin.get("/origin/key").await?.collect().await;
-                body.map_err(|e| crate::origin::OriginError::Transport(e.to_string()))
-            })
-            .await;
-        match key {
-            Ok(k) => h::object(StatusCode::OK, k.clone(), "text/plain", "no-cache"),
-            Err(e) => h::text(
-                StatusCode::BAD_GATEWAY,
-                format!("cannot get the origin's key: {e}"),
-            ),
+        match self.cache.origin_key().await {
+            Ok(k) => h::object(StatusCode::OK, format!("{k}\n"), "text/plain", "no-cache"),
+            Err(e) => h::text(StatusCode::BAD_GATEWAY, e.to_string()),
         }
     }
 

@@ -181,9 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for f in &looped {
                 eprintln!("play: http://{}/live/{}/index.m3u8", origin.local_addr(), f);
             }
-            tokio::signal::ctrl_c()
+            treecast_proto::app::shutdown_signal()
                 .await
-                .context("waiting for Ctrl-C")?;
+                .context("waiting for Ctrl-C or SIGTERM")?;
             eprintln!("shutting down");
             origin.shutdown().await;
             Ok(())
@@ -206,7 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let (stop_tx, stop_rx) = watch::channel(false);
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
+                if treecast_proto::app::shutdown_signal().await.is_ok() {
                     let _ = stop_tx.send(true);
                 }
             });

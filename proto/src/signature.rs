@@ -299,14 +299,34 @@ impl OriginPublicKey {
         seq: u64,
         bytes: &[u8],
     ) -> Result<(), VerifyError> {
+        self.verify_digest(
+            signed,
+            channel,
+            seq,
+            bytes.len() as u64,
+            blake3::hash(bytes).as_bytes(),
+        )
+    }
+
+    /// Checks the record as [`verify_record`](Self::verify_record) does, and
+    /// that a segment of `len` bytes hashing to `digest` is the signed one:
+    /// for a relay that hashed the bytes as they streamed through.
+    pub fn verify_digest(
+        &self,
+        signed: &SignedSegment,
+        channel: &ChannelName,
+        seq: u64,
+        len: u64,
+        digest: &[u8; 32],
+    ) -> Result<(), VerifyError> {
         self.verify_record(signed, channel, seq)?;
-        if bytes.len() as u64 != signed.record.len {
+        if len != signed.record.len {
             return Err(VerifyError::LengthMismatch {
                 expected: signed.record.len,
-                found: bytes.len() as u64,
+                found: len,
             });
         }
-        if blake3::hash(bytes).as_bytes() != &signed.record.digest {
+        if digest != &signed.record.digest {
             return Err(VerifyError::DigestMismatch);
         }
         Ok(())
