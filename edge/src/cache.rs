@@ -458,9 +458,8 @@ impl Cache {
         channel: &ChannelName,
     ) -> Result<(), CacheError> {
         let bytes = collect(self.source_get(path).await?).await?;
-        let playlist = m3u8_rs::parse_media_playlist_res(&bytes).map_err(|e| {
-            CacheError::BadPlaylist(format!("{e:?}").chars().take(200).collect())
-        })?;
+        let playlist = m3u8_rs::parse_media_playlist_res(&bytes)
+            .map_err(|e| CacheError::BadPlaylist(format!("{e:?}").chars().take(200).collect()))?;
         let ttl = Duration::from_millis(playlist.target_duration.max(1) * 500);
         {
             let mut st = self.lock();
@@ -555,8 +554,14 @@ async fn relay_verified(
             ))
         }
     };
-    key.verify_digest(&signed, channel, seq, len as u64, hasher.finalize().as_bytes())
-        .map_err(|e| unverified(format!("segment {channel}/{seq}"), e))?;
+    key.verify_digest(
+        &signed,
+        channel,
+        seq,
+        len as u64,
+        hasher.finalize().as_bytes(),
+    )
+    .map_err(|e| unverified(format!("segment {channel}/{seq}"), e))?;
     Ok(held)
 }
 

@@ -112,7 +112,10 @@ http {{
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return nginx;
         }
-        assert!(Instant::now() < deadline, "nginx did not listen within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not listen within 10 s"
+        );
         // Connection refused until nginx has bound; ask again shortly.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

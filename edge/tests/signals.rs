@@ -11,7 +11,13 @@ use tokio::process::Command;
 async fn sigterm_stops_the_edge_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--quic-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -153,11 +153,22 @@ async fn an_edge_behind_an_edge_serves_the_origins_bytes() {
     let e2 = format!("http://{}", second.local_addr());
 
     let seq = complete_seq(&o).await;
-    let from_origin = fetch(&format!("{o}/live/demo/{seq}.ts")).await.expect("origin segment");
-    let through_two = fetch(&format!("{e2}/live/demo/{seq}.ts")).await.expect("tier segment");
+    let from_origin = fetch(&format!("{o}/live/demo/{seq}.ts"))
+        .await
+        .expect("origin segment");
+    let through_two = fetch(&format!("{e2}/live/demo/{seq}.ts"))
+        .await
+        .expect("tier segment");
     assert_eq!(through_two, from_origin, "two tiers changed the segment");
-    let sig = fetch(&format!("{e2}/live/demo/{seq}.sig")).await.expect("tier signature");
-    assert_eq!(sig, fetch(&format!("{o}/live/demo/{seq}.sig")).await.expect("sig"));
+    let sig = fetch(&format!("{e2}/live/demo/{seq}.sig"))
+        .await
+        .expect("tier signature");
+    assert_eq!(
+        sig,
+        fetch(&format!("{o}/live/demo/{seq}.sig"))
+            .await
+            .expect("sig")
+    );
     let key = get(&format!("{e2}/origin/key")).await;
     assert_eq!(key.body, get(&format!("{o}/origin/key")).await.body);
 
@@ -165,7 +176,10 @@ async fn an_edge_behind_an_edge_serves_the_origins_bytes() {
     // request and its own signature check.
     let m = String::from_utf8_lossy(&get(&format!("{e1}/metrics")).await.body).into_owned();
     assert_eq!(
-        metric(&m, r#"treecast_edge_origin_fetches_total{kind="segment",outcome="ok"}"#),
+        metric(
+            &m,
+            r#"treecast_edge_origin_fetches_total{kind="segment",outcome="ok"}"#
+        ),
         1.0
     );
     second.shutdown().await;
@@ -200,9 +214,13 @@ async fn an_edge_refuses_what_its_source_altered_and_keeps_serving() {
         // Asked again, it is fetched and refused again, never cached.
         assert_eq!(fetch(&format!("{e}/live/demo/{seq}.ts")).await, None);
         let m = String::from_utf8_lossy(&get(&format!("{e}/metrics")).await.body).into_owned();
-        let series =
-            format!(r#"treecast_edge_origin_fetches_total{{kind="{refused_kind}",outcome="unverified"}}"#);
-        assert!(metric(&m, &series) >= 2.0, "{alter:?}: {series} not counted");
+        let series = format!(
+            r#"treecast_edge_origin_fetches_total{{kind="{refused_kind}",outcome="unverified"}}"#
+        );
+        assert!(
+            metric(&m, &series) >= 2.0,
+            "{alter:?}: {series} not counted"
+        );
         assert_eq!(get(&format!("{e}/healthz")).await.status, StatusCode::OK);
         assert_eq!(
             get(&format!("{e}/live/demo/index.m3u8")).await.status,

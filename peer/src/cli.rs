@@ -20,9 +20,10 @@ pub struct Cli {
     /// TOML config file (see docs/peer.md); flags override it.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// Base URL of the edge.
-    #[arg(long, help = help_with_default("Base URL of the edge", &defaults().edge))]
-    pub edge: Option<String>,
+    /// Base URL of an edge; repeat for the event's other edges (the
+    /// nearest is used, the others when it fails).
+    #[arg(long, value_name = "URL", help = help_with_default("Base URL of an edge; repeat for the event's other edges (the nearest is used, the others when it fails)", &defaults().edge.join(" ")))]
+    pub edge: Vec<String>,
     /// Channel to watch.
     #[arg(long, help = help_with_default("Channel to watch", &defaults().channel))]
     pub channel: Option<String>,
@@ -91,7 +92,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.$field.is_some() { config.$field = cli.$field; }
         )*};
     }
-    set!(edge, channel, proxy_listen, quic_listen, buffer_secs);
+    if !cli.edge.is_empty() {
+        config.edge = cli.edge;
+    }
+    set!(channel, proxy_listen, quic_listen, buffer_secs);
     set_opt!(
         advertise,
         max_upload_kbps,
@@ -128,7 +132,7 @@ mod tests {
         let help = Cli::command().render_help().to_string();
         let d = PeerConfig::default();
         for stated in [
-            format!("[default: {}]", d.edge),
+            format!("[default: {}]", d.edge.join(" ")),
             format!("[default: {}]", d.proxy_listen),
             format!("[default: {}]", d.buffer_secs),
         ] {

@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! edge = "http://127.0.0.1:8081"     # the edge: tracker, fallback, origin key
+//! # edge = ["http://edge-a:8081", "http://edge-b:8081"]  # or several: the nearest is used, the others on failure
 //! channel = "demo"                   # what to watch
 //! proxy_listen = "127.0.0.1:8090"    # the player's local HTTP proxy (loopback only)
 //! quic_listen = "0.0.0.0:0"          # UDP for parent and children; 0 = any port
@@ -30,8 +31,12 @@ use treecast_proto::{ChannelName, OriginPublicKey};
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeerConfig {
-    /// Base URL of the edge. Default `http://127.0.0.1:8081`.
-    pub edge: String,
+    /// Base URLs of the event's edges: one (`edge = "http://…"`) or
+    /// several (`edge = ["http://…", …]`); a name with several addresses
+    /// counts as one edge per address. The nearest is used and the others
+    /// when it fails (`crate::edges`). Default `http://127.0.0.1:8081`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub edge: Vec<String>,
     /// Channel to watch. Default `demo`.
     pub channel: String,
     /// The local proxy's address; must be loopback. Default
@@ -74,7 +79,7 @@ pub struct PeerConfig {
 impl Default for PeerConfig {
     fn default() -> Self {
         Self {
-            edge: "http://127.0.0.1:8081".into(),
+            edge: vec!["http://127.0.0.1:8081".into()],
             channel: "demo".into(),
             proxy_listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -100,7 +105,7 @@ impl PeerConfig {
 
     /// Checks the values that cannot be checked by their types.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.edge_uri()?;
+        self.edge_uris()?;
         self.channel_name()?;
         self.pinned_origin_key()?;
         if !self.proxy_listen.ip().is_loopback() {
@@ -129,19 +134,26 @@ impl PeerConfig {
         Ok(())
     }
 
-    /// The edge's base URL, parsed.
-    pub fn edge_uri(&self) -> Result<Uri, ConfigError> {
-        let uri: Uri = self
-            .edge
-            .parse()
-            .map_err(|e| ConfigError::Invalid(format!("edge URL {:?}: {e}", self.edge)))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            return Err(ConfigError::Invalid(format!(
-                "edge URL {:?} must look like http://host:port",
-                self.edge
-            )));
+    /// The edges' base URLs, parsed, and what is wrong with the entries
+    /// that could not be used (reported at start; the rest are used).
+    /// An error when none is usable.
+    pub fn edge_uris(&self) -> Result<(Vec<Uri>, Vec<String>), ConfigError> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for e in &self.edge {
+            match parse_edge(e) {
+                Ok(u) => good.push(u),
+                Err(why) => bad.push(why),
+            }
         }
-        Ok(uri)
+        if good.is_empty() {
+            return Err(ConfigError::Invalid(if bad.is_empty() {
+                "no edge given: edge = \"http://host:port\" or --edge URL".into()
+            } else {
+                bad.join("; ")
+            }));
+        }
+        Ok((good, bad))
     }
 
     /// The channel, checked.
@@ -167,6 +179,28 @@ impl PeerConfig {
     }
 }
 
+fn parse_edge(e: &str) -> Result<Uri, String> {
+    let uri: Uri = e.parse().map_err(|err| format!("edge URL {e:?}: {err}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!("edge URL {e:?} must look like http://host:port"));
+    }
+    Ok(uri)
+}
+
+/// `edge = "url"` or `edge = ["url", …]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,10 +215,18 @@ mod tests {
         let e = bad.validate().expect_err("public proxy").to_string();
         assert!(e.contains("loopback"), "{e}");
         let bad = PeerConfig {
-            edge: "ftp://x".into(),
+            edge: vec!["ftp://x".into()],
             ..PeerConfig::default()
         };
         assert!(bad.validate().is_err());
+        // A bad entry among good ones is reported, the rest used.
+        let mixed = PeerConfig {
+            edge: vec!["nonsense".into(), "http://127.0.0.1:9".into()],
+            ..PeerConfig::default()
+        };
+        let (good, bad) = mixed.edge_uris().expect("one usable");
+        assert_eq!(good.len(), 1);
+        assert!(bad[0].contains("nonsense"), "{bad:?}");
         let bad = PeerConfig {
             origin_key: Some("zz".into()),
             ..PeerConfig::default()
@@ -194,5 +236,14 @@ mod tests {
             .expect_err("bad key")
             .to_string()
             .contains("origin_key"));
+    }
+
+    #[test]
+    fn edge_is_one_url_or_a_list() {
+        let one: PeerConfig = toml::from_str(r#"edge = "http://a:1""#).expect("one");
+        assert_eq!(one.edge, ["http://a:1"]);
+        let many: PeerConfig =
+            toml::from_str(r#"edge = ["http://a:1", "http://b:2"]"#).expect("many");
+        assert_eq!(many.edge, ["http://a:1", "http://b:2"]);
     }
 }

@@ -125,7 +125,7 @@ fn path(shared: &Shared, file: SegmentFile) -> String {
 /// Fetches the live playlist; false when the edge failed.
 async fn poll_playlist(shared: Arc<Shared>) -> bool {
     let p = path(&shared, SegmentFile::Playlist);
-    match shared.edge.get(&p, 1 << 20, Duration::from_secs(3)).await {
+    match shared.edges.get(&p, 1 << 20, Duration::from_secs(3)).await {
         Ok(bytes) => {
             shared.on_playlist(bytes, Source::Edge);
             true
@@ -154,11 +154,11 @@ async fn fetch(shared: Arc<Shared>, seq: u64) -> (u64, bool) {
     let timeout = Duration::from_secs(10);
     let result = async {
         let sig = shared
-            .edge
+            .edges
             .get(&path(&shared, SegmentFile::Signature(seq)), 4096, timeout)
             .await?;
         let bytes = shared
-            .edge
+            .edges
             .get(&path(&shared, SegmentFile::Segment(seq)), limit, timeout)
             .await?;
         Ok::<(Bytes, Bytes), EdgeError>((bytes, sig))

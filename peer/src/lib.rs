@@ -24,7 +24,8 @@
 //! - [`proxy`]: the player's local HTTP server and `/status`.
 //! - [`viewer`]: the player's stalls, inferred from its requests and
 //!   reported by the plugin.
-//! - [`edge_client`]: HTTP requests to the edge.
+//! - [`edge_client`]: HTTP requests to an edge.
+//! - [`edges`]: the event's edges, the one in use, failing over.
 //! - [`metrics`]: Prometheus counters.
 //! - [`run`]: [`PeerHandle`], starting and stopping it all.
 
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod downstream;
 pub mod edge_client;
+pub mod edges;
 pub mod fallback;
 pub mod liveness;
 pub mod metrics;

@@ -117,7 +117,7 @@ impl Proxy {
             return h::json(
                 StatusCode::OK,
                 &serde_json::json!({
-                    "edge": self.shared.edge.base(),
+                    "edge": self.shared.edges.current().1.base(),
                     "channel": self.shared.channel.as_str(),
                 }),
             );
@@ -291,6 +291,13 @@ pub struct Status {
     pub connected: bool,
     /// Depth in the tree (0: not placed).
     pub depth: u8,
+    /// The edge in use (its tracker placed this peer, or will).
+    pub edge: String,
+    /// Every edge of the event this peer knows, in order.
+    pub edges: Vec<String>,
+    /// When the tracker of the edge in use last placed this peer, Unix
+    /// milliseconds (0: not yet).
+    pub edge_joined_ms: u64,
     /// The parent streaming now.
     pub parent: Option<NodeStatus>,
     /// The warm backup the tracker named.
@@ -352,6 +359,9 @@ pub fn status(shared: &Shared) -> Status {
         peer_id: a.as_ref().map_or(0, |a| a.peer_id),
         connected: parent.is_some(),
         depth: a.as_ref().map_or(0, |a| a.depth),
+        edge: shared.edges.current().1.base().to_owned(),
+        edges: shared.edges.bases(),
+        edge_joined_ms: shared.joined_ms.load(std::sync::atomic::Ordering::Relaxed),
         parent: parent.as_ref().map(|p| (&p.node).into()),
         backup: a.as_ref().and_then(|a| a.backup.as_ref()).map(Into::into),
         children: m.children.get(),

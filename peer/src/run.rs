@@ -17,6 +17,7 @@ use treecast_proto::OriginPublicKey;
 
 use crate::config::PeerConfig;
 use crate::edge_client::{EdgeClient, EdgeError};
+use crate::edges::{self, Edges};
 use crate::metrics::PeerMetrics;
 use crate::proxy::{self, Proxy, Status};
 use crate::shared::Shared;
@@ -40,8 +41,8 @@ pub enum StartError {
         /// The IO error.
         source: std::io::Error,
     },
-    /// The origin's key could not be had from the edge.
-    #[error("cannot get the origin's public key from the edge at {edge}: {source}")]
+    /// The origin's key could not be had from any edge.
+    #[error("cannot get the origin's public key from the edges ({edge}): {source}")]
     OriginKey {
         /// The edge.
         edge: String,
@@ -67,14 +68,14 @@ pub struct PeerHandle {
 /// How long to keep asking the edge for the origin's key at start.
 const KEY_ATTEMPTS: u32 = 40;
 
-async fn origin_key(config: &PeerConfig, edge: &EdgeClient) -> Result<OriginPublicKey, StartError> {
+async fn origin_key(config: &PeerConfig, edges: &Edges) -> Result<OriginPublicKey, StartError> {
     if let Some(k) = config.pinned_origin_key()? {
         return Ok(k);
     }
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match edge.get("/origin/key", 1024, Duration::from_secs(3)).await {
+        match edges.get("/origin/key", 1024, Duration::from_secs(3)).await {
             Ok(b) => {
                 let text = String::from_utf8_lossy(&b);
                 return text
@@ -84,7 +85,7 @@ async fn origin_key(config: &PeerConfig, edge: &EdgeClient) -> Result<OriginPubl
             }
             Err(source) if attempt >= KEY_ATTEMPTS => {
                 return Err(StartError::OriginKey {
-                    edge: edge.base().to_owned(),
+                    edge: edges.bases().join(", "),
                     source,
                 })
             }
@@ -121,10 +122,19 @@ impl PeerHandle {
     pub async fn start(config: PeerConfig) -> Result<Self, StartError> {
         config.validate()?;
         let channel = config.channel_name()?;
-        let edge_uri = config.edge_uri()?;
-        let edge = EdgeClient::new(&edge_uri);
-        let key = origin_key(&config, &edge).await?;
+        let (edge_uris, unusable) = config.edge_uris()?;
+        for why in &unusable {
+            warn!("{why}; using the other edges");
+        }
         let identity = Identity::generate()?;
+        let fingerprint = identity.fingerprint_hex();
+        // The certificate is fresh per process: its fingerprint is this
+        // peer's random draw among equally near edges.
+        let draw = u64::from_str_radix(fingerprint.get(..16).unwrap_or("0"), 16).unwrap_or(0);
+        let edge_uris = edges::expand(&edge_uris, draw).await;
+        let edges = Edges::probe(edge_uris.iter().map(EdgeClient::new).collect(), draw).await;
+        let edge_uri = edge_uris[edges.current().0].clone();
+        let key = origin_key(&config, &edges).await?;
         let bind_err = |addr| move |source| StartError::Bind { addr, source };
         let endpoint = quinn::Endpoint::server(identity.server_config()?, config.quic_listen)
             .map_err(bind_err(config.quic_listen))?;
@@ -160,10 +170,10 @@ impl PeerHandle {
             config,
             store,
             PeerMetrics::new(),
-            edge,
+            edges,
             reports_tx,
             advertise,
-            identity.fingerprint_hex(),
+            fingerprint,
         ));
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -17,7 +17,7 @@ use treecast_proto::tree::Feed;
 use treecast_proto::{ChannelName, VerifyError};
 
 use crate::config::PeerConfig;
-use crate::edge_client::EdgeClient;
+use crate::edges::Edges;
 use crate::metrics::PeerMetrics;
 use crate::store::{PlaylistUpdate, Store};
 use crate::viewer::Viewer;
@@ -103,8 +103,11 @@ pub struct Shared {
     pub metrics: PeerMetrics,
     /// How the player's playback is going.
     pub viewer: Viewer,
-    /// The edge.
-    pub edge: EdgeClient,
+    /// The event's edges and the one in use.
+    pub edges: Edges,
+    /// When the tracker of the edge in use last placed this peer (a join
+    /// answered), Unix milliseconds; 0 before.
+    pub joined_ms: std::sync::atomic::AtomicU64,
     /// The tracker's latest answer.
     pub assignment: watch::Sender<Option<Assignment>>,
     /// The parent streaming now.
@@ -142,7 +145,7 @@ impl Shared {
         config: PeerConfig,
         store: Store,
         metrics: PeerMetrics,
-        edge: EdgeClient,
+        edges: Edges,
         tracker: mpsc::Sender<ReportKind>,
         advertise: SocketAddr,
         fingerprint: String,
@@ -155,7 +158,8 @@ impl Shared {
             feed: Feed::new(),
             viewer: Viewer::new(metrics.clone()),
             metrics,
-            edge,
+            edges,
+            joined_ms: Default::default(),
             assignment: watch::channel(None).0,
             parent: Mutex::new(None),
             last_tree_playlist: Mutex::new(None),

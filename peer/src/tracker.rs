@@ -7,8 +7,13 @@
 //!   heartbeat with 404: the peer joins again, naming the parent it still
 //!   streams from so the tree is rebuilt as it is;
 //! - stats are deltas since the last heartbeat that got through, so a lost
-//!   heartbeat loses nothing.
+//!   heartbeat loses nothing;
+//! - a request that finds the edge gone (no connection, no answer) moves
+//!   the peer to another of the event's edges ([`crate::edges`]), whoever
+//!   made it (this task, the fallback): the peer joins that edge's tracker
+//!   at once, naming the parent it still streams from.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,25 +61,46 @@ pub async fn run(
     mut reports: mpsc::Receiver<ReportKind>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut peer_id: Option<u64> = None;
+    // The edge whose tracker placed this peer, and the id it gave.
+    let mut joined: Option<(usize, u64)> = None;
     let mut sent = Sent::default();
     let mut backoff = Duration::from_millis(250);
+    let mut edge_moved = shared.edges.changed.subscribe();
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let Some(id) = peer_id else {
-            match join(&shared).await {
+        let (index, _) = shared.edges.current();
+        edge_moved.borrow_and_update();
+        if let Some((edge, id)) = joined.filter(|(edge, _)| *edge != index) {
+            // That edge's tracker is gone for this peer: the new edge's
+            // places it, keeping the parent it streams from if it can.
+            info!(
+                peer_id = id,
+                from = shared.edges.client(edge).base(),
+                to = shared.edges.client(index).base(),
+                "joining the tree at another edge"
+            );
+            joined = None;
+        }
+        let Some((edge, id)) = joined else {
+            let result = join(&shared, index).await;
+            shared.edges.record(index, &result);
+            match result {
                 Ok(a) => {
-                    info!(peer_id = a.peer_id, depth = a.depth, parent = ?a.parent.as_ref().map(|p| p.id), "joined the tree");
-                    peer_id = Some(a.peer_id);
+                    info!(peer_id = a.peer_id, depth = a.depth, parent = ?a.parent.as_ref().map(|p| p.id), edge = shared.edges.client(index).base(), "joined the tree");
+                    joined = Some((index, a.peer_id));
+                    shared.joined_ms.store(unix_ms(), Ordering::Relaxed);
                     publish(&shared, a);
                     backoff = Duration::from_millis(250);
                 }
+                // The edge failed and another is in use now: try it at once.
+                Err(_) if shared.edges.current().0 != index => {}
                 Err(e) => {
                     warn!(error = %e, "cannot join the tree; retrying (the player is served from the edge meanwhile)");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
+                        _ = edge_moved.changed() => {}
                         _ = shutdown.changed() => break,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -82,6 +108,7 @@ pub async fn run(
             }
             continue;
         };
+        let client = shared.edges.client(edge);
         let interval = shared
             .assignment
             .borrow()
@@ -91,35 +118,41 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval)) => {
                 let now = Sent::now(&shared);
-                match heartbeat(&shared, id, sent, now).await {
+                let result = heartbeat(&shared, edge, id, sent, now).await;
+                shared.edges.record(edge, &result);
+                match result {
                     Ok(a) => {
                         sent = now;
                         publish(&shared, a);
                     }
                     Err(EdgeError::Status { status: StatusCode::NOT_FOUND, .. }) => {
                         warn!(peer_id = id, "the tracker no longer knows this peer; joining again");
-                        peer_id = None;
+                        joined = None;
                     }
                     Err(e) => warn!(error = %e, "heartbeat failed"),
                 }
             }
             Some(kind) = reports.recv() => {
                 let req = ReportRequest { channel: shared.channel.to_string(), peer_id: id, report: kind };
-                match shared.edge.post_json::<_, Assignment>("/tracker/v1/report", &req, TIMEOUT).await {
+                let result = client.post_json::<_, Assignment>("/tracker/v1/report", &req, TIMEOUT).await;
+                shared.edges.record(edge, &result);
+                match result {
                     Ok(a) => publish(&shared, a),
                     Err(e) => warn!(error = %e, ?kind, "report to the tracker failed"),
                 }
             }
+            _ = edge_moved.changed() => {}
             _ = shutdown.changed() => break,
         }
     }
-    if let Some(id) = peer_id {
+    if let Some((edge, id)) = joined {
         let req = LeaveRequest {
             channel: shared.channel.to_string(),
             peer_id: id,
         };
         match shared
-            .edge
+            .edges
+            .client(edge)
             .post_json::<_, Assignment>("/tracker/v1/leave", &req, Duration::from_secs(1))
             .await
         {
@@ -131,12 +164,18 @@ pub async fn run(
     }
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn publish(shared: &Shared, a: Assignment) {
     shared.metrics.depth.set(i64::from(a.depth));
     shared.assignment.send_replace(Some(a));
 }
 
-async fn join(shared: &Shared) -> Result<Assignment, EdgeError> {
+async fn join(shared: &Shared, edge: usize) -> Result<Assignment, EdgeError> {
     let c = &shared.config;
     let req = JoinRequest {
         channel: shared.channel.to_string(),
@@ -148,13 +187,15 @@ async fn join(shared: &Shared) -> Result<Assignment, EdgeError> {
         resume_parent_addr: shared.parent().and_then(|p| p.node.addr),
     };
     shared
-        .edge
+        .edges
+        .client(edge)
         .post_json("/tracker/v1/join", &req, TIMEOUT)
         .await
 }
 
 async fn heartbeat(
     shared: &Shared,
+    edge: usize,
     peer_id: u64,
     sent: Sent,
     now: Sent,
@@ -178,7 +219,8 @@ async fn heartbeat(
         corrupt: now.corrupt - sent.corrupt,
     };
     shared
-        .edge
+        .edges
+        .client(edge)
         .post_json("/tracker/v1/heartbeat", &req, TIMEOUT)
         .await
 }
