@@ -39,6 +39,8 @@ enum Command {
     Sim(SimArgs),
     /// Run one peer (the same as the `peer` binary).
     Peer(treecast_peer::cli::Cli),
+    /// Run an edge (the same as the `edge` binary).
+    Edge(treecast_edge::cli::Cli),
 }
 
 #[derive(Parser, Debug)]
@@ -303,6 +305,7 @@ fn open_lab(profile: &str, a: &SwarmArgs) -> anyhow::Result<(Lab, String)> {
 async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
     match cli.command {
         Command::Peer(p) => treecast_peer::cli::run(p).await,
+        Command::Edge(e) => treecast_edge::cli::run(e).await,
         Command::Sim(a) => sim(a),
         Command::TrackerLoad(a) => {
             let report = treecast::tracker_load::run(treecast::tracker_load::LoadConfig {

@@ -13,9 +13,11 @@
 //! - [`root`]: the QUIC root of every delivery tree.
 //! - [`dashboard`]: the operator dashboard, its JSON API and history.
 //! - [`run`]: starting and stopping a whole edge ([`EdgeHandle`]).
+//! - [`cli`]: the command line (`edge`, `treecast edge`).
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod metrics;

@@ -1,86 +1,10 @@
 //! `edge`: cache an origin and serve its HLS to peers and players.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use treecast_edge::{EdgeConfig, EdgeHandle};
-use treecast_proto::app::help_with_default;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "edge",
-    version,
-    about = "treecast edge: a coalescing cache of the origin"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the edge.
-    Serve(ServeArgs),
-}
-
-#[derive(Parser, Debug)]
-struct ServeArgs {
-    /// TOML config file (see docs/edge.md); flags override it.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// HTTP listen address.
-    #[arg(long, help = help_with_default("HTTP listen address", &defaults().listen))]
-    listen: Option<SocketAddr>,
-    /// Base URL of the origin.
-    #[arg(long, help = help_with_default("Base URL of the origin", &defaults().origin))]
-    origin: Option<String>,
-    /// Byte budget of the segment cache in MiB.
-    #[arg(long, help = help_with_default("Byte budget of the segment cache in MiB", &defaults().cache_max_mb))]
-    cache_max_mb: Option<usize>,
-    /// QUIC (UDP) address for the edge's direct children.
-    #[arg(long, help = help_with_default("QUIC (UDP) address for the edge's direct children", &defaults().quic_listen))]
-    quic_listen: Option<SocketAddr>,
-}
-
-fn defaults() -> EdgeConfig {
-    EdgeConfig::default()
-}
+use clap::Parser;
+use treecast_edge::cli::{run, Cli};
 
 fn main() -> ExitCode {
     treecast_proto::app::run_main(run(Cli::parse()))
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Serve(a) = cli.command;
-    let mut config = match &a.config {
-        Some(p) => EdgeConfig::from_file(p)?,
-        None => EdgeConfig::default(),
-    };
-    if let Some(l) = a.listen {
-        config.listen = l;
-    }
-    if let Some(o) = a.origin {
-        config.origin = o;
-    }
-    if let Some(m) = a.cache_max_mb {
-        config.cache_max_mb = m;
-    }
-    if let Some(q) = a.quic_listen {
-        config.quic_listen = q;
-    }
-    let edge = EdgeHandle::start(config).await?;
-    eprintln!(
-        "edge serving on http://{0}  (playlists at http://{0}/live/<channel>/index.m3u8, tracker at http://{0}/tracker/v1/, metrics at http://{0}/metrics); tree root on QUIC {1}",
-        edge.local_addr(),
-        edge.quic_addr()
-    );
-    treecast_proto::app::shutdown_signal()
-        .await
-        .context("waiting for Ctrl-C or SIGTERM")?;
-    eprintln!("shutting down");
-    edge.shutdown().await;
-    Ok(())
 }
