@@ -17,6 +17,8 @@
 //! - [`sim`]: a deterministic simulation of a whole event around the real
 //!   tracker core.
 //! - [`rng`]: the seeded generator behind roles and churn.
+//! - [`shield`]: a real nginx as the shield cache in front of the origin.
+//! - [`failover`]: several edges behind a shield, one killed mid-event.
 
 pub mod cluster;
 pub mod demo;
@@ -24,6 +26,7 @@ pub mod netlab;
 pub mod player;
 pub mod relay_bench;
 pub mod rng;
+pub mod shield;
 pub mod sim;
 pub mod swarm;
 pub mod tracker_load;

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::{EdgeConfig, EdgeHandle};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use crate::{EdgeConfig, EdgeHandle};
 use treecast_proto::app::help_with_default;
 
 /// `edge` flags.

@@ -3,122 +3,27 @@
 //! at both edges at once, and the origin serves each segment and each
 //! signature once.
 
-mod common;
-
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{get, metric};
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use treecast::shield::Nginx;
 use treecast_edge::{EdgeConfig, EdgeHandle};
 use treecast_origin::config::FileInput;
 use treecast_origin::{OriginConfig, OriginHandle};
 
-const SHIELD_CONF: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../dist/nginx/treecast-shield.conf"
-);
-
-/// nginx, killed when dropped.
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-    access_log: PathBuf,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx_binary() -> PathBuf {
-    ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("nginx is not installed: `apt-get install nginx` (bash .ci/run does)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// Starts nginx in the foreground, one process, with the shipped shield
-/// locations in front of `origin`; returns once it accepts connections.
-async fn start_nginx(dir: &Path, origin: SocketAddr) -> Nginx {
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let d = dir.display();
-    let access_log = dir.join("access.log");
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    log_format shield '$uri $upstream_cache_status $status';
-    access_log {d}/access.log shield;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    proxy_cache_path {d}/cache keys_zone=treecast:4m max_size=256m inactive=10m use_temp_path=off;
-    upstream treecast_origin {{ server {origin}; keepalive 8; }}
-    server {{
-        listen {addr};
-        include {SHIELD_CONF};
-    }}
-}}
-"#
-    );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let child = Command::new(nginx_binary())
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nginx starts");
-    let mut nginx = Nginx {
-        child,
-        addr,
-        access_log,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Some(status)) = nginx.child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-            panic!("nginx exited ({status}):\n{log}");
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return nginx;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not listen within 10 s"
-        );
-        // Connection refused until nginx has bound; ask again shortly.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The value of one series in a Prometheus text exposition.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|v| v.starts_with(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no series {series} in the exposition:\n{text}"))
 }
 
 async fn fetch(url: &str) -> Option<Bytes> {
@@ -177,16 +82,16 @@ async fn behind_nginx_the_origin_serves_each_segment_once_to_two_edges() {
         ..OriginConfig::default()
     };
     config.file.push(FileInput {
-        path: concat!(env!("CARGO_MANIFEST_DIR"), "/../media/sample.ts").into(),
+        path: concat!(env!("CARGO_MANIFEST_DIR"), "/media/sample.ts").into(),
         channel: "demo".into(),
     });
     let origin = OriginHandle::start(config).await.expect("origin starts");
     let o = format!("http://{}", origin.local_addr());
-    let nginx_dir = dir.path().join("nginx");
-    std::fs::create_dir_all(&nginx_dir).expect("mkdir");
-    let nginx = start_nginx(&nginx_dir, origin.local_addr()).await;
-    let shield = format!("http://{}", nginx.addr);
-    let key = String::from_utf8_lossy(&get(&format!("{o}/origin/key")).await.body)
+    let nginx = Nginx::start(&dir.path().join("nginx"), origin.local_addr())
+        .await
+        .expect("nginx starts");
+    let shield = nginx.url();
+    let key = String::from_utf8_lossy(&fetch(&format!("{o}/origin/key")).await.expect("key"))
         .trim()
         .to_owned();
 
@@ -227,47 +132,35 @@ async fn behind_nginx_the_origin_serves_each_segment_once_to_two_edges() {
     }
 
     // What the shield passed to the origin, from its access log.
-    let log = std::fs::read_to_string(&nginx.access_log).expect("access log");
-    let mut misses: BTreeMap<String, usize> = BTreeMap::new();
-    let mut objects: BTreeSet<String> = BTreeSet::new();
-    for line in log.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(uri), Some(cache)) = (f.next(), f.next()) else {
-            continue;
-        };
-        if uri.ends_with(".ts") || uri.ends_with(".sig") {
-            objects.insert(uri.to_owned());
-            if cache == "MISS" {
-                *misses.entry(uri.to_owned()).or_default() += 1;
-            }
-        }
-    }
+    let fetched = nginx.origin_fetches().expect("access log");
     for seq in from..from + COUNT {
         for ext in ["ts", "sig"] {
             let uri = format!("/live/demo/{seq}.{ext}");
             assert_eq!(
-                misses.get(&uri).copied(),
+                fetched.get(&uri).copied(),
                 Some(1),
-                "{uri}: passed to the origin {:?} times, not once\n{log}",
-                misses.get(&uri)
+                "{uri}: passed to the origin {:?} times, not once\n{}",
+                fetched.get(&uri),
+                nginx.access_log().unwrap_or_default()
             );
         }
     }
     // The origin's own count: every segment and signature it served went
     // to the shield once (the checks above fetched from it directly too).
-    let m = String::from_utf8_lossy(&get(&format!("{o}/metrics")).await.body).into_owned();
+    let m = String::from_utf8_lossy(&fetch(&format!("{o}/metrics")).await.expect("metrics"))
+        .into_owned();
     let served = |route: &str| {
         metric(
             &m,
             &format!(r#"treecast_origin_http_requests_total{{route="{route}",status="2xx"}}"#),
         )
     };
-    let through_shield = |ext: &str| objects.iter().filter(|u| u.ends_with(ext)).count() as f64;
+    let through_shield = |ext: &str| fetched.keys().filter(|u| u.ends_with(ext)).count() as f64;
     assert_eq!(served("segment"), through_shield(".ts") + COUNT as f64);
     assert_eq!(served("signature"), through_shield(".sig"));
     for e in edges {
         e.shutdown().await;
     }
-    drop(nginx);
+    nginx.stop().await;
     origin.shutdown().await;
 }
