@@ -194,11 +194,41 @@ fn http_uri_fallback() -> http::Uri {
     http::Uri::from_static("http://127.0.0.1:1")
 }
 
-/// The encoder stand-in pushing to the origin.
+/// The encoder stand-in pushing a file to the origin, looped and paced in
+/// real time.
 #[derive(Debug)]
-struct Encoder {
+pub struct Encoder {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+impl Encoder {
+    /// Starts pushing `source` to `channel` at the origin at `origin_url`.
+    pub fn start(source: PathBuf, origin_url: &str, channel: &str) -> anyhow::Result<Self> {
+        let push = PushConfig {
+            input: Input::File(source),
+            origin: origin_url.parse().context("origin URL")?,
+            channel: ChannelName::new(channel)?,
+            key: None,
+            looped: true,
+            realtime: true,
+            status_every: None,
+        };
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            match run_push(push, rx).await {
+                Ok(_) => tracing::info!("encoder stopped"),
+                Err(e) => tracing::warn!(error = %e, "encoder failed"),
+            }
+        });
+        Ok(Self { stop, task })
+    }
+
+    /// Stops pushing: the origin cuts no more segments.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 /// The network; see the module docs.
@@ -269,26 +299,14 @@ impl Cluster {
     /// Starts pushing the source to the origin (again): after a stop, the
     /// origin marks a discontinuity.
     pub fn start_encoder(&mut self) -> anyhow::Result<()> {
-        if self.encoder.is_some() {
-            return Ok(());
+        if self.encoder.is_none() {
+            let origin = self.origin_url();
+            self.encoder = Some(Encoder::start(
+                self.source.clone(),
+                &origin,
+                &self.config.channel,
+            )?);
         }
-        let push = PushConfig {
-            input: Input::File(self.source.clone()),
-            origin: self.origin_url().parse().context("origin URL")?,
-            channel: ChannelName::new(&self.config.channel)?,
-            key: None,
-            looped: true,
-            realtime: true,
-            status_every: None,
-        };
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            match run_push(push, rx).await {
-                Ok(_) => tracing::info!("encoder stopped"),
-                Err(e) => tracing::warn!(error = %e, "encoder failed"),
-            }
-        });
-        self.encoder = Some(Encoder { stop, task });
         Ok(())
     }
 
@@ -296,8 +314,7 @@ impl Cluster {
     /// cuts no more segments until [`start_encoder`](Self::start_encoder).
     pub async fn stop_encoder(&mut self) {
         if let Some(e) = self.encoder.take() {
-            let _ = e.stop.send(true);
-            let _ = e.task.await;
+            e.stop().await;
         }
     }
 
@@ -359,7 +376,7 @@ impl Cluster {
     pub async fn spawn_peer(&mut self, options: PeerOptions) -> anyhow::Result<PeerProcess> {
         let number = self.next_peer;
         self.next_peer += 1;
-        spawn_peer(&self.config, &self.edge_url(), number, options).await
+        spawn_peer(&self.config, &[self.edge_url()], number, options).await
     }
 
     /// Stops the encoder, the edge and the origin.
@@ -370,9 +387,11 @@ impl Cluster {
     }
 }
 
-async fn spawn_peer(
+/// Starts peer number `number` given `edges` and waits for its "peer
+/// ready" line.
+pub async fn spawn_peer(
     config: &ClusterConfig,
-    edge_url: &str,
+    edges: &[String],
     number: usize,
     options: PeerOptions,
 ) -> anyhow::Result<PeerProcess> {
@@ -394,9 +413,11 @@ async fn spawn_peer(
             "127.0.0.1:0".to_string(),
         ),
     };
-    cmd.arg("peer")
-        .args(["--edge", edge_url])
-        .args(["--channel", &config.channel])
+    cmd.arg("peer");
+    for e in edges {
+        cmd.args(["--edge", e]);
+    }
+    cmd.args(["--channel", &config.channel])
         .args(["--proxy-listen", &proxy])
         .args(["--quic-listen", &quic])
         .args(["--buffer-secs", &config.buffer_secs.to_string()])

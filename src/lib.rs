@@ -22,6 +22,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod failover;
 pub mod netlab;
 pub mod player;
 pub mod relay_bench;

@@ -10,6 +10,7 @@ use treecast::cluster::{current_exe, work_dir, ClusterConfig};
 use treecast::netlab::profile::{Profile, LINK_SEED};
 use treecast::netlab::Lab;
 use treecast::rng::Rng;
+use treecast::failover::FailoverConfig;
 use treecast::swarm::{self, NetRun, SwarmConfig};
 
 #[derive(Parser, Debug)]
@@ -41,6 +42,36 @@ enum Command {
     Peer(treecast_peer::cli::Cli),
     /// Run an edge (the same as the `edge` binary).
     Edge(treecast_edge::cli::Cli),
+    /// Several edges behind an nginx shield, one SIGKILLed mid-run: how its
+    /// audience moves (docs/operations.md).
+    Failover(FailoverArgs),
+}
+
+/// `treecast failover` flags; unset ones take [`FailoverConfig::new`]'s
+/// defaults.
+#[derive(Parser, Debug)]
+struct FailoverArgs {
+    /// Peers (each with a simulated player) [default: 40].
+    #[arg(long)]
+    peers: Option<usize>,
+    /// Edge processes, at least 2 [default: 2].
+    #[arg(long)]
+    edges: Option<usize>,
+    /// Pull straight from the origin instead of through an nginx shield.
+    #[arg(long)]
+    no_shield: bool,
+    /// Seconds after the last peer started before the busiest edge is killed [default: 20].
+    #[arg(long)]
+    kill_after: Option<f64>,
+    /// Seconds measured after the kill [default: 20].
+    #[arg(long)]
+    after: Option<f64>,
+    /// Peers each edge feeds itself [default: 1].
+    #[arg(long)]
+    root_slots: Option<u32>,
+    /// Directory for state and logs [default: a new one under the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(Parser, Debug)]
@@ -307,6 +338,37 @@ async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
         Command::Peer(p) => treecast_peer::cli::run(p).await,
         Command::Edge(e) => treecast_edge::cli::run(e).await,
         Command::Sim(a) => sim(a),
+        Command::Failover(a) => {
+            let dir = a
+                .work_dir
+                .unwrap_or_else(|| work_dir(&std::env::temp_dir(), "treecast-failover"));
+            let mut config = FailoverConfig::new(dir.clone(), current_exe()?);
+            let secs = |v: f64| {
+                (v.is_finite() && v > 0.0)
+                    .then(|| Duration::from_secs_f64(v))
+                    .ok_or_else(|| anyhow::anyhow!("{v} is not a positive number of seconds"))
+            };
+            config.peers = a.peers.unwrap_or(config.peers);
+            config.edges = a.edges.unwrap_or(config.edges);
+            config.shield = !a.no_shield;
+            if let Some(k) = a.kill_after {
+                config.kill_after = secs(k)?;
+            }
+            if let Some(k) = a.after {
+                config.after = secs(k)?;
+            }
+            config.root_slots = a.root_slots.unwrap_or(config.root_slots);
+            let report = tokio::select! {
+                r = treecast::failover::run(config) => r?,
+                r = treecast_proto::app::shutdown_signal() => {
+                    r?;
+                    anyhow::bail!("interrupted; the failover run was stopped");
+                }
+            };
+            eprintln!("failover run finished; logs in {}", dir.display());
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::TrackerLoad(a) => {
             let report = treecast::tracker_load::run(treecast::tracker_load::LoadConfig {
                 edge: a.edge,
