@@ -218,7 +218,12 @@ rate_per_sec = 1000000.0
             Err(anyhow!("edge {n} exited; see {}", log_path.display()))
         })
         .await
-        .map_err(|_| anyhow!("edge {n} not serving within 20 s; see {}", log_path.display()))??;
+        .map_err(|_| {
+            anyhow!(
+                "edge {n} not serving within 20 s; see {}",
+                log_path.display()
+            )
+        })??;
         // Keep its log.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -349,7 +354,10 @@ pub async fn run(config: FailoverConfig) -> anyhow::Result<FailoverReport> {
     while Instant::now() < end {
         tick.tick().await;
         let reads = clients.iter().map(|c| async move {
-            let b = c.get("/status", 1 << 20, Duration::from_secs(2)).await.ok()?;
+            let b = c
+                .get("/status", 1 << 20, Duration::from_secs(2))
+                .await
+                .ok()?;
             serde_json::from_slice::<Status>(&b).ok()
         });
         let statuses = futures_util::future::join_all(reads).await;
@@ -376,7 +384,11 @@ pub async fn run(config: FailoverConfig) -> anyhow::Result<FailoverReport> {
             let split = split(&samples, &urls);
             let victim = (0..split.len()).max_by_key(|&i| split[i]).unwrap_or(0);
             let kill_ms = unix_ms();
-            edges[victim].child.kill().await.context("SIGKILL of an edge")?;
+            edges[victim]
+                .child
+                .kill()
+                .await
+                .context("SIGKILL of an edge")?;
             alive[victim] = false;
             tracing::info!(edge = %urls[victim], "edge killed");
             killed = Some((victim, Instant::now(), kill_ms, split));
@@ -424,7 +436,40 @@ pub async fn run(config: FailoverConfig) -> anyhow::Result<FailoverReport> {
         .find(|(i, _)| windows[*i..].iter().all(|w| w.offload >= 0.95))
         .map(|(_, w)| w.t_s);
 
-    let shield = match &nginx {
+    let peer_count = peers.len();
+    let mut report = FailoverReport {
+        peers: peer_count,
+        edges: urls.clone(),
+        split_before,
+        killed_edge: victim_url.clone(),
+        orphans,
+        replaced: placements.len(),
+        placement_ms: Percentiles::of(&mut placements),
+        split_after: split(&samples, &urls),
+        stalls: reports.iter().map(|r| r.playback.stalls).sum(),
+        stall_ms: reports
+            .iter()
+            .map(|r| r.playback.rebuffer.as_millis() as u64)
+            .sum(),
+        stalls_after_kill: reports
+            .iter()
+            .flat_map(|r| &r.playback.stall_log)
+            .filter(|(ended, _)| *ended >= kill_instant)
+            .count() as u64,
+        player_errors: reports.iter().map(|r| r.errors).sum(),
+        offload_before,
+        offload_windows: windows,
+        offload_95_after_s,
+        shield: None,
+    };
+    // All at once: each takes up to its drain time to leave.
+    futures_util::future::join_all(peers.iter_mut().map(PeerProcess::terminate)).await;
+    for mut e in edges {
+        let _ = e.child.kill().await;
+    }
+    // Read once nothing asks the shield any more, so its log and the
+    // origin's counters cover the same requests.
+    report.shield = match &nginx {
         Some(n) => {
             let fetched = n.origin_fetches()?;
             let text = EdgeClient::new(&origin_url.parse()?)
@@ -449,37 +494,6 @@ pub async fn run(config: FailoverConfig) -> anyhow::Result<FailoverReport> {
         None => None,
     };
 
-    let report = FailoverReport {
-        peers: peers.len(),
-        edges: urls.clone(),
-        split_before,
-        killed_edge: victim_url.clone(),
-        orphans,
-        replaced: placements.len(),
-        placement_ms: Percentiles::of(&mut placements),
-        split_after: split(&samples, &urls),
-        stalls: reports.iter().map(|r| r.playback.stalls).sum(),
-        stall_ms: reports
-            .iter()
-            .map(|r| r.playback.rebuffer.as_millis() as u64)
-            .sum(),
-        stalls_after_kill: reports
-            .iter()
-            .flat_map(|r| &r.playback.stall_log)
-            .filter(|(ended, _)| *ended >= kill_instant)
-            .count() as u64,
-        player_errors: reports.iter().map(|r| r.errors).sum(),
-        offload_before,
-        offload_windows: windows,
-        offload_95_after_s,
-        shield,
-    };
-    for mut p in peers {
-        p.terminate().await;
-    }
-    for mut e in edges {
-        let _ = e.child.kill().await;
-    }
     if let Some(n) = nginx {
         n.stop().await;
     }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use treecast::cluster::{current_exe, work_dir, ClusterConfig};
+use treecast::failover::FailoverConfig;
 use treecast::netlab::profile::{Profile, LINK_SEED};
 use treecast::netlab::Lab;
 use treecast::rng::Rng;
-use treecast::failover::FailoverConfig;
 use treecast::swarm::{self, NetRun, SwarmConfig};
 
 #[derive(Parser, Debug)]

@@ -80,11 +80,20 @@ impl EdgeChoice {
     }
 
     /// Edge `index` failed in transport at `now`. Returns the edge to use
-    /// from now on when that is a different one.
-    pub fn failed(&mut self, index: usize, now: Instant) -> Option<usize> {
+    /// from now on when that is a different one: `prefer` if given and it
+    /// has not failed lately (the edge a parent said it moved to), else the
+    /// next in order.
+    pub fn failed(&mut self, index: usize, now: Instant, prefer: Option<usize>) -> Option<usize> {
         *self.failed_at.get_mut(index)? = Some(now);
         if index != self.current || self.failed_at.len() == 1 {
             return None;
+        }
+        let recent = |t: &Option<Instant>| t.is_some_and(|t| now.duration_since(t) < FAILED_FOR);
+        if let Some(p) =
+            prefer.filter(|&p| p != index && self.failed_at.get(p).is_some_and(|t| !recent(t)))
+        {
+            self.current = p;
+            return Some(p);
         }
         let n = self.failed_at.len();
         let next = (1..n).map(|k| (index + k) % n);
@@ -92,7 +101,7 @@ impl EdgeChoice {
         // one that failed longest ago (it may be back).
         let pick = next
             .clone()
-            .find(|&i| self.failed_at[i].is_none_or(|t| now.duration_since(t) >= FAILED_FOR))
+            .find(|&i| !recent(&self.failed_at[i]))
             .or_else(|| next.min_by_key(|&i| self.failed_at[i]))?;
         self.current = pick;
         Some(pick)
@@ -157,6 +166,10 @@ pub struct Edges {
     choice: Mutex<EdgeChoice>,
     /// The index of the edge in use; changes on a failover.
     pub changed: watch::Sender<usize>,
+    /// The edge the parent last said it is placed by (`Frame::Edge`), when
+    /// it is one of these and not the one in use: the tracker task checks
+    /// the edge in use.
+    pub hinted: watch::Sender<Option<usize>>,
 }
 
 /// True for a failure of the edge itself (no connection, no answer), as
@@ -173,6 +186,7 @@ impl Edges {
             clients,
             choice: Mutex::new(choice),
             changed: watch::channel(current).0,
+            hinted: watch::channel(None).0,
         }
     }
 
@@ -218,13 +232,37 @@ impl Edges {
         self.clients.iter().map(|c| c.base().to_owned()).collect()
     }
 
+    /// The parent said its tracker is the edge at `base`: remembered for
+    /// the tracker task when that is another of these edges. Anything else
+    /// (an edge this peer was not given) is ignored, so a parent can only
+    /// make its child check its own edge, never send it elsewhere.
+    pub fn hint(&self, base: &str) {
+        let Some(i) = self.clients.iter().position(|c| c.base() == base) else {
+            return;
+        };
+        if i != self.current().0 {
+            self.hinted.send_replace(Some(i));
+        }
+    }
+
     /// Records how a request to edge `index` went: a transport failure of
     /// the edge in use moves to another.
     pub fn record<T>(&self, index: usize, result: &Result<T, EdgeError>) {
+        self.record_preferring(index, result, None);
+    }
+
+    /// As [`record`](Self::record), moving to `prefer` on a failure when it
+    /// has not failed lately.
+    pub fn record_preferring<T>(
+        &self,
+        index: usize,
+        result: &Result<T, EdgeError>,
+        prefer: Option<usize>,
+    ) {
         match result {
             Ok(_) => self.lock().succeeded(index),
             Err(e) if is_edge_failure(e) => {
-                let moved = self.lock().failed(index, Instant::now());
+                let moved = self.lock().failed(index, Instant::now(), prefer);
                 if let Some(next) = moved {
                     warn!(
                         failed = self.clients[index].base(),
@@ -288,27 +326,41 @@ mod tests {
     fn a_failure_of_the_current_edge_moves_to_the_next_that_has_not_failed() {
         let t = Instant::now();
         let mut c = EdgeChoice::new(3, 0);
-        assert_eq!(c.failed(0, t), Some(1));
+        assert_eq!(c.failed(0, t, None), Some(1));
         // A late failure report about an edge no longer in use moves nothing.
-        assert_eq!(c.failed(0, t), None);
+        assert_eq!(c.failed(0, t, None), None);
         // Edge 1 fails too: 2 is next; then 2 fails and both others failed
         // lately: the one that failed longest ago.
-        assert_eq!(c.failed(1, t + MS), Some(2));
-        assert_eq!(c.failed(2, t + 2 * MS), Some(0));
+        assert_eq!(c.failed(1, t + MS, None), Some(2));
+        assert_eq!(c.failed(2, t + 2 * MS, None), Some(0));
         // Long after, an edge that failed counts as back.
         let later = t + FAILED_FOR + 3 * MS;
-        assert_eq!(c.failed(0, later), Some(1));
+        assert_eq!(c.failed(0, later, None), Some(1));
         c.succeeded(2);
-        assert_eq!(c.failed(1, later), Some(2));
+        assert_eq!(c.failed(1, later, None), Some(2));
+    }
+
+    #[test]
+    fn a_failure_moves_to_the_edge_the_parent_named_unless_it_failed_too() {
+        let t = Instant::now();
+        let mut c = EdgeChoice::new(3, 0);
+        assert_eq!(
+            c.failed(0, t, Some(2)),
+            Some(2),
+            "the parent's edge, not the next"
+        );
+        let mut c = EdgeChoice::new(3, 0);
+        assert_eq!(c.failed(2, t, None), None);
+        assert_eq!(c.failed(0, t, Some(2)), Some(1), "edge 2 failed lately");
     }
 
     #[test]
     fn one_edge_stays_the_edge() {
         let mut c = EdgeChoice::new(1, 0);
-        assert_eq!(c.failed(0, Instant::now()), None);
+        assert_eq!(c.failed(0, Instant::now(), None), None);
         assert_eq!(c.current(), 0);
         assert_eq!(
-            c.failed(5, Instant::now()),
+            c.failed(5, Instant::now(), None),
             None,
             "an unknown index is ignored"
         );

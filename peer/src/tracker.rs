@@ -11,7 +11,10 @@
 //! - a request that finds the edge gone (no connection, no answer) moves
 //!   the peer to another of the event's edges ([`crate::edges`]), whoever
 //!   made it (this task, the fallback): the peer joins that edge's tracker
-//!   at once, naming the parent it still streams from.
+//!   at once, naming the parent it still streams from; a peer tells its
+//!   children which edge placed it (`Frame::Edge`), and a child using
+//!   another edge checks that one at once (`GET /healthz`, 500 ms) rather
+//!   than at its next heartbeat, and follows its parent if it is gone.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +32,8 @@ use crate::shared::Shared;
 use crate::viewer::ViewerFigures;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the edge in use gets to answer when a parent says it moved.
+const HINT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Counter values sent in the last heartbeat that got through.
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,6 +71,7 @@ pub async fn run(
     let mut sent = Sent::default();
     let mut backoff = Duration::from_millis(250);
     let mut edge_moved = shared.edges.changed.subscribe();
+    let mut hinted = shared.edges.hinted.subscribe();
     loop {
         if *shutdown.borrow() {
             break;
@@ -91,6 +97,8 @@ pub async fn run(
                     info!(peer_id = a.peer_id, depth = a.depth, parent = ?a.parent.as_ref().map(|p| p.id), edge = shared.edges.client(index).base(), "joined the tree");
                     joined = Some((index, a.peer_id));
                     shared.joined_ms.store(unix_ms(), Ordering::Relaxed);
+                    // Children using another edge learn where this peer is.
+                    shared.feed.set_edge(shared.edges.client(index).base());
                     publish(&shared, a);
                     backoff = Duration::from_millis(250);
                 }
@@ -142,6 +150,14 @@ pub async fn run(
                 }
             }
             _ = edge_moved.changed() => {}
+            Ok(()) = hinted.changed() => {
+                // The parent is placed by another edge: is this one still up?
+                let prefer = *hinted.borrow_and_update();
+                if prefer.is_some_and(|p| p != edge) {
+                    let probe = client.get("/healthz", 1024, HINT_PROBE_TIMEOUT).await;
+                    shared.edges.record_preferring(edge, &probe, prefer);
+                }
+            }
             _ = shutdown.changed() => break,
         }
     }

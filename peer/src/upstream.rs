@@ -460,6 +460,7 @@ async fn control_frames(
             Ok(None) => return Ok(()),
             Ok(Some(Frame::Playlist(p))) => shared.on_playlist(p, Source::Tree),
             Ok(Some(Frame::Pong(_))) => {}
+            Ok(Some(Frame::Edge(base))) => shared.edges.hint(&base),
             Ok(Some(Frame::Ping(n))) => control
                 .write_all(&encode(&Frame::Pong(n)))
                 .await

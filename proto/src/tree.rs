@@ -67,6 +67,7 @@ pub struct Feed {
     recent: Mutex<VecDeque<Arc<TreeSegment>>>,
     segments: broadcast::Sender<Arc<TreeSegment>>,
     playlist: watch::Sender<Option<Bytes>>,
+    edge: watch::Sender<Option<String>>,
 }
 
 impl Default for Feed {
@@ -85,6 +86,7 @@ impl Feed {
             recent: Mutex::new(VecDeque::new()),
             segments,
             playlist,
+            edge: watch::channel(None).0,
         }
     }
 
@@ -117,6 +119,19 @@ impl Feed {
                 true
             }
         })
+    }
+
+    /// Sets the edge children are told this parent is placed by
+    /// ([`Frame::Edge`]).
+    pub fn set_edge(&self, base: &str) {
+        self.edge.send_if_modified(|cur| {
+            if cur.as_deref() == Some(base) {
+                false
+            } else {
+                *cur = Some(base.to_owned());
+                true
+            }
+        });
     }
 
     /// The latest playlist.
@@ -296,6 +311,7 @@ pub fn frame_name(frame: &Frame) -> &'static str {
         Frame::Playlist(_) => "Playlist",
         Frame::Ping(_) => "Ping",
         Frame::Pong(_) => "Pong",
+        Frame::Edge(_) => "Edge",
         Frame::SegmentStart { .. } => "SegmentStart",
         Frame::SegmentData(_) => "SegmentData",
         Frame::SegmentEnd { .. } => "SegmentEnd",
@@ -334,6 +350,7 @@ pub struct PushOptions {
 pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Result<(), TreeError> {
     let mut segments = feed.segments.subscribe();
     let mut playlist = feed.playlist.subscribe();
+    let mut edge = feed.edge.subscribe();
     let recent: Vec<Arc<TreeSegment>> = feed
         .recent()
         .iter()
@@ -380,6 +397,10 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
             .write_all(&encode(&Frame::Playlist(p)))
             .await?;
     }
+    let first_edge = edge.borrow_and_update().clone();
+    if let Some(e) = first_edge {
+        child.control.write_all(&encode(&Frame::Edge(e))).await?;
+    }
     for seg in &recent {
         spawn_send(&mut sends, seg.clone());
     }
@@ -401,6 +422,12 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
                 let p = playlist.borrow_and_update().clone();
                 if let Some(p) = p {
                     child.control.write_all(&encode(&Frame::Playlist(p))).await?;
+                }
+            }
+            Ok(()) = edge.changed() => {
+                let e = edge.borrow_and_update().clone();
+                if let Some(e) = e {
+                    child.control.write_all(&encode(&Frame::Edge(e))).await?;
                 }
             }
             Some(_) = sends.join_next(), if !sends.is_empty() => {}

@@ -4,7 +4,8 @@
 //! - the child opens a bidirectional *control* stream and sends
 //!   [`Frame::Hello`] with the ticket the tracker gave it; the parent answers
 //!   [`Frame::Welcome`] or [`Frame::Refuse`], then sends [`Frame::Playlist`]
-//!   whenever the live playlist changes, and either side may [`Frame::Ping`];
+//!   whenever the live playlist changes and [`Frame::Edge`] whenever it is
+//!   placed by another edge's tracker, and either side may [`Frame::Ping`];
 //! - each segment travels on its own unidirectional stream, parent to
 //!   child: [`Frame::SegmentStart`], then [`Frame::SegmentData`] chunks as
 //!   they arrive (cut-through), then [`Frame::SegmentEnd`] with the origin's
@@ -60,6 +61,11 @@ pub enum Frame {
     Ping(u64),
     /// Answer to a ping.
     Pong(u64),
+    /// Parent to child: the base URL of the edge whose tracker placed the
+    /// parent. A child using another edge checks that one (it may have
+    /// died) and, if it is gone, moves to this one, where its parent is.
+    /// A hint only: it is acted on only for an edge the child was given.
+    Edge(String),
     /// First on a segment stream.
     SegmentStart {
         /// Media sequence number.
@@ -101,6 +107,7 @@ mod kind {
     pub const PLAYLIST: u8 = 0x20;
     pub const PING: u8 = 0x30;
     pub const PONG: u8 = 0x31;
+    pub const EDGE: u8 = 0x40;
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -163,6 +170,10 @@ impl Frame {
             Frame::Pong(n) => {
                 p.put_u64(*n);
                 kind::PONG
+            }
+            Frame::Edge(url) => {
+                put_str(&mut p, url);
+                kind::EDGE
             }
             Frame::SegmentStart { seq } => {
                 p.put_u64(*seq);
@@ -239,6 +250,11 @@ impl Frame {
             kind::PONG => {
                 fixed(&p, 8, "pong")?;
                 Frame::Pong(p.get_u64())
+            }
+            kind::EDGE => {
+                let url = get_str(&mut p, "edge")?;
+                fixed(&p, 0, "edge")?;
+                Frame::Edge(url)
             }
             kind::SEGMENT_START => {
                 fixed(&p, 8, "segment start")?;
@@ -336,6 +352,7 @@ mod tests {
             bytes.clone().prop_map(Frame::Playlist),
             any::<u64>().prop_map(Frame::Ping),
             any::<u64>().prop_map(Frame::Pong),
+            "http://[a-z0-9.:-]{0,80}".prop_map(Frame::Edge),
             any::<u64>().prop_map(|seq| Frame::SegmentStart { seq }),
             bytes.clone().prop_map(Frame::SegmentData),
             bytes.prop_map(|signature| Frame::SegmentEnd { signature }),

@@ -13,6 +13,16 @@ use treecast_peer::proxy::Status;
 pub struct TestDir(Option<tempfile::TempDir>);
 
 impl TestDir {
+    /// A new temporary directory.
+    pub fn new() -> Self {
+        Self(Some(
+            tempfile::Builder::new()
+                .prefix("treecast-test-")
+                .tempdir()
+                .expect("tempdir"),
+        ))
+    }
+
     /// The path.
     pub fn path(&self) -> &std::path::Path {
         self.0
@@ -42,12 +52,7 @@ pub async fn cluster_with(
     max_children: u8,
     tweak: impl FnOnce(&mut ClusterConfig),
 ) -> (TestDir, Cluster) {
-    let dir = TestDir(Some(
-        tempfile::Builder::new()
-            .prefix("treecast-test-")
-            .tempdir()
-            .expect("tempdir"),
-    ));
+    let dir = TestDir::new();
     let mut config =
         ClusterConfig::new(dir.path().to_owned(), env!("CARGO_BIN_EXE_treecast").into());
     config.root_slots = root_slots;
