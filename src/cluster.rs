@@ -78,6 +78,8 @@ pub struct ClusterConfig {
     pub dashboard_token: Option<String>,
     /// Price of 1 GB of edge egress, for the dashboard's savings.
     pub price_per_gb: Option<f64>,
+    /// The event's other edges, shown by the edge's dashboard.
+    pub event_edges: Vec<String>,
     /// The stream's bitrate as the tracker counts slots (one child per
     /// this much upload a parent delivers).
     pub stream_kbps: u32,
@@ -101,6 +103,7 @@ impl ClusterConfig {
             source: None,
             dashboard_token: None,
             price_per_gb: None,
+            event_edges: Vec::new(),
             stream_kbps: SAMPLE_KBPS,
         }
     }
@@ -270,6 +273,7 @@ impl Cluster {
             data_dir: config.work_dir.join("edge"),
             dashboard_token: config.dashboard_token.clone(),
             price_per_gb: config.price_per_gb,
+            event_edges: config.event_edges.clone(),
             tracker: TrackerSection {
                 root_slots: config.root_slots,
                 max_children: config.max_children,

@@ -20,9 +20,24 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
     );
     let artifacts = repo.join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    // A second edge of the event, whose origin is away: the page gathers
+    // its figures next to the first's.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = treecast_edge::EdgeHandle::start(treecast_edge::EdgeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        quic_listen: "127.0.0.1:0".parse().expect("addr"),
+        origin: "http://127.0.0.1:9".into(),
+        data_dir: other_dir.path().to_owned(),
+        dashboard_token: Some("t0ken".into()),
+        ..treecast_edge::EdgeConfig::default()
+    })
+    .await
+    .expect("second edge");
+    let other_url = format!("http://{}", other.local_addr());
     let (_dir, mut cluster) = cluster_with(1, 2, |c| {
         c.dashboard_token = Some("t0ken".into());
         c.price_per_gb = Some(0.05);
+        c.event_edges = vec![other_url.clone()];
     })
     .await;
     let peers = spawn_streaming(&mut cluster, 4).await;
@@ -72,6 +87,19 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
         }
     }
     assert_eq!(dom["tree_rows"], 4, "one tree row per peer");
+    // All edges of the event: this one with its 4 viewers, the other with
+    // none, and the total.
+    let edges = dom["edges"].as_array().expect("edges table");
+    let row = |i: usize, k: &str| edges[i][k].as_str().unwrap_or_default().to_owned();
+    assert_eq!(edges.len(), 3, "{edges:?}");
+    assert!(row(0, "edge").ends_with("(this edge)"), "{edges:?}");
+    assert_eq!(row(0, "viewers"), "4");
+    assert_eq!(row(1, "edge"), other_url);
+    assert_eq!(row(1, "viewers"), "0");
+    assert_eq!(
+        (row(2, "edge"), row(2, "viewers")),
+        ("total".into(), "4".into())
+    );
     // Peers are named for people: site and a short id, as the API says.
     let names: Vec<&str> = dom["names"]
         .as_array()
@@ -143,4 +171,5 @@ async fn the_dashboard_shows_what_the_api_says_and_needs_its_token() {
         p.terminate().await;
     }
     cluster.shutdown().await;
+    other.shutdown().await;
 }

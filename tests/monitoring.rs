@@ -167,11 +167,24 @@ async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists(
         .replace("for: 1m", "for: 5s");
     let rules_path = dir.path().join("alerts.yml");
     std::fs::write(&rules_path, rules).expect("rules");
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: treecast-origin\n    static_configs:\n      - targets: [\"{}\"]\n  - job_name: treecast-edge\n    static_configs:\n      - targets: [\"{}\"]\n",
-        rules_path.display(),
-        strip(cluster.origin_url()),
-        strip(cluster.edge_url()),
+    // The shipped scrape config, pointed at this run and scraping every
+    // second: its `edge` relabelling is what is tested.
+    let shipped = std::fs::read_to_string(dashboards().join("prometheus.yml")).expect("config");
+    let edge_target = strip(cluster.edge_url());
+    let config = shipped
+        .replace("10s", "1s")
+        .replace("  - alerts.yml", &format!("  - {}", rules_path.display()))
+        .replace(
+            "\"127.0.0.1:8080\"",
+            &format!("\"{}\"", strip(cluster.origin_url())),
+        )
+        .replace(
+            "[\"127.0.0.1:8081\", \"127.0.0.1:8082\"]",
+            &format!("[\"{edge_target}\"]"),
+        );
+    assert!(
+        config.contains(&edge_target),
+        "the shipped config changed shape:\n{config}"
     );
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, config).expect("config");
@@ -201,6 +214,13 @@ async fn prometheus_scrapes_the_edge_and_origin_and_every_queried_series_exists(
     )
     .await;
     assert_eq!(viewers, 3.0);
+    // Each edge's series carry its `edge` label.
+    let labelled = format!("treecast_edge_viewers{{channel=\"demo\",edge=\"{edge_target}\"}}");
+    assert_eq!(
+        query(&prom, &labelled).await.first().map(|(_, v)| *v),
+        Some(3.0),
+        "{labelled}"
+    );
     let egress = |q: &'static str| {
         let prom = prom.clone();
         async move { query(&prom, q).await.first().map(|(_, v)| *v) }

@@ -13,6 +13,7 @@
 //! # metrics_listen = "127.0.0.1:9101" # serve /metrics there instead
 //! # price_per_gb = 0.05              # what 1 GB of edge egress costs: the dashboard shows the saving
 //! currency = "USD"                   # the unit of price_per_gb
+//! # event_edges = ["http://edge-b:8081"] # the event's other edges: the dashboard shows them too
 //!
 //! [tracker]
 //! root_slots = 4                     # peers the edge feeds itself
@@ -77,6 +78,10 @@ pub struct EdgeConfig {
     pub price_per_gb: Option<f64>,
     /// Currency of `price_per_gb`, as shown. Default `USD`.
     pub currency: String,
+    /// Base URLs of the event's other edges, as the operator's browser
+    /// reaches them: the dashboard gathers their figures (each edge answers
+    /// for itself; give them one `dashboard_token`). Default none.
+    pub event_edges: Vec<String>,
     /// The tracker.
     pub tracker: TrackerSection,
 }
@@ -145,6 +150,7 @@ impl Default for EdgeConfig {
             metrics_listen: None,
             price_per_gb: None,
             currency: "USD".into(),
+            event_edges: Vec::new(),
             tracker: TrackerSection::default(),
         }
     }
@@ -191,6 +197,16 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.origin_uri()?;
         self.pinned_origin_key()?;
+        for e in &self.event_edges {
+            let ok = e.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "event_edges: {e:?} is not an http(s)://HOST:PORT URL"
+                )));
+            }
+        }
         let t = &self.tracker;
         if t.root_slots == 0
             || t.max_depth == 0

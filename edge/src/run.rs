@@ -142,6 +142,7 @@ impl EdgeHandle {
             },
             dashboard_token: config.dashboard_token.clone(),
             serve_metrics: config.metrics_listen.is_none(),
+            event_edges: config.event_edges.clone(),
             tracker: tracker.clone(),
             player_reports: std::sync::Mutex::new(ReportBook::new(
                 crate::server::DIRECT_REPORT_SESSIONS,

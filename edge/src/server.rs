@@ -8,6 +8,7 @@
 //! | GET | `/origin/key` | the origin's public key (hex), fetched once from the origin |
 //! | GET | `/dashboard` | the operator dashboard (HTML; see `docs/dashboard.md`) |
 //! | GET | `/api/v1/dashboard` | its data as JSON (`?peers=N` peers listed per channel, default 300) |
+//! | GET | `/api/v1/edges` | the event's other edges (`event_edges`), for the dashboard to gather |
 //! | GET | `/metrics` | Prometheus metrics (unless `metrics_listen` moves them) |
 //! | GET | `/healthz` | liveness |
 
@@ -48,6 +49,8 @@ pub struct EdgeService {
     pub dashboard_token: Option<String>,
     /// Whether `/metrics` is served here.
     pub serve_metrics: bool,
+    /// The event's other edges, for the dashboard.
+    pub event_edges: Vec<String>,
     /// Stall reports of players that play from this edge directly.
     pub player_reports: std::sync::Mutex<ReportBook>,
 }
@@ -131,6 +134,10 @@ impl EdgeService {
                     ),
                 )
             }
+            ["api", "v1", "edges"] => h::json(
+                StatusCode::OK,
+                &serde_json::json!({ "edges": self.event_edges }),
+            ),
             ["metrics"] if !self.serve_metrics => h::text(
                 StatusCode::NOT_FOUND,
                 "metrics are served on this edge's metrics_listen address",

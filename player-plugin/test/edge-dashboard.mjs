@@ -35,6 +35,8 @@ try {
       const depths = {};
       c.depth_histogram.forEach((n, d) => { if (n) depths[d] = text(`depth-${d}`); });
       const rows = [...document.querySelectorAll(".scroll tr")].slice(1);
+      const edges = [...document.querySelectorAll("tr[data-edge]")].map((r) => ({
+        edge: r.dataset.edge, viewers: r.querySelector('[data-c="viewers"]').textContent }));
       const charts = [...document.querySelectorAll("svg[data-chart]")].map((svg) =>
         [...svg.querySelectorAll("text")].map((t) => t.textContent));
       return {
@@ -44,13 +46,14 @@ try {
         dom: { viewers: text("viewers"), stalls: text("stalls"), fallbacks: text("fallbacks"), repairs: text("repairs"),
                depths, offload: text("offload"), tree_rows: rows.length,
                names: rows.map((r) => r.cells[0].textContent.trim()),
-               saved: text("saved"), peer_bytes: text("peer-bytes"), charts },
+               saved: text("saved"), peer_bytes: text("peer-bytes"), charts, edges },
         error: document.getElementById("error").textContent,
       };
     });
     // Wait for the data to settle: every viewer placed and offload measured.
     if (shown && shown.api.viewers === viewers && shown.api.depth_histogram[0] === 0 && shown.api.offload > 0
-        && shown.api.event.peer_bytes > 0 && shown.dom.charts.length === 3 && shown.dom.charts[0].length > 3) break;
+        && shown.api.event.peer_bytes > 0 && shown.dom.charts.length === 3 && shown.dom.charts[0].length > 3
+        && shown.dom.edges.length === 3) break;
     if (Date.now() > end) {
       console.log(JSON.stringify({ ok: false, error: "timed out", shown }));
       process.exit(1);
