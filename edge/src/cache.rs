@@ -328,57 +328,48 @@ impl Cache {
         channel: ChannelName,
         file: SegmentFile,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(self.fetch_and_record(flight, writer, path, channel, file))
-    }
-
-    async fn fetch_and_record(
-        self: Arc<Self>,
-        flight: Arc<Flight>,
-        writer: BodyWriter,
-        path: String,
-        channel: ChannelName,
-        file: SegmentFile,
-    ) {
-        let kind = Kind::of(file);
-        let outcome = self
-            .fetch_inner(&flight, writer, &path, &channel, file)
-            .await;
-        let label = match &outcome {
-            Ok(()) => "ok",
-            Err(CacheError::Origin { status, .. }) if *status == StatusCode::NOT_FOUND => {
-                "not_found"
-            }
-            Err(CacheError::Origin { .. }) | Err(CacheError::BadPlaylist(_)) => "error",
-            Err(CacheError::Unverified { .. }) => "unverified",
-            Err(CacheError::Unreachable(_)) | Err(CacheError::NoKey(_)) => "unreachable",
-        };
-        self.metrics
-            .origin_fetches
-            .with_label_values(&[kind.label(), label])
-            .inc();
-        self.metrics.origin_up.set(i64::from(!matches!(
-            outcome,
-            Err(CacheError::Unreachable(_))
-        )));
-        match outcome {
-            Ok(()) => self.evict(),
-            Err(e) => {
-                if matches!(e, CacheError::Unverified { .. }) {
-                    tracing::warn!(%path, error = %e, "refused an object from the source");
-                } else {
-                    tracing::debug!(%path, error = %e, "origin fetch failed");
+        Box::pin(async move {
+            let kind = Kind::of(file);
+            let outcome = self
+                .fetch_inner(&flight, writer, &path, &channel, file)
+                .await;
+            let label = match &outcome {
+                Ok(()) => "ok",
+                Err(CacheError::Origin { status, .. }) if *status == StatusCode::NOT_FOUND => {
+                    "not_found"
                 }
-                flight.head.send_replace(Head::Failed(e));
-                let mut st = self.lock();
-                if st
-                    .entries
-                    .get(&path)
-                    .is_some_and(|en| Arc::ptr_eq(&en.flight, &flight))
-                {
-                    st.entries.remove(&path);
+                Err(CacheError::Origin { .. }) | Err(CacheError::BadPlaylist(_)) => "error",
+                Err(CacheError::Unverified { .. }) => "unverified",
+                Err(CacheError::Unreachable(_)) | Err(CacheError::NoKey(_)) => "unreachable",
+            };
+            self.metrics
+                .origin_fetches
+                .with_label_values(&[kind.label(), label])
+                .inc();
+            self.metrics.origin_up.set(i64::from(!matches!(
+                outcome,
+                Err(CacheError::Unreachable(_))
+            )));
+            match outcome {
+                Ok(()) => self.evict(),
+                Err(e) => {
+                    if matches!(e, CacheError::Unverified { .. }) {
+                        tracing::warn!(%path, error = %e, "refused an object from the source");
+                    } else {
+                        tracing::debug!(%path, error = %e, "origin fetch failed");
+                    }
+                    flight.head.send_replace(Head::Failed(e));
+                    let mut st = self.lock();
+                    if st
+                        .entries
+                        .get(&path)
+                        .is_some_and(|en| Arc::ptr_eq(&en.flight, &flight))
+                    {
+                        st.entries.remove(&path);
+                    }
                 }
             }
-        }
+        })
     }
 
     async fn fetch_inner(

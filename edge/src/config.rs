@@ -183,14 +183,7 @@ impl EdgeConfig {
     pub fn pinned_origin_key(
         &self,
     ) -> Result<Option<treecast_proto::OriginPublicKey>, ConfigError> {
-        self.origin_key
-            .as_deref()
-            .map(|k| {
-                k.trim()
-                    .parse()
-                    .map_err(|e| ConfigError::Invalid(format!("origin_key: {e}")))
-            })
-            .transpose()
+        treecast_proto::app::pinned_origin_key(self.origin_key.as_deref())
     }
 
     /// Checks values.

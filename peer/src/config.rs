@@ -163,14 +163,7 @@ impl PeerConfig {
 
     /// The pinned origin key, if one is configured.
     pub fn pinned_origin_key(&self) -> Result<Option<OriginPublicKey>, ConfigError> {
-        self.origin_key
-            .as_deref()
-            .map(|k| {
-                k.trim()
-                    .parse()
-                    .map_err(|e| ConfigError::Invalid(format!("origin_key: {e}")))
-            })
-            .transpose()
+        treecast_proto::app::pinned_origin_key(self.origin_key.as_deref())
     }
 
     /// `buffer_secs` as a duration.

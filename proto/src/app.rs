@@ -77,6 +77,16 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
     }
 }
 
+/// A config's `origin_key` (hex, as `origin key` prints it), checked.
+pub fn pinned_origin_key(hex: Option<&str>) -> Result<Option<crate::OriginPublicKey>, ConfigError> {
+    hex.map(|k| {
+        k.trim()
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("origin_key: {e}")))
+    })
+    .transpose()
+}
+
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
