@@ -35,7 +35,7 @@ use treecast_origin::push_client::{run_push, PushConfig};
 use treecast_origin::source::Input;
 use treecast_origin::OriginHandle;
 use treecast_peer::edge_client::EdgeClient;
-use treecast_peer::proxy::Status;
+use treecast_peer::status::Status;
 use treecast_proto::ChannelName;
 
 use crate::netlab::{dialer, PeerNet};
@@ -127,6 +127,8 @@ pub struct PeerProcess {
     pub number: usize,
     /// Its local proxy.
     pub proxy: SocketAddr,
+    /// The channel it was started with (`--channel`).
+    pub channel: String,
     /// How it runs.
     pub options: PeerOptions,
     /// When it was started.
@@ -154,11 +156,16 @@ impl PeerProcess {
         }
     }
 
-    /// Its `/status`.
+    /// Where its channel's status is (`/status/<channel>`).
+    pub fn status_path(&self) -> String {
+        format!("/status/{}", self.channel)
+    }
+
+    /// Its channel's status.
     pub async fn status(&self) -> anyhow::Result<Status> {
         let b = self
             .client()
-            .get("/status", 1 << 20, Duration::from_secs(3))
+            .get(&self.status_path(), 1 << 20, Duration::from_secs(3))
             .await?;
         Ok(serde_json::from_slice(&b)?)
     }
@@ -473,6 +480,7 @@ pub async fn spawn_peer(
     Ok(PeerProcess {
         number,
         proxy,
+        channel: config.channel.clone(),
         options,
         started,
         child,

@@ -77,7 +77,10 @@ pub async fn run(
             p.number, p.proxy
         );
     }
-    println!("  watch in a browser: http://{}/player/", first.proxy);
+    println!(
+        "  watch in a browser: http://{}/player/?channel={channel}",
+        first.proxy
+    );
     println!("  peer 0 status:     http://{}/status", first.proxy);
     println!(
         "  straight from the edge: {}/live/{channel}/index.m3u8",

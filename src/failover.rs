@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use treecast_origin::config::OriginConfig;
 use treecast_origin::OriginHandle;
 use treecast_peer::edge_client::EdgeClient;
-use treecast_peer::proxy::Status;
+use treecast_peer::status::Status;
 
 use crate::cluster::{spawn_peer, ClusterConfig, Encoder, PeerOptions, PeerProcess, SAMPLE};
 use crate::player::{play, PlayerReport};
@@ -342,7 +342,10 @@ pub async fn run(config: FailoverConfig) -> anyhow::Result<FailoverReport> {
         peers.push(p);
     }
 
-    let clients: Vec<EdgeClient> = peers.iter().map(PeerProcess::client).collect();
+    let clients: Vec<(EdgeClient, String)> = peers
+        .iter()
+        .map(|p| (p.client(), p.status_path()))
+        .collect();
     let mut samples: Vec<Vec<PeerSample>> = vec![Vec::new(); peers.len()];
     // Each live edge's egress counter per reading (`None`: dead or silent).
     let mut egress: Vec<(Instant, Vec<Option<u64>>)> = Vec::new();
@@ -353,11 +356,8 @@ pub async fn run(config: FailoverConfig) -> anyhow::Result<FailoverReport> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     while Instant::now() < end {
         tick.tick().await;
-        let reads = clients.iter().map(|c| async move {
-            let b = c
-                .get("/status", 1 << 20, Duration::from_secs(2))
-                .await
-                .ok()?;
+        let reads = clients.iter().map(|(c, path)| async move {
+            let b = c.get(path, 1 << 20, Duration::from_secs(2)).await.ok()?;
             serde_json::from_slice::<Status>(&b).ok()
         });
         let statuses = futures_util::future::join_all(reads).await;
@@ -467,30 +467,8 @@ pub async fn run(config: FailoverConfig) -> anyhow::Result<FailoverReport> {
     for mut e in edges {
         let _ = e.child.kill().await;
     }
-    // Read once nothing asks the shield any more, so its log and the
-    // origin's counters cover the same requests.
     report.shield = match &nginx {
-        Some(n) => {
-            let fetched = n.origin_fetches()?;
-            let text = EdgeClient::new(&origin_url.parse()?)
-                .get("/metrics", 8 << 20, Duration::from_secs(3))
-                .await?;
-            let text = String::from_utf8_lossy(&text);
-            let served: u64 = text
-                .lines()
-                .filter(|l| {
-                    l.starts_with("treecast_origin_http_requests_total{")
-                        && l.contains("status=\"2xx\"")
-                        && (l.contains("route=\"segment\"") || l.contains("route=\"signature\""))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64;
-            Some(ShieldFigures {
-                objects: fetched.len(),
-                max_origin_fetches: fetched.values().copied().max().unwrap_or(0),
-                origin_served: served,
-            })
-        }
+        Some(n) => Some(shield_figures(n, &origin_url).await?),
         None => None,
     };
 
@@ -500,6 +478,53 @@ pub async fn run(config: FailoverConfig) -> anyhow::Result<FailoverReport> {
     encoder.stop().await;
     origin.shutdown().await;
     Ok(report)
+}
+
+/// The shield's fetches against what the origin served, read once nothing
+/// asks the shield any more. nginx logs a request when it ends, and it
+/// finishes a fill whose edge went away (`proxy_ignore_client_abort`): the
+/// segment being cut when the edges stopped is counted by the origin at
+/// once but logged by nginx only when the origin completes it. So the two
+/// are read until nginx has logged as many fetches as the origin answered,
+/// for at most `SETTLE` (a few segments); past that the figures stand as
+/// read, and a difference shows in the report.
+async fn shield_figures(nginx: &Nginx, origin_url: &str) -> anyhow::Result<ShieldFigures> {
+    const SETTLE: Duration = Duration::from_secs(10);
+    let client = EdgeClient::new(&origin_url.parse()?);
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let fetched = nginx.origin_fetches()?;
+        let text = client
+            .get("/metrics", 8 << 20, Duration::from_secs(3))
+            .await?;
+        let served = origin_objects_served(&String::from_utf8_lossy(&text));
+        let figures = ShieldFigures {
+            objects: fetched.len(),
+            max_origin_fetches: fetched.values().copied().max().unwrap_or(0),
+            origin_served: served,
+        };
+        let logged: u64 = fetched.values().map(|&n| n as u64).sum();
+        if logged >= served || Instant::now() >= deadline {
+            return Ok(figures);
+        }
+        // nginx writes its log line when the origin ends the response;
+        // there is no event to wait on but the file growing.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Segment and signature responses with a 2xx status in the origin's
+/// `/metrics` text.
+fn origin_objects_served(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("treecast_origin_http_requests_total{")
+                && l.contains("status=\"2xx\"")
+                && (l.contains("route=\"segment\"") || l.contains("route=\"signature\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Peers per edge in their last readings.

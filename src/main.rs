@@ -38,8 +38,9 @@ enum Command {
     /// Simulate a whole live event around the real tracker core (no
     /// sockets; the same seed gives the same report; docs/sim.md).
     Sim(SimArgs),
-    /// Run one peer (the same as the `peer` binary).
-    Peer(treecast_peer::cli::Cli),
+    /// Run the viewer's agent, or manage it as a service (the same as the
+    /// `peer` binary).
+    Peer(Box<treecast_peer::cli::Cli>),
     /// Run an edge (the same as the `edge` binary).
     Edge(treecast_edge::cli::Cli),
     /// Several edges behind an nginx shield, one SIGKILLed mid-run: how its
@@ -335,7 +336,7 @@ fn open_lab(profile: &str, a: &SwarmArgs) -> anyhow::Result<(Lab, String)> {
 
 async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Peer(p) => treecast_peer::cli::run(p).await,
+        Command::Peer(p) => treecast_peer::cli::run(*p).await,
         Command::Edge(e) => treecast_edge::cli::run(e).await,
         Command::Sim(a) => sim(a),
         Command::Failover(a) => {

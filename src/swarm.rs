@@ -33,8 +33,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use treecast_peer::proxy::Status;
 use treecast_peer::shared::{Source, Verified};
+use treecast_peer::status::Status;
 
 use crate::cluster::{Cluster, ClusterConfig, PeerOptions, PeerProcess};
 use crate::netlab::profile::EdgeLink;

@@ -51,7 +51,7 @@ async fn hls_js_plays_through_a_parents_death_and_then_its_own_peers() {
     .await;
     let parent = take_parent(&mut peers, &sv).await;
 
-    let page = format!("http://{}/player/", v.proxy);
+    let page = format!("http://{}/player/?channel=demo", v.proxy);
     let pid = v.pid().expect("peer pid");
     let run = tokio::process::Command::new("node")
         .arg(plugin.join("test/browser.mjs"))

@@ -1,22 +1,66 @@
-//! The `peer` command line, shared by the `peer` binary and `treecast peer`.
+//! The `peer` command line, shared by the `peer` binary and `treecast peer`:
+//! `peer [FLAGS]` runs the agent; `peer install | uninstall | status`
+//! manage it as a user service ([`crate::install`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
 
-use crate::{PeerConfig, PeerHandle};
+use crate::{install, PeerConfig, PeerHandle};
 use treecast_proto::app::help_with_default;
 
-/// `peer` flags.
+/// `peer` command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "peer",
     version,
-    about = "treecast peer: receive a live channel through the viewer tree, relay it, and serve it to a local player"
+    about = "treecast peer: the viewer's agent. Plays any channel of its edges for local players (joining its viewer tree while a player asks), relays it to other viewers, and verifies every segment",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// Manage the agent as a service instead of running it.
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+    /// How to run the agent.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Managing the agent.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Set the agent up as a user service that starts at login (a systemd
+    /// user unit on Linux) and start it. The agent's flags follow `--`:
+    /// `peer install -- --edge https://edge.example.com`.
+    Install {
+        /// Write the unit only; do not ask systemd to enable or start it.
+        #[arg(long)]
+        no_start: bool,
+        /// Where the unit goes [default: $XDG_CONFIG_HOME/systemd/user or ~/.config/systemd/user].
+        #[arg(long)]
+        unit_dir: Option<PathBuf>,
+        /// The agent's flags, as `peer` takes them.
+        #[arg(last = true)]
+        flags: Vec<String>,
+    },
+    /// Stop the user service and remove it.
+    Uninstall {
+        /// Remove the unit only; do not ask systemd to stop it.
+        #[arg(long)]
+        no_stop: bool,
+        /// Where the unit is [default: as for install].
+        #[arg(long)]
+        unit_dir: Option<PathBuf>,
+    },
+    /// Show the running agent: its port, edges and the channels playing.
+    Status,
+}
+
+/// `peer` flags: how the agent runs.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
     /// TOML config file (see docs/peer.md); flags override it.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
@@ -24,12 +68,23 @@ pub struct Cli {
     /// nearest is used, the others when it fails).
     #[arg(long, value_name = "URL", help = help_with_default("Base URL of an edge; repeat for the event's other edges (the nearest is used, the others when it fails)", &defaults().edge.join(" ")))]
     pub edge: Vec<String>,
-    /// Channel to watch.
-    #[arg(long, help = help_with_default("Channel to watch", &defaults().channel))]
-    pub channel: Option<String>,
-    /// Local proxy address for the player, loopback only.
-    #[arg(long, help = help_with_default("Local proxy address for the player, loopback only", &defaults().proxy_listen))]
+    /// A channel to join at start and keep; repeat for more [default:
+    /// none: a player asking for a channel joins it].
+    #[arg(long, value_name = "NAME")]
+    pub channel: Vec<String>,
+    /// Local proxy address for the player, loopback only (the next free
+    /// port up to 8099 when the default is taken).
+    #[arg(long, help = help_with_default("Local proxy address for the player, loopback only; the next free port up to 8099 when the default is taken", &defaults().proxy_listen))]
     pub proxy_listen: Option<SocketAddr>,
+    /// Seconds after the last player request before a channel is left.
+    #[arg(long, help = help_with_default("Seconds after the last player request before a channel is left", &defaults().idle_secs))]
+    pub idle_secs: Option<f64>,
+    /// Most channels joined at once.
+    #[arg(long, help = help_with_default("Most channels joined at once", &defaults().max_channels))]
+    pub max_channels: Option<usize>,
+    /// A web page origin allowed to use the agent (https://host[:port]); repeat for more.
+    #[arg(long = "page-origin", value_name = "ORIGIN")]
+    pub page_origins: Vec<String>,
     /// QUIC (UDP) address for parent and children.
     #[arg(long, help = help_with_default("QUIC (UDP) address for parent and children", &defaults().quic_listen))]
     pub quic_listen: Option<SocketAddr>,
@@ -76,8 +131,69 @@ async fn stdin_closed() {
     }
 }
 
-/// Runs a peer until Ctrl-C or SIGTERM, then leaves the tree.
+/// Runs the command: the agent until Ctrl-C or SIGTERM (then it leaves
+/// every tree), or a service command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => run_agent(cli.run).await,
+        Some(Cmd::Install {
+            no_start,
+            unit_dir,
+            flags,
+        }) => {
+            // Refuse now what the service would refuse at every start.
+            let args =
+                Cli::try_parse_from(std::iter::once("peer".to_string()).chain(flags.clone()))
+                    .map_err(|e| anyhow::anyhow!("the agent's flags after `--`: {e}"))?;
+            if args.command.is_some() {
+                bail!("the flags after `--` are the agent's, not a command");
+            }
+            config_of(args.run)?.validate()?;
+            let dir = match unit_dir {
+                Some(d) => d,
+                None => install::unit_dir()?,
+            };
+            let path = install::install(&dir, &flags, !no_start)?;
+            println!("installed {}", path.display());
+            if no_start {
+                println!("start it with: systemctl --user daemon-reload && systemctl --user enable --now {}", install::UNIT);
+            } else {
+                println!("started; it starts at every login (`peer status` shows it)");
+            }
+            Ok(())
+        }
+        Some(Cmd::Uninstall { no_stop, unit_dir }) => {
+            let dir = match unit_dir {
+                Some(d) => d,
+                None => install::unit_dir()?,
+            };
+            if install::uninstall(&dir, !no_stop)? {
+                println!("removed {}", dir.join(install::UNIT).display());
+            } else {
+                println!(
+                    "no {} in {}: nothing to remove",
+                    install::UNIT,
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Some(Cmd::Status) => match install::find_agent().await {
+            Some((port, s)) => {
+                print!("{}", install::describe(port, &s));
+                Ok(())
+            }
+            None => bail!(
+                "no treecast peer answers on 127.0.0.1 ports {}–{}",
+                crate::config::PROXY_PORTS.start(),
+                crate::config::PROXY_PORTS.end()
+            ),
+        },
+    }
+}
+
+/// The configuration the flags describe: the file's, overridden.
+fn config_of(cli: RunArgs) -> anyhow::Result<PeerConfig> {
     let mut config = match &cli.config {
         Some(p) => PeerConfig::from_file(p)?,
         None => PeerConfig::default(),
@@ -95,7 +211,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.edge.is_empty() {
         config.edge = cli.edge;
     }
-    set!(channel, proxy_listen, quic_listen, buffer_secs);
+    if !cli.channel.is_empty() {
+        config.channel = cli.channel;
+    }
+    if !cli.page_origins.is_empty() {
+        config.page_origins = cli.page_origins;
+    }
+    set!(
+        proxy_listen,
+        quic_listen,
+        buffer_secs,
+        idle_secs,
+        max_channels
+    );
     set_opt!(
         advertise,
         max_upload_kbps,
@@ -104,20 +232,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         token,
         tamper_every
     );
+    Ok(config)
+}
+
+async fn run_agent(cli: RunArgs) -> anyhow::Result<()> {
+    let watch_stdin = cli.exit_with_stdin;
+    let config = config_of(cli)?;
     let peer = PeerHandle::start(config).await?;
-    // Scripts (the demo, the swarm harness) read this line.
+    // Scripts (the demo, the harnesses) read this line.
+    let mut ready = String::from("peer ready:");
+    for channel in peer.channels() {
+        ready.push_str(&format!(" play {}", peer.playlist_url(&channel)));
+    }
     println!(
-        "peer ready: play {}  status http://{}/status  quic {}",
-        peer.playlist_url(),
+        "{ready}  status http://{}/status  quic {}",
         peer.proxy_addr(),
         peer.quic_addr()
     );
-    let watch_stdin = cli.exit_with_stdin;
     tokio::select! {
         r = treecast_proto::app::shutdown_signal() => r.context("waiting for Ctrl-C or SIGTERM")?,
         _ = stdin_closed(), if watch_stdin => eprintln!("standard input closed"),
     }
-    eprintln!("leaving the tree");
+    eprintln!("leaving every channel's tree");
     peer.shutdown().await;
     Ok(())
 }
@@ -135,6 +271,8 @@ mod tests {
             format!("[default: {}]", d.edge.join(" ")),
             format!("[default: {}]", d.proxy_listen),
             format!("[default: {}]", d.buffer_secs),
+            format!("[default: {}]", d.idle_secs),
+            format!("[default: {}]", d.max_channels),
         ] {
             assert!(help.contains(&stated), "--help lacks {stated}:\n{help}");
         }

@@ -3,8 +3,11 @@
 //! ```toml
 //! edge = "http://127.0.0.1:8081"     # the edge: tracker, fallback, origin key
 //! # edge = ["http://edge-a:8081", "http://edge-b:8081"]  # or several: the nearest is used, the others on failure
-//! channel = "demo"                   # what to watch
-//! proxy_listen = "127.0.0.1:8090"    # the player's local HTTP proxy (loopback only)
+//! # channel = ["demo"]               # channels to join at start and keep; unset = none, joined when a player asks
+//! proxy_listen = "127.0.0.1:8090"    # the player's local HTTP proxy (loopback only; 8091–8099 if taken)
+//! idle_secs = 30.0                   # leave a channel's tree this long after its player stopped asking
+//! max_channels = 8                   # channels joined at once (players asking for more are refused)
+//! # page_origins = ["https://townhall.example.com"]  # web pages allowed to use this agent (CORS)
 //! quic_listen = "0.0.0.0:0"          # UDP for parent and children; 0 = any port
 //! # advertise = "192.0.2.7:5000"     # QUIC address children should use
 //! # max_upload_kbps = 8000           # upload cap; 0 = leaf only; unset = no cap
@@ -27,6 +30,15 @@ use serde::Deserialize;
 use treecast_proto::app::{load_toml, ConfigError};
 use treecast_proto::{ChannelName, OriginPublicKey};
 
+/// The local proxy's default port: where players and the player plugin
+/// look for the agent first.
+pub const DEFAULT_PROXY_PORT: u16 = 8090;
+/// Ports the agent takes, in order, when it is asked for the default
+/// port and that one is taken; the player plugin looks at each.
+pub const PROXY_PORTS: std::ops::RangeInclusive<u16> = DEFAULT_PROXY_PORT..=8099;
+/// Most channels any configuration may ask for at once.
+pub const MAX_CHANNELS_LIMIT: usize = 64;
+
 /// The whole peer configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -37,11 +49,28 @@ pub struct PeerConfig {
     /// when it fails (`crate::edges`). Default `http://127.0.0.1:8081`.
     #[serde(deserialize_with = "one_or_many")]
     pub edge: Vec<String>,
-    /// Channel to watch. Default `demo`.
-    pub channel: String,
-    /// The local proxy's address; must be loopback. Default
-    /// `127.0.0.1:8090`.
+    /// Channels joined at start and kept joined whether or not a player
+    /// asks (`channel = "demo"`, a list, or `--channel` repeated). Default:
+    /// none; any channel is joined when a player asks for its playlist
+    /// and left [`idle_secs`](Self::idle_secs) after the player stopped.
+    #[serde(deserialize_with = "one_or_many")]
+    pub channel: Vec<String>,
+    /// The local proxy's address; must be loopback. When it is the
+    /// default port and that is taken, the next free port of
+    /// [`PROXY_PORTS`] is used (the player plugin looks there too).
+    /// Default `127.0.0.1:8090`.
     pub proxy_listen: SocketAddr,
+    /// Seconds after the last player request for a channel (joined on
+    /// demand) before the agent leaves its tree. Default 30.
+    pub idle_secs: f64,
+    /// Most channels joined at once, pre-joined ones included; a player
+    /// asking for one more is refused (503) until one is left. Default 8.
+    pub max_channels: usize,
+    /// Web page origins (`scheme://host[:port]`) whose pages may use this
+    /// agent from a browser (CORS and Private Network Access). The agent's
+    /// own pages (`/player/`) and the edges' origins are always allowed.
+    /// Default: none more.
+    pub page_origins: Vec<String>,
     /// The QUIC (UDP) address for the parent and children. Default
     /// `0.0.0.0:0` (any port).
     pub quic_listen: SocketAddr,
@@ -80,8 +109,11 @@ impl Default for PeerConfig {
     fn default() -> Self {
         Self {
             edge: vec!["http://127.0.0.1:8081".into()],
-            channel: "demo".into(),
-            proxy_listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            channel: Vec::new(),
+            proxy_listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PROXY_PORT)),
+            idle_secs: 30.0,
+            max_channels: 8,
+            page_origins: Vec::new(),
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             advertise: None,
             max_upload_kbps: None,
@@ -106,8 +138,28 @@ impl PeerConfig {
     /// Checks the values that cannot be checked by their types.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.edge_uris()?;
-        self.channel_name()?;
+        let channels = self.channel_names()?;
         self.pinned_origin_key()?;
+        self.origins()?;
+        if !(1..=MAX_CHANNELS_LIMIT).contains(&self.max_channels) {
+            return Err(ConfigError::Invalid(format!(
+                "max_channels {} must be between 1 and {MAX_CHANNELS_LIMIT}",
+                self.max_channels
+            )));
+        }
+        if channels.len() > self.max_channels {
+            return Err(ConfigError::Invalid(format!(
+                "{} channels to pre-join but max_channels is {}",
+                channels.len(),
+                self.max_channels
+            )));
+        }
+        if !(self.idle_secs >= 1.0 && self.idle_secs <= 86_400.0) {
+            return Err(ConfigError::Invalid(format!(
+                "idle_secs {} must be between 1 and 86400",
+                self.idle_secs
+            )));
+        }
         if !self.proxy_listen.ip().is_loopback() {
             return Err(ConfigError::Invalid(format!(
                 "proxy_listen {} is not a loopback address: the local proxy serves only this machine's player",
@@ -156,9 +208,36 @@ impl PeerConfig {
         Ok((good, bad))
     }
 
-    /// The channel, checked.
-    pub fn channel_name(&self) -> Result<ChannelName, ConfigError> {
-        ChannelName::new(&self.channel).map_err(|e| ConfigError::Invalid(e.to_string()))
+    /// The channels to pre-join, checked, without repeats.
+    pub fn channel_names(&self) -> Result<Vec<ChannelName>, ConfigError> {
+        let mut out: Vec<ChannelName> = Vec::new();
+        for c in &self.channel {
+            let name = ChannelName::new(c).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `page_origins`, checked and normalised (`scheme://host[:port]`,
+    /// lower case, no path).
+    pub fn origins(&self) -> Result<Vec<String>, ConfigError> {
+        self.page_origins
+            .iter()
+            .map(|o| {
+                normalise_origin(o).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "page origin {o:?} must look like https://host or http://host:port"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// `idle_secs` as a duration.
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs_f64(self.idle_secs)
     }
 
     /// The pinned origin key, if one is configured.
@@ -170,6 +249,27 @@ impl PeerConfig {
     pub fn buffer(&self) -> Duration {
         Duration::from_secs_f64(self.buffer_secs)
     }
+}
+
+/// `scheme://host[:port]` of an http(s) URL or origin, lower case; `None`
+/// for anything else (a path, a query, another scheme).
+pub fn normalise_origin(o: &str) -> Option<String> {
+    let uri: Uri = o.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
+        return None;
+    }
+    let authority = uri.authority()?.as_str().to_ascii_lowercase();
+    if authority.contains('@') {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}"))
 }
 
 fn parse_edge(e: &str) -> Result<Uri, String> {

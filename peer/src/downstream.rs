@@ -1,12 +1,17 @@
-//! Feeding children: accept a connection, check its ticket, push.
+//! Feeding children: accept a connection, find the channel its hello
+//! names, check its ticket, push.
 //!
-//! A child is admitted only with a ticket the edge signed (with the key in
-//! this peer's assignment) naming this channel, that child and this peer as
-//! its parent, not expired; a leaf-only peer (`max_upload_kbps = 0`)
-//! refuses everyone. The push itself is [`treecast_proto::tree::push`]:
-//! the same cut-through, per-segment streams the edge uses, under this
-//! peer's upload cap. Unlike the edge, a peer lets its newest child go
-//! when its uplink delivers live segments late ([`treecast_proto::uplink`]).
+//! One endpoint serves every channel the agent has joined: the child's
+//! hello names the channel, and the connection is handed to that
+//! channel's session ([`Agent::session`]); a channel the agent does not
+//! relay is refused. A child is admitted only with a ticket the edge
+//! signed (with the key in this peer's assignment for that channel)
+//! naming the channel, that child and this peer as its parent, not
+//! expired; a leaf-only peer (`max_upload_kbps = 0`) refuses everyone.
+//! The push itself is [`treecast_proto::tree::push`]: the same
+//! cut-through, per-segment streams the edge uses, under the agent's one
+//! upload cap. Unlike the edge, a peer lets its newest child go when its
+//! uplink delivers live segments late ([`treecast_proto::uplink`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,9 +20,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use treecast_proto::ticket::{self, VerifyingKey};
-use treecast_proto::tree::{self, PushOptions, TreeError, UploadCap};
-use treecast_proto::uplink::Shedder;
+use treecast_proto::tree::{self, PushOptions, TreeError};
 
+use crate::agent::{Agent, Session};
 use crate::shared::Shared;
 
 /// Longest time one segment may take to reach one child.
@@ -26,38 +31,24 @@ const SEGMENT_DEADLINE: Duration = Duration::from_secs(9);
 /// as their warm backup. More are refused before the handshake.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Accepts children on `endpoint` until `shutdown`.
-pub async fn serve(
-    shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let opts = PushOptions {
-        deadline: SEGMENT_DEADLINE,
-        cap: shared
-            .config
-            .max_upload_kbps
-            .filter(|&k| k > 0)
-            .map(|k| Arc::new(UploadCap::new(k))),
-        tamper_every: shared.config.tamper_every,
-        shedder: Some(Shedder::new()),
-        metrics: shared.metrics.push(),
-    };
+/// Accepts children on the agent's endpoint until `shutdown`.
+pub async fn serve(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
+    let endpoint = agent.endpoint.clone();
     let mut children = JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 if children.len() >= MAX_CONNECTIONS {
-                    shared.metrics.children_refused.inc();
+                    agent.metrics.children_refused.inc();
                     warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
                     incoming.refuse();
                     continue;
                 }
-                let (shared, opts) = (shared.clone(), opts.clone());
+                let agent = agent.clone();
                 children.spawn(async move {
                     let remote = incoming.remote_address();
-                    if let Err(e) = child(&shared, incoming, &opts).await {
+                    if let Err(e) = child(&agent, incoming).await {
                         debug!(%remote, error = %e, "child connection ended");
                     }
                 });
@@ -75,8 +66,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Why this peer refuses a child, before looking at its ticket.
-fn admission_check(shared: &Shared, channel: &str, child: u64, t: &str) -> Result<(), String> {
+/// Why this peer refuses a child of `shared`'s channel.
+fn admission_check(shared: &Shared, child: u64, t: &str) -> Result<(), String> {
     if shared.config.max_upload_kbps == Some(0) {
         return Err("this peer is leaf only (max upload 0)".into());
     }
@@ -84,12 +75,6 @@ fn admission_check(shared: &Shared, channel: &str, child: u64, t: &str) -> Resul
     let Some(a) = a else {
         return Err("this peer has not joined the tree yet".into());
     };
-    if channel != shared.channel.as_str() {
-        return Err(format!(
-            "this peer relays channel {}, not {channel}",
-            shared.channel
-        ));
-    }
     let mut raw = [0u8; 32];
     hex::decode_to_slice(&a.ticket_key, &mut raw)
         .map_err(|_| "the tracker's ticket key is malformed".to_string())?;
@@ -99,26 +84,42 @@ fn admission_check(shared: &Shared, channel: &str, child: u64, t: &str) -> Resul
         .map_err(|e| e.to_string())
 }
 
-async fn child(
-    shared: &Shared,
-    incoming: quinn::Incoming,
-    opts: &PushOptions,
-) -> Result<(), TreeError> {
+async fn child(agent: &Agent, incoming: quinn::Incoming) -> Result<(), TreeError> {
     let remote = incoming.remote_address();
     debug!(%remote, "incoming connection");
+    let mut found: Option<Arc<Session>> = None;
     let admitted = tree::admit(incoming, |channel, child, t| {
-        admission_check(shared, channel, child, t)
+        let session = agent
+            .session(channel)
+            .ok_or_else(|| format!("this peer relays no channel {channel}"))?;
+        let verdict = admission_check(&session.shared, child, t);
+        found = Some(session);
+        verdict
     })
     .await;
-    let mut child = match admitted {
-        Ok(c) => c,
-        Err(TreeError::Protocol(reason)) => {
-            shared.metrics.children_refused.inc();
+    let (mut child, session) = match (admitted, found) {
+        (Ok(c), Some(s)) => (c, s),
+        (Err(TreeError::Protocol(reason)), session) => {
+            match session {
+                Some(s) => s.shared.metrics.children_refused.inc(),
+                None => agent.metrics.children_refused.inc(),
+            }
             warn!(%remote, %reason, "refused a child");
             return Err(TreeError::Protocol(reason));
         }
-        Err(e) => return Err(e),
+        (Err(e), _) => return Err(e),
+        // `admit` admits only after the check found the session.
+        (Ok(_), None) => return Err(TreeError::Protocol("no channel".into())),
     };
+    let shared = &session.shared;
+    let opts = PushOptions {
+        deadline: SEGMENT_DEADLINE,
+        cap: agent.upload_cap.clone(),
+        tamper_every: shared.config.tamper_every,
+        shedder: Some(session.shedder.clone()),
+        metrics: shared.metrics.push(),
+    };
+    let opts = &opts;
     info!(child = child.peer_id, %remote, "child connected");
     shared.metrics.children_admitted.inc();
     shared.metrics.children.inc();

@@ -1,6 +1,12 @@
 //! The peer's Prometheus metrics (`/metrics` on the local proxy) and the
 //! counters its status page and heartbeats are built from. Labels are small
 //! fixed sets.
+//!
+//! - [`PeerMetrics`]: one channel's figures, every series labelled with
+//!   `channel`; a channel's set lives as long as the agent is joined to it;
+//! - [`AgentMetrics`]: the agent's own (channels joined and left, requests
+//!   the proxy refused);
+//! - [`render`]: all of them as one exposition, families merged.
 
 use prometheus::{CounterVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use treecast_proto::tree::PushMetrics;
@@ -84,9 +90,20 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl PeerMetrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, unlabelled (tests).
     pub fn new() -> Self {
-        let registry = Registry::new();
+        Self::in_registry(Registry::new())
+    }
+
+    /// Every metric of `channel`, labelled with it.
+    pub fn for_channel(channel: &str) -> Self {
+        let labels = std::iter::once(("channel".to_string(), channel.to_string())).collect();
+        // A const label with a valid name cannot be refused.
+        let registry = Registry::new_custom(None, Some(labels)).unwrap_or_default();
+        Self::in_registry(registry)
+    }
+
+    fn in_registry(registry: Registry) -> Self {
         let r = &registry;
         let m = Self {
             bytes_from_tree: counter(
@@ -219,6 +236,116 @@ impl PeerMetrics {
     pub fn render(&self) -> String {
         treecast_proto::http::render_metrics(&self.registry)
     }
+
+    /// Its registry, for [`render`].
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// The agent's own figures.
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    registry: Registry,
+    /// Channels joined, by why (`player`: a player asked; `config`:
+    /// pre-joined).
+    pub channels_joined: IntCounterVec,
+    /// Channels left, by why (`idle`: no player asked for `idle_secs`;
+    /// `shutdown`).
+    pub channels_left: IntCounterVec,
+    /// Requests the local proxy refused, by reason (`host`: not a
+    /// loopback name; `origin`: a page origin not allowed; `channel`: a
+    /// malformed channel or one no edge carries; `full`: `max_channels`
+    /// joined already; `edge`: the edge could not say; `shutdown`).
+    pub refused: IntCounterVec,
+    /// Player reports refused before any channel's figures were reached,
+    /// by reason (`channel`: not joined here; `malformed`, `too_large`).
+    /// A joined channel's own refusals carry its `channel` label.
+    pub player_reports_refused: IntCounterVec,
+    /// Channels joined now.
+    pub channels: IntGauge,
+    /// Children refused before any channel was found for them.
+    pub children_refused: IntCounter,
+}
+
+impl AgentMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let m = Self {
+            channels_joined: counter_vec(
+                r,
+                "treecast_peer_channels_joined_total",
+                "Channels joined, by why (player, config).",
+                &["why"],
+            ),
+            channels_left: counter_vec(
+                r,
+                "treecast_peer_channels_left_total",
+                "Channels left, by why (idle, shutdown).",
+                &["why"],
+            ),
+            refused: counter_vec(
+                r,
+                "treecast_peer_proxy_refused_total",
+                "Requests the local proxy refused, by reason (host, origin, channel, full, edge, shutdown).",
+                &["reason"],
+            ),
+            player_reports_refused: counter_vec(
+                r,
+                "treecast_peer_player_reports_refused_total",
+                "Player stall reports refused, by reason.",
+                &["reason"],
+            ),
+            channels: gauge(r, "treecast_peer_channels", "Channels joined now."),
+            children_refused: counter(
+                r,
+                "treecast_peer_children_unrouted_total",
+                "Children refused because this agent relays no such channel.",
+            ),
+            registry,
+        };
+        for reason in ["host", "origin", "channel", "full"] {
+            m.refused.with_label_values(&[reason]);
+        }
+        m
+    }
+
+    /// Its registry, for [`render`].
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One text exposition of several registries: families of the same name
+/// (every channel's `treecast_peer_tree_bytes_total`, say) are merged, so
+/// each family is described once as the format requires.
+pub fn render<'a>(registries: impl IntoIterator<Item = &'a Registry>) -> String {
+    use prometheus::Encoder;
+    let mut families: std::collections::BTreeMap<String, prometheus::proto::MetricFamily> =
+        std::collections::BTreeMap::new();
+    for r in registries {
+        for f in r.gather() {
+            match families.get_mut(f.get_name()) {
+                Some(known) => known.mut_metric().extend(f.get_metric().iter().cloned()),
+                None => {
+                    families.insert(f.get_name().to_owned(), f);
+                }
+            }
+        }
+    }
+    let families: Vec<_> = families.into_values().collect();
+    let mut out = Vec::new();
+    // Encoding gathered families into a Vec does not fail.
+    let _ = prometheus::TextEncoder::new().encode(&families, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 impl Default for PeerMetrics {

@@ -1,13 +1,14 @@
-//! Starting and stopping a whole peer; every task is owned by the
-//! [`PeerHandle`] and stopped by one shutdown signal (after which the peer
-//! leaves the tree politely, so its children are re-placed at once).
+//! Starting and stopping a whole agent; every task is owned by the
+//! [`PeerHandle`] and stopped by one shutdown signal (after which the
+//! agent leaves every channel's tree politely, so children are re-placed
+//! at once).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use treecast_proto::app::ConfigError;
@@ -15,14 +16,14 @@ use treecast_proto::http::{serve, DRAIN};
 use treecast_proto::quic::{Identity, QuicSetupError};
 use treecast_proto::OriginPublicKey;
 
-use crate::config::PeerConfig;
+use crate::agent::{self, Agent, OpenError, Why};
+use crate::config::{PeerConfig, DEFAULT_PROXY_PORT, PROXY_PORTS};
+use crate::downstream;
 use crate::edge_client::{EdgeClient, EdgeError};
 use crate::edges::{self, Edges};
-use crate::metrics::PeerMetrics;
-use crate::proxy::{self, Proxy, Status};
-use crate::shared::Shared;
-use crate::store::{Store, StoreConfig};
-use crate::{downstream, fallback, tracker, upstream};
+use crate::guard::Policy;
+use crate::proxy::Proxy;
+use crate::status::{agent_status, AgentStatus};
 
 /// Why the peer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,15 +53,17 @@ pub enum StartError {
     /// The edge sent something that is not a key.
     #[error("the edge's /origin/key is not a public key: {0}")]
     BadOriginKey(String),
+    /// A channel named in the configuration could not be joined.
+    #[error(transparent)]
+    Channel(#[from] OpenError),
 }
 
-/// A running peer.
+/// A running agent.
 #[derive(Debug)]
 pub struct PeerHandle {
     proxy_addr: SocketAddr,
     quic_addr: SocketAddr,
-    shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
+    agent: Arc<Agent>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -117,11 +120,36 @@ fn local_ip_towards(edge: &http::Uri) -> Option<std::net::IpAddr> {
     Some(s.local_addr().ok()?.ip())
 }
 
+/// Binds the local proxy: `addr`, or when that is the default port and
+/// taken, the next free port of [`PROXY_PORTS`] (where the player plugin
+/// looks).
+async fn bind_proxy(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let first = TcpListener::bind(addr).await;
+    match first {
+        Ok(l) => Ok(l),
+        Err(source)
+            if addr.port() == DEFAULT_PROXY_PORT
+                && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            for port in PROXY_PORTS.skip(1) {
+                if let Ok(l) = TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+                    warn!(taken = %addr, port, "the default proxy port is taken; using the next free one");
+                    return Ok(l);
+                }
+            }
+            Err(StartError::Bind { addr, source })
+        }
+        Err(source) => Err(StartError::Bind { addr, source }),
+    }
+}
+
 impl PeerHandle {
-    /// Binds, asks the edge for the origin key, and starts.
+    /// Binds, asks the edge for the origin key, starts, and joins the
+    /// configured channels.
     pub async fn start(config: PeerConfig) -> Result<Self, StartError> {
         config.validate()?;
-        let channel = config.channel_name()?;
+        let channels = config.channel_names()?;
+        let page_origins = config.origins()?;
         let (edge_uris, unusable) = config.edge_uris()?;
         for why in &unusable {
             warn!("{why}; using the other edges");
@@ -149,55 +177,49 @@ impl PeerHandle {
                 quic_addr
             }
         });
-        let listener = TcpListener::bind(config.proxy_listen)
-            .await
-            .map_err(bind_err(config.proxy_listen))?;
+        let listener = bind_proxy(config.proxy_listen).await?;
         let proxy_addr = listener
             .local_addr()
             .map_err(bind_err(config.proxy_listen))?;
-        let store = Store::new(
-            channel.clone(),
-            key,
-            StoreConfig {
-                buffer: config.buffer(),
-                grace: Duration::from_millis(config.fallback_grace_ms),
-                ..StoreConfig::default()
-            },
-        );
-        let (reports_tx, reports) = mpsc::channel(8);
-        let shared = Arc::new(Shared::new(
-            channel,
+        // Pages the edges serve may use the agent, and those configured.
+        let edge_origins = edges
+            .bases()
+            .into_iter()
+            .filter_map(|b| crate::config::normalise_origin(&b));
+        let policy = Policy::new(proxy_addr.port(), edge_origins.chain(page_origins));
+        let (shutdown, rx) = watch::channel(false);
+        let agent = Arc::new(Agent::new(
             config,
-            store,
-            PeerMetrics::new(),
-            edges,
-            reports_tx,
+            Arc::new(edges),
+            key,
+            endpoint,
             advertise,
             fingerprint,
-        ));
-        let (shutdown, rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let proxy = Arc::new(Proxy {
-            shared: shared.clone(),
-        });
-        tasks.spawn(serve(listener, proxy, 256, rx.clone()));
-        tasks.spawn(tracker::run(shared.clone(), reports, rx.clone()));
-        tasks.spawn(upstream::run(shared.clone(), endpoint.clone(), rx.clone()));
-        tasks.spawn(downstream::serve(
-            shared.clone(),
-            endpoint.clone(),
             rx.clone(),
         ));
-        tasks.spawn(fallback::run(shared.clone(), rx));
-        info!(%proxy_addr, %quic_addr, %advertise, channel = %shared.channel, "peer started");
-        Ok(Self {
+        let mut tasks = JoinSet::new();
+        let proxy = Arc::new(Proxy {
+            agent: agent.clone(),
+            policy,
+        });
+        tasks.spawn(serve(listener, proxy, 256, rx.clone()));
+        tasks.spawn(downstream::serve(agent.clone(), rx.clone()));
+        tasks.spawn(agent::reap(agent.clone(), rx));
+        let handle = Self {
             proxy_addr,
             quic_addr,
-            shared,
-            endpoint,
+            agent,
             shutdown,
             tasks,
-        })
+        };
+        for channel in &channels {
+            if let Err(e) = handle.agent.open(channel.as_str(), Why::Config).await {
+                handle.shutdown().await;
+                return Err(e.into());
+            }
+        }
+        info!(%proxy_addr, %quic_addr, %advertise, channels = channels.len(), "peer started");
+        Ok(handle)
     }
 
     /// The local proxy's address.
@@ -210,27 +232,35 @@ impl PeerHandle {
         self.quic_addr
     }
 
-    /// The player's URL.
-    pub fn playlist_url(&self) -> String {
-        format!(
-            "http://{}/live/{}/index.m3u8",
-            self.proxy_addr, self.shared.channel
-        )
+    /// The player's URL for `channel`.
+    pub fn playlist_url(&self, channel: &str) -> String {
+        format!("http://{}/live/{channel}/index.m3u8", self.proxy_addr)
+    }
+
+    /// The channels joined now.
+    pub fn channels(&self) -> Vec<String> {
+        self.agent
+            .sessions()
+            .iter()
+            .map(|s| s.shared.channel.to_string())
+            .collect()
     }
 
     /// The status the proxy's `/status` shows.
-    pub fn status(&self) -> Status {
-        proxy::status(&self.shared)
+    pub fn status(&self) -> AgentStatus {
+        agent_status(&self.agent)
     }
 
-    /// Leaves the tree, stops every task and closes the endpoint.
+    /// Leaves every tree, stops every task and closes the endpoint.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
+        let _ = tokio::time::timeout(DRAIN + Duration::from_secs(2), async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
         self.tasks.abort_all();
-        self.endpoint.close(0u32.into(), b"peer shutting down");
+        self.agent
+            .endpoint
+            .close(0u32.into(), b"peer shutting down");
     }
 }

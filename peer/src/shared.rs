@@ -103,8 +103,9 @@ pub struct Shared {
     pub metrics: PeerMetrics,
     /// How the player's playback is going.
     pub viewer: Viewer,
-    /// The event's edges and the one in use.
-    pub edges: Edges,
+    /// The event's edges and the one in use (the agent's, shared by every
+    /// channel).
+    pub edges: std::sync::Arc<Edges>,
     /// When the tracker of the edge in use last placed this peer (a join
     /// answered), Unix milliseconds; 0 before.
     pub joined_ms: std::sync::atomic::AtomicU64,
@@ -145,7 +146,7 @@ impl Shared {
         config: PeerConfig,
         store: Store,
         metrics: PeerMetrics,
-        edges: Edges,
+        edges: std::sync::Arc<Edges>,
         tracker: mpsc::Sender<ReportKind>,
         advertise: SocketAddr,
         fingerprint: String,

@@ -5,8 +5,11 @@
 // Plays a treecast channel through the viewer's local peer when one runs,
 // and straight from the edge when not, without reloading the page:
 //
-// - at start it asks the local peer's status endpoint (loopback, short
-//   timeout); if the peer answers for this channel, requests go to it;
+// - at start it looks for the viewer's agent (the local peer) on loopback:
+//   the given `peerUrl`, or else ports 8090-8099 of 127.0.0.1 at once
+//   (the agent takes the first free one), with a short timeout; an agent
+//   plays any channel, joining its tree at the first playlist request, so
+//   the channel comes from this page, never from the agent;
 // - every playlist and segment request goes through a loader that tries
 //   the peer first and, if the peer fails, the edge for the same file (the
 //   peer and the edge share the URL layout, and segment numbers), so a
@@ -26,7 +29,10 @@
 // No framework, no build step needed: this file is the ES module; dist/
 // holds the same code as a plain script (window.TreecastP2P).
 
-const DEFAULT_PEER = "http://127.0.0.1:8090";
+// Where the agent listens: its default port, and the ones it takes when
+// that is busy (docs/peer.md).
+const AGENT_PORTS = [8090, 8091, 8092, 8093, 8094, 8095, 8096, 8097, 8098, 8099];
+const AGENT_NAME = "treecast-peer";
 
 function sessionId() {
   const a = new Uint8Array(12);
@@ -53,14 +59,26 @@ async function fetchJson(url, timeoutMs) {
   }
 }
 
+async function askAgent(url, timeoutMs) {
+  const s = await fetchJson(`${url}/status`, timeoutMs);
+  return s && s.agent === AGENT_NAME ? { url, status: s } : null;
+}
+
 /**
- * Asks a local peer for its status. Resolves to the status object, or
- * null when no peer answers within `timeoutMs` or it relays another channel.
+ * Finds the viewer's agent: `peerUrl` when given, else the first of
+ * AGENT_PORTS on 127.0.0.1 that answers as a treecast agent (all asked at
+ * once). Resolves to { url, status } (status: the agent's `/status`), or
+ * null when none answers within `timeoutMs`.
  */
-async function findLocalPeer({ peerUrl = DEFAULT_PEER, channel, timeoutMs = 800 } = {}) {
-  const s = await fetchJson(`${peerUrl}/status`, timeoutMs);
-  if (!s || (channel && s.channel !== channel)) return null;
-  return s;
+async function findLocalPeer({ peerUrl = null, timeoutMs = 800 } = {}) {
+  if (peerUrl) return askAgent(peerUrl.replace(/\/$/, ""), timeoutMs);
+  const found = await Promise.all(AGENT_PORTS.map((p) => askAgent(`http://127.0.0.1:${p}`, timeoutMs)));
+  return found.find((f) => f !== null) || null;
+}
+
+/** The figures of `channel` in an agent's `/status`, or null. */
+function channelStatus(agentStatus, channel) {
+  return (agentStatus && (agentStatus.channels || []).find((c) => c.channel === channel)) || null;
 }
 
 /**
@@ -76,7 +94,7 @@ async function attach(video, options) {
     Hls,
     edgeUrl,
     channel,
-    peerUrl = DEFAULT_PEER,
+    peerUrl = null,
     statusEveryMs = 1000,
     probeTimeoutMs = 800,
     reportEveryMs = 5000,
@@ -86,7 +104,6 @@ async function attach(video, options) {
   if (!Hls) throw new Error("treecast: pass the Hls class (hls.js) as options.Hls");
   if (!edgeUrl || !channel) throw new Error("treecast: edgeUrl and channel are required");
   const edge = edgeUrl.replace(/\/$/, "");
-  const peer = peerUrl.replace(/\/$/, "");
   const state = {
     peerUp: false,
     peerStatus: null,
@@ -138,9 +155,11 @@ async function attach(video, options) {
     if (video.currentTime > lastTime + 0.1 && state.stalledSince !== null && now() - state.stalledSince > 300) stallEnd();
     lastTime = video.currentTime;
   });
-  const first = await findLocalPeer({ peerUrl: peer, channel, timeoutMs: probeTimeoutMs });
+  const first = await findLocalPeer({ peerUrl, timeoutMs: probeTimeoutMs });
+  // The agent found stays this page's agent; the edge serves while it is down.
+  let peer = first ? first.url : peerUrl ? peerUrl.replace(/\/$/, "") : null;
   state.peerUp = first !== null;
-  state.peerStatus = first;
+  state.peerStatus = first ? channelStatus(first.status, channel) : null;
 
   const Base = Hls.DefaultConfig.loader;
   // A loader per request: peer first, then the edge for the same path.
@@ -276,9 +295,11 @@ async function attach(video, options) {
     };
   };
   const timer = setInterval(async () => {
-    const s = await findLocalPeer({ peerUrl: peer, channel, timeoutMs: probeTimeoutMs });
-    if (s) {
-      state.peerStatus = s;
+    // Without an agent at start, look for one again: it may start later.
+    const found = await findLocalPeer({ peerUrl: peer, timeoutMs: probeTimeoutMs });
+    if (found) {
+      peer = found.url;
+      state.peerStatus = channelStatus(found.status, channel);
       state.peerUp = true;
     } else {
       state.peerUp = false;
@@ -298,5 +319,5 @@ async function attach(video, options) {
   };
 }
 
-window.TreecastP2P = { findLocalPeer, attach };
+window.TreecastP2P = { AGENT_PORTS, findLocalPeer, attach };
 })();

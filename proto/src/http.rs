@@ -235,9 +235,15 @@ pub const DRAIN: Duration = Duration::from_secs(3);
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server's request handler: answers every request (problems are
-/// responses, never errors). [`serve`] adds the CORS headers and strips the
-/// body of answers to HEAD, so handlers answer HEAD as they answer GET.
+/// responses, never errors). [`serve`] adds the CORS headers (unless the
+/// handler decides them itself, [`Handler::CORS_ANY_ORIGIN`]) and strips
+/// the body of answers to HEAD, so handlers answer HEAD as they answer GET.
 pub trait Handler: Send + Sync + 'static {
+    /// Every response is readable by pages of any origin ([`with_cors`]):
+    /// true for the origin and the edge, which serve public content; false
+    /// for a server on a viewer's machine, which grants origins itself.
+    const CORS_ANY_ORIGIN: bool = true;
+
     /// Answers one request.
     fn handle(
         self: Arc<Self>,
@@ -281,7 +287,8 @@ pub async fn serve<H: Handler>(
                             let head = req.method() == http::Method::HEAD;
                             let svc = svc.clone();
                             async move {
-                                let resp = with_cors(svc.handle(req).await);
+                                let resp = svc.handle(req).await;
+                                let resp = if H::CORS_ANY_ORIGIN { with_cors(resp) } else { resp };
                                 Ok::<_, Infallible>(if head { head_only(resp) } else { resp })
                             }
                         }),

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use treecast::cluster::{Cluster, ClusterConfig, PeerProcess};
-use treecast_peer::proxy::Status;
+use treecast_peer::status::Status;
 
 /// A temporary directory, kept (and its path printed) when the test fails
 /// so the peers' logs can be read.
@@ -182,7 +182,7 @@ pub async fn take_parent(peers: &mut Vec<PeerProcess>, child: &Status) -> PeerPr
 pub async fn kill_parent_mid_segment(
     child: &PeerProcess,
     mut parent: PeerProcess,
-) -> (treecast_peer::proxy::Receiving, Status) {
+) -> (treecast_peer::status::Receiving, Status) {
     let parent_id = child
         .status()
         .await
