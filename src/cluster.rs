@@ -118,6 +118,11 @@ pub struct PeerOptions {
     pub tamper_every: Option<u64>,
     /// The lab namespace and link it runs behind (`None`: loopback).
     pub net: Option<PeerNet>,
+    /// Start it as the viewer's agent with no channel (players' requests
+    /// join channels) instead of pre-joined to the cluster's channel.
+    pub no_channel: bool,
+    /// More `peer` flags.
+    pub args: Vec<String>,
 }
 
 /// A running peer process.
@@ -127,7 +132,8 @@ pub struct PeerProcess {
     pub number: usize,
     /// Its local proxy.
     pub proxy: SocketAddr,
-    /// The channel it was started with (`--channel`).
+    /// The channel it was started with (`--channel`; empty when it was
+    /// started with none).
     pub channel: String,
     /// How it runs.
     pub options: PeerOptions,
@@ -249,6 +255,8 @@ pub struct Cluster {
     edge: EdgeHandle,
     source: PathBuf,
     encoder: Option<Encoder>,
+    /// Encoders of the channels added with [`Cluster::start_channel`].
+    more_channels: Vec<Encoder>,
     next_peer: usize,
 }
 
@@ -301,6 +309,7 @@ impl Cluster {
             edge,
             source: sample,
             encoder: None,
+            more_channels: Vec::new(),
             next_peer: 0,
         };
         cluster.start_encoder()?;
@@ -364,10 +373,33 @@ impl Cluster {
         )
     }
 
+    /// Starts another channel, `channel`, fed the same source by an
+    /// encoder of its own, and waits until the edge lists three segments
+    /// of it.
+    pub async fn start_channel(&mut self, channel: &str) -> anyhow::Result<()> {
+        let origin = self.origin_url();
+        self.more_channels
+            .push(Encoder::start(self.source.clone(), &origin, channel)?);
+        self.wait_for_channel(channel, 3, Duration::from_secs(30))
+            .await
+    }
+
     /// Waits until the edge serves a playlist listing `segments` segments.
     pub async fn wait_for_stream(&self, segments: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for_channel(&self.config.channel, segments, timeout)
+            .await
+    }
+
+    /// Waits until the edge serves a playlist of `channel` listing
+    /// `segments` segments.
+    pub async fn wait_for_channel(
+        &self,
+        channel: &str,
+        segments: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let client = self.edge_client();
-        let path = format!("/live/{}/index.m3u8", self.config.channel);
+        let path = format!("/live/{channel}/index.m3u8");
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(b) = client.get(&path, 1 << 20, Duration::from_secs(3)).await {
@@ -376,7 +408,7 @@ impl Cluster {
                 }
             }
             if Instant::now() > deadline {
-                bail!("the stream did not start within {timeout:?}");
+                bail!("channel {channel} did not start within {timeout:?}");
             }
             // The origin cuts a segment every two seconds; look again soon.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -390,9 +422,12 @@ impl Cluster {
         spawn_peer(&self.config, &[self.edge_url()], number, options).await
     }
 
-    /// Stops the encoder, the edge and the origin.
+    /// Stops the encoders, the edge and the origin.
     pub async fn shutdown(mut self) {
         self.stop_encoder().await;
+        for e in std::mem::take(&mut self.more_channels) {
+            e.stop().await;
+        }
         self.edge.shutdown().await;
         self.origin.shutdown().await;
     }
@@ -428,7 +463,10 @@ pub async fn spawn_peer(
     for e in edges {
         cmd.args(["--edge", e]);
     }
-    cmd.args(["--channel", &config.channel])
+    if !options.no_channel {
+        cmd.args(["--channel", &config.channel]);
+    }
+    cmd.args(&options.args)
         .args(["--proxy-listen", &proxy])
         .args(["--quic-listen", &quic])
         .args(["--buffer-secs", &config.buffer_secs.to_string()])
@@ -480,7 +518,11 @@ pub async fn spawn_peer(
     Ok(PeerProcess {
         number,
         proxy,
-        channel: config.channel.clone(),
+        channel: if options.no_channel {
+            String::new()
+        } else {
+            config.channel.clone()
+        },
         options,
         started,
         child,

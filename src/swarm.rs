@@ -397,6 +397,7 @@ fn roles(config: &SwarmConfig, index: usize, rng: &mut Rng) -> PeerOptions {
         max_upload_kbps: (leaf && index >= config.corrupt_first).then_some(0),
         tamper_every: tamper.then_some(1),
         net,
+        ..PeerOptions::default()
     }
 }
 
