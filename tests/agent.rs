@@ -303,3 +303,92 @@ async fn one_agent_plays_two_channels_on_demand_and_leaves_each_when_idle() {
     agent.terminate_owned().await;
     cluster.shutdown().await;
 }
+
+/// `treecast peer …` run to completion: exit success, stdout, stderr.
+async fn peer_cli(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_treecast"))
+        .arg("peer")
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("treecast runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_writes_a_unit_systemd_accepts_and_status_finds_the_agent() {
+    let dir = common::TestDir::new();
+    let units = dir.path().join("units");
+    let units_arg = units.to_string_lossy().into_owned();
+    // Flags the agent would refuse are refused now, and nothing is written.
+    let (ok, _, err) = peer_cli(&[
+        "install",
+        "--no-start",
+        "--unit-dir",
+        &units_arg,
+        "--",
+        "--idle-secs",
+        "0",
+    ])
+    .await;
+    assert!(!ok, "idle 0 accepted");
+    assert!(err.contains("idle_secs"), "{err}");
+    assert!(!units.join("treecast-peer.service").exists());
+
+    let (ok, out, err) = peer_cli(&[
+        "install",
+        "--no-start",
+        "--unit-dir",
+        &units_arg,
+        "--",
+        "--edge",
+        "http://127.0.0.1:9",
+        "--page-origin",
+        "https://townhall.example",
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    let unit_path = units.join("treecast-peer.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("unit written");
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_treecast")).expect("exe");
+    assert!(
+        unit.contains(&format!(
+            "ExecStart={} peer --edge http://127.0.0.1:9 --page-origin https://townhall.example\n",
+            exe.display()
+        )),
+        "{unit}"
+    );
+    let verify = tokio::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit_path)
+        .output()
+        .await
+        .expect("systemd-analyze runs (bash .ci/run installs systemd)");
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let (ok, out, _) = peer_cli(&["uninstall", "--no-stop", "--unit-dir", &units_arg]).await;
+    assert!(ok && out.contains("removed"), "{out}");
+    assert!(!unit_path.exists());
+
+    // `peer status` with nothing there, then against a running agent.
+    let (ok, _, err) = peer_cli(&["status", "--proxy", "127.0.0.1:9"]).await;
+    assert!(!ok && err.contains("no treecast peer answers"), "{err}");
+    let (_dir, mut cluster) = cluster(1, 2).await;
+    let agent = cluster
+        .spawn_peer(PeerOptions::default())
+        .await
+        .expect("agent");
+    let (ok, out, err) = peer_cli(&["status", "--proxy", &agent.proxy.to_string()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("demo (kept)"), "{out}");
+    agent.terminate_owned().await;
+    cluster.shutdown().await;
+}

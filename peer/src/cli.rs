@@ -55,7 +55,11 @@ pub enum Cmd {
         unit_dir: Option<PathBuf>,
     },
     /// Show the running agent: its port, edges and the channels playing.
-    Status,
+    Status {
+        /// The agent's proxy address [default: the first agent answering on 127.0.0.1:8090-8099].
+        #[arg(long)]
+        proxy: Option<SocketAddr>,
+    },
 }
 
 /// `peer` flags: how the agent runs.
@@ -178,17 +182,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Cmd::Status) => match install::find_agent().await {
-            Some((port, s)) => {
-                print!("{}", install::describe(port, &s));
-                Ok(())
+        Some(Cmd::Status { proxy }) => {
+            let found = match proxy {
+                Some(addr) => install::ask_agent(addr).await.map(|s| (addr, s)),
+                None => install::find_agent().await,
+            };
+            match found {
+                Some((addr, s)) => {
+                    print!("{}", install::describe(addr, &s));
+                    Ok(())
+                }
+                None => match proxy {
+                    Some(addr) => bail!("no treecast peer answers at {addr}"),
+                    None => bail!(
+                        "no treecast peer answers on 127.0.0.1 ports {}–{}",
+                        crate::config::PROXY_PORTS.start(),
+                        crate::config::PROXY_PORTS.end()
+                    ),
+                },
             }
-            None => bail!(
-                "no treecast peer answers on 127.0.0.1 ports {}–{}",
-                crate::config::PROXY_PORTS.start(),
-                crate::config::PROXY_PORTS.end()
-            ),
-        },
+        }
     }
 }
 

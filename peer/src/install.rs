@@ -19,6 +19,7 @@
 //! The unit's text is built by a pure function ([`systemd_unit`]) so it is
 //! tested without a systemd.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -168,29 +169,33 @@ pub fn uninstall(dir: &Path, stop: bool) -> anyhow::Result<bool> {
 }
 
 /// The running agent on loopback, found on the proxy ports in order.
-pub async fn find_agent() -> Option<(u16, AgentStatus)> {
+pub async fn find_agent() -> Option<(SocketAddr, AgentStatus)> {
     for port in PROXY_PORTS {
-        let base = format!("http://127.0.0.1:{port}");
-        let Ok(uri) = base.parse() else { continue };
-        let Ok(b) = EdgeClient::new(&uri)
-            .get("/status", 4 << 20, Duration::from_millis(500))
-            .await
-        else {
-            continue;
-        };
-        if let Ok(s) = serde_json::from_slice::<AgentStatus>(&b) {
-            if s.agent == AGENT_NAME {
-                return Some((port, s));
-            }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if let Some(s) = ask_agent(addr).await {
+            return Some((addr, s));
         }
     }
     None
 }
 
+/// The status of the agent whose proxy is at `addr`, if one answers
+/// there.
+pub async fn ask_agent(addr: SocketAddr) -> Option<AgentStatus> {
+    let uri = format!("http://{addr}").parse().ok()?;
+    let b = EdgeClient::new(&uri)
+        .get("/status", 4 << 20, Duration::from_millis(500))
+        .await
+        .ok()?;
+    serde_json::from_slice::<AgentStatus>(&b)
+        .ok()
+        .filter(|s| s.agent == AGENT_NAME)
+}
+
 /// What `peer status` prints for a running agent.
-pub fn describe(port: u16, s: &AgentStatus) -> String {
+pub fn describe(addr: SocketAddr, s: &AgentStatus) -> String {
     let mut out = format!(
-        "treecast peer {} on http://127.0.0.1:{port}/ for {} s; edge {} ({} known)\n",
+        "treecast peer {} on http://{addr}/ for {} s; edge {} ({} known)\n",
         s.version,
         s.uptime_s,
         s.edge,
