@@ -121,6 +121,8 @@ pub struct PeerOptions {
     /// Start it as the viewer's agent with no channel (players' requests
     /// join channels) instead of pre-joined to the cluster's channel.
     pub no_channel: bool,
+    /// Its local proxy's address (`None`: any free loopback port).
+    pub proxy_listen: Option<SocketAddr>,
     /// More `peer` flags.
     pub args: Vec<String>,
 }
@@ -444,7 +446,7 @@ pub async fn spawn_peer(
     let log_path = config.work_dir.join(format!("peer-{number}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let (mut cmd, proxy, quic) = match &options.net {
+    let (mut cmd, default_proxy, quic) = match &options.net {
         // `ip netns exec` enters the namespace and execs the peer: the
         // pid is the peer's.
         Some(net) => {
@@ -466,6 +468,9 @@ pub async fn spawn_peer(
     if !options.no_channel {
         cmd.args(["--channel", &config.channel]);
     }
+    let proxy = options
+        .proxy_listen
+        .map_or(default_proxy, |a| a.to_string());
     cmd.args(&options.args)
         .args(["--proxy-listen", &proxy])
         .args(["--quic-listen", &quic])

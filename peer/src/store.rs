@@ -22,6 +22,11 @@ use bytes::Bytes;
 use m3u8_rs::{MediaPlaylist, MediaSegment, Playlist};
 use treecast_proto::{ChannelName, OriginPublicKey, SignedSegment, VerifyError};
 
+/// Segments a player's first local playlist holds when they come from the
+/// edge: hls.js and most players start three target durations from a live
+/// playlist's end, so with fewer they start on a thin buffer and stall.
+pub const START_SEGMENTS: u64 = 3;
+
 /// Store settings.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -224,6 +229,11 @@ impl Store {
         let live_last = self.live.as_ref()?.last?;
         let start = match self.window {
             Some(w) => w.last + 1,
+            // Nothing listed yet and no parent streaming (a channel a
+            // player just asked for): the player's first buffer comes
+            // from the edge, so fetch the segments ending at the listable
+            // end, as a parent's backfill would bring them.
+            None if !tree_up => self.first_buffer_start()?,
             None => self.listable_end()?,
         };
         let grace = if !tree_up {
@@ -241,6 +251,21 @@ impl Store {
         })?;
         self.fetching.insert(seq);
         Some(seq)
+    }
+
+    /// The first of the [`START_SEGMENTS`] segments ending at the listable
+    /// end (fewer when the live playlist holds fewer).
+    fn first_buffer_start(&self) -> Option<u64> {
+        let end = self.listable_end()?;
+        let live_first = self.live.as_ref()?.first;
+        let mut first = end;
+        while first > live_first
+            && end - first + 1 < START_SEGMENTS
+            && self.metas.contains_key(&(first - 1))
+        {
+            first -= 1;
+        }
+        Some(first)
     }
 
     /// A fallback fetch ended (verified or not); the segment may be asked
@@ -286,6 +311,14 @@ impl Store {
                     && self.metas.contains_key(&(first - 1))
                 {
                     first -= 1;
+                }
+                // A first buffer still on its way from the edge: wait for
+                // it rather than start the player on less.
+                if end - first + 1 < START_SEGMENTS
+                    && first > 0
+                    && self.fetching.contains(&(first - 1))
+                {
+                    return false;
                 }
                 ProxyWindow { first, last: end }
             }
@@ -584,13 +617,29 @@ mod tests {
     }
 
     #[test]
-    fn while_no_parent_streams_the_edge_is_asked_at_once() {
+    fn while_no_parent_streams_the_edge_is_asked_at_once_for_a_first_buffer() {
         let mut s = store(2);
         let t0 = Instant::now();
         s.handle_playlist(&live(1, 6, &[]), t0).expect("playlist");
         assert_eq!(s.poll_fallback(t0, true), None, "a parent gets its grace");
-        assert_eq!(s.poll_fallback(t0, false), Some(5), "none is streaming");
-        assert_eq!(s.poll_fallback(t0, false), Some(6));
+        // The local playlist will end at 5; the player's first buffer is
+        // the three segments up to it, then what follows.
+        for seq in 3..=6 {
+            assert_eq!(s.poll_fallback(t0, false), Some(seq), "none is streaming");
+        }
+        assert_eq!(s.poll_fallback(t0, false), None);
+        // The last arrives first: nothing is listed until the rest has.
+        deliver(&mut s, 5);
+        assert!(!s.refresh());
+        assert!(s.window().is_none());
+        s.fallback_done(5);
+        for seq in [4, 3] {
+            deliver(&mut s, seq);
+            s.fallback_done(seq);
+        }
+        s.refresh();
+        let w = s.window().expect("window");
+        assert_eq!((w.first, w.last), (3, 5), "the player starts on a buffer");
     }
 
     #[test]

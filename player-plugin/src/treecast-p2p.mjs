@@ -242,7 +242,11 @@ export async function attach(video, options) {
     if (state.playingSince === null) return;
     const target = state.peerUp ? `${peer}/player/report` : `${edge}/api/v1/player-report`;
     if (!state.report || state.report.target !== target) {
-      state.report = { target, session: sessionId(), base: t };
+      // A new receiver counts from zero: its own session id, and a base of
+      // what the previous receiver was sent (nothing, for the first one:
+      // stalls before the first report are the first receiver's).
+      const base = state.report ? state.report.sent : { stalls: 0, stallMs: 0, watchedMs: 0 };
+      state.report = { target, session: sessionId(), base, sent: base };
     }
     const b = state.report.base;
     const body = JSON.stringify({
@@ -255,6 +259,7 @@ export async function attach(video, options) {
     try {
       const r = await fetch(target, { method: "POST", body, headers: { "content-type": "application/json" }, keepalive: true });
       state.reportsSent = (state.reportsSent || 0) + (r.ok ? 1 : 0);
+      if (r.ok) state.report.sent = t;
       if (!r.ok) state.reportError = `${r.status} ${await r.text()}`;
     } catch (e) {
       state.reportError = String(e);
