@@ -32,6 +32,9 @@ enum Command {
     Swarm(SwarmArgs),
     /// Measure one peer relaying a stream to its children (CPU, memory).
     RelayBench(RelayArgs),
+    /// Measure the viewer's agent with nothing playing: CPU, memory and
+    /// upload, before and after a player used it (see benches/agent-idle.sh).
+    AgentBench(AgentBenchArgs),
     /// Load an edge's tracker over HTTP: join an audience, then send
     /// heartbeats as fast as it answers (see benches/tracker-http.sh).
     TrackerLoad(TrackerLoadArgs),
@@ -265,6 +268,20 @@ struct RelayArgs {
     work_dir: Option<PathBuf>,
 }
 
+/// `treecast agent-bench` flags.
+#[derive(Parser, Debug)]
+struct AgentBenchArgs {
+    /// Each measured window, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// How long a player plays a channel between the two windows, seconds.
+    #[arg(long, default_value_t = 20.0)]
+    play_seconds: f64,
+    /// Directory for state and peer logs [default: a new one under the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
 fn parse_gap(s: &str) -> Result<(Duration, Duration), String> {
     let (at, len) = s
         .split_once(':')
@@ -393,6 +410,20 @@ async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
                 a.source,
                 a.children,
                 Duration::from_secs_f64(a.seconds),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::AgentBench(a) => {
+            let dir = a
+                .work_dir
+                .unwrap_or_else(|| work_dir(&std::env::temp_dir(), "treecast-agent"));
+            let config = ClusterConfig::new(dir, current_exe()?);
+            let report = treecast::relay_bench::idle(
+                config,
+                Duration::from_secs_f64(a.seconds),
+                Duration::from_secs_f64(a.play_seconds),
             )
             .await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -1,7 +1,11 @@
-//! The relay benchmark: what one peer costs to forward a stream to its
-//! children. The edge feeds exactly one peer (the relay); every other peer
-//! is leaf only, so it can only be the relay's child. The relay's CPU time and memory are read from
-//! `/proc/<pid>` over a measured window after the tree settles.
+//! The agent's costs, read from `/proc/<pid>` over measured windows:
+//!
+//! - [`run`], the relay benchmark: what one peer costs to forward a stream
+//!   to its children. The edge feeds exactly one peer (the relay); every
+//!   other peer is leaf only, so it can only be the relay's child;
+//! - [`idle`], the idle benchmark: what an agent with nothing playing
+//!   costs, as started with no channel and again after a player played a
+//!   channel and the agent left it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -136,4 +140,113 @@ pub async fn run(
     relay.terminate().await;
     cluster.shutdown().await;
     Ok(report)
+}
+
+/// What the viewer's agent costs while nothing plays.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleReport {
+    /// Each measured window.
+    pub windows: Vec<IdleWindow>,
+    /// Media the player fetched in between, seconds.
+    pub played_s: f64,
+    /// The idle time the agent was given, seconds.
+    pub idle_secs: f64,
+}
+
+/// One measured window of an idle agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleWindow {
+    /// `never_played` (started with no channel, nothing asked) or
+    /// `after_play` (a channel played, then left after the idle time).
+    pub phase: String,
+    /// Window, seconds.
+    pub window_s: f64,
+    /// Agent CPU (user + system) over the window, percent of one core.
+    pub cpu_percent_of_core: f64,
+    /// Channels joined during the window (0 expected).
+    pub channels: usize,
+    /// Bytes the agent uploaded to children during the window.
+    pub uploaded_bytes: u64,
+    /// Resident memory at the end, MB.
+    pub rss_mb: f64,
+}
+
+/// The agent's CPU and memory while nothing plays: first as started
+/// (no channel), then after a player has played a channel for `play` and
+/// the agent left it.
+pub async fn idle(
+    mut config: ClusterConfig,
+    window: Duration,
+    play: Duration,
+) -> anyhow::Result<IdleReport> {
+    const IDLE_SECS: u64 = 5;
+    config.promote_after_secs = 0;
+    let mut cluster = Cluster::start(config).await?;
+    cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
+    let agent = cluster
+        .spawn_peer(PeerOptions {
+            no_channel: true,
+            args: vec!["--idle-secs".into(), IDLE_SECS.to_string()],
+            ..PeerOptions::default()
+        })
+        .await?;
+    let pid = agent.pid().context("agent pid")?;
+    let client = agent.client();
+    let status = || async {
+        let b = client.get("/status", 1 << 20, Duration::from_secs(3)).await?;
+        anyhow::Ok(serde_json::from_slice::<treecast_peer::status::AgentStatus>(&b)?)
+    };
+    let uploaded = |s: &treecast_peer::status::AgentStatus| {
+        s.channels.iter().map(|c| c.bytes_uploaded).sum::<u64>()
+    };
+    let measure = |phase: &str| {
+        let phase = phase.to_string();
+        async move {
+            let s0 = status().await?;
+            let cpu0 = proc_cpu_ticks(pid)?;
+            let t0 = Instant::now();
+            tokio::time::sleep(window).await;
+            let cpu1 = proc_cpu_ticks(pid)?;
+            let elapsed = t0.elapsed().as_secs_f64();
+            let s1 = status().await?;
+            anyhow::Ok(IdleWindow {
+                phase,
+                window_s: elapsed,
+                cpu_percent_of_core: (cpu1 - cpu0) as f64 / clock_ticks() / elapsed * 100.0,
+                channels: s0.channels.len().max(s1.channels.len()),
+                uploaded_bytes: uploaded(&s1).saturating_sub(uploaded(&s0)),
+                rss_mb: proc_kb(pid, "VmRSS:")? / 1024.0,
+            })
+        }
+    };
+    let mut windows = vec![measure("never_played").await?];
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (progress, _) = tokio::sync::watch::channel(0);
+    let channel = cluster.config().channel.clone();
+    let player = tokio::spawn(crate::player::play(
+        agent.client(),
+        channel,
+        Instant::now(),
+        rx,
+        progress,
+    ));
+    tokio::time::sleep(play).await;
+    let _ = stop.send(true);
+    let played = player.await.context("player")?;
+    let deadline = Instant::now() + Duration::from_secs(IDLE_SECS + 15);
+    while !status().await?.channels.is_empty() {
+        if Instant::now() > deadline {
+            bail!("the agent did not leave the channel after the player stopped");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    windows.push(measure("after_play").await?);
+    let mut agent = agent;
+    agent.terminate().await;
+    cluster.shutdown().await;
+    Ok(IdleReport {
+        windows,
+        played_s: played.media.as_secs_f64(),
+        idle_secs: IDLE_SECS as f64,
+    })
 }
