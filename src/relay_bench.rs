@@ -193,7 +193,9 @@ pub async fn idle(
     let pid = agent.pid().context("agent pid")?;
     let client = agent.client();
     let status = || async {
-        let b = client.get("/status", 1 << 20, Duration::from_secs(3)).await?;
+        let b = client
+            .get("/status", 1 << 20, Duration::from_secs(3))
+            .await?;
         anyhow::Ok(serde_json::from_slice::<treecast_peer::status::AgentStatus>(&b)?)
     };
     let uploaded = |s: &treecast_peer::status::AgentStatus| {

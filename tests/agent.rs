@@ -97,7 +97,7 @@ async fn ffmpeg_plays(url: String, secs: u32) -> u64 {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("frame=")?.trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(0)
 }
 
