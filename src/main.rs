@@ -323,6 +323,7 @@ fn main() -> ExitCode {
         router: lab.router(),
         edge: lab.edge(),
         slots: lab.peers().to_vec(),
+        sites: lab.sites().to_vec(),
     });
     // The demo's terminal shows its own progress and URLs; the roles' log
     // lines go to a file in its work directory.
@@ -345,8 +346,10 @@ fn main() -> ExitCode {
 /// Builds the network lab for a swarm run and enters it.
 fn open_lab(profile: &str, a: &SwarmArgs) -> anyhow::Result<(Lab, String)> {
     let profile = Profile::load(profile)?;
-    let links = profile.draw(a.peers, &mut Rng::new(a.seed ^ LINK_SEED));
-    let lab = Lab::create(profile.edge, links, a.seed)?;
+    let places = profile
+        .places(a.peers, &mut Rng::new(a.seed ^ LINK_SEED))
+        .map_err(anyhow::Error::msg)?;
+    let lab = Lab::create(profile.edge, places, profile.sites.clone(), a.seed)?;
     lab.enter()?;
     Ok((lab, profile.name))
 }

@@ -38,7 +38,7 @@ use treecast_peer::status::Status;
 
 use crate::cluster::{Cluster, ClusterConfig, PeerOptions, PeerProcess};
 use crate::netlab::profile::EdgeLink;
-use crate::netlab::{link_counters, LinkCounters, PeerNet};
+use crate::netlab::{link_counters, site_counters, LinkCounters, PeerNet, SiteNet};
 use crate::player::{play, PlayerReport};
 use crate::rng::Rng;
 
@@ -87,6 +87,8 @@ pub struct NetRun {
     pub edge: EdgeLink,
     /// Per slot, where its peer runs.
     pub slots: Vec<PeerNet>,
+    /// The profile's sites, by index (empty: every peer is public).
+    pub sites: Vec<SiteNet>,
 }
 
 /// p50, p95 and max of a set of values, and how many there were.
@@ -222,6 +224,33 @@ pub struct NetworkReport {
     pub edge_upload_kbps: u32,
     /// Per slot: its link and its peers' measured upload.
     pub links: Vec<LinkReport>,
+    /// Per site: what its WAN link carried, and how its viewers fared.
+    pub sites: Vec<SiteReport>,
+}
+
+/// One site of the lab over the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteReport {
+    /// Its name in the profile.
+    pub site: String,
+    /// Its router's NAT (`cone`, `symmetric`, `none`, `udp-blocked`).
+    pub nat: String,
+    /// Slots on it.
+    pub peers: usize,
+    /// Bytes that entered the site over its WAN link, in streams: the
+    /// link's download on the wire (media, QUIC and HTTP overhead) over
+    /// the stream's bitrate. One copy for the whole site is about 1.
+    pub wan_streams: f64,
+    /// Bytes that left the site over its WAN link, in streams (what its
+    /// peers fed peers elsewhere, plus acknowledgements).
+    pub wan_up_streams: f64,
+    /// Packets its WAN queues dropped (up, down).
+    pub wan_drops: (u64, u64),
+    /// Players' stalls on the site.
+    pub stalls: u64,
+    /// Peers on the site that took more than half of what they received
+    /// in the window from the edge over HTTP.
+    pub peers_on_fallback: usize,
 }
 
 /// One slot's link and the upload its peers reached.
@@ -284,6 +313,10 @@ struct Collected {
     caps: Vec<Option<u32>>,
     /// Per slot in the lab, what its link carried in the measured window.
     wire: Vec<LinkCounters>,
+    /// Per site in the lab, what its WAN link carried in the window.
+    site_wire: Vec<LinkCounters>,
+    /// Players' stalls, by lab slot.
+    stalls_by_slot: HashMap<usize, u64>,
 }
 
 /// One peer's upload: its counter at its first status (the last is in
@@ -341,6 +374,9 @@ async fn wrap_up(r: Running, collected: &mut Collected) -> PeerProcess {
     let _ = r.stop.send(true);
     if let Ok(report) = r.player.await {
         log_stalls(r.process.number, r.process.started, &report);
+        if let Some(net) = &r.process.options.net {
+            *collected.stalls_by_slot.entry(net.slot).or_default() += report.playback.stalls;
+        }
         collected.players.push(report);
     }
     r.process
@@ -447,6 +483,15 @@ async fn read_links(net: Option<&NetRun>) -> Vec<LinkCounters> {
         .unwrap_or_default()
 }
 
+async fn read_sites(net: Option<&NetRun>) -> Vec<LinkCounters> {
+    let Some(net) = net.cloned() else {
+        return Vec::new();
+    };
+    tokio::task::spawn_blocking(move || site_counters(&net.router, &net.sites))
+        .await
+        .unwrap_or_default()
+}
+
 /// Runs the swarm and reports.
 pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut rng = Rng::new(config.seed);
@@ -454,6 +499,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
     let mut edge_before = edge_counters(&cluster).await?;
     let mut links_before = read_links(config.net.as_ref()).await;
+    let mut sites_before = read_sites(config.net.as_ref()).await;
     let mut t0 = Instant::now();
     let mut running: Vec<Running> = Vec::new();
     let mut started = 0;
@@ -509,6 +555,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
                 .collect();
             edge_before = edge_counters(&cluster).await?;
             links_before = read_links(config.net.as_ref()).await;
+            sites_before = read_sites(config.net.as_ref()).await;
             t0 = Instant::now();
             end = t0 + config.duration;
             warm_at = None;
@@ -589,6 +636,12 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
                 .copied()
                 .chain(std::iter::repeat(LinkCounters::default())),
         )
+        .map(|(after, before)| after.since(before))
+        .collect();
+    collected.site_wire = read_sites(config.net.as_ref())
+        .await
+        .into_iter()
+        .zip(sites_before.iter().copied())
         .map(|(after, before)| after.since(before))
         .collect();
     // Stop every player at once, before any peer: players left running
@@ -844,7 +897,52 @@ fn network_report(
         profile: net.profile.clone(),
         edge_upload_kbps: net.edge.upload_kbps,
         links,
+        sites: site_reports(net, c, secs, stream_kbps),
     }
+}
+
+fn site_reports(net: &NetRun, c: &Collected, secs: f64, stream_kbps: f64) -> Vec<SiteReport> {
+    let streams = |bytes: u64| ratio(bytes as f64 * 8.0 / 1000.0, secs * stream_kbps);
+    net.sites
+        .iter()
+        .enumerate()
+        .map(|(k, site)| {
+            let slots: Vec<usize> = net
+                .slots
+                .iter()
+                .filter(|p| p.site == Some(k))
+                .map(|p| p.slot)
+                .collect();
+            let on_fallback = c
+                .slot_of
+                .iter()
+                .filter(|(_, slot)| slots.contains(slot))
+                .filter(|(n, _)| {
+                    let Some(last) = c.last.get(n) else {
+                        return false;
+                    };
+                    let (tree0, edge0, _) = c.baseline.get(n).copied().unwrap_or_default();
+                    let edge = last.bytes_from_edge.saturating_sub(edge0);
+                    let tree = last.bytes_from_tree.saturating_sub(tree0);
+                    edge > tree
+                })
+                .count();
+            let w = c.site_wire.get(k).copied().unwrap_or_default();
+            SiteReport {
+                site: site.site.name.clone(),
+                nat: site.site.nat.name().into(),
+                peers: slots.len(),
+                wan_streams: streams(w.down_bytes),
+                wan_up_streams: streams(w.up_bytes),
+                wan_drops: (w.up_drops, w.down_drops),
+                stalls: slots
+                    .iter()
+                    .map(|s| c.stalls_by_slot.get(s).copied().unwrap_or(0))
+                    .sum(),
+                peers_on_fallback: on_fallback,
+            }
+        })
+        .collect()
 }
 
 /// The origin's signed BLAKE3 of each segment, read while the origin still

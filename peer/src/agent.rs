@@ -246,7 +246,7 @@ impl Agent {
             if sessions.len() >= self.config.max_channels {
                 return Err(OpenError::Full(sessions.len()));
             }
-            let s = Arc::new(self.start_session(name.clone(), why == Why::Config));
+            let s = Arc::new(self.start_session(name.clone(), why));
             sessions.insert(name.clone(), s.clone());
             self.metrics.channels.set(sessions.len() as i64);
             s
@@ -285,13 +285,15 @@ impl Agent {
         Ok(None)
     }
 
-    fn start_session(&self, channel: ChannelName, pinned: bool) -> Session {
+    fn start_session(&self, channel: ChannelName, why: Why) -> Session {
+        let pinned = why == Why::Config;
         let store = Store::new(
             channel.clone(),
             self.key,
             StoreConfig {
                 buffer: self.config.buffer(),
                 grace: Duration::from_millis(self.config.fallback_grace_ms),
+                first_buffer_from_edge: why == Why::Player,
                 ..StoreConfig::default()
             },
         );

@@ -37,6 +37,11 @@ pub struct StoreConfig {
     pub grace: Duration,
     /// Segments in the local playlist.
     pub window: usize,
+    /// A player is waiting (the channel was opened by its request): while
+    /// no parent streams, fetch its whole first buffer
+    /// ([`START_SEGMENTS`]) from the edge. Otherwise the parent's backfill
+    /// brings it, and the edge is asked only from the listable end.
+    pub first_buffer_from_edge: bool,
 }
 
 impl Default for StoreConfig {
@@ -45,6 +50,7 @@ impl Default for StoreConfig {
             buffer: Duration::from_secs(2),
             grace: Duration::from_secs(1),
             window: 6,
+            first_buffer_from_edge: false,
         }
     }
 }
@@ -233,7 +239,7 @@ impl Store {
             // player just asked for): the player's first buffer comes
             // from the edge, so fetch the segments ending at the listable
             // end, as a parent's backfill would bring them.
-            None if !tree_up => self.first_buffer_start()?,
+            None if !tree_up && self.config.first_buffer_from_edge => self.first_buffer_start()?,
             None => self.listable_end()?,
         };
         let grace = if !tree_up {
@@ -453,6 +459,7 @@ mod tests {
                 buffer: Duration::from_secs(buffer_secs),
                 grace: Duration::from_secs(1),
                 window: 4,
+                first_buffer_from_edge: false,
             },
         )
     }
@@ -617,8 +624,21 @@ mod tests {
     }
 
     #[test]
-    fn while_no_parent_streams_the_edge_is_asked_at_once_for_a_first_buffer() {
+    fn while_no_parent_streams_the_edge_is_asked_at_once() {
         let mut s = store(2);
+        let t0 = Instant::now();
+        s.handle_playlist(&live(1, 6, &[]), t0).expect("playlist");
+        assert_eq!(s.poll_fallback(t0, true), None, "a parent gets its grace");
+        // No player waiting: from the listable end (the parent's backfill
+        // brings what is before it).
+        assert_eq!(s.poll_fallback(t0, false), Some(5), "none is streaming");
+        assert_eq!(s.poll_fallback(t0, false), Some(6));
+    }
+
+    #[test]
+    fn a_waiting_player_gets_its_first_buffer_from_the_edge() {
+        let mut s = store(2);
+        s.config.first_buffer_from_edge = true;
         let t0 = Instant::now();
         s.handle_playlist(&live(1, 6, &[]), t0).expect("playlist");
         assert_eq!(s.poll_fallback(t0, true), None, "a parent gets its grace");

@@ -14,7 +14,11 @@
 //!   router forwards;
 //! - [`Lab`]: the namespaces, veth pairs, addresses, routes, `tc` caps and
 //!   the iptables rule, made with the system's `ip`, `tc` and `iptables`,
-//!   and removed on drop. Every name starts `tcl<pid>-`, so a run that was
+//!   and removed on drop. A profile's sites add a router namespace per
+//!   site (`-sK`): its peers hang on a bridge (`lan`, 192.168.K+1.0/24)
+//!   behind it, its WAN link (`wan`, 10.70.K.2, capped both ways) goes to
+//!   the core router, and `nft` gives it the site's NAT (`masquerade`,
+//!   `masquerade fully-random`, none, or no UDP out); Every name starts `tcl<pid>-`, so a run that was
 //!   killed is recognised and cleaned by the next.
 //!
 //! The harness process itself moves into the harness namespace before its
@@ -39,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emulator::{Emulator, EmulatorHandle, Leg};
-use profile::{EdgeLink, PeerLink};
+use profile::{EdgeLink, NatKind, PeerLink, Place, Site};
 use treecast_peer::edge_client::Dial;
 
 /// The edge's address, inside the harness namespace.
@@ -47,6 +51,8 @@ pub const EDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const ROUTER_EDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// Peers one lab can hold (the address plan: 10.80.0.0 to 10.127.249.0).
 pub const MAX_PEERS: usize = 48 * 250;
+/// Sites one lab can hold (10.70.K.0/24 and 192.168.K+1.0/24).
+pub const MAX_SITES: usize = 250;
 const NETNS_DIR: &str = "/run/netns";
 const PREFIX: &str = "tcl";
 /// Netfilter queue the router's packets go through.
@@ -72,6 +78,9 @@ pub enum LabError {
     /// Too many peers for the address plan.
     #[error("the network lab holds at most {MAX_PEERS} peers, {0} asked")]
     TooManyPeers(usize),
+    /// Too many sites for the address plan.
+    #[error("the network lab holds at most {MAX_SITES} sites, {0} asked")]
+    TooManySites(usize),
     /// A command failed.
     #[error("`{command}` failed: {stderr}")]
     Command {
@@ -100,10 +109,30 @@ pub struct PeerNet {
     pub slot: usize,
     /// Its network namespace.
     pub netns: String,
-    /// Its address on its capped link (QUIC, and the edge's view of it).
+    /// Its own address on its capped link, where it binds QUIC: for a
+    /// public peer also the edge's view of it; for a peer on a site, its
+    /// LAN address (the edge sees the site's router).
     pub wan: Ipv4Addr,
     /// Its link.
     pub link: PeerLink,
+    /// Its site (index in the profile's sites), if it is on one.
+    pub site: Option<usize>,
+    /// The namespace at the other end of its link (the core router, or
+    /// its site's router), where its download cap is.
+    pub attached_to: String,
+}
+
+/// One site of the lab: its router's namespace and WAN address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteNet {
+    /// The site, as the profile gives it.
+    pub site: Site,
+    /// Its router's namespace.
+    pub netns: String,
+    /// Its router's WAN address (what the edge sees of a NAT site).
+    pub wan: Ipv4Addr,
+    /// The core router's end of its WAN link (`sK`).
+    pub core_dev: String,
 }
 
 /// The lab: namespaces, links, caps and the emulator; all removed on drop.
@@ -112,6 +141,7 @@ pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
     peers: Vec<PeerNet>,
+    sites: Vec<SiteNet>,
     edge: EdgeLink,
     emulator: Option<EmulatorHandle>,
 }
@@ -150,10 +180,16 @@ pub fn enter_netns(name: &str) -> std::io::Result<()> {
 }
 
 impl Lab {
-    /// Builds the lab for one peer per link in `links`, behind an edge on
-    /// `edge`, with the emulator's loss and jitter drawn from `seed`.
-    /// Cleans what killed earlier runs left first.
-    pub fn create(edge: EdgeLink, links: Vec<PeerLink>, seed: u64) -> Result<Self, LabError> {
+    /// Builds the lab for one peer per place in `places` (public with its
+    /// link, or on one of `sites`), behind an edge on `edge`, with the
+    /// emulator's loss and jitter drawn from `seed`. Cleans what killed
+    /// earlier runs left first.
+    pub fn create(
+        edge: EdgeLink,
+        places: Vec<Place>,
+        sites: Vec<Site>,
+        seed: u64,
+    ) -> Result<Self, LabError> {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(LabError::NotRoot);
         }
@@ -166,21 +202,53 @@ impl Lab {
                 return Err(LabError::MissingTool { tool, package });
             }
         }
-        if links.len() > MAX_PEERS {
-            return Err(LabError::TooManyPeers(links.len()));
+        if !sites.is_empty() && Command::new("nft").arg("-v").output().is_err() {
+            return Err(LabError::MissingTool {
+                tool: "nft",
+                package: "nftables",
+            });
+        }
+        if places.len() > MAX_PEERS {
+            return Err(LabError::TooManyPeers(places.len()));
+        }
+        if sites.len() > MAX_SITES {
+            return Err(LabError::TooManySites(sites.len()));
         }
         clean_stale();
         let prefix = format!("{PREFIX}{}-", std::process::id());
-        let peers: Vec<PeerNet> = links
+        let sites: Vec<SiteNet> = sites
             .into_iter()
             .enumerate()
-            .map(|(n, link)| {
+            .map(|(k, site)| SiteNet {
+                site,
+                netns: format!("{prefix}s{k}"),
+                wan: Ipv4Addr::new(10, 70, k as u8, 2),
+                core_dev: format!("s{k}"),
+            })
+            .collect();
+        let mut on_site = vec![0u8; sites.len()];
+        let peers: Vec<PeerNet> = places
+            .into_iter()
+            .enumerate()
+            .map(|(n, place)| {
                 let (hi, lo) = ((n / 250) as u8, (n % 250) as u8);
+                let (wan, attached_to) = match place.site {
+                    Some(k) => {
+                        on_site[k] += 1;
+                        (
+                            Ipv4Addr::new(192, 168, k as u8 + 1, 9 + on_site[k]),
+                            sites[k].netns.clone(),
+                        )
+                    }
+                    None => (Ipv4Addr::new(10, 80 + hi, lo, 2), format!("{prefix}r")),
+                };
                 PeerNet {
                     slot: n,
                     netns: format!("{prefix}p{n}"),
-                    wan: Ipv4Addr::new(10, 80 + hi, lo, 2),
-                    link,
+                    wan,
+                    link: place.link,
+                    site: place.site,
+                    attached_to,
                 }
             })
             .collect();
@@ -188,6 +256,7 @@ impl Lab {
             namespaces: Vec::new(),
             prefix,
             peers,
+            sites,
             edge,
             emulator: None,
         };
@@ -196,6 +265,9 @@ impl Lab {
         let mut legs: HashMap<Ipv4Addr, Leg> = lab
             .peers
             .iter()
+            // A site's peers reach the core through its router: the site's
+            // WAN leg (below) delays and drops their packets.
+            .filter(|p| p.site.is_none())
             .map(|p| {
                 (
                     p.wan,
@@ -208,6 +280,21 @@ impl Lab {
                 )
             })
             .collect();
+        for s in &lab.sites {
+            let leg = Leg {
+                delay: Duration::from_secs_f64(s.site.rtt_ms / 2000.0),
+                jitter: Duration::ZERO,
+                loss: s.site.loss,
+                reorder: 0.0,
+            };
+            legs.insert(s.wan, leg);
+            if s.site.nat == NatKind::None {
+                // Routed as they are: the core sees the peers' own addresses.
+                for p in lab.peers.iter().filter(|p| p.site == lab.site_index(s)) {
+                    legs.insert(p.wan, leg);
+                }
+            }
+        }
         legs.insert(
             EDGE_IP,
             Leg {
@@ -241,6 +328,15 @@ impl Lab {
         &self.peers
     }
 
+    /// The sites, by index.
+    pub fn sites(&self) -> &[SiteNet] {
+        &self.sites
+    }
+
+    fn site_index(&self, s: &SiteNet) -> Option<usize> {
+        self.sites.iter().position(|x| x.netns == s.netns)
+    }
+
     /// The edge's link.
     pub fn edge(&self) -> EdgeLink {
         self.edge
@@ -261,6 +357,7 @@ impl Lab {
         let router = self.router();
         let harness = self.harness_netns();
         let mut names = vec![router.clone(), harness.clone()];
+        names.extend(self.sites.iter().map(|s| s.netns.clone()));
         names.extend(self.peers.iter().map(|p| p.netns.clone()));
         let mut batch = String::new();
         for n in &names {
@@ -271,11 +368,19 @@ impl Lab {
 
         let mut links =
             format!("link add uplink netns {harness} type veth peer name edge netns {router}\n");
+        for s in &self.sites {
+            let _ = writeln!(
+                links,
+                "link add wan netns {} type veth peer name {} netns {router}",
+                s.netns, s.core_dev
+            );
+        }
         for (n, p) in self.peers.iter().enumerate() {
             let ns = &p.netns;
             let _ = writeln!(
                 links,
-                "link add wan netns {ns} type veth peer name p{n} netns {router}"
+                "link add wan netns {ns} type veth peer name p{n} netns {}",
+                p.attached_to
             );
         }
         run("ip", &["-batch", "-"], Some(&links))?;
@@ -287,10 +392,13 @@ impl Lab {
             "link set dev lo up\nlink set dev uplink up\naddr add {EDGE_IP}/24 dev uplink\nroute add 10.64.0.0/10 via {ROUTER_EDGE_IP}\n"
         );
         for (n, p) in self.peers.iter().enumerate() {
-            let [_, a, b, _] = p.wan.octets();
-            let _ = writeln!(r, "link set dev p{n} up\naddr add 10.{a}.{b}.1/24 dev p{n}");
+            let [a, b, c, _] = p.wan.octets();
+            let gateway = format!("{a}.{b}.{c}.1");
+            if p.site.is_none() {
+                let _ = writeln!(r, "link set dev p{n} up\naddr add {gateway}/24 dev p{n}");
+            }
             let peer = format!(
-                "link set dev lo up\nlink set dev wan up\naddr add {}/24 dev wan\nroute add default via 10.{a}.{b}.1\n",
+                "link set dev lo up\nlink set dev wan up\naddr add {}/24 dev wan\nroute add default via {gateway}\n",
                 p.wan
             );
             run("ip", &["-n", &p.netns, "-batch", "-"], Some(&peer))?;
@@ -301,13 +409,26 @@ impl Lab {
         }
         run("ip", &["-n", &router, "-batch", "-"], Some(&r))?;
         run("ip", &["-n", &harness, "-batch", "-"], Some(&h))?;
+        self.build_sites()?;
 
         let mut tc_router = String::new();
         for (n, p) in self.peers.iter().enumerate() {
+            let line = format!(
+                "qdisc replace dev p{n} root {}\n",
+                tbf(p.link.download_kbps).join(" ")
+            );
+            if p.site.is_none() {
+                tc_router.push_str(&line);
+            } else {
+                run("tc", &["-n", &p.attached_to, "-batch", "-"], Some(&line))?;
+            }
+        }
+        for s in &self.sites {
             let _ = writeln!(
                 tc_router,
-                "qdisc replace dev p{n} root {}",
-                tbf(p.link.download_kbps).join(" ")
+                "qdisc replace dev {} root {}",
+                s.core_dev,
+                tbf(s.site.wan_download_kbps).join(" ")
             );
         }
         run("tc", &["-n", &router, "-batch", "-"], Some(&tc_router))?;
@@ -351,6 +472,99 @@ impl Lab {
         )?;
         Ok(())
     }
+}
+
+impl Lab {
+    /// Each site's router: addresses and routes on both sides, the
+    /// bridge its peers hang on, the WAN cap going up, and its NAT.
+    fn build_sites(&self) -> Result<(), LabError> {
+        let router = self.router();
+        let harness = self.harness_netns();
+        let mut core = String::new();
+        let mut harness_routes = String::new();
+        for (k, s) in self.sites.iter().enumerate() {
+            let lan_net = format!("192.168.{}.0/24", k + 1);
+            let _ = writeln!(
+                core,
+                "link set dev {dev} up\naddr add 10.70.{k}.1/24 dev {dev}",
+                dev = s.core_dev
+            );
+            let mut site = format!(
+                "link set dev lo up\nlink set dev wan up\naddr add {}/24 dev wan\nroute add default via 10.70.{k}.1\nlink add lan type bridge\nlink set dev lan up\naddr add 192.168.{}.1/24 dev lan\n",
+                s.wan,
+                k + 1
+            );
+            for (n, _) in self
+                .peers
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.site == Some(k))
+            {
+                let _ = writeln!(site, "link set dev p{n} master lan\nlink set dev p{n} up");
+            }
+            run("ip", &["-n", &s.netns, "-batch", "-"], Some(&site))?;
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &s.netns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                ],
+                None,
+            )?;
+            let up = format!(
+                "qdisc replace dev wan root {}\n",
+                tbf(s.site.wan_upload_kbps).join(" ")
+            );
+            run("tc", &["-n", &s.netns, "-batch", "-"], Some(&up))?;
+            if s.site.nat == NatKind::None {
+                // No NAT: the core routes the site's addresses to it, and
+                // the harness sends them through the core.
+                let _ = writeln!(core, "route add {lan_net} via {}", s.wan);
+                let _ = writeln!(harness_routes, "route add {lan_net} via {ROUTER_EDGE_IP}");
+            } else {
+                run(
+                    "ip",
+                    &["netns", "exec", &s.netns, "nft", "-f", "-"],
+                    Some(&nat_rules(s.site.nat)),
+                )?;
+            }
+        }
+        if !core.is_empty() {
+            run("ip", &["-n", &router, "-batch", "-"], Some(&core))?;
+        }
+        if !harness_routes.is_empty() {
+            run(
+                "ip",
+                &["-n", &harness, "-batch", "-"],
+                Some(&harness_routes),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The nftables ruleset of a site router with `nat`: source NAT of what
+/// leaves by `wan` (keeping ports where it can, or a random port per
+/// destination for `symmetric`), and for `udp-blocked` no UDP from the
+/// LAN out.
+fn nat_rules(nat: NatKind) -> String {
+    let masquerade = match nat {
+        NatKind::Symmetric => "masquerade fully-random",
+        _ => "masquerade",
+    };
+    let mut rules = format!(
+        "table ip treecast_nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan\" {masquerade}\n  }}\n}}\n"
+    );
+    if nat == NatKind::UdpBlocked {
+        rules.push_str(
+            "table inet treecast_filter {\n  chain fwd {\n    type filter hook forward priority filter; policy accept;\n    iifname \"lan\" oifname \"wan\" meta l4proto udp drop\n  }\n}\n",
+        );
+    }
+    rules
 }
 
 impl Drop for Lab {
@@ -411,6 +625,13 @@ pub fn link_counters(router: &str, peers: &[PeerNet]) -> Vec<LinkCounters> {
         .map(|p| {
             let up = read(&p.netns, Some("wan"));
             let dev = format!("p{}", p.slot);
+            let site_down;
+            let down = if p.site.is_some() {
+                site_down = read(&p.attached_to, None);
+                &site_down
+            } else {
+                &down
+            };
             let d = down
                 .iter()
                 .find(|q| q.get("dev").and_then(|v| v.as_str()) == Some(dev.as_str()));
@@ -419,6 +640,36 @@ pub fn link_counters(router: &str, peers: &[PeerNet]) -> Vec<LinkCounters> {
                 up_drops: up.first().map_or(0, |q| field(q, "drops")),
                 down_bytes: d.map_or(0, |q| field(q, "bytes")),
                 down_drops: d.map_or(0, |q| field(q, "drops")),
+            }
+        })
+        .collect()
+}
+
+/// Each site's WAN link counters, by site: up is what left the site
+/// (its router's `wan` qdisc), down what entered it (the core router's
+/// qdisc towards it).
+pub fn site_counters(router: &str, sites: &[SiteNet]) -> Vec<LinkCounters> {
+    let read = |ns: &str, dev: &str| -> (u64, u64) {
+        let out = Command::new("tc")
+            .args(["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).ok())
+            .unwrap_or_default();
+        let q = out.first();
+        let field = |k: &str| q.and_then(|q| q.get(k)?.as_u64()).unwrap_or(0);
+        (field("bytes"), field("drops"))
+    };
+    sites
+        .iter()
+        .map(|s| {
+            let (up_bytes, up_drops) = read(&s.netns, "wan");
+            let (down_bytes, down_drops) = read(router, &s.core_dev);
+            LinkCounters {
+                up_bytes,
+                up_drops,
+                down_bytes,
+                down_drops,
             }
         })
         .collect()

@@ -7,6 +7,11 @@
 //! peer of the class draws its own (uniformly, from the run's seed). Class
 //! sizes follow the shares exactly (largest remainder), so a 100-peer run
 //! of `residential` has 25 DSL peers, not "about 25".
+//!
+//! A profile may also declare sites (`[[site]]`): offices or homes whose
+//! peers sit behind one router with one WAN link, and a NAT of a given
+//! kind ([`NatKind`]). A site's peers are counted in the run's `--peers`;
+//! the classes share what is left (the public peers).
 
 use std::path::Path;
 
@@ -26,6 +31,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "mobile-heavy",
         include_str!("../../profiles/mobile-heavy.toml"),
     ),
+    ("offices", include_str!("../../profiles/offices.toml")),
 ];
 
 /// Mixed into a run's seed for its links' draw, so links and roles are not
@@ -110,6 +116,82 @@ struct RawProfile {
     edge: Option<RawEdge>,
     #[serde(rename = "class")]
     classes: Vec<RawClass>,
+    #[serde(rename = "site", default)]
+    sites: Vec<RawSite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    name: Option<String>,
+    nat: Spanned<String>,
+    peers: Spanned<i64>,
+    wan_upload_mbps: Spanned<f64>,
+    wan_download_mbps: Spanned<f64>,
+    rtt_ms: Option<Spanned<f64>>,
+    loss: Option<Spanned<f64>>,
+    lan_mbps: Option<Spanned<f64>>,
+}
+
+/// How a site's router treats its peers' traffic to the outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatKind {
+    /// Source NAT keeping each inside address and port on one outside
+    /// port (nftables `masquerade`): endpoint-independent mapping,
+    /// replies only.
+    Cone,
+    /// A new outside port for every destination (`masquerade
+    /// fully-random`): endpoint-dependent mapping.
+    Symmetric,
+    /// No NAT: the site's addresses are routed as they are.
+    None,
+    /// A corporate firewall: NAT as `cone`, and no UDP out (HTTP and
+    /// HTTPS over TCP only).
+    UdpBlocked,
+}
+
+impl NatKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "cone" => Self::Cone,
+            "symmetric" => Self::Symmetric,
+            "none" => Self::None,
+            "udp-blocked" => Self::UdpBlocked,
+            _ => return None,
+        })
+    }
+
+    /// The name in profiles and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cone => "cone",
+            Self::Symmetric => "symmetric",
+            Self::None => "none",
+            Self::UdpBlocked => "udp-blocked",
+        }
+    }
+}
+
+/// A site: peers behind one router and WAN link.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Site {
+    /// Its name (for the report).
+    pub name: String,
+    /// Its router's NAT.
+    pub nat: NatKind,
+    /// Peers on it.
+    pub peers: usize,
+    /// The WAN link's upload cap (the site towards the edge), kb/s.
+    pub wan_upload_kbps: u32,
+    /// The WAN link's download cap, kb/s.
+    pub wan_download_kbps: u32,
+    /// Round trip from the site's router to the core, ms.
+    pub rtt_ms: f64,
+    /// Random loss on each direction of the WAN link.
+    pub loss: f64,
+    /// Each peer's LAN link (both ways), kb/s.
+    pub lan_kbps: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,8 +250,21 @@ pub struct Profile {
     pub description: String,
     /// The edge's link.
     pub edge: EdgeLink,
-    /// The peers' classes.
+    /// The peers' classes (the public peers, outside every site).
     pub classes: Vec<Class>,
+    /// Sites of peers behind a router, in the profile's order.
+    pub sites: Vec<Site>,
+}
+
+/// Where one peer of a run sits: on a site (by index in
+/// [`Profile::sites`]) behind its router, or public with its own link.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Place {
+    /// Its site, if it is on one.
+    pub site: Option<usize>,
+    /// Its own link: drawn from its class for a public peer; for a site's
+    /// peer, its LAN link (the site's WAN link is the router's).
+    pub link: PeerLink,
 }
 
 /// One peer's link, drawn from its class.
@@ -287,12 +382,110 @@ impl Profile {
                 format!("the classes' shares add up to {total}, not 1"),
             ));
         }
+        let mut sites = Vec::new();
+        for (i, site) in raw.sites.iter().enumerate() {
+            let nat = NatKind::parse(site.nat.get_ref()).ok_or_else(|| {
+                check.invalid(
+                    "nat",
+                    site.nat.span(),
+                    format!(
+                        "must be cone, symmetric, none or udp-blocked, got {:?}",
+                        site.nat.get_ref()
+                    ),
+                )
+            })?;
+            let peers = *site.peers.get_ref();
+            if !(1..=250).contains(&peers) {
+                return Err(check.invalid(
+                    "peers",
+                    site.peers.span(),
+                    format!("must be between 1 and 250, got {peers}"),
+                ));
+            }
+            let wan_up = &site.wan_upload_mbps;
+            let wan_down = &site.wan_download_mbps;
+            sites.push(Site {
+                name: site
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("site{}", i + 1)),
+                nat,
+                peers: peers as usize,
+                wan_upload_kbps: check.rate("wan_upload_mbps", wan_up.span(), *wan_up.get_ref())?,
+                wan_download_kbps: check.rate(
+                    "wan_download_mbps",
+                    wan_down.span(),
+                    *wan_down.get_ref(),
+                )?,
+                rtt_ms: match &site.rtt_ms {
+                    Some(v) => check.delay("rtt_ms", v.span(), *v.get_ref(), MAX_RTT_MS)?,
+                    None => 0.0,
+                },
+                loss: match &site.loss {
+                    Some(v) => check.loss("loss", v.span(), *v.get_ref())?,
+                    None => 0.0,
+                },
+                lan_kbps: match &site.lan_mbps {
+                    Some(v) => check.rate("lan_mbps", v.span(), *v.get_ref())?,
+                    None => 100_000,
+                },
+            });
+        }
         Ok(Self {
             name: name.into(),
             description: raw.description.unwrap_or_default(),
             edge,
             classes,
+            sites,
         })
+    }
+
+    /// Peers on the profile's sites.
+    pub fn site_peers(&self) -> usize {
+        self.sites.iter().map(|s| s.peers).sum()
+    }
+
+    /// Every peer's place for a run of `n` peers: the sites' peers, and
+    /// links drawn from the classes for the rest (see [`Self::draw`]);
+    /// order shuffled from `rng`, so sites and public peers join mixed.
+    /// An error when the sites hold more than `n`.
+    pub fn places(&self, n: usize, rng: &mut Rng) -> Result<Vec<Place>, String> {
+        let on_sites = self.site_peers();
+        if on_sites > n {
+            return Err(format!(
+                "profile {} puts {on_sites} peers on its sites; run at least that many (--peers)",
+                self.name
+            ));
+        }
+        let mut places: Vec<Place> = self
+            .draw(n - on_sites, rng)
+            .into_iter()
+            .map(|link| Place { site: None, link })
+            .collect();
+        for (k, site) in self.sites.iter().enumerate() {
+            for _ in 0..site.peers {
+                places.push(Place {
+                    site: Some(k),
+                    link: PeerLink {
+                        class: site.name.clone(),
+                        upload_kbps: site.lan_kbps,
+                        download_kbps: site.lan_kbps,
+                        rtt_ms: site.rtt_ms,
+                        loss: site.loss,
+                        jitter_ms: 0.0,
+                        reorder: 0.0,
+                    },
+                });
+            }
+        }
+        if !self.sites.is_empty() {
+            // Without sites the order stays the classes' draw, as the
+            // simulator draws it for the same seed.
+            for i in (1..places.len()).rev() {
+                places.swap(i, rng.below(i + 1));
+            }
+        }
+        Ok(places)
     }
 
     /// Links for `n` peers: class sizes from the shares (largest

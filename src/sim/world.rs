@@ -444,8 +444,11 @@ impl World {
     }
 
     fn join(&mut self, v: V) {
+        // The simulated audience is public: no sites, no NATs (the lab's
+        // sites are measured with real peers, docs/netlab.md).
         let req = JoinRequest {
             site: 0,
+            site_only: false,
             max_upload_kbps: self.viewers[v as usize].leaf_only.then_some(0),
             resume_parent: None,
         };

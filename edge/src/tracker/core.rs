@@ -2,7 +2,11 @@
 //!
 //! - [`Tracker::handle_join`]: a newcomer is placed as a leaf under the
 //!   shallowest parent with a free slot, preferring one on its own site, and
-//!   gets a backup parent elsewhere in the tree;
+//!   gets a backup parent elsewhere in the tree. A peer behind a NAT
+//!   (`site_only`) can be dialled only from its own site: it parents only
+//!   peers of its site, and a peer of such a site takes a parent on its
+//!   site at any depth before one elsewhere, so the site pulls one copy
+//!   over its WAN link and shares it over the LAN;
 //! - [`Tracker::handle_heartbeat`]: a peer is alive, and reports the bytes it
 //!   received from its parent; that credit is its parent's *measured* upload,
 //!   which sets how many children the parent may have;
@@ -22,7 +26,8 @@
 //!
 //! Invariants (checked by [`Tracker::check_invariants`] in property tests):
 //! no peer is its own ancestor, no parent has more children than slots, the
-//! depth bound holds, and every live peer has a path to the root unless
+//! depth bound holds, every child can dial its parent and its backup (a
+//! `site_only` one is on its site), and every live peer has a path to the root unless
 //! there is no free slot in the whole tree (then it is an orphan that is
 //! placed at the next tick with room).
 
@@ -117,6 +122,9 @@ impl Default for TrackerConfig {
 pub struct JoinRequest {
     /// Site or subnet label (peers on the same site are preferred as parents).
     pub site: u32,
+    /// Reachable only from its own site (behind a NAT that keeps others
+    /// from dialling in): it parents only peers of `site`.
+    pub site_only: bool,
     /// Upload cap the viewer set, in kb/s; `Some(0)` means leaf only.
     pub max_upload_kbps: Option<u32>,
     /// The parent the peer is still receiving from, when it joins again
@@ -212,6 +220,8 @@ struct Peer {
     promoted: bool,
     in_open: bool,
     site: u32,
+    /// Dialable only from its own site; see [`JoinRequest::site_only`].
+    site_only: bool,
     joined: Instant,
     last_seen: Instant,
     cap_kbps: Option<u32>,
@@ -290,6 +300,8 @@ pub struct PeerView {
     pub leaf_only: bool,
     /// Site key.
     pub site: u32,
+    /// Dialable only from its own site.
+    pub site_only: bool,
 }
 
 /// The placement state machine; see the module docs.
@@ -299,8 +311,12 @@ pub struct Tracker {
     peers: Vec<Peer>,
     free: Vec<u32>,
     root_children: Vec<u32>,
-    /// Per depth, peers that may have a free slot (checked when used).
+    /// Per depth, peers anyone can dial that may have a free slot (checked
+    /// when used).
     open: Vec<Vec<u32>>,
+    /// Per site and depth, `site_only` peers that may have a free slot
+    /// (checked when used; an emptied list is removed).
+    site_open: std::collections::HashMap<(u32, u8), Vec<u32>>,
     /// Newcomers in join order, for promotion (checked when used).
     newcomers: VecDeque<u32>,
     /// Peers without a parent, placed at the next tick with room.
@@ -326,6 +342,7 @@ impl Tracker {
             free: Vec::new(),
             root_children: Vec::new(),
             open: vec![Vec::new(); depths],
+            site_open: std::collections::HashMap::new(),
             newcomers: VecDeque::new(),
             orphans: Vec::new(),
             events: VecDeque::new(),
@@ -361,6 +378,7 @@ impl Tracker {
                 measured_kbps: p.measured_kbps,
                 leaf_only: p.leaf_only,
                 site: p.site,
+                site_only: p.site_only,
             })
         })
     }
@@ -422,6 +440,7 @@ impl Tracker {
             promoted: false,
             in_open: false,
             site: req.site,
+            site_only: req.site_only,
             joined: now,
             last_seen: now,
             cap_kbps: req.max_upload_kbps,
@@ -450,6 +469,7 @@ impl Tracker {
         let resumed = req
             .resume_parent
             .and_then(|p| self.lookup(p).ok())
+            .filter(|&p| self.reaches(i, p))
             .filter(|&p| {
                 // A parent from before the restart was established: let it take
                 // children again at once.
@@ -637,10 +657,19 @@ impl Tracker {
             self.newcomers.pop_front();
             self.promote(i);
         }
-        for i in std::mem::take(&mut self.orphans) {
-            if self.peers[i as usize].live && self.peers[i as usize].parent == NONE {
-                // Still waiting: back on the list, told once already.
-                self.place_again(i, now);
+        // Orphans placed in a pass can make room for ones that found none
+        // earlier in it (a placed orphan's subtree has free slots): pass
+        // again while a pass placed someone.
+        loop {
+            let mut placed = false;
+            for i in std::mem::take(&mut self.orphans) {
+                if self.peers[i as usize].live && self.peers[i as usize].parent == NONE {
+                    // Still waiting: back on the list, told once already.
+                    placed |= self.place_again(i, now);
+                }
+            }
+            if !placed || self.orphans.is_empty() {
+                break;
             }
         }
     }
@@ -704,7 +733,8 @@ impl Tracker {
             return;
         };
         let (fparent, wparent) = (self.peers[f as usize].parent, self.peers[w as usize].parent);
-        if self.is_in_subtree(wparent, f) {
+        if self.is_in_subtree(wparent, f) || !self.reaches(f, wparent) || !self.reaches(w, fparent)
+        {
             return;
         }
         self.detach(f);
@@ -762,10 +792,79 @@ impl Tracker {
     fn mark_open(&mut self, i: u32) {
         let p = &self.peers[i as usize];
         if !p.in_open && p.live && p.parent != NONE && self.has_room(i) {
-            let d = usize::from(p.depth);
+            let (d, site, site_only) = (p.depth, p.site, p.site_only);
             self.peers[i as usize].in_open = true;
-            self.open[d].push(i);
+            if site_only {
+                self.site_open.entry((site, d)).or_default().push(i);
+            } else {
+                self.open[usize::from(d)].push(i);
+            }
         }
+    }
+
+    /// Whether `child` can dial `parent`: the edge and peers anyone can
+    /// dial, or a `site_only` peer of the child's own site.
+    fn reaches(&self, child: u32, parent: u32) -> bool {
+        if parent == ROOT || parent == NONE {
+            return true;
+        }
+        let p = &self.peers[parent as usize];
+        !p.site_only || p.site == self.peers[child as usize].site
+    }
+
+    /// The shallowest `site_only` peer of `site` that can take `i` (and
+    /// the subtree of `height` below it). The site's lists are tidied
+    /// first: entries that no longer belong (gone, full, moved to another
+    /// depth) are dropped and listed again where they belong, so a peer
+    /// that moved shallower is found at its new depth in the same call.
+    fn pick_on_site(&mut self, i: u32, site: u32, height: u8) -> Option<u32> {
+        let depths = self.open.len();
+        let mut dropped = Vec::new();
+        for d in 1..depths {
+            let key = (site, d as u8);
+            let Some(list) = self.site_open.remove(&key) else {
+                continue;
+            };
+            let mut keep = Vec::with_capacity(list.len());
+            for c in list {
+                let p = &self.peers[c as usize];
+                let belongs = p.live
+                    && p.site_only
+                    && p.site == site
+                    && p.parent != NONE
+                    && usize::from(p.depth) == d
+                    && self.has_room(c);
+                if belongs {
+                    keep.push(c);
+                } else {
+                    self.peers[c as usize].in_open = false;
+                    dropped.push(c);
+                }
+            }
+            if !keep.is_empty() {
+                self.site_open.insert(key, keep);
+            }
+        }
+        for c in dropped {
+            self.mark_open(c);
+        }
+        for d in 1..depths {
+            if d + usize::from(height) + 1 > usize::from(self.config.max_depth) {
+                return None;
+            }
+            let Some(list) = self.site_open.get(&(site, d as u8)) else {
+                continue;
+            };
+            // The most recently listed first, as in `open`.
+            if let Some(&c) = list
+                .iter()
+                .rev()
+                .find(|&&c| c != i && c != self.avoid && !self.is_in_subtree(c, i))
+            {
+                return Some(c);
+            }
+        }
+        None
     }
 
     fn promote(&mut self, i: u32) {
@@ -777,8 +876,28 @@ impl Tracker {
     /// preferring one on `site`; promotes a newcomer early if nobody has room.
     fn find_parent(&mut self, i: u32, site: u32, now: Instant) -> Option<u32> {
         let height = self.subtree_height(i);
+        if self.peers[i as usize].site_only {
+            if let Some(p) = self.pick_on_site(i, site, height) {
+                return Some(p);
+            }
+            // A peer of the site that cannot take children yet is promoted
+            // early, rather than the site pulling a second copy over its
+            // WAN link.
+            if let Some(early) = self.site_newcomer(i, site, height) {
+                self.promote(early);
+                if let Some(p) = self.pick_on_site(i, site, height) {
+                    return Some(p);
+                }
+            }
+        }
         loop {
             if let Some(p) = self.pick_open(i, site, height) {
+                return Some(p);
+            }
+            // A peer only `site` can dial, when the site has one with room
+            // (a public peer on a site named by the operator can use it
+            // too; the last promotion may have been of such a peer).
+            if let Some(p) = self.pick_on_site(i, site, height) {
                 return Some(p);
             }
             // Nobody established has room: promote the oldest newcomer early.
@@ -817,8 +936,11 @@ impl Tracker {
                 return None;
             }
             // Drop stale entries from the top, then look at a few for the site.
+            // (A slot left and taken again by a peer only its site can
+            // dial is stale here too: that peer is listed on its site.)
             while let Some(&top) = self.open[d].last() {
-                if self.has_room(top) && usize::from(self.peers[top as usize].depth) == d {
+                let p = &self.peers[top as usize];
+                if !p.site_only && self.has_room(top) && usize::from(p.depth) == d {
                     break;
                 }
                 self.open[d].pop();
@@ -842,6 +964,7 @@ impl Tracker {
                 let c = self.open[d][k];
                 if c != i
                     && c != self.avoid
+                    && self.reaches(i, c)
                     && self.has_room(c)
                     && self.depth(c) as usize == d
                     && !self.is_in_subtree(c, i)
@@ -861,6 +984,23 @@ impl Tracker {
             return Some(ROOT);
         }
         None
+    }
+
+    /// A placed, not yet promoted `site_only` peer of `site` that could
+    /// take `i` (and the subtree of `height` below it) once promoted.
+    fn site_newcomer(&self, i: u32, site: u32, height: u8) -> Option<u32> {
+        self.newcomers.iter().copied().find(|&c| {
+            let p = &self.peers[c as usize];
+            c != i
+                && p.live
+                && p.site_only
+                && p.site == site
+                && !p.promoted
+                && !p.leaf_only
+                && p.parent != NONE
+                && usize::from(p.depth) + usize::from(height) < usize::from(self.config.max_depth)
+                && !self.is_in_subtree(c, i)
+        })
     }
 
     /// Whether `c` is `root` or below it.
@@ -894,12 +1034,36 @@ impl Tracker {
     fn find_backup(&self, i: u32) -> u32 {
         let parent = self.peers[i as usize].parent;
         // A peer with room, no deeper than this one, that is neither the
-        // parent nor below us; the edge only when there is none (it feeds
-        // a peer that switches to it until the tracker moves it on).
+        // parent nor below us (on its own site first, for a peer only its
+        // site can reach); the edge only when there is none (it feeds a
+        // peer that switches to it until the tracker moves it on).
+        let me = &self.peers[i as usize];
+        if me.site_only {
+            for d in 1..=self.depth_of_parent_slot(i) {
+                let Some(list) = self.site_open.get(&(me.site, d)) else {
+                    continue;
+                };
+                for &c in list.iter().rev().take(8) {
+                    let p = &self.peers[c as usize];
+                    if c != i
+                        && c != self.avoid
+                        && p.live
+                        && p.site == me.site
+                        && p.depth == d
+                        && self.has_room(c)
+                        && p.backers < MAX_BACKERS
+                        && self.survives_parent(c, i)
+                    {
+                        return c;
+                    }
+                }
+            }
+        }
         for d in 1..=usize::from(self.depth_of_parent_slot(i)) {
             for &c in self.open[d].iter().rev().take(8) {
                 if c != i
                     && c != self.avoid
+                    && self.reaches(i, c)
                     && self.has_room(c)
                     && self.peers[c as usize].backers < MAX_BACKERS
                     && self.survives_parent(c, i)
@@ -1133,6 +1297,16 @@ impl Tracker {
         if live != self.live {
             return Err(format!("live count {} but {} live peers", self.live, live));
         }
+        for (i, p) in self.peers.iter().enumerate() {
+            let i = i as u32;
+            let backup_ok = self.backup_peer(i).is_none_or(|b| self.reaches(i, b));
+            if p.live && !(self.reaches(i, p.parent) && backup_ok) {
+                return Err(format!(
+                    "peer {i} (site {}) cannot dial its parent or backup",
+                    p.site
+                ));
+            }
+        }
         let mut backers = vec![0u32; self.peers.len()];
         for i in 0..self.peers.len() as u32 {
             if let (true, Some(b)) = (self.peers[i as usize].live, self.backup_peer(i)) {
@@ -1193,7 +1367,11 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Join { site: u32, cap: Option<u32> },
+        Join {
+            site: u32,
+            cap: Option<u32>,
+            site_only: bool,
+        },
         Leave(usize),
         Heartbeat(usize, u64),
         Report(usize, bool),
@@ -1202,8 +1380,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (0u32..3, prop_oneof![Just(None), Just(Some(0)), (1u32..20_000).prop_map(Some)])
-                .prop_map(|(site, cap)| Op::Join { site, cap }),
+            6 => (0u32..3, prop_oneof![Just(None), Just(Some(0)), (1u32..20_000).prop_map(Some)], any::<bool>())
+                .prop_map(|(site, cap, site_only)| Op::Join { site, cap, site_only }),
             2 => any::<usize>().prop_map(Op::Leave),
             4 => (any::<usize>(), 0u64..5_000_000).prop_map(|(k, b)| Op::Heartbeat(k, b)),
             1 => (any::<usize>(), any::<bool>()).prop_map(|(k, c)| Op::Report(k, c)),
@@ -1249,6 +1427,7 @@ mod tests {
                 .any(|c| {
                     c != o
                         && t.has_room(c)
+                        && t.reaches(o, c)
                         && !t.is_in_subtree(c, o)
                         && t.depth(c) + 1 + h <= t.config.max_depth
                 })
@@ -1266,9 +1445,9 @@ mod tests {
             let mut ids: Vec<PeerId> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Join { site, cap } => {
+                    Op::Join { site, cap, site_only } => {
                         let resume_parent = ids.first().copied().filter(|_| site == 2);
-                        if let Ok(a) = t.handle_join(JoinRequest { site, max_upload_kbps: cap, resume_parent }, now) {
+                        if let Ok(a) = t.handle_join(JoinRequest { site, max_upload_kbps: cap, resume_parent, site_only }, now) {
                             prop_assert!(a.parent.is_some());
                             prop_assert!(a.depth >= 1 && a.depth <= 5);
                             ids.push(a.id);
@@ -1346,6 +1525,73 @@ mod tests {
             )
             .expect("e");
         assert!(e.parent.is_some());
+        t.check_invariants().expect("invariants");
+    }
+
+    /// An office behind a NAT: its peers hang below one peer of the site
+    /// (one copy over its WAN link), no peer of another site is ever
+    /// placed under or backed by a peer only its site can dial, and
+    /// public peers still fill the public tree.
+    #[test]
+    fn a_site_behind_a_nat_pulls_one_copy_and_parents_only_its_own() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            promote_after: Duration::from_secs(10),
+            ..config()
+        });
+        let office = |t: &mut Tracker, now: Instant| {
+            t.handle_join(
+                JoinRequest {
+                    site: 7,
+                    site_only: true,
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("office peer")
+        };
+        let public = |t: &mut Tracker, site: u32, now: Instant| {
+            t.handle_join(
+                JoinRequest {
+                    site,
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("public peer")
+        };
+        let p1 = public(&mut t, 1, now);
+        let first = office(&mut t, now);
+        now += Duration::from_secs(1);
+        let mut offices = vec![first.id];
+        let mut publics = vec![p1.id];
+        for k in 0..12 {
+            offices.push(office(&mut t, now).id);
+            publics.push(public(&mut t, 100 + k, now).id);
+            now += Duration::from_millis(100);
+            t.check_invariants().expect("invariants");
+        }
+        let views: std::collections::HashMap<PeerId, PeerView> =
+            t.peers().map(|v| (v.id, v)).collect();
+        // Exactly one office peer takes its parent from outside the site.
+        let from_outside = offices
+            .iter()
+            .filter(|o| match views[*o].parent {
+                None => true,
+                Some(p) => !offices.contains(&p),
+            })
+            .count();
+        assert_eq!(from_outside, 1, "{views:?}");
+        // No public peer below an office peer, nor backed by one.
+        for p in &publics {
+            let a = t.assignment(*p).expect("public");
+            for n in [a.parent, a.backup].into_iter().flatten() {
+                if let Node::Peer(q) = n {
+                    assert!(!offices.contains(&q), "{p:?} depends on office peer {q:?}");
+                }
+            }
+        }
         t.check_invariants().expect("invariants");
     }
 

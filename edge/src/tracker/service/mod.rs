@@ -357,7 +357,8 @@ impl TrackerService {
                         ));
                     }
                 }
-                let label = site_label(req.site.as_deref(), from.ip());
+                let site_only = behind_nat(req.addr.ip(), from.ip());
+                let label = site_label(req.site.as_deref(), from.ip(), req.addr.ip(), site_only);
                 let site = site_of(&label);
                 let shared = self.tree_or_create(&channel)?;
                 let mut guard = lock(&shared);
@@ -373,6 +374,7 @@ impl TrackerService {
                     .handle_join(
                         core::JoinRequest {
                             site,
+                            site_only,
                             max_upload_kbps: req.max_upload_kbps,
                             resume_parent,
                         },
@@ -647,17 +649,56 @@ fn unknown(e: core::UnknownPeer) -> Refusal {
     refuse(StatusCode::NOT_FOUND, "unknown_peer", e.to_string())
 }
 
-/// A peer's site: the label it gave, else its /24 (IPv4) or /48 (IPv6).
-fn site_label(given: Option<&str>, ip: IpAddr) -> String {
-    match (given, ip) {
-        (Some(s), _) => s.chars().take(64).collect(),
-        (None, IpAddr::V4(v4)) => {
+/// Whether a peer that says its QUIC address is on `advertised` and whose
+/// requests come from `seen` sits behind a NAT, so that only its own site
+/// can dial it: it gave a private address (RFC 1918, shared 100.64/10,
+/// link-local, IPv6 unique-local) and the edge sees another. A public
+/// address given on purpose (`--advertise`, a forwarded port) is trusted.
+pub fn behind_nat(advertised: IpAddr, seen: IpAddr) -> bool {
+    advertised != seen && is_private(advertised)
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private() || v4.is_link_local() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// A peer's site: the label it gave; else, behind a NAT, the address the
+/// edge sees with its own LAN's /24 (/64) (peers behind one public address
+/// and on one LAN are one site, with nobody configuring it); else its /24
+/// (IPv4) or /48 (IPv6).
+fn site_label(given: Option<&str>, seen: IpAddr, advertised: IpAddr, nat: bool) -> String {
+    if let Some(s) = given {
+        return s.chars().take(64).collect();
+    }
+    if nat {
+        return format!("{seen} via {}", prefix(advertised, 64));
+    }
+    prefix(seen, 48)
+}
+
+/// `ip`'s /24, or for IPv6 its prefix of `v6_bits` (48 or 64).
+fn prefix(ip: IpAddr, v6_bits: u8) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
             let o = v4.octets();
             format!("{}.{}.{}.0/24", o[0], o[1], o[2])
         }
-        (None, IpAddr::V6(v6)) => {
+        IpAddr::V6(v6) => {
             let s = v6.segments();
-            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            if v6_bits >= 64 {
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            } else {
+                format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            }
         }
     }
 }
@@ -684,6 +725,53 @@ mod tests {
 
     /// Totals and sites are kept as peers come, report and go: what a
     /// snapshot shows matches the live audience without walking it.
+    /// Peers behind one NAT and on one LAN are one site with nobody
+    /// naming it; a public address given on purpose is not a NAT.
+    #[test]
+    fn sites_behind_a_nat_are_recognised_without_configuration() {
+        let seen = IpAddr::from([203, 0, 113, 7]);
+        assert!(behind_nat(IpAddr::from([192, 168, 1, 20]), seen));
+        assert!(
+            behind_nat(IpAddr::from([100, 64, 3, 4]), seen),
+            "carrier NAT"
+        );
+        assert!(!behind_nat(seen, seen), "public, seen as it says");
+        assert!(
+            !behind_nat(IpAddr::from([198, 51, 100, 9]), seen),
+            "a public address given on purpose"
+        );
+        assert!(behind_nat(
+            "fd00::5".parse().expect("ula"),
+            "2001:db8::1".parse().expect("v6")
+        ));
+        let s = service();
+        let join = |lan: &str, public: [u8; 4]| {
+            let from = SocketAddr::from((public, 40000));
+            let body = format!(r#"{{"channel":"demo","addr":"{lan}"}}"#);
+            s.handle("join", body.as_bytes(), from, Now::current())
+                .expect("join")
+        };
+        join("192.168.1.20:5000", [203, 0, 113, 7]);
+        join("192.168.1.21:5000", [203, 0, 113, 7]);
+        join("192.168.9.5:5000", [203, 0, 113, 7]);
+        join("203.0.113.99:5000", [203, 0, 113, 99]);
+        let snap = s.snapshot(0).pop().expect("a channel");
+        let mut sites: Vec<(String, u64)> = snap
+            .sites
+            .iter()
+            .map(|r| (r.site.clone(), r.viewers))
+            .collect();
+        sites.sort();
+        assert_eq!(
+            sites,
+            vec![
+                ("203.0.113.0/24".to_owned(), 1),
+                ("203.0.113.7 via 192.168.1.0/24".to_owned(), 2),
+                ("203.0.113.7 via 192.168.9.0/24".to_owned(), 1),
+            ]
+        );
+    }
+
     #[test]
     fn site_totals_follow_joins_reports_and_leaves() {
         let s = service();
