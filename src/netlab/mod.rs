@@ -561,7 +561,7 @@ fn nat_rules(nat: NatKind) -> String {
     );
     if nat == NatKind::UdpBlocked {
         rules.push_str(
-            "table inet treecast_filter {\n  chain fwd {\n    type filter hook forward priority filter; policy accept;\n    iifname \"lan\" oifname \"wan\" meta l4proto udp drop\n  }\n}\n",
+            "table inet treecast_filter {\n  chain block_udp {\n    type filter hook forward priority filter; policy accept;\n    iifname \"lan\" oifname \"wan\" meta l4proto udp drop\n  }\n}\n",
         );
     }
     rules
