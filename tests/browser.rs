@@ -12,29 +12,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{cluster, kill_parent_mid_segment, spawn_streaming, take_parent, wait_for};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_js_plays_through_a_parents_death_and_then_its_own_peers() {
-    let plugin = repo().join("player-plugin");
-    assert!(
-        plugin.join("node_modules/playwright-core").is_dir(),
-        "run `npm ci` in player-plugin/ (.ci/run does) to install playwright-core"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: `apt-get install chromium` (.ci/run does)"
-    );
-    let artifacts = repo().join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let (plugin, chromium, artifacts) = common::browser_tools();
 
     // Edge → {A, B}; the viewer's peer V sits below one of them.
     let (_dir, mut cluster) = cluster(2, 2).await;

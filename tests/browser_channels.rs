@@ -11,7 +11,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use treecast::cluster::PeerOptions;
@@ -20,19 +19,7 @@ use treecast_peer::status::AgentStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_js_plays_two_channels_through_one_agent_it_found_by_itself() {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let plugin = repo.join("player-plugin");
-    assert!(
-        plugin.join("node_modules/playwright-core").is_dir(),
-        "run `npm ci` in player-plugin/ (.ci/run does) to install playwright-core"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: `apt-get install chromium` (.ci/run does)"
-    );
-    let artifacts = repo.join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let (plugin, chromium, artifacts) = common::browser_tools();
 
     let (_dir, mut cluster) = common::cluster(2, 2).await;
     cluster.start_channel("news").await.expect("second channel");

@@ -6,8 +6,13 @@
 //! (stalls count from the first second). Needs root (CI runs as root); without it the swarm test fails,
 //! it does not skip.
 
+#[path = "support/lab.rs"]
+mod lab;
+
 use std::path::Path;
 use std::process::{Command, Output};
+
+use lab::{namespaces_of, swarm_report};
 
 const EXE: &str = env!("CARGO_BIN_EXE_treecast");
 
@@ -23,52 +28,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Lab namespaces owned by process `pid`.
-fn namespaces_of(pid: u32) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&format!("tcl{pid}-")))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn sixteen_peers_on_capped_delayed_links_play_without_stalls_near_the_limit() {
-    let dir = tempfile::Builder::new()
-        .prefix("treecast-netlab-")
-        .tempdir()
-        .expect("tempdir");
     let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netlab/ci.toml");
-    let child = Command::new(EXE)
-        .args(["swarm", "--net"])
-        .arg(&profile)
-        .args([
-            "--peers",
-            "16",
-            "--warmup",
-            "20",
-            "--duration",
-            "50",
-            "--json",
-        ])
-        .arg("--work-dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start treecast swarm --net");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("swarm ran");
-    assert!(
-        out.status.success(),
-        "the lab run failed (it needs root and the kernel's netns, tc and NFQUEUE):\n{}",
-        stderr(&out)
+    let (report, pid) = swarm_report(
+        EXE,
+        &profile,
+        &["--peers", "16", "--warmup", "20", "--duration", "50"],
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("a JSON report on stdout");
-    eprintln!("{}", serde_json::to_string_pretty(&report).expect("json"));
     let f = |k: &str| {
         report[k]
             .as_f64()

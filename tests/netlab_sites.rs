@@ -9,46 +9,23 @@
 //! shows as next to nothing leaving the offices. Needs root (CI runs as
 //! root) and nftables (`.ci/run` installs it); fails, never skips.
 
+#[path = "support/lab.rs"]
+mod lab;
+
 use std::path::Path;
-use std::process::Command;
+
+use lab::{namespaces_of, swarm_report};
 
 const EXE: &str = env!("CARGO_BIN_EXE_treecast");
 
 #[test]
 fn offices_behind_nats_pull_one_copy_each_and_feed_nobody_outside() {
-    let dir = tempfile::Builder::new()
-        .prefix("treecast-sites-")
-        .tempdir()
-        .expect("tempdir");
     let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netlab/sites.toml");
-    let child = Command::new(EXE)
-        .args(["swarm", "--net"])
-        .arg(&profile)
-        .args([
-            "--peers",
-            "9",
-            "--warmup",
-            "20",
-            "--duration",
-            "40",
-            "--json",
-        ])
-        .arg("--work-dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start treecast swarm --net");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("swarm ran");
-    assert!(
-        out.status.success(),
-        "the lab run failed (it needs root, netns, tc, NFQUEUE and nft):\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (report, pid) = swarm_report(
+        EXE,
+        &profile,
+        &["--peers", "9", "--warmup", "20", "--duration", "40"],
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("a JSON report on stdout");
-    eprintln!("{}", serde_json::to_string_pretty(&report).expect("json"));
     assert_eq!(report["stalls"].as_f64(), Some(0.0), "no player stalled");
     assert_eq!(report["corrupt_served"].as_f64(), Some(0.0));
     let sites = report["network"]["sites"]
@@ -71,12 +48,5 @@ fn offices_behind_nats_pull_one_copy_each_and_feed_nobody_outside() {
         assert_eq!(s["peers_on_fallback"].as_u64(), Some(0), "{s}");
     }
     // Everything the lab made is gone with it.
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&format!("tcl{pid}-")))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(namespaces_of(pid), Vec::<String>::new());
 }

@@ -41,6 +41,27 @@ impl Drop for TestDir {
     }
 }
 
+/// What the browser tests drive: the player plugin's directory (with
+/// playwright-core installed), Chromium's path (`$CHROMIUM` or Debian's),
+/// and a directory for screenshots. Fails the test, never skips, when one
+/// is missing (`.ci/run` installs them).
+pub fn browser_tools() -> (std::path::PathBuf, String, std::path::PathBuf) {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let plugin = repo.join("player-plugin");
+    assert!(
+        plugin.join("node_modules/playwright-core").is_dir(),
+        "run `npm ci` in player-plugin/ (.ci/run does) to install playwright-core"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: `apt-get install chromium` (.ci/run does)"
+    );
+    let artifacts = repo.join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    (plugin, chromium, artifacts)
+}
+
 /// A cluster in a temporary directory (kept on failure for its logs).
 pub async fn cluster(root_slots: u32, max_children: u8) -> (TestDir, Cluster) {
     cluster_with(root_slots, max_children, |_| {}).await
