@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::EdgeMetrics;
-use crate::tracker::service::{ChannelSnapshot, TrackerService};
+use crate::tracker::service::{ChannelSnapshot, TrackerService, SITE_SERIES};
 
 /// How often the sampler runs.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -184,6 +184,34 @@ fn offload(egress: u64, received: u64) -> f64 {
     }
 }
 
+/// Sets the per-site series from a snapshot: the largest
+/// [`SITE_SERIES`] sites of each channel by viewers, the rest summed as
+/// `site="other"`; series of sites that fell out of the top are removed
+/// (the gauge is rebuilt), so the label's cardinality stays bounded.
+fn site_series(snapshot: &[ChannelSnapshot], metrics: &EdgeMetrics) {
+    let m = &metrics.tracker;
+    m.site_wan_streams.reset();
+    for c in snapshot {
+        let ch = c.channel.as_str();
+        m.peers_behind_nat
+            .with_label_values(&[ch])
+            .set(c.peers_behind_nat as i64);
+        let mut listed = 0.0;
+        for s in c.sites.iter().take(SITE_SERIES) {
+            let nat = if s.behind_nat { "1" } else { "0" };
+            m.site_wan_streams
+                .with_label_values(&[ch, &s.site, nat])
+                .set(s.wan_streams);
+            listed += s.wan_streams;
+        }
+        if c.sites.len() > SITE_SERIES {
+            m.site_wan_streams
+                .with_label_values(&[ch, "other", ""])
+                .set((c.wan_streams_total - listed).max(0.0));
+        }
+    }
+}
+
 impl History {
     fn samples(&self) -> std::sync::MutexGuard<'_, VecDeque<Sample>> {
         self.samples.lock().unwrap_or_else(|e| e.into_inner())
@@ -191,8 +219,9 @@ impl History {
 
     /// Takes one sample now.
     pub fn sample(&self, tracker: &TrackerService, metrics: &EdgeMetrics) {
-        let channels = tracker
-            .snapshot(0)
+        let snapshot = tracker.snapshot(0);
+        site_series(&snapshot, metrics);
+        let channels = snapshot
             .into_iter()
             .map(|c| {
                 let sample = channel_sample(metrics, &c.channel, c.viewers);
@@ -358,5 +387,55 @@ pub async fn run_sampler(
             _ = every.tick() => history.sample(&tracker, &metrics),
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use treecast_proto::ticket::SigningKey;
+
+    use super::*;
+    use crate::tracker::service::{Now, TrackerSettings};
+    use crate::tracker::TrackerConfig;
+
+    /// However many sites, a channel has at most `SITE_SERIES` site
+    /// series and one `other`, and a site gone from the top loses its
+    /// series.
+    #[test]
+    fn site_series_stay_bounded() {
+        let metrics = EdgeMetrics::new();
+        let tracker = TrackerService::new(
+            // Room under the edge for every office's first peer (a peer
+            // behind a NAT feeds only its own site).
+            TrackerSettings::loopback(TrackerConfig {
+                root_slots: 16,
+                ..TrackerConfig::default()
+            }),
+            SigningKey::from_bytes(&[5; 32]),
+            metrics.tracker.clone(),
+        );
+        // Twelve offices behind twelve NATs, one peer each.
+        for k in 0..12u8 {
+            let from = SocketAddr::from(([203, 0, 113, k + 1], 40000));
+            let body = format!(r#"{{"channel":"demo","addr":"192.168.{k}.20:5000"}}"#);
+            tracker
+                .handle("join", body.as_bytes(), from, Now::current())
+                .expect("join");
+        }
+        let history = History::default();
+        history.sample(&tracker, &metrics);
+        let text = metrics.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("treecast_edge_site_wan_streams{"))
+            .collect();
+        assert_eq!(series.len(), SITE_SERIES + 1, "{series:#?}");
+        assert!(
+            series.iter().any(|l| l.contains(r#"site="other""#)),
+            "{series:#?}"
+        );
+        assert!(text.contains(r#"treecast_edge_peers_behind_nat{channel="demo"} 12"#));
     }
 }

@@ -81,6 +81,14 @@ fn float_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheu
     )
 }
 
+fn float_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    reg(
+        r,
+        prometheus::GaugeVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     reg(
         r,
@@ -223,6 +231,18 @@ impl EdgeMetrics {
                 "treecast_edge_tree_peers",
                 "Peers at each depth of the channel's tree (0: waiting for a parent).",
                 &["channel", "depth"],
+            ),
+            site_wan_streams: float_gauge_vec(
+                r,
+                "treecast_edge_site_wan_streams",
+                "Copies of the stream entering each site over its WAN link (its viewers times the share of their bytes that came from outside it), for the largest sites by viewers; the rest summed as site=\"other\". `nat` is 1 for a site behind a NAT.",
+                &["channel", "site", "nat"],
+            ),
+            peers_behind_nat: gauge_vec(
+                r,
+                "treecast_edge_peers_behind_nat",
+                "Peers in the channel's tree behind a NAT (only their own site can dial them).",
+                &["channel"],
             ),
         };
         let root = RootMetrics {

@@ -38,7 +38,18 @@ pub struct TrackerMetrics {
     pub player_reports_refused: IntCounterVec,
     /// Peers at each depth, by channel (depth 0: waiting for a parent).
     pub depth_peers: IntGaugeVec,
+    /// Copies entering each of the largest sites, by channel, site and
+    /// NAT (`1` behind one), the rest as `site="other"`: set at each
+    /// dashboard sample ([`SITE_SERIES`] sites per channel at most).
+    pub site_wan_streams: prometheus::GaugeVec,
+    /// Peers behind a NAT, by channel.
+    pub peers_behind_nat: IntGaugeVec,
 }
+
+/// Sites with a series of their own in `treecast_edge_site_wan_streams`,
+/// per channel (the largest by viewers); the rest are summed: the label's
+/// cardinality stays bounded whatever the audience.
+pub const SITE_SERIES: usize = 8;
 
 impl TrackerService {
     /// Creates a channel's series at zero, so they exist (and `rate()`

@@ -36,7 +36,7 @@ use treecast_proto::ChannelName;
 use super::core::{self, EvictReason, Node, PeerId, Report, Tracker, TrackerConfig, TrackerEvent};
 use super::wire;
 use limiter::Limiter;
-pub use metrics::TrackerMetrics;
+pub use metrics::{TrackerMetrics, SITE_SERIES};
 pub use snapshot::{ChannelSnapshot, PeerRow, PeerTotals, SiteRow};
 
 /// The time a request is handled at: the monotonic clock for the tree, the
@@ -148,7 +148,14 @@ struct PeerStats {
 
 impl ChannelTree {
     /// Records a peer the tree placed.
-    fn admit(&mut self, id: PeerId, site: u32, addr: SocketAddr, fingerprint: Option<String>) {
+    fn admit(
+        &mut self,
+        id: PeerId,
+        site: u32,
+        behind_nat: bool,
+        addr: SocketAddr,
+        fingerprint: Option<String>,
+    ) {
         if let Some((old, _)) = self.addrs.insert(id, (addr, fingerprint)) {
             self.by_addr.remove(&old);
         }
@@ -165,9 +172,15 @@ impl ChannelTree {
             .entry(site)
             .or_insert_with(|| SiteRow {
                 site: label,
+                behind_nat,
                 ..SiteRow::default()
             })
             .viewers += 1;
+    }
+
+    /// The site of a live peer.
+    fn site_of(&self, id: PeerId) -> Option<u32> {
+        self.stats.get(&id).map(|p| p.site)
     }
 
     /// Adds one heartbeat's counts to the peer's, its site's and the
@@ -387,7 +400,13 @@ impl TrackerService {
                             e.to_string(),
                         )
                     })?;
-                tree.admit(a.id, site, req.addr, req.cert_fingerprint.clone());
+                tree.admit(
+                    a.id,
+                    site,
+                    site_only,
+                    req.addr,
+                    req.cert_fingerprint.clone(),
+                );
                 tree.gauges.set(&tree.tracker);
                 Ok(self.answer(&channel, tree, a, at))
             }
@@ -407,8 +426,22 @@ impl TrackerService {
                         )
                         .map_err(unknown)?;
                     self.record_stats(&channel, &req);
+                    let me = PeerId(req.peer_id);
+                    // What its parent sent crossed the site's WAN link
+                    // unless the parent is on its site.
+                    let parent_on_site = match a.parent {
+                        Some(Node::Peer(p)) => {
+                            tree.site_of(p).is_some() && tree.site_of(p) == tree.site_of(me)
+                        }
+                        _ => false,
+                    };
+                    let from_parent_in = if parent_on_site {
+                        0
+                    } else {
+                        req.bytes_from_parent
+                    };
                     tree.report(
-                        PeerId(req.peer_id),
+                        me,
                         &PeerTotals {
                             bytes_tree: req.bytes_from_parent,
                             bytes_edge: req.bytes_from_edge,
@@ -418,6 +451,7 @@ impl TrackerService {
                             watched_ms: req.watched_ms,
                             fallbacks: req.fallbacks,
                             corrupt: req.corrupt,
+                            bytes_into_site: from_parent_in + req.bytes_from_edge,
                         },
                     );
                     let out = self.answer(&channel, tree, a, at);
@@ -723,8 +757,45 @@ mod tests {
         )
     }
 
-    /// Totals and sites are kept as peers come, report and go: what a
-    /// snapshot shows matches the live audience without walking it.
+    /// A site's WAN streams: what its peers received from outside it
+    /// (a parent elsewhere, the edge) over what they received, times its
+    /// viewers. Two NATed peers, one under the other: one copy enters.
+    #[test]
+    fn a_sites_wan_streams_count_what_entered_it() {
+        let s = service();
+        let public = [203, 0, 113, 7];
+        let join = |lan: &str| {
+            let from = SocketAddr::from((public, 40000));
+            let body = format!(r#"{{"channel":"demo","addr":"{lan}"}}"#);
+            s.handle("join", body.as_bytes(), from, Now::current())
+                .expect("join")
+        };
+        let first = join("192.168.1.20:5000");
+        let second = join("192.168.1.21:5000");
+        assert_eq!(first.parent.as_ref().map(|p| p.kind.as_str()), Some("edge"));
+        assert_eq!(
+            second.parent.as_ref().map(|p| p.id),
+            Some(first.peer_id),
+            "the second is fed over the LAN"
+        );
+        let from = SocketAddr::from((public, 40000));
+        for (id, edge) in [(first.peer_id, 0), (second.peer_id, 100_000)] {
+            let body = format!(
+                r#"{{"channel":"demo","peer_id":{id},"bytes_from_parent":1000000,"bytes_from_edge":{edge}}}"#
+            );
+            s.handle("heartbeat", body.as_bytes(), from, Now::current())
+                .expect("heartbeat");
+        }
+        let snap = s.snapshot(0).pop().expect("a channel");
+        assert_eq!(snap.peers_behind_nat, 2);
+        let site = &snap.sites[0];
+        assert!(site.behind_nat);
+        // 1 MB from the edge's root into the site, 0.1 MB fallback: 1.1 MB
+        // of 2.1 MB received, times 2 viewers.
+        let expected = 2.0 * 1.1 / 2.1;
+        assert!((site.wan_streams - expected).abs() < 1e-9, "{site:?}");
+    }
+
     /// Peers behind one NAT and on one LAN are one site with nobody
     /// naming it; a public address given on purpose is not a NAT.
     #[test]
@@ -772,6 +843,8 @@ mod tests {
         );
     }
 
+    /// Totals and sites are kept as peers come, report and go: what a
+    /// snapshot shows matches the live audience without walking it.
     #[test]
     fn site_totals_follow_joins_reports_and_leaves() {
         let s = service();

@@ -25,6 +25,23 @@ pub struct PeerTotals {
     pub fallbacks: u64,
     /// Segments that failed verification.
     pub corrupt: u64,
+    /// Bytes that came into its site for it: from a parent on another
+    /// site or the edge's root, and from the edge over HTTP (what crossed
+    /// the site's WAN link on its account; a parent on its own site feeds
+    /// it over the LAN).
+    pub bytes_into_site: u64,
+}
+
+impl SiteRow {
+    /// Its viewers times the share of their received bytes that came in
+    /// over its WAN link; 0 before any was reported.
+    pub fn wan_streams(&self) -> f64 {
+        let received = self.totals.bytes_tree + self.totals.bytes_edge;
+        if received == 0 {
+            return 0.0;
+        }
+        self.viewers as f64 * self.totals.bytes_into_site as f64 / received as f64
+    }
 }
 
 impl PeerTotals {
@@ -37,6 +54,7 @@ impl PeerTotals {
         self.watched_ms = self.watched_ms.saturating_sub(o.watched_ms);
         self.fallbacks = self.fallbacks.saturating_sub(o.fallbacks);
         self.corrupt = self.corrupt.saturating_sub(o.corrupt);
+        self.bytes_into_site = self.bytes_into_site.saturating_sub(o.bytes_into_site);
     }
 
     pub(super) fn add(&mut self, o: &PeerTotals) {
@@ -48,6 +66,7 @@ impl PeerTotals {
         self.watched_ms += o.watched_ms;
         self.fallbacks += o.fallbacks;
         self.corrupt += o.corrupt;
+        self.bytes_into_site += o.bytes_into_site;
     }
 
     /// Time stalled over time watched.
@@ -97,6 +116,13 @@ pub struct PeerRow {
 pub struct SiteRow {
     /// Label.
     pub site: String,
+    /// Its peers are behind a NAT: only the site can dial them.
+    pub behind_nat: bool,
+    /// Copies of the stream its WAN link carries in: its viewers times
+    /// the share of their bytes that came into the site
+    /// ([`PeerTotals::bytes_into_site`] over bytes from the tree and the
+    /// edge). One copy shared over the LAN is 1.
+    pub wan_streams: f64,
     /// Peers.
     pub viewers: u64,
     /// Their reported totals.
@@ -124,6 +150,11 @@ pub struct ChannelSnapshot {
     pub evicted_silent: u64,
     /// Peers evicted for corruption.
     pub evicted_corrupt: u64,
+    /// Peers behind a NAT (only their site can dial them).
+    pub peers_behind_nat: u64,
+    /// Copies entering all sites together ([`SiteRow::wan_streams`]
+    /// summed over every site, listed or not).
+    pub wan_streams_total: f64,
     /// Per site, largest first.
     pub sites: Vec<SiteRow>,
     /// Peers, shallowest first, at most the limit asked.
@@ -163,9 +194,19 @@ impl TrackerService {
                     peer_row(v, t, label)
                 })
                 .collect();
+            let peers_behind_nat = tree
+                .site_rows
+                .values()
+                .filter(|r| r.behind_nat)
+                .map(|r| r.viewers)
+                .sum();
+            let wan_streams_total = tree.site_rows.values().map(SiteRow::wan_streams).sum();
             let mut sites: Vec<SiteRow> = tree.site_rows.values().cloned().collect();
             sites.sort_by(|a, b| b.viewers.cmp(&a.viewers).then(a.site.cmp(&b.site)));
             sites.truncate(50);
+            for row in &mut sites {
+                row.wan_streams = row.wan_streams();
+            }
             let totals = tree.totals;
             let m = &self.metrics;
             out.push(ChannelSnapshot {
@@ -178,6 +219,8 @@ impl TrackerService {
                 repairs: m.repairs.with_label_values(&[ch]).get(),
                 evicted_silent: m.evictions.with_label_values(&[ch, "silent"]).get(),
                 evicted_corrupt: m.evictions.with_label_values(&[ch, "corrupt"]).get(),
+                peers_behind_nat,
+                wan_streams_total,
                 sites,
                 peers: rows,
                 peers_truncated: truncated,
