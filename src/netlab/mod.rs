@@ -280,7 +280,7 @@ impl Lab {
                 )
             })
             .collect();
-        for s in &lab.sites {
+        for (k, s) in lab.sites.iter().enumerate() {
             let leg = Leg {
                 delay: Duration::from_secs_f64(s.site.rtt_ms / 2000.0),
                 jitter: Duration::ZERO,
@@ -290,7 +290,7 @@ impl Lab {
             legs.insert(s.wan, leg);
             if s.site.nat == NatKind::None {
                 // Routed as they are: the core sees the peers' own addresses.
-                for p in lab.peers.iter().filter(|p| p.site == lab.site_index(s)) {
+                for p in lab.peers.iter().filter(|p| p.site == Some(k)) {
                     legs.insert(p.wan, leg);
                 }
             }
@@ -331,10 +331,6 @@ impl Lab {
     /// The sites, by index.
     pub fn sites(&self) -> &[SiteNet] {
         &self.sites
-    }
-
-    fn site_index(&self, s: &SiteNet) -> Option<usize> {
-        self.sites.iter().position(|x| x.netns == s.netns)
     }
 
     /// The edge's link.

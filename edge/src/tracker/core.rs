@@ -818,6 +818,11 @@ impl Tracker {
     /// depth) are dropped and listed again where they belong, so a peer
     /// that moved shallower is found at its new depth in the same call.
     fn pick_on_site(&mut self, i: u32, site: u32, height: u8) -> Option<u32> {
+        if self.site_open.is_empty() {
+            // No peer only its site can dial: nothing to look through (an
+            // audience of public peers pays nothing for sites).
+            return None;
+        }
         let depths = self.open.len();
         let mut dropped = Vec::new();
         for d in 1..depths {

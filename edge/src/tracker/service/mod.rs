@@ -430,9 +430,10 @@ impl TrackerService {
                     // What its parent sent crossed the site's WAN link
                     // unless the parent is on its site.
                     let parent_on_site = match a.parent {
-                        Some(Node::Peer(p)) => {
-                            tree.site_of(p).is_some() && tree.site_of(p) == tree.site_of(me)
-                        }
+                        Some(Node::Peer(p)) => matches!(
+                            (tree.site_of(p), tree.site_of(me)),
+                            (Some(a), Some(b)) if a == b
+                        ),
                         _ => false,
                     };
                     let from_parent_in = if parent_on_site {

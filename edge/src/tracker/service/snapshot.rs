@@ -35,7 +35,7 @@ pub struct PeerTotals {
 impl SiteRow {
     /// Its viewers times the share of their received bytes that came in
     /// over its WAN link; 0 before any was reported.
-    pub fn wan_streams(&self) -> f64 {
+    pub fn copies_in(&self) -> f64 {
         let received = self.totals.bytes_tree + self.totals.bytes_edge;
         if received == 0 {
             return 0.0;
@@ -118,10 +118,10 @@ pub struct SiteRow {
     pub site: String,
     /// Its peers are behind a NAT: only the site can dial them.
     pub behind_nat: bool,
-    /// Copies of the stream its WAN link carries in: its viewers times
-    /// the share of their bytes that came into the site
-    /// ([`PeerTotals::bytes_into_site`] over bytes from the tree and the
-    /// edge). One copy shared over the LAN is 1.
+    /// Copies of the stream its WAN link carries in
+    /// ([`SiteRow::copies_in`], worked out when a snapshot is taken; the
+    /// rows the tracker keeps leave it 0). One copy shared over the LAN is
+    /// 1.
     pub wan_streams: f64,
     /// Peers.
     pub viewers: u64,
@@ -200,12 +200,12 @@ impl TrackerService {
                 .filter(|r| r.behind_nat)
                 .map(|r| r.viewers)
                 .sum();
-            let wan_streams_total = tree.site_rows.values().map(SiteRow::wan_streams).sum();
+            let wan_streams_total = tree.site_rows.values().map(SiteRow::copies_in).sum();
             let mut sites: Vec<SiteRow> = tree.site_rows.values().cloned().collect();
             sites.sort_by(|a, b| b.viewers.cmp(&a.viewers).then(a.site.cmp(&b.site)));
             sites.truncate(50);
             for row in &mut sites {
-                row.wan_streams = row.wan_streams();
+                row.wan_streams = row.copies_in();
             }
             let totals = tree.totals;
             let m = &self.metrics;
