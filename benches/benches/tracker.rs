@@ -62,9 +62,9 @@ fn fill(n: usize) -> (Tracker, Vec<PeerId>, Instant) {
     for k in 0..n {
         let req = JoinRequest {
             site: (k % 64) as u32,
-            site_only: false,
             max_upload_kbps: if k % 5 == 0 { Some(0) } else { None },
             resume_parent: None,
+            ..JoinRequest::default()
         };
         if let Ok(a) = t.handle_join(req, now) {
             ids.push(a.id);

@@ -238,6 +238,18 @@ impl EdgeMetrics {
                 "Copies of the stream entering each site over its WAN link (its viewers times the share of their bytes that came from outside it), for the largest sites by viewers; the rest summed as site=\"other\". `nat` is 1 for a site behind a NAT.",
                 &["channel", "site", "nat"],
             ),
+            traversals: counter_vec(
+                r,
+                "treecast_edge_tracker_traversals_total",
+                "NAT traversals peers reported, by outcome (reached, unreachable).",
+                &["channel", "outcome"],
+            ),
+            reflexive_refused: counter_vec(
+                r,
+                "treecast_edge_tracker_reflexive_refused_total",
+                "Reflexive addresses refused: from a peer not behind a NAT, or not on the address its requests come from.",
+                &["channel"],
+            ),
             peers_behind_nat: gauge_vec(
                 r,
                 "treecast_edge_peers_behind_nat",
@@ -257,6 +269,14 @@ impl EdgeMetrics {
                 IntCounter::new(
                     "treecast_edge_tree_refused_total",
                     "Children refused (bad ticket, wrong protocol, root slots full, too many connections).",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}")),
+            ),
+            observed: reg(
+                r,
+                IntCounter::new(
+                    "treecast_edge_tree_observed_total",
+                    "Peers told the address their QUIC packets come from (for NAT traversal).",
                 )
                 .unwrap_or_else(|e| panic!("metric: {e}")),
             ),

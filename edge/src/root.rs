@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use treecast_proto::ticket::{self, VerifyingKey};
 use treecast_proto::tree::{
-    self, Admitted, Feed, PushMetrics, PushOptions, TreeError, TreeSegment,
+    self, Admitted, Arrival, Feed, PushMetrics, PushOptions, TreeError, TreeSegment,
 };
 use treecast_proto::{ChannelName, GrowingBody, SegmentFile};
 
@@ -61,6 +61,8 @@ pub struct RootMetrics {
     /// Children refused (bad or missing ticket, wrong protocol, slots full,
     /// too many connections).
     pub refused: IntCounter,
+    /// Peers told their reflexive address (`Frame::Observe`).
+    pub observed: IntCounter,
     /// Segment deliveries abandoned (slow or gone child).
     pub abandoned: IntCounter,
 }
@@ -212,7 +214,7 @@ impl Root {
 
     async fn child(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), TreeError> {
         let remote = incoming.remote_address();
-        let admitted = tree::admit(incoming, |channel, peer_id, ticket| {
+        let admitted = tree::admit(incoming, true, |channel, peer_id, ticket| {
             let channel = ChannelName::new(channel).map_err(|e| e.to_string())?;
             ticket::verify(ticket, &self.ticket_key, &channel, peer_id, 0, unix_now())
                 .map_err(|e| e.to_string())?;
@@ -227,7 +229,12 @@ impl Root {
         })
         .await;
         let mut child: Admitted = match admitted {
-            Ok(c) => c,
+            Ok(Arrival::Child(c)) => c,
+            Ok(Arrival::Observed(seen)) => {
+                self.metrics.observed.inc();
+                debug!(%seen, "told a peer its reflexive address");
+                return Ok(());
+            }
             Err(TreeError::Protocol(reason)) => {
                 self.metrics.refused.inc();
                 warn!(%remote, %reason, "refused a child");

@@ -42,6 +42,7 @@ use crate::edges::{is_edge_failure, Edges};
 use crate::metrics::{AgentMetrics, PeerMetrics};
 use crate::shared::{Shared, Source};
 use crate::store::{Store, StoreConfig};
+use crate::traversal::Traversal;
 use crate::{fallback, tracker, upstream};
 
 /// Largest playlist the agent accepts from the edge when it opens a
@@ -145,6 +146,8 @@ pub struct Agent {
     key: OriginPublicKey,
     /// The QUIC endpoint every channel uses.
     pub endpoint: quinn::Endpoint,
+    /// Reflexive address and punching, over that endpoint's socket.
+    pub traversal: Arc<Traversal>,
     /// This agent's QUIC address as given to trackers.
     pub advertise: SocketAddr,
     /// Its certificate fingerprint.
@@ -166,6 +169,7 @@ impl Agent {
         edges: Arc<Edges>,
         key: OriginPublicKey,
         endpoint: quinn::Endpoint,
+        punch_socket: std::net::UdpSocket,
         advertise: SocketAddr,
         fingerprint: String,
         shutdown: watch::Receiver<bool>,
@@ -178,6 +182,7 @@ impl Agent {
             config,
             edges,
             key,
+            traversal: Arc::new(Traversal::new(endpoint.clone(), punch_socket)),
             endpoint,
             advertise,
             fingerprint,
@@ -307,6 +312,7 @@ impl Agent {
             reports_tx,
             self.advertise,
             self.fingerprint.clone(),
+            self.traversal.clone(),
         ));
         let (stop, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -88,7 +88,8 @@ async fn child(agent: &Agent, incoming: quinn::Incoming) -> Result<(), TreeError
     let remote = incoming.remote_address();
     debug!(%remote, "incoming connection");
     let mut found: Option<Arc<Session>> = None;
-    let admitted = tree::admit(incoming, |channel, child, t| {
+    // Only edges tell peers their addresses.
+    let admitted = tree::admit(incoming, false, |channel, child, t| {
         let session = agent
             .session(channel)
             .ok_or_else(|| format!("this peer relays no channel {channel}"))?;
@@ -98,7 +99,7 @@ async fn child(agent: &Agent, incoming: quinn::Incoming) -> Result<(), TreeError
     })
     .await;
     let (mut child, session) = match (admitted, found) {
-        (Ok(c), Some(s)) => (c, s),
+        (Ok(tree::Arrival::Child(c)), Some(s)) => (c, s),
         (Err(TreeError::Protocol(reason)), session) => {
             match session {
                 Some(s) => s.shared.metrics.children_refused.inc(),
@@ -109,7 +110,7 @@ async fn child(agent: &Agent, incoming: quinn::Incoming) -> Result<(), TreeError
         }
         (Err(e), _) => return Err(e),
         // `admit` admits only after the check found the session.
-        (Ok(_), None) => return Err(TreeError::Protocol("no channel".into())),
+        (Ok(_), _) => return Err(TreeError::Protocol("no channel".into())),
     };
     let shared = &session.shared;
     let opts = PushOptions {

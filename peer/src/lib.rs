@@ -55,6 +55,7 @@ pub mod shared;
 pub mod status;
 pub mod store;
 pub mod tracker;
+pub mod traversal;
 pub mod upstream;
 pub mod viewer;
 

@@ -60,6 +60,11 @@ pub struct PeerMetrics {
     pub connected: IntGauge,
     /// Depth in the tree (0: none).
     pub depth: IntGauge,
+    /// Addresses this peer punched its NAT open towards.
+    pub punched: IntCounter,
+    /// Dials to a parent or backup through its NAT, by outcome
+    /// (`reached`, `unreachable`).
+    pub traversals: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -180,6 +185,17 @@ impl PeerMetrics {
                 "treecast_peer_parent_switches_total",
                 "Parent changes, by reason.",
                 &["reason"],
+            ),
+            punched: counter(
+                r,
+                "treecast_peer_punched_total",
+                "Addresses this peer sent datagrams to so that a child could dial in through its NAT.",
+            ),
+            traversals: counter_vec(
+                r,
+                "treecast_peer_traversals_total",
+                "Dials to a parent or backup behind a NAT on another site, by outcome.",
+                &["outcome"],
             ),
             bad_input: counter(
                 r,

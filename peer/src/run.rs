@@ -120,6 +120,25 @@ fn local_ip_towards(edge: &http::Uri) -> Option<std::net::IpAddr> {
     Some(s.local_addr().ok()?.ip())
 }
 
+/// A QUIC endpoint on `addr`, and a clone of its socket.
+fn bind_quic(
+    server: quinn::ServerConfig,
+    addr: SocketAddr,
+) -> std::io::Result<(quinn::Endpoint, UdpSocket)> {
+    let socket = UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    let clone = socket.try_clone()?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )?;
+    Ok((endpoint, clone))
+}
+
 /// Binds the local proxy: `addr`, or when that is the default port and
 /// taken, the next free port of [`PROXY_PORTS`] (where the player plugin
 /// looks).
@@ -164,7 +183,9 @@ impl PeerHandle {
         let edge_uri = edge_uris[edges.current().0].clone();
         let key = origin_key(&config, &edges).await?;
         let bind_err = |addr| move |source| StartError::Bind { addr, source };
-        let endpoint = quinn::Endpoint::server(identity.server_config()?, config.quic_listen)
+        // The socket is bound here, not by quinn: traversal sends raw
+        // datagrams from the same socket (`crate::traversal`).
+        let (endpoint, punch_socket) = bind_quic(identity.server_config()?, config.quic_listen)
             .map_err(bind_err(config.quic_listen))?;
         let quic_addr = endpoint
             .local_addr()
@@ -193,6 +214,7 @@ impl PeerHandle {
             Arc::new(edges),
             key,
             endpoint,
+            punch_socket,
             advertise,
             fingerprint,
             rx.clone(),

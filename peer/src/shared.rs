@@ -20,6 +20,7 @@ use crate::config::PeerConfig;
 use crate::edges::Edges;
 use crate::metrics::PeerMetrics;
 use crate::store::{PlaylistUpdate, Store};
+use crate::traversal::Traversal;
 use crate::viewer::Viewer;
 
 /// Where bytes came from.
@@ -77,6 +78,15 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A report for the tracker task to send.
+#[derive(Debug, Clone, Copy)]
+pub struct ToTracker {
+    /// What happened.
+    pub kind: ReportKind,
+    /// The parent or backup it is about, where the report needs one.
+    pub parent_id: Option<u64>,
+}
+
 /// The parent this peer is streaming from.
 #[derive(Debug, Clone)]
 pub struct ParentLink {
@@ -116,7 +126,9 @@ pub struct Shared {
     /// When the parent last sent a playlist.
     pub last_tree_playlist: Mutex<Option<Instant>>,
     /// Requests for the tracker task.
-    pub tracker: mpsc::Sender<ReportKind>,
+    pub tracker: mpsc::Sender<ToTracker>,
+    /// The agent's reflexive address and punching.
+    pub traversal: std::sync::Arc<Traversal>,
     /// This peer's QUIC address as given to the tracker.
     pub advertise: SocketAddr,
     /// Its certificate fingerprint.
@@ -130,6 +142,19 @@ pub struct Shared {
     /// The last repair times: from the parent's last sign of life to the
     /// new parent streaming, in milliseconds.
     repairs: Mutex<VecDeque<u64>>,
+    /// The last dials through a NAT.
+    traversals: Mutex<VecDeque<TraversalOutcome>>,
+}
+
+/// One dial to a parent or backup behind a NAT on another site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TraversalOutcome {
+    /// The address dialled (the parent's, outside its NAT).
+    pub to: SocketAddr,
+    /// The handshake completed.
+    pub ok: bool,
+    /// Handshakes tried before it completed or this peer gave up.
+    pub tries: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,9 +172,10 @@ impl Shared {
         store: Store,
         metrics: PeerMetrics,
         edges: std::sync::Arc<Edges>,
-        tracker: mpsc::Sender<ReportKind>,
+        tracker: mpsc::Sender<ToTracker>,
         advertise: SocketAddr,
         fingerprint: String,
+        traversal: std::sync::Arc<Traversal>,
     ) -> Self {
         Self {
             channel,
@@ -165,12 +191,14 @@ impl Shared {
             parent: Mutex::new(None),
             last_tree_playlist: Mutex::new(None),
             tracker,
+            traversal,
             advertise,
             fingerprint,
             started: Instant::now(),
             first_streaming_ms: std::sync::OnceLock::new(),
             recent: Mutex::new(VecDeque::new()),
             repairs: Mutex::new(VecDeque::new()),
+            traversals: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -269,6 +297,16 @@ impl Shared {
     /// Records a repair that took `ms`.
     pub fn record_repair(&self, ms: u64) {
         push_bounded(&self.repairs, ms);
+    }
+
+    /// Records a dial through a NAT.
+    pub fn record_traversal(&self, t: TraversalOutcome) {
+        push_bounded(&self.traversals, t);
+    }
+
+    /// The last dials through a NAT, oldest first.
+    pub fn traversals(&self) -> Vec<TraversalOutcome> {
+        lock(&self.traversals).iter().copied().collect()
     }
 
     /// The last segments verified, oldest first.

@@ -154,6 +154,10 @@ pub struct Status {
     /// The last repair times in ms (parent's last sign of life to the new
     /// parent streaming), oldest first.
     pub repairs_ms: Vec<u64>,
+    /// The last dials to a parent or backup through its NAT (up to 32),
+    /// oldest first.
+    #[serde(default)]
+    pub traversals: Vec<crate::shared::TraversalOutcome>,
 }
 
 /// One channel's status now.
@@ -204,5 +208,6 @@ pub fn status(shared: &Shared, pinned: bool) -> Status {
         uptime_s: shared.started.elapsed().as_secs(),
         recent: shared.recent(),
         repairs_ms: shared.repairs(),
+        traversals: shared.traversals(),
     }
 }

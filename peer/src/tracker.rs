@@ -24,11 +24,11 @@ use http::StatusCode;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use treecast_proto::tracker::{
-    Assignment, HeartbeatRequest, JoinRequest, LeaveRequest, ReportKind, ReportRequest,
+    Assignment, HeartbeatRequest, JoinRequest, LeaveRequest, ReportRequest,
 };
 
 use crate::edge_client::EdgeError;
-use crate::shared::Shared;
+use crate::shared::{Shared, ToTracker};
 use crate::viewer::ViewerFigures;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,7 +63,7 @@ impl Sent {
 /// Runs until `shutdown`, then leaves.
 pub async fn run(
     shared: Arc<Shared>,
-    mut reports: mpsc::Receiver<ReportKind>,
+    mut reports: mpsc::Receiver<ToTracker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // The edge whose tracker placed this peer, and the id it gave.
@@ -125,8 +125,15 @@ pub async fn run(
             .clamp(200, 30_000);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval)) => {
+                // Behind a NAT: the tracker asked where the edge sees this
+                // peer's QUIC socket.
+                let observe = shared.assignment.borrow().as_ref().and_then(|a| a.observe.clone());
+                let reflexive = match observe {
+                    Some(at) => shared.traversal.observe(&at).await,
+                    None => None,
+                };
                 let now = Sent::now(&shared);
-                let result = heartbeat(&shared, edge, id, sent, now).await;
+                let result = heartbeat(&shared, edge, id, sent, now, reflexive).await;
                 shared.edges.record(edge, &result);
                 match result {
                     Ok(a) => {
@@ -140,8 +147,8 @@ pub async fn run(
                     Err(e) => warn!(error = %e, "heartbeat failed"),
                 }
             }
-            Some(kind) = reports.recv() => {
-                let req = ReportRequest { channel: shared.channel.to_string(), peer_id: id, report: kind };
+            Some(ToTracker { kind, parent_id }) = reports.recv() => {
+                let req = ReportRequest { channel: shared.channel.to_string(), peer_id: id, report: kind, parent_id };
                 let result = client.post_json::<_, Assignment>("/tracker/v1/report", &req, TIMEOUT).await;
                 shared.edges.record(edge, &result);
                 match result {
@@ -188,6 +195,11 @@ fn unix_ms() -> u64 {
 
 fn publish(shared: &Shared, a: Assignment) {
     shared.metrics.depth.set(i64::from(a.depth));
+    if !a.punch.is_empty() {
+        // Children elsewhere are about to dial in through this peer's NAT.
+        let n = shared.traversal.punch(&a.punch);
+        shared.metrics.punched.inc_by(n as u64);
+    }
     shared.assignment.send_replace(Some(a));
 }
 
@@ -215,6 +227,7 @@ async fn heartbeat(
     peer_id: u64,
     sent: Sent,
     now: Sent,
+    reflexive: Option<std::net::SocketAddr>,
 ) -> Result<Assignment, EdgeError> {
     // Both observers watch one player: the larger growth of each figure.
     let viewer = now
@@ -233,6 +246,7 @@ async fn heartbeat(
         watched_ms: viewer.watched_ms,
         fallbacks: now.fallbacks - sent.fallbacks,
         corrupt: now.corrupt - sent.corrupt,
+        reflexive,
     };
     shared
         .edges

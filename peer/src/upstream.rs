@@ -15,6 +15,13 @@
 //!   saturated: [`treecast_proto::uplink`]), breaks the protocol, or sends a
 //!   segment that fails verification; the manager then switches to the warm backup at
 //!   once and tells the tracker, which names a new backup;
+//! - a parent behind a NAT on another site (`NodeInfo::traversal`) opens
+//!   its NAT towards this peer when the tracker tells it to, which can be
+//!   a heartbeat after this peer was told to dial: such a dial retries the
+//!   handshake for up to [`TRAVERSAL_TRIES`] × [`TRAVERSAL_TRY`], and its
+//!   outcome goes to the tracker, which learns who can be reached; the
+//!   backup is warmed in the background, so a long dial never holds up a
+//!   switch;
 //! - what a hostile parent can make this peer hold is bounded: segments in
 //!   flight per link, bytes per segment, time per segment.
 
@@ -36,7 +43,7 @@ use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 use treecast_proto::GrowingBody;
 
 use crate::liveness::Liveness;
-use crate::shared::{ParentLink, Shared, Source};
+use crate::shared::{ParentLink, Shared, Source, ToTracker, TraversalOutcome};
 
 /// Segment streams one parent may have open to this peer at once: a
 /// joining child's backfill (the parent's recent segments) and, on a slow
@@ -54,6 +61,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// some there (measured in the network lab: `Welcome` took over 2 s behind
 /// two children's backfill on a 17 Mb/s uplink).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// One handshake attempt through a NAT: short, so that the next attempt
+/// sends a fresh first packet soon after the parent punched (QUIC's own
+/// retransmissions back off to seconds).
+const TRAVERSAL_TRY: Duration = Duration::from_millis(1500);
+/// Attempts through a NAT: the parent punches at its next heartbeat (2 s
+/// apart by default), plus a round trip.
+const TRAVERSAL_TRIES: u32 = 5;
 /// A parent that failed is not tried again for this long.
 const FAILED_COOLDOWN: Duration = Duration::from_secs(10);
 /// The edge that refused is tried again after this long.
@@ -109,11 +123,14 @@ pub async fn run(
 ) {
     let mut assignments = shared.assignment.subscribe();
     let (ended_tx, mut ended) = mpsc::channel::<(u64, LinkEnd, Instant)>(8);
+    let (warmed_tx, mut warmed) = mpsc::channel::<Warmed>(2);
     let mut m = Manager {
         shared: shared.clone(),
         endpoint,
         current: None,
         warm: None,
+        warming: None,
+        warmed_tx,
         failed: HashMap::new(),
         links: 0,
         ended_tx,
@@ -128,17 +145,25 @@ pub async fn run(
             }
             _ = tick.tick() => m.reconcile().await,
             Some((number, end, last_heard)) = ended.recv() => m.link_ended(number, end, last_heard).await,
+            Some((node, result)) = warmed.recv() => m.warmed(node, result),
             _ = shutdown.changed() => break,
         }
     }
     shared.set_parent(None);
 }
 
+/// A backup dial finished in the background.
+type Warmed = (NodeInfo, Result<quinn::Connection, TreeError>);
+
 struct Manager {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     current: Option<Link>,
     warm: Option<Warm>,
+    /// The backup being dialled in the background, and where its result
+    /// goes.
+    warming: Option<(u64, Option<SocketAddr>)>,
+    warmed_tx: mpsc::Sender<Warmed>,
     failed: HashMap<(u64, Option<SocketAddr>), Instant>,
     links: u64,
     ended_tx: mpsc::Sender<(u64, LinkEnd, Instant)>,
@@ -192,21 +217,18 @@ impl Manager {
             Some(b)
                 if !self.warm.as_ref().is_some_and(|w| same(&w.node, b))
                     && !self.current.as_ref().is_some_and(|l| same(&l.node, b))
+                    && self.warming != Some(key(b))
                     && !self.recently_failed(b) =>
             {
-                match self.connect(b).await {
-                    Ok(conn) => {
-                        debug!(backup = b.id, "backup parent connection warm");
-                        self.warm = Some(Warm {
-                            node: b.clone(),
-                            conn,
-                        });
-                    }
-                    Err(e) => {
-                        debug!(backup = b.id, error = %e, "cannot warm the backup parent");
-                        self.failed.insert(key(b), Instant::now());
-                    }
-                }
+                // In the background: a dial through a NAT takes seconds.
+                self.warming = Some(key(b));
+                let (shared, endpoint, node) =
+                    (self.shared.clone(), self.endpoint.clone(), b.clone());
+                let done = self.warmed_tx.clone();
+                tokio::spawn(async move {
+                    let result = dial(&shared, &endpoint, &node).await;
+                    let _ = done.send((node, result)).await;
+                });
             }
             None => self.warm = None,
             _ => {}
@@ -217,6 +239,32 @@ impl Manager {
             .is_some_and(|w| w.conn.close_reason().is_some())
         {
             self.warm = None;
+        }
+    }
+
+    /// A backup dial finished: keep the connection if the tracker still
+    /// names that backup.
+    fn warmed(&mut self, node: NodeInfo, result: Result<quinn::Connection, TreeError>) {
+        if self.warming == Some(key(&node)) {
+            self.warming = None;
+        }
+        let still = self
+            .shared
+            .assignment
+            .borrow()
+            .as_ref()
+            .and_then(|a| a.backup.clone())
+            .is_some_and(|b| same(&b, &node));
+        match result {
+            Ok(conn) if still => {
+                debug!(backup = node.id, "backup parent connection warm");
+                self.warm = Some(Warm { node, conn });
+            }
+            Ok(conn) => conn.close(0u32.into(), b"no longer the backup"),
+            Err(e) => {
+                debug!(backup = node.id, error = %e, "cannot warm the backup parent");
+                self.failed.insert(key(&node), Instant::now());
+            }
         }
     }
 
@@ -236,7 +284,10 @@ impl Manager {
             LinkEnd::Closed(_) => (ReportKind::ParentGap, "closed"),
         };
         warn!(parent = node.id, reason = %end, "lost the parent; switching to the backup");
-        let _ = self.shared.tracker.try_send(report);
+        let _ = self.shared.tracker.try_send(ToTracker {
+            kind: report,
+            parent_id: Some(node.id),
+        });
         if let Some(w) = self.warm.take() {
             if let Err(e) = self.start(w.node.clone(), w.conn, reason).await {
                 warn!(backup = w.node.id, error = %e, "the backup parent refused; waiting for the tracker");
@@ -245,31 +296,10 @@ impl Manager {
         }
     }
 
-    async fn connect(&self, node: &NodeInfo) -> Result<quinn::Connection, TreeError> {
-        let addr = node
-            .addr
-            .ok_or_else(|| TreeError::Protocol("the tracker gave no address".into()))?;
-        let fp = node
-            .cert_fingerprint
-            .as_deref()
-            .and_then(parse_fingerprint)
-            .ok_or_else(|| {
-                TreeError::Protocol("the tracker gave no valid certificate fingerprint".into())
-            })?;
-        let config = client_config(fp).map_err(|e| TreeError::Protocol(e.to_string()))?;
-        let connecting = self
-            .endpoint
-            .connect_with(config, addr, SERVER_NAME)
-            .map_err(|e| TreeError::Protocol(e.to_string()))?;
-        Ok(tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| TreeError::Timeout("connecting"))??)
-    }
-
     async fn switch_to(&mut self, node: NodeInfo, reason: &'static str) -> Result<(), TreeError> {
         let conn = match self.warm.take_if(|w| same(&w.node, &node)) {
             Some(w) if w.conn.close_reason().is_none() => w.conn,
-            _ => self.connect(&node).await?,
+            _ => dial(&self.shared, &self.endpoint, &node).await?,
         };
         self.start(node, conn, reason).await
     }
@@ -340,6 +370,72 @@ impl Manager {
 /// Milliseconds since `base`, for a lock-free "last heard" stamp.
 fn stamp(base: Instant) -> u64 {
     base.elapsed().as_millis() as u64
+}
+
+/// A QUIC connection to `node`. Through a NAT (`traversal`), handshakes
+/// are retried until the parent's punch lets one in, and the outcome is
+/// recorded and reported to the tracker.
+async fn dial(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    node: &NodeInfo,
+) -> Result<quinn::Connection, TreeError> {
+    let addr = node
+        .addr
+        .ok_or_else(|| TreeError::Protocol("the tracker gave no address".into()))?;
+    let fp = node
+        .cert_fingerprint
+        .as_deref()
+        .and_then(parse_fingerprint)
+        .ok_or_else(|| {
+            TreeError::Protocol("the tracker gave no valid certificate fingerprint".into())
+        })?;
+    let config = client_config(fp).map_err(|e| TreeError::Protocol(e.to_string()))?;
+    let (tries, each) = if node.traversal {
+        (TRAVERSAL_TRIES, TRAVERSAL_TRY)
+    } else {
+        (1, CONNECT_TIMEOUT)
+    };
+    let mut result = Err(TreeError::Timeout("connecting"));
+    let mut tried = 0;
+    while tried < tries {
+        tried += 1;
+        let connecting = endpoint
+            .connect_with(config.clone(), addr, SERVER_NAME)
+            .map_err(|e| TreeError::Protocol(e.to_string()))?;
+        result = match tokio::time::timeout(each, connecting).await {
+            Ok(r) => r.map_err(TreeError::from),
+            Err(_) => Err(TreeError::Timeout("connecting")),
+        };
+        if result.is_ok() {
+            break;
+        }
+    }
+    if node.traversal {
+        let ok = result.is_ok();
+        let outcome = if ok { "reached" } else { "unreachable" };
+        shared
+            .metrics
+            .traversals
+            .with_label_values(&[outcome])
+            .inc();
+        shared.record_traversal(TraversalOutcome {
+            to: addr,
+            ok,
+            tries: tried,
+        });
+        info!(parent = node.id, %addr, tries = tried, outcome, "dialled a parent through its NAT");
+        let kind = if ok {
+            ReportKind::Reached
+        } else {
+            ReportKind::Unreachable
+        };
+        let _ = shared.tracker.try_send(ToTracker {
+            kind,
+            parent_id: Some(node.id),
+        });
+    }
+    result
 }
 
 async fn run_link(

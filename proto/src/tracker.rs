@@ -76,6 +76,12 @@ pub struct HeartbeatRequest {
     /// heartbeat.
     #[serde(default)]
     pub corrupt: u64,
+    /// The address the edge told this peer its QUIC packets come from
+    /// (`Frame::Observed`), sent when the last answer asked for it
+    /// ([`Assignment::observe`]). Taken only if its IP is the one the
+    /// tracker sees the request come from.
+    #[serde(default)]
+    pub reflexive: Option<SocketAddr>,
 }
 
 /// `POST /tracker/v1/leave`.
@@ -98,6 +104,11 @@ pub enum ReportKind {
     ParentCorrupt,
     /// The parent let this peer go: its uplink is saturated.
     ParentShed,
+    /// A parent the tracker marked `traversal` (behind a NAT, reached
+    /// through a simultaneous open) was reached.
+    Reached,
+    /// Such a parent could not be reached.
+    Unreachable,
 }
 
 /// `POST /tracker/v1/report`.
@@ -110,6 +121,10 @@ pub struct ReportRequest {
     pub peer_id: u64,
     /// What happened.
     pub report: ReportKind,
+    /// The parent (or backup) it is about: required for `reached` and
+    /// `unreachable`, which may concern a backup.
+    #[serde(default)]
+    pub parent_id: Option<u64>,
 }
 
 /// A node to connect to.
@@ -125,6 +140,22 @@ pub struct NodeInfo {
     pub cert_fingerprint: Option<String>,
     /// Ticket to show this node, signed by the edge.
     pub ticket: String,
+    /// The node is behind a NAT on another site: `addr` is the address
+    /// its NAT showed the edge, and the tracker asked it to send packets
+    /// towards this peer so that the dial gets through (a simultaneous
+    /// open). Keep dialling for a few seconds, and report the outcome
+    /// (`reached` / `unreachable`).
+    #[serde(default)]
+    pub traversal: bool,
+}
+
+/// An edge's QUIC address to ask `Frame::Observe` at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObserveAt {
+    /// The edge's QUIC address.
+    pub addr: SocketAddr,
+    /// Fingerprint of its QUIC certificate (hex).
+    pub cert_fingerprint: Option<String>,
 }
 
 /// Answer to join and heartbeat: where to get the stream.
@@ -144,4 +175,14 @@ pub struct Assignment {
     pub heartbeat_interval_ms: u64,
     /// The edge's public key (hex) that signs tickets.
     pub ticket_key: String,
+    /// Behind a NAT with no reflexive address known yet: ask this edge for
+    /// it (`Frame::Observe` from the QUIC socket) and send it in the next
+    /// heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe: Option<ObserveAt>,
+    /// Send a few packets from the QUIC socket to each of these addresses
+    /// now: peers about to dial this one through its NAT. Only addresses
+    /// the tracker observed or verified are ever named here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub punch: Vec<SocketAddr>,
 }

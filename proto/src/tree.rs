@@ -234,15 +234,28 @@ pub struct Admitted {
     pub next_seq: u64,
 }
 
+/// What arrived on an accepted connection.
+#[derive(Debug)]
+pub enum Arrival {
+    /// A child, admitted.
+    Child(Admitted),
+    /// A peer asked where its packets come from, and was told.
+    Observed(std::net::SocketAddr),
+}
+
 /// Accepts a connection: waits for the control stream (as long as the
 /// connection lives: a warm backup opens it only when it switches), then
-/// for `Hello`, asks
-/// `check(channel, peer_id, ticket)`, and answers `Welcome` or `Refuse`
-/// (with the reason, then closes).
+/// for `Hello`, asks `check(channel, peer_id, ticket)`, and answers
+/// `Welcome` or `Refuse` (with the reason, then closes). With `observe`, a
+/// first frame `Observe` is answered with the address the connection's
+/// packets come from (the edge does this for peers behind NATs; the QUIC
+/// handshake has validated that address, so the answer goes nowhere the
+/// asker is not).
 pub async fn admit(
     incoming: quinn::Incoming,
+    observe: bool,
     check: impl FnOnce(&str, u64, &str) -> Result<(), String>,
-) -> Result<Admitted, TreeError> {
+) -> Result<Arrival, TreeError> {
     let conn = incoming.await?;
     // No time limit here: a child keeps its backup parent's connection
     // warm (QUIC keep-alives) and opens the control stream only when it
@@ -255,6 +268,15 @@ pub async fn admit(
         .await
         .map_err(|_| TreeError::Timeout("Hello"))??;
     let verdict = match hello {
+        Frame::Observe if observe => {
+            let seen = conn.remote_address();
+            control.write_all(&encode(&Frame::Observed(seen))).await?;
+            let _ = control.finish();
+            // The asker closes once it has the answer.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            conn.close(0u32.into(), b"observed");
+            return Ok(Arrival::Observed(seen));
+        }
         Frame::Hello {
             version,
             channel,
@@ -277,7 +299,7 @@ pub async fn admit(
             control
                 .write_all(&encode(&Frame::Welcome { version: VERSION }))
                 .await?;
-            Ok(Admitted {
+            Ok(Arrival::Child(Admitted {
                 conn,
                 control,
                 control_rx,
@@ -285,7 +307,7 @@ pub async fn admit(
                 peer_id,
                 inbound,
                 next_seq,
-            })
+            }))
         }
         Err(reason) => {
             let _ = control
@@ -302,6 +324,26 @@ pub async fn admit(
     }
 }
 
+/// Asks the node at the other end of `conn` (an edge) which address this
+/// side's packets come from: its reflexive address, outside any NAT.
+pub async fn observe(conn: &quinn::Connection) -> Result<std::net::SocketAddr, TreeError> {
+    let (mut tx, mut rx) = conn.open_bi().await?;
+    tx.write_all(&encode(&Frame::Observe)).await?;
+    let mut d = FrameDecoder::new();
+    let answer = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut rx, &mut d))
+        .await
+        .map_err(|_| TreeError::Timeout("Observed"))??;
+    conn.close(0u32.into(), b"thanks");
+    match answer {
+        Frame::Observed(addr) => Ok(addr),
+        Frame::Refuse { reason } => Err(TreeError::Protocol(format!("refused: {reason}"))),
+        other => Err(TreeError::Protocol(format!(
+            "expected Observed, got {}",
+            frame_name(&other)
+        ))),
+    }
+}
+
 /// A frame's name for logs (never its payload).
 pub fn frame_name(frame: &Frame) -> &'static str {
     match frame {
@@ -312,6 +354,8 @@ pub fn frame_name(frame: &Frame) -> &'static str {
         Frame::Ping(_) => "Ping",
         Frame::Pong(_) => "Pong",
         Frame::Edge(_) => "Edge",
+        Frame::Observe => "Observe",
+        Frame::Observed(_) => "Observed",
         Frame::SegmentStart { .. } => "SegmentStart",
         Frame::SegmentData(_) => "SegmentData",
         Frame::SegmentEnd { .. } => "SegmentEnd",

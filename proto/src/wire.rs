@@ -11,6 +11,11 @@
 //!   they arrive (cut-through), then [`Frame::SegmentEnd`] with the origin's
 //!   signed digest, which the child checks before using the bytes.
 //!
+//! - a peer behind a NAT learns the address its QUIC socket has on the
+//!   other side of it: it opens a control stream to the edge and sends
+//!   [`Frame::Observe`]; the edge answers [`Frame::Observed`] with the
+//!   address the packets came from, and closes.
+//!
 //! A frame is `type (u8) | length (LEB128 u32) | payload`. The decoder is
 //! sans-IO: bytes in, frames out; a frame longer than [`MAX_FRAME`], an
 //! unknown type or a malformed payload is an error (the stream is then
@@ -78,6 +83,12 @@ pub enum Frame {
         /// The `.sig` document.
         signature: Bytes,
     },
+    /// Peer to edge, first and only on a control stream: which address do
+    /// my packets come from?
+    Observe,
+    /// Edge to peer: the address its packets came from (its reflexive
+    /// address, outside any NAT).
+    Observed(std::net::SocketAddr),
 }
 
 /// A frame that cannot be decoded.
@@ -108,6 +119,8 @@ mod kind {
     pub const PING: u8 = 0x30;
     pub const PONG: u8 = 0x31;
     pub const EDGE: u8 = 0x40;
+    pub const OBSERVE: u8 = 0x50;
+    pub const OBSERVED: u8 = 0x51;
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -187,6 +200,22 @@ impl Frame {
                 p.put_slice(signature);
                 kind::SEGMENT_END
             }
+            Frame::Observe => kind::OBSERVE,
+            Frame::Observed(addr) => {
+                // Family (4 or 6), address octets, port.
+                match addr.ip() {
+                    std::net::IpAddr::V4(ip) => {
+                        p.put_u8(4);
+                        p.put_slice(&ip.octets());
+                    }
+                    std::net::IpAddr::V6(ip) => {
+                        p.put_u8(6);
+                        p.put_slice(&ip.octets());
+                    }
+                }
+                p.put_u16(addr.port());
+                kind::OBSERVED
+            }
         };
         out.put_u8(t);
         let mut len = p.len() as u32;
@@ -262,6 +291,28 @@ impl Frame {
             }
             kind::SEGMENT_DATA => Frame::SegmentData(p),
             kind::SEGMENT_END => Frame::SegmentEnd { signature: p },
+            kind::OBSERVE => {
+                fixed(&p, 0, "observe")?;
+                Frame::Observe
+            }
+            kind::OBSERVED => {
+                let ip = match p.first() {
+                    Some(4) if p.len() == 7 => {
+                        p.advance(1);
+                        let mut o = [0u8; 4];
+                        p.copy_to_slice(&mut o);
+                        std::net::IpAddr::from(o)
+                    }
+                    Some(6) if p.len() == 19 => {
+                        p.advance(1);
+                        let mut o = [0u8; 16];
+                        p.copy_to_slice(&mut o);
+                        std::net::IpAddr::from(o)
+                    }
+                    _ => return Err(WireError::Malformed("observed")),
+                };
+                Frame::Observed(std::net::SocketAddr::new(ip, p.get_u16()))
+            }
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -356,6 +407,8 @@ mod tests {
             any::<u64>().prop_map(|seq| Frame::SegmentStart { seq }),
             bytes.clone().prop_map(Frame::SegmentData),
             bytes.prop_map(|signature| Frame::SegmentEnd { signature }),
+            Just(Frame::Observe),
+            any::<std::net::SocketAddr>().prop_map(Frame::Observed),
         ]
     }
 

@@ -448,9 +448,9 @@ impl World {
         // sites are measured with real peers, docs/netlab.md).
         let req = JoinRequest {
             site: 0,
-            site_only: false,
             max_upload_kbps: self.viewers[v as usize].leaf_only.then_some(0),
             resume_parent: None,
+            ..JoinRequest::default()
         };
         // A new id: whatever the tracker had it wait for is over.
         self.viewers[v as usize].orphan_since = None;

@@ -3,10 +3,15 @@
 //! - [`Tracker::handle_join`]: a newcomer is placed as a leaf under the
 //!   shallowest parent with a free slot, preferring one on its own site, and
 //!   gets a backup parent elsewhere in the tree. A peer behind a NAT
-//!   (`site_only`) can be dialled only from its own site: it parents only
-//!   peers of its site, and a peer of such a site takes a parent on its
-//!   site at any depth before one elsewhere, so the site pulls one copy
-//!   over its WAN link and shares it over the LAN;
+//!   takes a parent on its own site at any depth before one elsewhere, so
+//!   the site pulls one copy over its WAN link and shares it over the LAN.
+//!   How far it can parent depends on its [`Reach`]: until its address
+//!   outside the NAT is known, or once traversals through its NAT have
+//!   failed, only its own site can dial it; with a known address, peers
+//!   elsewhere reach it through a simultaneous open;
+//! - [`Tracker::handle_reach`] and [`Tracker::handle_dial`]: what the
+//!   service learned of a peer's NAT (its reflexive address, the outcome
+//!   of a traversal), so that reachability follows what was seen;
 //! - [`Tracker::handle_heartbeat`]: a peer is alive, and reports the bytes it
 //!   received from its parent; that credit is its parent's *measured* upload,
 //!   which sets how many children the parent may have;
@@ -26,8 +31,8 @@
 //!
 //! Invariants (checked by [`Tracker::check_invariants`] in property tests):
 //! no peer is its own ancestor, no parent has more children than slots, the
-//! depth bound holds, every child can dial its parent and its backup (a
-//! `site_only` one is on its site), and every live peer has a path to the root unless
+//! depth bound holds, every child can dial its parent and its backup (see
+//! [`Reach`]), and every live peer has a path to the root unless
 //! there is no free slot in the whole tree (then it is an orphan that is
 //! placed at the next tick with room).
 
@@ -117,14 +122,32 @@ impl Default for TrackerConfig {
     }
 }
 
+/// Who can dial a peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reach {
+    /// Not behind a NAT: anyone.
+    #[default]
+    Public,
+    /// Behind a NAT whose mapping the edge observed: its own site over the
+    /// LAN, and peers elsewhere that can be punched to (public ones, and
+    /// other `Punch` peers) through a simultaneous open.
+    Punch,
+    /// Behind a NAT nobody outside can get through (not observed yet, or
+    /// traversals failed: an endpoint-dependent mapping, blocked UDP): its
+    /// own site only. It dials public peers, not other NATs.
+    SiteOnly,
+}
+
 /// What a joining peer tells the tracker.
 #[derive(Debug, Clone, Default)]
 pub struct JoinRequest {
     /// Site or subnet label (peers on the same site are preferred as parents).
     pub site: u32,
-    /// Reachable only from its own site (behind a NAT that keeps others
-    /// from dialling in): it parents only peers of `site`.
-    pub site_only: bool,
+    /// Behind a NAT: peers of its site are its parents of choice, and it is
+    /// listed for them at any depth.
+    pub nat: bool,
+    /// Who can dial it (`Public` for a peer not behind a NAT).
+    pub reach: Reach,
     /// Upload cap the viewer set, in kb/s; `Some(0)` means leaf only.
     pub max_upload_kbps: Option<u32>,
     /// The parent the peer is still receiving from, when it joins again
@@ -220,8 +243,15 @@ struct Peer {
     promoted: bool,
     in_open: bool,
     site: u32,
-    /// Dialable only from its own site; see [`JoinRequest::site_only`].
-    site_only: bool,
+    /// Behind a NAT; see [`JoinRequest::nat`].
+    nat: bool,
+    /// Listed in the site's lists (`site_open`).
+    in_site_open: bool,
+    reach: Reach,
+    /// Traversals through this peer's NAT that worked, and that failed
+    /// with it to blame.
+    punch_ok: u16,
+    punch_failed: u16,
     joined: Instant,
     last_seen: Instant,
     cap_kbps: Option<u32>,
@@ -278,6 +308,14 @@ const MAX_BACKERS: u32 = 8;
 /// heartbeats stay cheap.
 const BACKUP_RECHECK: Duration = Duration::from_secs(3);
 
+/// Traversals a peer is blamed for before it counts as unreachable
+/// through its NAT (when it has not succeeded more often).
+pub const DEMOTE_AFTER: u16 = 2;
+
+fn traversals_failed(p: &Peer) -> bool {
+    p.punch_failed >= DEMOTE_AFTER && p.punch_failed > p.punch_ok
+}
+
 /// One peer as an operator sees it (see [`Tracker::peers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerView {
@@ -300,8 +338,10 @@ pub struct PeerView {
     pub leaf_only: bool,
     /// Site key.
     pub site: u32,
-    /// Dialable only from its own site.
-    pub site_only: bool,
+    /// Behind a NAT.
+    pub nat: bool,
+    /// Who can dial it.
+    pub reach: Reach,
 }
 
 /// The placement state machine; see the module docs.
@@ -314,7 +354,7 @@ pub struct Tracker {
     /// Per depth, peers anyone can dial that may have a free slot (checked
     /// when used).
     open: Vec<Vec<u32>>,
-    /// Per site and depth, `site_only` peers that may have a free slot
+    /// Per site and depth, peers behind a NAT that may have a free slot
     /// (checked when used; an emptied list is removed).
     site_open: std::collections::HashMap<(u32, u8), Vec<u32>>,
     /// Newcomers in join order, for promotion (checked when used).
@@ -378,7 +418,8 @@ impl Tracker {
                 measured_kbps: p.measured_kbps,
                 leaf_only: p.leaf_only,
                 site: p.site,
-                site_only: p.site_only,
+                nat: p.nat,
+                reach: p.reach,
             })
         })
     }
@@ -440,7 +481,11 @@ impl Tracker {
             promoted: false,
             in_open: false,
             site: req.site,
-            site_only: req.site_only,
+            nat: req.nat,
+            in_site_open: false,
+            reach: if req.nat { req.reach } else { Reach::Public },
+            punch_ok: 0,
+            punch_failed: 0,
             joined: now,
             last_seen: now,
             cap_kbps: req.max_upload_kbps,
@@ -628,6 +673,121 @@ impl Tracker {
         Ok(())
     }
 
+    /// The service learned `id`'s address outside its NAT: peers elsewhere
+    /// may reach it through a simultaneous open from now on, unless
+    /// traversals through its NAT have failed already.
+    pub fn handle_reach(&mut self, id: PeerId) -> Result<(), UnknownPeer> {
+        let i = self.lookup(id)?;
+        let p = &mut self.peers[i as usize];
+        if p.nat && p.reach == Reach::SiteOnly && !traversals_failed(p) {
+            p.reach = Reach::Punch;
+            self.mark_open(i);
+        }
+        Ok(())
+    }
+
+    /// `child` reports whether it got through to `parent` (its parent or
+    /// backup) across a NAT. A success vouches for both sides. A failure
+    /// is blamed on the side not yet proven (both when neither is) and
+    /// the child is moved off that parent at once; a peer blamed
+    /// [`DEMOTE_AFTER`] times and more often than it succeeded is taken
+    /// to be unreachable ([`Reach::SiteOnly`]) and everyone who could
+    /// only reach it through its NAT moves.
+    pub fn handle_dial(
+        &mut self,
+        child: PeerId,
+        parent: PeerId,
+        ok: bool,
+        now: Instant,
+    ) -> Result<(), UnknownPeer> {
+        let c = self.lookup(child)?;
+        // A parent that is gone teaches nothing.
+        let Ok(p) = self.lookup(parent) else {
+            return Ok(());
+        };
+        let (cp, pp) = (&self.peers[c as usize], &self.peers[p as usize]);
+        if c == p || cp.site == pp.site || pp.reach == Reach::Public {
+            // Not a traversal: nothing crossed a NAT towards the parent.
+            return Ok(());
+        }
+        if ok {
+            for x in [c, p] {
+                let q = &mut self.peers[x as usize];
+                if q.nat {
+                    q.punch_ok = q.punch_ok.saturating_add(1);
+                }
+            }
+            return Ok(());
+        }
+        let blame: &[u32] = if !cp.nat || (cp.punch_ok > 0 && pp.punch_ok == 0) {
+            &[p]
+        } else if pp.punch_ok > 0 && cp.punch_ok == 0 {
+            &[c]
+        } else {
+            &[c, p]
+        };
+        let mut demote = Vec::new();
+        for &x in blame {
+            let q = &mut self.peers[x as usize];
+            q.punch_failed = q.punch_failed.saturating_add(1);
+            if q.reach == Reach::Punch && traversals_failed(q) {
+                demote.push(x);
+            }
+        }
+        self.avoid = p;
+        if self.peers[c as usize].parent == p {
+            self.detach(c);
+            self.replace(c, now);
+        } else if self.backup_peer(c) == Some(p) {
+            let b = self.find_backup(c);
+            self.set_backup(c, b);
+        }
+        self.avoid = NONE;
+        for x in demote {
+            self.demote(x, now);
+        }
+        Ok(())
+    }
+
+    /// `x` turned out unreachable through its NAT: it parents and backs
+    /// only its own site from now on, and dials only public peers off it.
+    /// Finding who named it as backup walks the audience; this happens at
+    /// most once per peer.
+    fn demote(&mut self, x: u32, now: Instant) {
+        self.peers[x as usize].reach = Reach::SiteOnly;
+        self.avoid = x;
+        let cut: Vec<u32> = self.peers[x as usize]
+            .children
+            .iter()
+            .copied()
+            .filter(|&c| !self.reaches(c, x))
+            .collect();
+        for c in cut {
+            self.detach(c);
+            self.replace(c, now);
+        }
+        for i in 0..self.peers.len() as u32 {
+            if self.peers[i as usize].live && self.backup_peer(i) == Some(x) && !self.reaches(i, x)
+            {
+                let b = self.find_backup(i);
+                self.set_backup(i, b);
+            }
+        }
+        self.avoid = NONE;
+        // As a child, it may have been across another NAT.
+        let parent = self.peers[x as usize].parent;
+        if parent != NONE && !self.reaches(x, parent) {
+            self.avoid = parent;
+            self.detach(x);
+            self.replace(x, now);
+            self.avoid = NONE;
+        }
+        if self.backup_peer(x).is_some_and(|b| !self.reaches(x, b)) {
+            let b = self.find_backup(x);
+            self.set_backup(x, b);
+        }
+    }
+
     /// Expires silent peers, places orphans, promotes newcomers.
     pub fn handle_timeout(&mut self, now: Instant) {
         let timeout = self.config.heartbeat_timeout;
@@ -789,38 +949,51 @@ impl Tracker {
             && self.depth(i) < self.config.max_depth
     }
 
+    /// Lists `i` where children look for parents, if it has room: a peer
+    /// behind a NAT in its site's lists, one others can dial in `open`.
     fn mark_open(&mut self, i: u32) {
         let p = &self.peers[i as usize];
-        if !p.in_open && p.live && p.parent != NONE && self.has_room(i) {
-            let (d, site, site_only) = (p.depth, p.site, p.site_only);
-            self.peers[i as usize].in_open = true;
-            if site_only {
-                self.site_open.entry((site, d)).or_default().push(i);
-            } else {
-                self.open[usize::from(d)].push(i);
-            }
+        if !(p.live && p.parent != NONE && self.has_room(i)) {
+            return;
+        }
+        let (d, site) = (p.depth, p.site);
+        if p.nat && !p.in_site_open {
+            self.peers[i as usize].in_site_open = true;
+            self.site_open.entry((site, d)).or_default().push(i);
+        }
+        let p = &mut self.peers[i as usize];
+        if p.reach != Reach::SiteOnly && !p.in_open {
+            p.in_open = true;
+            self.open[usize::from(d)].push(i);
         }
     }
 
-    /// Whether `child` can dial `parent`: the edge and peers anyone can
-    /// dial, or a `site_only` peer of the child's own site.
+    /// Whether `child` can dial `parent`: the edge, a peer of its own site
+    /// (over the LAN), a public peer, or a `Punch` peer when the child can
+    /// be punched to (it is public or `Punch` too).
     fn reaches(&self, child: u32, parent: u32) -> bool {
         if parent == ROOT || parent == NONE {
             return true;
         }
         let p = &self.peers[parent as usize];
-        !p.site_only || p.site == self.peers[child as usize].site
+        let c = &self.peers[child as usize];
+        p.site == c.site
+            || match p.reach {
+                Reach::Public => true,
+                Reach::Punch => c.reach != Reach::SiteOnly,
+                Reach::SiteOnly => false,
+            }
     }
 
-    /// The shallowest `site_only` peer of `site` that can take `i` (and
+    /// The shallowest peer behind `site`'s NAT that can take `i` (and
     /// the subtree of `height` below it). The site's lists are tidied
     /// first: entries that no longer belong (gone, full, moved to another
     /// depth) are dropped and listed again where they belong, so a peer
     /// that moved shallower is found at its new depth in the same call.
     fn pick_on_site(&mut self, i: u32, site: u32, height: u8) -> Option<u32> {
         if self.site_open.is_empty() {
-            // No peer only its site can dial: nothing to look through (an
-            // audience of public peers pays nothing for sites).
+            // No peer behind a NAT: nothing to look through (an audience
+            // of public peers pays nothing for sites).
             return None;
         }
         let depths = self.open.len();
@@ -834,7 +1007,7 @@ impl Tracker {
             for c in list {
                 let p = &self.peers[c as usize];
                 let belongs = p.live
-                    && p.site_only
+                    && p.nat
                     && p.site == site
                     && p.parent != NONE
                     && usize::from(p.depth) == d
@@ -842,7 +1015,7 @@ impl Tracker {
                 if belongs {
                     keep.push(c);
                 } else {
-                    self.peers[c as usize].in_open = false;
+                    self.peers[c as usize].in_site_open = false;
                     dropped.push(c);
                 }
             }
@@ -881,7 +1054,7 @@ impl Tracker {
     /// preferring one on `site`; promotes a newcomer early if nobody has room.
     fn find_parent(&mut self, i: u32, site: u32, now: Instant) -> Option<u32> {
         let height = self.subtree_height(i);
-        if self.peers[i as usize].site_only {
+        if self.peers[i as usize].nat {
             if let Some(p) = self.pick_on_site(i, site, height) {
                 return Some(p);
             }
@@ -899,7 +1072,7 @@ impl Tracker {
             if let Some(p) = self.pick_open(i, site, height) {
                 return Some(p);
             }
-            // A peer only `site` can dial, when the site has one with room
+            // A peer behind `site`'s NAT, when the site has one with room
             // (a public peer on a site named by the operator can use it
             // too; the last promotion may have been of such a peer).
             if let Some(p) = self.pick_on_site(i, site, height) {
@@ -941,11 +1114,11 @@ impl Tracker {
                 return None;
             }
             // Drop stale entries from the top, then look at a few for the site.
-            // (A slot left and taken again by a peer only its site can
-            // dial is stale here too: that peer is listed on its site.)
+            // (So is a peer only its site can dial now: it stays listed on
+            // its site.)
             while let Some(&top) = self.open[d].last() {
                 let p = &self.peers[top as usize];
-                if !p.site_only && self.has_room(top) && usize::from(p.depth) == d {
+                if p.reach != Reach::SiteOnly && self.has_room(top) && usize::from(p.depth) == d {
                     break;
                 }
                 self.open[d].pop();
@@ -991,14 +1164,14 @@ impl Tracker {
         None
     }
 
-    /// A placed, not yet promoted `site_only` peer of `site` that could
+    /// A placed, not yet promoted peer behind `site`'s NAT that could
     /// take `i` (and the subtree of `height` below it) once promoted.
     fn site_newcomer(&self, i: u32, site: u32, height: u8) -> Option<u32> {
         self.newcomers.iter().copied().find(|&c| {
             let p = &self.peers[c as usize];
             c != i
                 && p.live
-                && p.site_only
+                && p.nat
                 && p.site == site
                 && !p.promoted
                 && !p.leaf_only
@@ -1043,7 +1216,7 @@ impl Tracker {
         // site can reach); the edge only when there is none (it feeds a
         // peer that switches to it until the tracker moves it on).
         let me = &self.peers[i as usize];
-        if me.site_only {
+        if me.nat {
             for d in 1..=self.depth_of_parent_slot(i) {
                 let Some(list) = self.site_open.get(&(me.site, d)) else {
                     continue;
@@ -1135,6 +1308,7 @@ impl Tracker {
             self.recount(before, n);
             let p = &mut self.peers[n as usize];
             p.in_open = false;
+            p.in_site_open = false;
             for &c in &p.children {
                 stack.push((c, d + 1));
             }
@@ -1219,6 +1393,7 @@ impl Tracker {
             let p = &mut self.peers[i as usize];
             p.live = false;
             p.in_open = false;
+            p.in_site_open = false;
         }
         self.recount(before, i);
         self.live -= 1;
@@ -1375,8 +1550,12 @@ mod tests {
         Join {
             site: u32,
             cap: Option<u32>,
-            site_only: bool,
+            nat: bool,
         },
+        /// The service learned a peer's reflexive address.
+        Reach(usize),
+        /// A child reports its parent reached or not through a NAT.
+        Dial(usize, bool),
         Leave(usize),
         Heartbeat(usize, u64),
         Report(usize, bool),
@@ -1386,7 +1565,9 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             6 => (0u32..3, prop_oneof![Just(None), Just(Some(0)), (1u32..20_000).prop_map(Some)], any::<bool>())
-                .prop_map(|(site, cap, site_only)| Op::Join { site, cap, site_only }),
+                .prop_map(|(site, cap, nat)| Op::Join { site, cap, nat }),
+            2 => any::<usize>().prop_map(Op::Reach),
+            2 => (any::<usize>(), any::<bool>()).prop_map(|(k, ok)| Op::Dial(k, ok)),
             2 => any::<usize>().prop_map(Op::Leave),
             4 => (any::<usize>(), 0u64..5_000_000).prop_map(|(k, b)| Op::Heartbeat(k, b)),
             1 => (any::<usize>(), any::<bool>()).prop_map(|(k, c)| Op::Report(k, c)),
@@ -1450,9 +1631,10 @@ mod tests {
             let mut ids: Vec<PeerId> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Join { site, cap, site_only } => {
+                    Op::Join { site, cap, nat } => {
                         let resume_parent = ids.first().copied().filter(|_| site == 2);
-                        if let Ok(a) = t.handle_join(JoinRequest { site, max_upload_kbps: cap, resume_parent, site_only }, now) {
+                        let reach = if nat { Reach::SiteOnly } else { Reach::Public };
+                        if let Ok(a) = t.handle_join(JoinRequest { site, max_upload_kbps: cap, resume_parent, nat, reach }, now) {
                             prop_assert!(a.parent.is_some());
                             prop_assert!(a.depth >= 1 && a.depth <= 5);
                             ids.push(a.id);
@@ -1473,6 +1655,15 @@ mod tests {
                         let _ = t.handle_report(id, report, now);
                         if let (true, Some(Node::Peer(p))) = (corrupt, parent) {
                             prop_assert!(t.assignment(p).is_err(), "corrupt parent evicted");
+                        }
+                    }
+                    Op::Reach(k) if !ids.is_empty() => {
+                        let _ = t.handle_reach(ids[k % ids.len()]);
+                    }
+                    Op::Dial(k, ok) if !ids.is_empty() => {
+                        let id = ids[k % ids.len()];
+                        if let Ok(Assignment { parent: Some(Node::Peer(p)), .. }) = t.assignment(id) {
+                            let _ = t.handle_dial(id, p, ok, now);
                         }
                     }
                     Op::Tick(secs) => {
@@ -1549,7 +1740,8 @@ mod tests {
             t.handle_join(
                 JoinRequest {
                     site: 7,
-                    site_only: true,
+                    nat: true,
+                    reach: Reach::SiteOnly,
                     ..JoinRequest::default()
                 },
                 now,
@@ -1597,6 +1789,108 @@ mod tests {
                 }
             }
         }
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_peer_behind_a_nat_feeds_others_once_observed_until_traversals_fail() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(config());
+        let join = |t: &mut Tracker, site: u32, nat: bool, leaf: bool, now: Instant| {
+            t.handle_join(
+                JoinRequest {
+                    site,
+                    nat,
+                    reach: if nat { Reach::SiteOnly } else { Reach::Public },
+                    max_upload_kbps: leaf.then_some(0),
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+        };
+        let office = join(&mut t, 7, true, false, now).expect("office").id;
+        age(&mut t, &mut now, &[office]);
+        // Two leaf-only public peers fill the edge's other slots.
+        let a = join(&mut t, 1, false, true, now).expect("a").id;
+        let b = join(&mut t, 2, false, true, now).expect("b").id;
+        let alive = [office, a, b];
+        age(&mut t, &mut now, &alive);
+        // Before its address outside the NAT is known, only its site can
+        // use the office peer.
+        assert_eq!(
+            join(&mut t, 3, false, false, now).err(),
+            Some(JoinError::NoCapacity)
+        );
+        t.handle_reach(office).expect("live");
+        let c = join(&mut t, 3, false, false, now).expect("c");
+        assert_eq!(
+            c.parent,
+            Some(Node::Peer(office)),
+            "reached through the NAT"
+        );
+        t.check_invariants().expect("invariants");
+        // The public child could not get through: the office peer is
+        // blamed, and the child moved off it (nowhere else has room).
+        t.handle_dial(c.id, office, false, now).expect("live");
+        assert_eq!(t.assignment(c.id).expect("c").parent, None);
+        t.check_invariants().expect("invariants");
+        let d = join(&mut t, 4, false, false, now).expect("d");
+        assert_eq!(
+            d.parent,
+            Some(Node::Peer(office)),
+            "one failure is not proof"
+        );
+        t.handle_dial(d.id, office, false, now).expect("live");
+        // Twice blamed, never reached: its own site only from now on.
+        t.check_invariants().expect("invariants");
+        assert_eq!(
+            join(&mut t, 5, false, false, now).err(),
+            Some(JoinError::NoCapacity)
+        );
+        let colleague = join(&mut t, 7, true, false, now).expect("colleague");
+        assert_eq!(colleague.parent, Some(Node::Peer(office)));
+        // A peer observed again after that stays its site's only.
+        t.handle_reach(office).expect("live");
+        assert_eq!(
+            join(&mut t, 6, false, false, now).err(),
+            Some(JoinError::NoCapacity)
+        );
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_traversal_that_worked_vouches_for_both_sides() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(config());
+        let nat = |t: &mut Tracker, site: u32, now: Instant| {
+            let id = t
+                .handle_join(
+                    JoinRequest {
+                        site,
+                        nat: true,
+                        reach: Reach::SiteOnly,
+                        ..JoinRequest::default()
+                    },
+                    now,
+                )
+                .expect("placed")
+                .id;
+            t.handle_reach(id).expect("live");
+            id
+        };
+        let parent = nat(&mut t, 7, now);
+        let child = nat(&mut t, 8, now);
+        age(&mut t, &mut now, &[parent, child]);
+        t.handle_dial(child, parent, true, now).expect("live");
+        let i = t.lookup(parent).expect("live");
+        assert_eq!(t.peers[i as usize].punch_ok, 1);
+        // A later failure with another child is blamed on that child,
+        // since this parent has been reached before.
+        let other = nat(&mut t, 9, now);
+        t.handle_dial(other, parent, false, now).expect("live");
+        assert_eq!(t.peers[i as usize].punch_failed, 0);
+        let o = t.lookup(other).expect("live");
+        assert_eq!(t.peers[o as usize].punch_failed, 1);
         t.check_invariants().expect("invariants");
     }
 

@@ -44,6 +44,12 @@ pub struct TrackerMetrics {
     pub site_wan_streams: prometheus::GaugeVec,
     /// Peers behind a NAT, by channel.
     pub peers_behind_nat: IntGaugeVec,
+    /// Traversals peers reported, by channel and outcome (`reached`,
+    /// `unreachable`).
+    pub traversals: IntCounterVec,
+    /// Reflexive addresses refused (from a peer not behind a NAT, or not
+    /// on the address its requests come from), by channel.
+    pub reflexive_refused: IntCounterVec,
 }
 
 /// Sites with a series of their own in `treecast_edge_site_wan_streams`,
@@ -58,6 +64,10 @@ impl TrackerService {
         let ch = channel.as_str();
         let m = &self.metrics;
         m.repairs.with_label_values(&[ch]);
+        m.reflexive_refused.with_label_values(&[ch]);
+        for o in ["reached", "unreachable"] {
+            m.traversals.with_label_values(&[ch, o]);
+        }
         for r in ["silent", "corrupt"] {
             m.evictions.with_label_values(&[ch, r]);
         }

@@ -33,7 +33,9 @@ use http::StatusCode;
 use treecast_proto::ticket::{SigningKey, TicketClaims};
 use treecast_proto::ChannelName;
 
-use super::core::{self, EvictReason, Node, PeerId, Report, Tracker, TrackerConfig, TrackerEvent};
+use super::core::{
+    self, EvictReason, Node, PeerId, Reach, Report, Tracker, TrackerConfig, TrackerEvent,
+};
 use super::wire;
 use limiter::Limiter;
 pub use metrics::{TrackerMetrics, SITE_SERIES};
@@ -120,7 +122,7 @@ fn refuse(status: StatusCode, outcome: &'static str, message: impl Into<String>)
 #[derive(Debug)]
 struct ChannelTree {
     tracker: Tracker,
-    addrs: HashMap<PeerId, (SocketAddr, Option<String>)>,
+    addrs: HashMap<PeerId, PeerAddr>,
     /// The same, the other way: who is at a QUIC address (a peer resuming
     /// after a restart names its parent by address).
     by_addr: HashMap<SocketAddr, PeerId>,
@@ -136,8 +138,44 @@ struct ChannelTree {
     totals: PeerTotals,
     /// Each peer's last tickets, for its parent and its backup.
     tickets: HashMap<PeerId, [Option<CachedTicket>; 2]>,
+    /// Per peer behind a NAT, the addresses to send packets towards at
+    /// its next heartbeat: children and backers newly sent to dial it
+    /// from elsewhere (at most [`MAX_PUNCHES`]).
+    punches: HashMap<PeerId, Vec<SocketAddr>>,
     gauges: metrics::ChannelGauges,
 }
+
+/// Where a peer can be dialled.
+#[derive(Debug, Clone)]
+struct PeerAddr {
+    /// The QUIC address it gave (on its LAN, behind a NAT).
+    quic: SocketAddr,
+    fingerprint: Option<String>,
+    /// The address its tracker requests come from.
+    seen: IpAddr,
+    /// Behind a NAT (see [`behind_nat`]).
+    nat: bool,
+    /// Its QUIC socket's address outside the NAT, as the edge observed
+    /// it; on `seen` (anything else is refused).
+    reflexive: Option<SocketAddr>,
+}
+
+impl PeerAddr {
+    /// Where a parent behind a NAT may send packets to open its NAT
+    /// towards this peer: its observed reflexive address, or the address
+    /// it gave when that is where its requests come from. Never an
+    /// address the peer only claims.
+    fn punch_target(&self) -> Option<SocketAddr> {
+        if self.nat {
+            self.reflexive
+        } else {
+            (self.quic.ip() == self.seen).then_some(self.quic)
+        }
+    }
+}
+
+/// Most addresses queued for one peer to punch towards.
+const MAX_PUNCHES: usize = 16;
 
 /// One live peer's site and reported totals.
 #[derive(Debug, Clone, Copy, Default)]
@@ -148,18 +186,12 @@ struct PeerStats {
 
 impl ChannelTree {
     /// Records a peer the tree placed.
-    fn admit(
-        &mut self,
-        id: PeerId,
-        site: u32,
-        behind_nat: bool,
-        addr: SocketAddr,
-        fingerprint: Option<String>,
-    ) {
-        if let Some((old, _)) = self.addrs.insert(id, (addr, fingerprint)) {
-            self.by_addr.remove(&old);
+    fn admit(&mut self, id: PeerId, site: u32, addr: PeerAddr) {
+        let (quic, behind_nat) = (addr.quic, addr.nat);
+        if let Some(old) = self.addrs.insert(id, addr) {
+            self.by_addr.remove(&old.quic);
         }
-        self.by_addr.insert(addr, id);
+        self.by_addr.insert(quic, id);
         self.stats.insert(
             id,
             PeerStats {
@@ -199,11 +231,12 @@ impl ChannelTree {
     /// Drops what the maps beside the tree hold about a peer that is gone,
     /// and its share of the totals.
     fn forget(&mut self, id: PeerId) {
-        if let Some((addr, _)) = self.addrs.remove(&id) {
-            if self.by_addr.get(&addr) == Some(&id) {
-                self.by_addr.remove(&addr);
+        if let Some(addr) = self.addrs.remove(&id) {
+            if self.by_addr.get(&addr.quic) == Some(&id) {
+                self.by_addr.remove(&addr.quic);
             }
         }
+        self.punches.remove(&id);
         if let Some(p) = self.stats.remove(&id) {
             self.totals.sub(&p.totals);
             if let Some(row) = self.site_rows.get_mut(&p.site) {
@@ -299,6 +332,7 @@ impl TrackerService {
                 site_rows: HashMap::new(),
                 totals: PeerTotals::default(),
                 tickets: HashMap::new(),
+                punches: HashMap::new(),
                 gauges,
             }))
         });
@@ -370,8 +404,8 @@ impl TrackerService {
                         ));
                     }
                 }
-                let site_only = behind_nat(req.addr.ip(), from.ip());
-                let label = site_label(req.site.as_deref(), from.ip(), req.addr.ip(), site_only);
+                let nat = behind_nat(req.addr.ip(), from.ip());
+                let label = site_label(req.site.as_deref(), from.ip(), req.addr.ip(), nat);
                 let site = site_of(&label);
                 let shared = self.tree_or_create(&channel)?;
                 let mut guard = lock(&shared);
@@ -387,7 +421,10 @@ impl TrackerService {
                     .handle_join(
                         core::JoinRequest {
                             site,
-                            site_only,
+                            nat,
+                            // Dialable from elsewhere once the edge has
+                            // observed its address outside the NAT.
+                            reach: if nat { Reach::SiteOnly } else { Reach::Public },
                             max_upload_kbps: req.max_upload_kbps,
                             resume_parent,
                         },
@@ -403,9 +440,13 @@ impl TrackerService {
                 tree.admit(
                     a.id,
                     site,
-                    site_only,
-                    req.addr,
-                    req.cert_fingerprint.clone(),
+                    PeerAddr {
+                        quic: req.addr,
+                        fingerprint: req.cert_fingerprint.clone(),
+                        seen: from.ip(),
+                        nat,
+                        reflexive: None,
+                    },
                 );
                 tree.gauges.set(&tree.tracker);
                 Ok(self.answer(&channel, tree, a, at))
@@ -414,6 +455,9 @@ impl TrackerService {
                 let req: wire::HeartbeatRequest = parse(body)?;
                 let channel = channel(&req.channel)?;
                 self.in_known_tree(&channel, |tree| {
+                    if let Some(r) = req.reflexive {
+                        self.learn_reflexive(&channel, tree, PeerId(req.peer_id), r, from.ip());
+                    }
                     let a = tree
                         .tracker
                         .handle_heartbeat(
@@ -491,14 +535,35 @@ impl TrackerService {
                 let req: wire::ReportRequest = parse(body)?;
                 let channel = channel(&req.channel)?;
                 self.in_known_tree(&channel, |tree| {
+                    let me = PeerId(req.peer_id);
                     let report = match req.report {
-                        wire::ReportKind::ParentGap => Report::ParentGap,
-                        wire::ReportKind::ParentCorrupt => Report::ParentCorrupt,
-                        wire::ReportKind::ParentShed => Report::ParentShed,
+                        wire::ReportKind::ParentGap => Some(Report::ParentGap),
+                        wire::ReportKind::ParentCorrupt => Some(Report::ParentCorrupt),
+                        wire::ReportKind::ParentShed => Some(Report::ParentShed),
+                        wire::ReportKind::Reached | wire::ReportKind::Unreachable => None,
                     };
-                    tree.tracker
-                        .handle_report(PeerId(req.peer_id), report, now)
-                        .map_err(unknown)?;
+                    match report {
+                        Some(report) => tree.tracker.handle_report(me, report, now),
+                        None => {
+                            let parent = req.parent_id.ok_or_else(|| {
+                                refuse(
+                                    StatusCode::BAD_REQUEST,
+                                    "bad_request",
+                                    "reached and unreachable name the parent (parent_id)",
+                                )
+                            })?;
+                            let ok = req.report == wire::ReportKind::Reached;
+                            self.metrics
+                                .traversals
+                                .with_label_values(&[
+                                    channel.as_str(),
+                                    if ok { "reached" } else { "unreachable" },
+                                ])
+                                .inc();
+                            tree.tracker.handle_dial(me, PeerId(parent), ok, now)
+                        }
+                    }
+                    .map_err(unknown)?;
                     self.drain(&channel, tree);
                     let a = tree
                         .tracker
@@ -592,14 +657,55 @@ impl TrackerService {
         a: core::Assignment,
         at: Now,
     ) -> wire::Assignment {
+        let parent = self.node_info(channel, tree, a.id, 0, a.parent, at);
+        let backup = self.node_info(channel, tree, a.id, 1, a.backup, at);
+        // Behind a NAT with no address outside it yet: the edge's QUIC
+        // endpoint tells it.
+        let observe = tree
+            .addrs
+            .get(&a.id)
+            .filter(|m| m.nat && m.reflexive.is_none())
+            .and(self.settings.root_addr)
+            .map(|addr| wire::ObserveAt {
+                addr,
+                cert_fingerprint: self.settings.root_fingerprint.clone(),
+            });
         wire::Assignment {
             v: 1,
             peer_id: a.id.0,
             depth: a.depth,
-            parent: self.node_info(channel, tree, a.id, 0, a.parent, at),
-            backup: self.node_info(channel, tree, a.id, 1, a.backup, at),
+            parent,
+            backup,
             heartbeat_interval_ms: (self.settings.core.heartbeat_timeout.as_millis() / 3) as u64,
             ticket_key: self.ticket_key.clone(),
+            observe,
+            punch: tree.punches.remove(&a.id).unwrap_or_default(),
+        }
+    }
+
+    /// A peer says where the edge saw its QUIC packets come from. Taken
+    /// only from a peer behind a NAT and only on the address its requests
+    /// come from: a peer cannot have others send packets anywhere else.
+    fn learn_reflexive(
+        &self,
+        channel: &ChannelName,
+        tree: &mut ChannelTree,
+        id: PeerId,
+        reflexive: SocketAddr,
+        seen: IpAddr,
+    ) {
+        let Some(known) = tree.addrs.get_mut(&id) else {
+            return;
+        };
+        if !known.nat || reflexive.ip() != seen {
+            self.metrics
+                .reflexive_refused
+                .with_label_values(&[channel.as_str()])
+                .inc();
+            return;
+        }
+        if known.reflexive.replace(reflexive).is_none() {
+            let _ = tree.tracker.handle_reach(id);
         }
     }
 
@@ -617,24 +723,52 @@ impl TrackerService {
         node: Option<Node>,
         at: Now,
     ) -> Option<wire::NodeInfo> {
-        let (kind, id, addr, cert_fingerprint) = match node? {
+        let (kind, id, addr, cert_fingerprint, traversal) = match node? {
             Node::Root => (
                 "edge",
                 0,
                 self.settings.root_addr,
                 self.settings.root_fingerprint.clone(),
+                false,
             ),
             Node::Peer(p) => {
                 let known = tree.addrs.get(&p);
+                // Across a NAT from another site: its address outside the
+                // NAT, opened towards the child by a simultaneous open.
+                let traversal = known.is_some_and(|k| k.nat)
+                    && tree.site_of(p).is_some()
+                    && tree.site_of(p) != tree.site_of(child);
+                let addr = match known {
+                    Some(k) if traversal => k.reflexive.or(Some(k.quic)),
+                    k => k.map(|k| k.quic),
+                };
                 (
                     "peer",
                     p.0,
-                    known.map(|k| k.0),
-                    known.and_then(|k| k.1.clone()),
+                    addr,
+                    known.and_then(|k| k.fingerprint.clone()),
+                    traversal,
                 )
             }
         };
         let ttl = self.settings.ticket_ttl.as_secs();
+        let first = tree
+            .tickets
+            .get(&child)
+            .and_then(|t| t[slot].as_ref())
+            .map(|c| c.parent)
+            != Some(id);
+        if traversal && first {
+            // Newly sent there: the parent opens its NAT towards the child
+            // at its next heartbeat.
+            let target = tree.addrs.get(&child).and_then(PeerAddr::punch_target);
+            if let Some(target) = target {
+                let queue = tree.punches.entry(PeerId(id)).or_default();
+                if !queue.contains(&target) && queue.len() < MAX_PUNCHES {
+                    queue.push(target);
+                }
+            }
+        }
         let cached = &mut tree.tickets.entry(child).or_default()[slot];
         let ticket = match cached {
             Some(c) if c.parent == id && c.expires >= at.unix_secs + ttl / 2 => c.ticket.clone(),
@@ -661,6 +795,7 @@ impl TrackerService {
             addr,
             cert_fingerprint,
             ticket,
+            traversal,
         })
     }
 }
@@ -795,6 +930,91 @@ mod tests {
         // of 2.1 MB received, times 2 viewers.
         let expected = 2.0 * 1.1 / 2.1;
         assert!((site.wan_streams - expected).abs() < 1e-9, "{site:?}");
+    }
+
+    /// A peer behind a NAT is asked for its reflexive address, which is
+    /// taken only on the address its requests come from; a peer elsewhere
+    /// is then sent to it there, marked as a traversal, and the parent is
+    /// told once to punch towards that child.
+    #[test]
+    fn a_nat_peer_is_observed_then_reached_through_a_punch() {
+        let s = TrackerService::new(
+            TrackerSettings::loopback(TrackerConfig {
+                root_slots: 1,
+                promote_after: Duration::ZERO,
+                ..TrackerConfig::default()
+            }),
+            SigningKey::from_bytes(&[3; 32]),
+            EdgeMetrics::new().tracker,
+        );
+        let office = SocketAddr::from(([203, 0, 113, 7], 40000));
+        let call = |endpoint: &str, body: String, from: SocketAddr| {
+            s.handle(endpoint, body.as_bytes(), from, Now::current())
+        };
+        let n = call(
+            "join",
+            r#"{"channel":"demo","addr":"192.168.1.20:5000"}"#.into(),
+            office,
+        )
+        .expect("join");
+        assert!(n.observe.is_some(), "asked where the edge sees it");
+        let hb = |reflexive: &str| {
+            call(
+                "heartbeat",
+                format!(
+                    r#"{{"channel":"demo","peer_id":{},"reflexive":"{reflexive}"}}"#,
+                    n.peer_id
+                ),
+                office,
+            )
+            .expect("heartbeat")
+        };
+        // Another host's address is refused, and counted.
+        assert!(hb("198.51.100.1:6000").observe.is_some());
+        assert_eq!(
+            s.metrics
+                .reflexive_refused
+                .with_label_values(&["demo"])
+                .get(),
+            1
+        );
+        assert!(hb("203.0.113.7:61000").observe.is_none(), "known now");
+        let viewer = SocketAddr::from(([198, 51, 100, 9], 7000));
+        let p = call(
+            "join",
+            r#"{"channel":"demo","addr":"198.51.100.9:7000"}"#.into(),
+            viewer,
+        )
+        .expect("join");
+        let parent = p.parent.expect("a parent");
+        assert_eq!(parent.id, n.peer_id);
+        assert!(parent.traversal);
+        assert_eq!(
+            parent.addr,
+            Some("203.0.113.7:61000".parse().expect("addr"))
+        );
+        // The parent punches once, at its next heartbeat.
+        assert_eq!(hb("203.0.113.7:61000").punch, vec![viewer]);
+        assert!(hb("203.0.113.7:61000").punch.is_empty());
+        let report = format!(
+            r#"{{"channel":"demo","peer_id":{},"report":"reached","parent_id":{}}}"#,
+            p.peer_id, n.peer_id
+        );
+        let after = call("report", report, viewer).expect("report");
+        assert_eq!(after.parent.map(|p| p.id), Some(n.peer_id));
+        assert_eq!(
+            s.metrics
+                .traversals
+                .with_label_values(&["demo", "reached"])
+                .get(),
+            1
+        );
+        // An outcome without the parent it is about is refused.
+        let bare = format!(
+            r#"{{"channel":"demo","peer_id":{},"report":"unreachable"}}"#,
+            p.peer_id
+        );
+        assert!(call("report", bare, viewer).is_err());
     }
 
     /// Peers behind one NAT and on one LAN are one site with nobody
