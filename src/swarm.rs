@@ -226,6 +226,24 @@ pub struct NetworkReport {
     pub links: Vec<LinkReport>,
     /// Per site: what its WAN link carried, and how its viewers fared.
     pub sites: Vec<SiteReport>,
+    /// Dials to a parent or backup through its NAT (the last 32 of each
+    /// peer), by the NAT kinds of child and parent.
+    pub direct_connection_success: Vec<DirectPair>,
+}
+
+/// Dials through a NAT between one pair of NAT kinds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DirectPair {
+    /// The dialling child's NAT (`public` off every site).
+    pub child: String,
+    /// The parent's NAT.
+    pub parent: String,
+    /// Dials.
+    pub attempts: u64,
+    /// Of those, handshakes that completed.
+    pub reached: u64,
+    /// `reached / attempts`.
+    pub success: f64,
 }
 
 /// One site of the lab over the measured window.
@@ -898,7 +916,50 @@ fn network_report(
         edge_upload_kbps: net.edge.upload_kbps,
         links,
         sites: site_reports(net, c, secs, stream_kbps),
+        direct_connection_success: direct_pairs(net, c),
     }
+}
+
+/// Tallies the peers' dials through NATs by the NAT kinds of both ends:
+/// a child's from its slot's site, a parent's from the address dialled
+/// (a site's WAN address, else a public peer).
+fn direct_pairs(net: &NetRun, c: &Collected) -> Vec<DirectPair> {
+    let kind_of_slot = |slot: usize| {
+        net.slots
+            .get(slot)
+            .and_then(|p| p.site)
+            .and_then(|k| net.sites.get(k))
+            .map_or("public", |s| s.site.nat.name())
+    };
+    let kind_of_addr = |ip: std::net::IpAddr| {
+        net.sites
+            .iter()
+            .find(|s| std::net::IpAddr::V4(s.wan) == ip)
+            .map_or("public", |s| s.site.nat.name())
+    };
+    let mut tally: std::collections::BTreeMap<(&str, &str), (u64, u64)> = Default::default();
+    for (n, status) in &c.last {
+        let Some(&slot) = c.slot_of.get(n) else {
+            continue;
+        };
+        for t in &status.traversals {
+            let e = tally
+                .entry((kind_of_slot(slot), kind_of_addr(t.to.ip())))
+                .or_default();
+            e.0 += 1;
+            e.1 += u64::from(t.ok);
+        }
+    }
+    tally
+        .into_iter()
+        .map(|((child, parent), (attempts, reached))| DirectPair {
+            child: child.into(),
+            parent: parent.into(),
+            attempts,
+            reached,
+            success: ratio(reached as f64, attempts as f64),
+        })
+        .collect()
 }
 
 fn site_reports(net: &NetRun, c: &Collected, secs: f64, stream_kbps: f64) -> Vec<SiteReport> {

@@ -3,6 +3,7 @@
 //! ```toml
 //! listen = "127.0.0.1:8081"          # HTTP for players, peers and operators
 //! quic_listen = "127.0.0.1:8444"     # UDP: the root of the delivery tree
+//! # observe_listen = "127.0.0.1:8445" # UDP: a second port peers behind NATs ask (default: any free port on quic_listen's address)
 //! origin = "http://127.0.0.1:8080"   # where to pull from: the origin, another edge, or an HTTP cache
 //! # origin_key = "hex"               # pin the origin's key (`origin key` prints it); default: asked from `origin`
 //! origin_timeout_ms = 10000          # wait for an origin response head
@@ -46,6 +47,13 @@ pub struct EdgeConfig {
     /// QUIC (UDP) address where the edge's direct children connect.
     /// Default `127.0.0.1:8444`.
     pub quic_listen: SocketAddr,
+    /// A second QUIC (UDP) address that tells peers where their packets
+    /// come from. A peer behind a NAT asks here and at `quic_listen`: two
+    /// different answers mean a mapping that depends on the destination
+    /// (a symmetric NAT), which no peer elsewhere can punch through, so
+    /// the peer does not offer itself across its NAT. Default: any free
+    /// port on `quic_listen`'s address.
+    pub observe_listen: Option<SocketAddr>,
     /// Base URL to pull the origin's URL layout from: the origin itself,
     /// another edge, or a standard HTTP cache in front of either (see
     /// `docs/edge.md`, "Tiers"). Default `http://127.0.0.1:8080`.
@@ -140,6 +148,7 @@ impl Default for EdgeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             quic_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            observe_listen: None,
             origin: "http://127.0.0.1:8080".into(),
             origin_key: None,
             origin_timeout_ms: 10_000,

@@ -87,6 +87,23 @@ impl EdgeHandle {
             addr: config.quic_listen,
             source,
         })?;
+        // The second port peers behind NATs ask (`observe_listen`).
+        let observe_at = config
+            .observe_listen
+            .unwrap_or(SocketAddr::new(quic_addr.ip(), 0));
+        let observe_endpoint =
+            root::bind(observe_at, identity.server_config()?).map_err(|source| {
+                StartError::Bind {
+                    addr: observe_at,
+                    source,
+                }
+            })?;
+        let observe_addr = observe_endpoint
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: observe_at,
+                source,
+            })?;
         let key_path = config.data_dir.join("edge.key");
         let (seed, created) = keyfile::load_or_create(&key_path)?;
         let t = &config.tracker;
@@ -107,6 +124,7 @@ impl EdgeHandle {
                 max_channels: 64,
                 rate_per_sec: t.rate_per_sec,
                 root_addr: Some(quic_addr),
+                observe_also: Some(observe_addr),
                 root_fingerprint: Some(identity.fingerprint_hex()),
             },
             SigningKey::from_bytes(&seed),
@@ -173,6 +191,7 @@ impl EdgeHandle {
             tasks.spawn(serve(l, handler, 64, rx.clone()));
         }
         tasks.spawn(tick(tracker, rx.clone()));
+        tasks.spawn(root.clone().serve(observe_endpoint, rx.clone()));
         tasks.spawn(root.serve(endpoint, rx));
         info!(%local_addr, %quic_addr, origin = %config.origin, "edge listening");
         Ok(Self {

@@ -7,8 +7,12 @@
 //!   edge answers with the address the packets came from. A NAT that maps
 //!   one internal socket to one external port whatever the destination
 //!   (endpoint-independent mapping, "cone") shows every peer that same
-//!   address. The answer is kept for [`OBSERVE_FOR`] and sent in the next
-//!   heartbeat.
+//!   address. The edge has a second port (`ObserveAt::also`) that the
+//!   agent asks too: a NAT that maps per destination (symmetric) shows
+//!   the two different ports, and then nobody elsewhere could punch
+//!   through it, so the agent reports no address and stays reachable
+//!   from its own site only (as RFC 5780's mapping test does). The
+//!   answer is kept for [`OBSERVE_FOR`] and sent in the next heartbeat.
 //! - **Punch**: the tracker names children about to dial this peer from
 //!   other sites (`Assignment::punch`); the agent sends a few datagrams to
 //!   each from the QUIC socket. They open this peer's NAT towards the
@@ -41,11 +45,12 @@ const PUNCH_PACKETS: usize = 3;
 /// the fixed bit clear, so any QUIC endpoint drops it.
 const PUNCH_PAYLOAD: [u8; 4] = [0; 4];
 
-/// One observation: which edge said what, and when.
+/// One observation: which edge said what, and when. `reflexive` is
+/// `None` when the mapping depends on the destination.
 #[derive(Debug, Clone, Copy)]
 struct Observation {
     edge: SocketAddr,
-    reflexive: SocketAddr,
+    reflexive: Option<SocketAddr>,
     at: Instant,
 }
 
@@ -72,43 +77,58 @@ impl Traversal {
         }
     }
 
-    fn fresh(&self, edge: SocketAddr) -> Option<SocketAddr> {
+    fn fresh(&self, edge: SocketAddr) -> Option<Observation> {
         let o = (*self.observed.lock().unwrap_or_else(|e| e.into_inner()))?;
-        (o.edge == edge && o.at.elapsed() < OBSERVE_FOR).then_some(o.reflexive)
+        (o.edge == edge && o.at.elapsed() < OBSERVE_FOR).then_some(o)
     }
 
     /// This socket's address as `at` sees it: the last answer while fresh,
-    /// else asked now. `None` (logged) when the edge cannot be asked.
+    /// else asked now. `None` when the edge cannot be asked (logged), and
+    /// when the NAT maps per destination.
     pub async fn observe(&self, at: &ObserveAt) -> Option<SocketAddr> {
-        if let Some(r) = self.fresh(at.addr) {
-            return Some(r);
+        if let Some(o) = self.fresh(at.addr) {
+            return o.reflexive;
         }
         let _one = self.observing.lock().await;
-        if let Some(r) = self.fresh(at.addr) {
-            return Some(r);
+        if let Some(o) = self.fresh(at.addr) {
+            return o.reflexive;
         }
-        match tokio::time::timeout(OBSERVE_TIMEOUT, self.ask(at)).await {
-            Ok(Ok(reflexive)) => {
-                info!(edge = %at.addr, %reflexive, "the edge sees this peer's QUIC socket at its reflexive address");
-                *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Observation {
-                    edge: at.addr,
-                    reflexive,
-                    at: Instant::now(),
-                });
-                Some(reflexive)
+        let asked = tokio::time::timeout(OBSERVE_TIMEOUT, async {
+            let first = self.ask(at, at.addr).await?;
+            let second = match at.also {
+                Some(also) => Some(self.ask(at, also).await?),
+                None => None,
+            };
+            Ok::<_, TreeError>((first, second))
+        })
+        .await;
+        let reflexive = match asked {
+            Ok(Ok((first, second))) if second.is_none_or(|s| s == first) => {
+                info!(edge = %at.addr, reflexive = %first, "the edge sees this peer's QUIC socket at its reflexive address");
+                Some(first)
+            }
+            Ok(Ok((first, second))) => {
+                warn!(edge = %at.addr, ?first, ?second, "this peer's NAT maps each destination to another port (symmetric): only its own site can reach it");
+                None
             }
             Ok(Err(e)) => {
                 warn!(edge = %at.addr, error = %e, "cannot learn this peer's reflexive address");
-                None
+                return None;
             }
             Err(_) => {
                 warn!(edge = %at.addr, "the edge did not tell this peer its reflexive address in time");
-                None
+                return None;
             }
-        }
+        };
+        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Observation {
+            edge: at.addr,
+            reflexive,
+            at: Instant::now(),
+        });
+        reflexive
     }
 
-    async fn ask(&self, at: &ObserveAt) -> Result<SocketAddr, TreeError> {
+    async fn ask(&self, at: &ObserveAt, addr: SocketAddr) -> Result<SocketAddr, TreeError> {
         let fp = at
             .cert_fingerprint
             .as_deref()
@@ -117,7 +137,7 @@ impl Traversal {
         let config = client_config(fp).map_err(|e| TreeError::Protocol(e.to_string()))?;
         let conn = self
             .endpoint
-            .connect_with(config, at.addr, SERVER_NAME)
+            .connect_with(config, addr, SERVER_NAME)
             .map_err(|e| TreeError::Protocol(e.to_string()))?
             .await?;
         tree::observe(&conn).await

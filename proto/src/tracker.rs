@@ -154,6 +154,11 @@ pub struct NodeInfo {
 pub struct ObserveAt {
     /// The edge's QUIC address.
     pub addr: SocketAddr,
+    /// A second address of the edge to ask too: a NAT that shows the two
+    /// different addresses maps per destination (symmetric), and nobody
+    /// can punch through it.
+    #[serde(default)]
+    pub also: Option<SocketAddr>,
     /// Fingerprint of its QUIC certificate (hex).
     pub cert_fingerprint: Option<String>,
 }

@@ -545,15 +545,24 @@ impl Lab {
 
 /// The nftables ruleset of a site router with `nat`: source NAT of what
 /// leaves by `wan` (keeping ports where it can, or a random port per
-/// destination for `symmetric`), and for `udp-blocked` no UDP from the
-/// LAN out.
+/// destination for `symmetric`), a firewall that drops what arrives on
+/// `wan` unsolicited, as a home or office router does, and for
+/// `udp-blocked` no UDP from the LAN out.
+///
+/// The firewall matters to traversal as much as the NAT: without it an
+/// unsolicited datagram (a child's handshake that arrives before the
+/// parent has punched) is delivered to the router itself, and the
+/// conntrack entry it leaves takes the very port the parent's mapping
+/// needs, so the NAT maps the punch to another port and the traversal
+/// fails for as long as the child keeps retrying.
 fn nat_rules(nat: NatKind) -> String {
     let masquerade = match nat {
         NatKind::Symmetric => "masquerade fully-random",
         _ => "masquerade",
     };
     let mut rules = format!(
-        "table ip treecast_nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan\" {masquerade}\n  }}\n}}\n"
+        "table ip treecast_nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan\" {masquerade}\n  }}\n}}\n\
+         table inet treecast_firewall {{\n  chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"wan\" ct state new drop\n  }}\n}}\n"
     );
     if nat == NatKind::UdpBlocked {
         rules.push_str(

@@ -78,6 +78,9 @@ pub struct TrackerSettings {
     pub rate_per_sec: f64,
     /// The edge's QUIC address, given to its children.
     pub root_addr: Option<SocketAddr>,
+    /// The edge's second QUIC address, which peers behind NATs ask too
+    /// (see `EdgeConfig::observe_listen`).
+    pub observe_also: Option<SocketAddr>,
     /// The edge's certificate fingerprint (hex), given to its children.
     pub root_fingerprint: Option<String>,
 }
@@ -94,6 +97,7 @@ impl TrackerSettings {
             max_channels: 4,
             rate_per_sec: 1e9,
             root_addr: Some(SocketAddr::from(([127, 0, 0, 1], 4433))),
+            observe_also: Some(SocketAddr::from(([127, 0, 0, 1], 4434))),
             root_fingerprint: Some("00".repeat(32)),
         }
     }
@@ -668,6 +672,7 @@ impl TrackerService {
             .and(self.settings.root_addr)
             .map(|addr| wire::ObserveAt {
                 addr,
+                also: self.settings.observe_also,
                 cert_fingerprint: self.settings.root_fingerprint.clone(),
             });
         wire::Assignment {
