@@ -150,8 +150,13 @@ pub struct ChannelSnapshot {
     pub evicted_silent: u64,
     /// Peers evicted for corruption.
     pub evicted_corrupt: u64,
-    /// Peers behind a NAT (only their site can dial them).
+    /// Peers behind a NAT.
     pub peers_behind_nat: u64,
+    /// Dials through a NAT that peers reported getting in, since the edge
+    /// started.
+    pub traversals_reached: u64,
+    /// Those that did not.
+    pub traversals_unreachable: u64,
     /// Copies entering all sites together ([`SiteRow::wan_streams`]
     /// summed over every site, listed or not).
     pub wan_streams_total: f64,
@@ -220,6 +225,8 @@ impl TrackerService {
                 evicted_silent: m.evictions.with_label_values(&[ch, "silent"]).get(),
                 evicted_corrupt: m.evictions.with_label_values(&[ch, "corrupt"]).get(),
                 peers_behind_nat,
+                traversals_reached: m.traversals.with_label_values(&[ch, "reached"]).get(),
+                traversals_unreachable: m.traversals.with_label_values(&[ch, "unreachable"]).get(),
                 wan_streams_total,
                 sites,
                 peers: rows,
