@@ -12,6 +12,11 @@
 //! - [`Tracker::handle_reach`] and [`Tracker::handle_dial`]: what the
 //!   service learned of a peer's NAT (its reflexive address, the outcome
 //!   of a traversal), so that reachability follows what was seen;
+//! - [`Tracker::handle_no_udp`]: no UDP leaves the peer's site (a
+//!   firewall that lets out HTTP only). It takes parents on its site
+//!   only; when its site has none with room it is the site's *leader*:
+//!   the edge feeds it over HTTP, outside the root's QUIC slots, and it
+//!   feeds its site over the LAN;
 //! - [`Tracker::handle_heartbeat`]: a peer is alive, and reports the bytes it
 //!   received from its parent; that credit is its parent's *measured* upload,
 //!   which sets how many children the parent may have;
@@ -247,6 +252,8 @@ struct Peer {
     nat: bool,
     /// Listed in the site's lists (`site_open`).
     in_site_open: bool,
+    /// No UDP leaves its site; see [`Tracker::handle_no_udp`].
+    no_udp: bool,
     reach: Reach,
     /// Traversals through this peer's NAT that worked, and that failed
     /// with it to blame.
@@ -308,6 +315,14 @@ const MAX_BACKERS: u32 = 8;
 /// heartbeats stay cheap.
 const BACKUP_RECHECK: Duration = Duration::from_secs(3);
 
+impl Peer {
+    /// Listed on its site and parented there first: behind a NAT, or
+    /// without UDP beyond its site.
+    fn site_bound(&self) -> bool {
+        self.nat || self.no_udp
+    }
+}
+
 /// Traversals a peer is blamed for before it counts as unreachable
 /// through its NAT (when it has not succeeded more often).
 pub const DEMOTE_AFTER: u16 = 2;
@@ -351,6 +366,9 @@ pub struct Tracker {
     peers: Vec<Peer>,
     free: Vec<u32>,
     root_children: Vec<u32>,
+    /// Site leaders the edge feeds over HTTP (peers whose UDP is blocked):
+    /// under the root, but not in its QUIC slots.
+    http_children: Vec<u32>,
     /// Per depth, peers anyone can dial that may have a free slot (checked
     /// when used).
     open: Vec<Vec<u32>>,
@@ -381,6 +399,7 @@ impl Tracker {
             peers: Vec::new(),
             free: Vec::new(),
             root_children: Vec::new(),
+            http_children: Vec::new(),
             open: vec![Vec::new(); depths],
             site_open: std::collections::HashMap::new(),
             newcomers: VecDeque::new(),
@@ -483,6 +502,7 @@ impl Tracker {
             site: req.site,
             nat: req.nat,
             in_site_open: false,
+            no_udp: false,
             reach: if req.nat { req.reach } else { Reach::Public },
             punch_ok: 0,
             punch_failed: 0,
@@ -679,10 +699,33 @@ impl Tracker {
     pub fn handle_reach(&mut self, id: PeerId) -> Result<(), UnknownPeer> {
         let i = self.lookup(id)?;
         let p = &mut self.peers[i as usize];
-        if p.nat && p.reach == Reach::SiteOnly && !traversals_failed(p) {
+        if p.nat && !p.no_udp && p.reach == Reach::SiteOnly && !traversals_failed(p) {
             p.reach = Reach::Punch;
             self.mark_open(i);
         }
+        Ok(())
+    }
+
+    /// No UDP leaves `id`'s site (its QUIC packets never reached the
+    /// edge, while its HTTP requests do): it can neither dial nor be
+    /// dialled from elsewhere. It moves to a parent on its site, or
+    /// becomes the site's leader, fed over HTTP (freeing a QUIC root slot
+    /// if it held one); its children and backers from elsewhere move.
+    pub fn handle_no_udp(&mut self, id: PeerId, now: Instant) -> Result<(), UnknownPeer> {
+        let i = self.lookup(id)?;
+        if self.peers[i as usize].no_udp {
+            return Ok(());
+        }
+        self.peers[i as usize].no_udp = true;
+        self.peers[i as usize].reach = Reach::SiteOnly;
+        if let Some(pos) = self.root_children.iter().position(|&c| c == i) {
+            self.root_children.swap_remove(pos);
+            self.http_children.push(i);
+        }
+        self.cut_dependents(i, now);
+        self.keep_reachable(i, now);
+        // Listed on its site now (a public peer was not).
+        self.mark_open(i);
         Ok(())
     }
 
@@ -751,10 +794,16 @@ impl Tracker {
 
     /// `x` turned out unreachable through its NAT: it parents and backs
     /// only its own site from now on, and dials only public peers off it.
-    /// Finding who named it as backup walks the audience; this happens at
-    /// most once per peer.
     fn demote(&mut self, x: u32, now: Instant) {
         self.peers[x as usize].reach = Reach::SiteOnly;
+        self.cut_dependents(x, now);
+        self.keep_reachable(x, now);
+    }
+
+    /// Moves the children and backers of `x` that cannot reach it any more.
+    /// Finding who named it as backup walks the audience; this happens at
+    /// most once per peer.
+    fn cut_dependents(&mut self, x: u32, now: Instant) {
         self.avoid = x;
         let cut: Vec<u32> = self.peers[x as usize]
             .children
@@ -774,7 +823,11 @@ impl Tracker {
             }
         }
         self.avoid = NONE;
-        // As a child, it may have been across another NAT.
+    }
+
+    /// Re-places `x` if it cannot reach its parent any more (it was across
+    /// another NAT), and names another backup if it cannot reach that.
+    fn keep_reachable(&mut self, x: u32, now: Instant) {
         let parent = self.peers[x as usize].parent;
         if parent != NONE && !self.reaches(x, parent) {
             self.avoid = parent;
@@ -951,13 +1004,19 @@ impl Tracker {
 
     /// Lists `i` where children look for parents, if it has room: a peer
     /// behind a NAT in its site's lists, one others can dial in `open`.
+    /// Whether `parent` can take `child` now: a site leader always has the
+    /// edge over HTTP.
+    fn room_for(&self, parent: u32, child: u32) -> bool {
+        (parent == ROOT && self.peers[child as usize].no_udp) || self.has_room(parent)
+    }
+
     fn mark_open(&mut self, i: u32) {
         let p = &self.peers[i as usize];
         if !(p.live && p.parent != NONE && self.has_room(i)) {
             return;
         }
         let (d, site) = (p.depth, p.site);
-        if p.nat && !p.in_site_open {
+        if p.site_bound() && !p.in_site_open {
             self.peers[i as usize].in_site_open = true;
             self.site_open.entry((site, d)).or_default().push(i);
         }
@@ -968,15 +1027,20 @@ impl Tracker {
         }
     }
 
-    /// Whether `child` can dial `parent`: the edge, a peer of its own site
-    /// (over the LAN), a public peer, or a `Punch` peer when the child can
-    /// be punched to (it is public or `Punch` too).
+    /// Whether `child` can dial `parent`: the edge (over HTTP when no UDP
+    /// leaves the child's site), a peer of its own site (over the LAN), a
+    /// public peer, or a `Punch` peer when the child can be punched to (it
+    /// is public or `Punch` too); a child whose UDP is blocked, only its
+    /// own site.
     fn reaches(&self, child: u32, parent: u32) -> bool {
         if parent == ROOT || parent == NONE {
             return true;
         }
         let p = &self.peers[parent as usize];
         let c = &self.peers[child as usize];
+        if c.no_udp {
+            return p.site == c.site;
+        }
         p.site == c.site
             || match p.reach {
                 Reach::Public => true,
@@ -1007,7 +1071,7 @@ impl Tracker {
             for c in list {
                 let p = &self.peers[c as usize];
                 let belongs = p.live
-                    && p.nat
+                    && p.site_bound()
                     && p.site == site
                     && p.parent != NONE
                     && usize::from(p.depth) == d
@@ -1054,7 +1118,7 @@ impl Tracker {
     /// preferring one on `site`; promotes a newcomer early if nobody has room.
     fn find_parent(&mut self, i: u32, site: u32, now: Instant) -> Option<u32> {
         let height = self.subtree_height(i);
-        if self.peers[i as usize].nat {
+        if self.peers[i as usize].site_bound() {
             if let Some(p) = self.pick_on_site(i, site, height) {
                 return Some(p);
             }
@@ -1067,6 +1131,10 @@ impl Tracker {
                     return Some(p);
                 }
             }
+        }
+        if self.peers[i as usize].no_udp {
+            // The site's leader: fed by the edge over HTTP.
+            return Some(ROOT);
         }
         loop {
             if let Some(p) = self.pick_open(i, site, height) {
@@ -1171,7 +1239,7 @@ impl Tracker {
             let p = &self.peers[c as usize];
             c != i
                 && p.live
-                && p.nat
+                && p.site_bound()
                 && p.site == site
                 && !p.promoted
                 && !p.leaf_only
@@ -1216,7 +1284,7 @@ impl Tracker {
         // site can reach); the edge only when there is none (it feeds a
         // peer that switches to it until the tracker moves it on).
         let me = &self.peers[i as usize];
-        if me.nat {
+        if me.site_bound() {
             for d in 1..=self.depth_of_parent_slot(i) {
                 let Some(list) = self.site_open.get(&(me.site, d)) else {
                     continue;
@@ -1288,7 +1356,9 @@ impl Tracker {
     }
 
     fn attach(&mut self, i: u32, parent: u32) {
-        if parent == ROOT {
+        if parent == ROOT && self.peers[i as usize].no_udp {
+            self.http_children.push(i);
+        } else if parent == ROOT {
             self.root_children.push(i);
         } else {
             self.peers[parent as usize].children.push(i);
@@ -1320,6 +1390,7 @@ impl Tracker {
         let parent = self.peers[i as usize].parent;
         let list = match parent {
             NONE => return,
+            ROOT if self.http_children.contains(&i) => &mut self.http_children,
             ROOT => &mut self.root_children,
             p => &mut self.peers[p as usize].children,
         };
@@ -1349,8 +1420,13 @@ impl Tracker {
             _ => self.backup_peer(i),
         };
         let height = self.subtree_height(i);
+        // A site's leader is chosen by `find_parent`, its site first: a
+        // peer without UDP whose backup is the edge takes it only there.
+        let no_udp = self.peers[i as usize].no_udp;
         let backup = backup.filter(|&b| {
-            self.has_room(b)
+            !(no_udp && b == ROOT)
+                && self.reaches(i, b)
+                && self.has_room(b)
                 && !self.is_in_subtree(b, i)
                 && self.depth(b) + 1 + height <= self.config.max_depth
         });
@@ -1470,8 +1546,14 @@ impl Tracker {
                     p.depth, steps
                 ));
             }
-            if p.parent == ROOT && !self.root_children.contains(&i) {
+            if p.parent == ROOT
+                && !self.root_children.contains(&i)
+                && !self.http_children.contains(&i)
+            {
                 return Err(format!("root does not list child {i}"));
+            }
+            if p.no_udp && self.root_children.contains(&i) {
+                return Err(format!("peer {i} without UDP holds a QUIC root slot"));
             }
         }
         if live != self.live {
@@ -1556,6 +1638,8 @@ mod tests {
         Reach(usize),
         /// A child reports its parent reached or not through a NAT.
         Dial(usize, bool),
+        /// The service learned a peer's UDP is blocked.
+        NoUdp(usize),
         Leave(usize),
         Heartbeat(usize, u64),
         Report(usize, bool),
@@ -1568,6 +1652,7 @@ mod tests {
                 .prop_map(|(site, cap, nat)| Op::Join { site, cap, nat }),
             2 => any::<usize>().prop_map(Op::Reach),
             2 => (any::<usize>(), any::<bool>()).prop_map(|(k, ok)| Op::Dial(k, ok)),
+            1 => any::<usize>().prop_map(Op::NoUdp),
             2 => any::<usize>().prop_map(Op::Leave),
             4 => (any::<usize>(), 0u64..5_000_000).prop_map(|(k, b)| Op::Heartbeat(k, b)),
             1 => (any::<usize>(), any::<bool>()).prop_map(|(k, c)| Op::Report(k, c)),
@@ -1659,6 +1744,9 @@ mod tests {
                     }
                     Op::Reach(k) if !ids.is_empty() => {
                         let _ = t.handle_reach(ids[k % ids.len()]);
+                    }
+                    Op::NoUdp(k) if !ids.is_empty() => {
+                        let _ = t.handle_no_udp(ids[k % ids.len()], now);
                     }
                     Op::Dial(k, ok) if !ids.is_empty() => {
                         let id = ids[k % ids.len()];
@@ -1855,6 +1943,75 @@ mod tests {
             join(&mut t, 6, false, false, now).err(),
             Some(JoinError::NoCapacity)
         );
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_site_without_udp_is_fed_over_http_through_one_leader() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(config());
+        let office = |t: &mut Tracker, now: Instant| {
+            t.handle_join(
+                JoinRequest {
+                    site: 7,
+                    nat: true,
+                    reach: Reach::SiteOnly,
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("placed")
+            .id
+        };
+        // The edge's QUIC slots go to public peers.
+        let publics: Vec<PeerId> = (0..3)
+            .map(|k| {
+                t.handle_join(
+                    JoinRequest {
+                        site: k,
+                        ..JoinRequest::default()
+                    },
+                    now,
+                )
+                .expect("public")
+                .id
+            })
+            .collect();
+        let leader = office(&mut t, now);
+        t.handle_no_udp(leader, now).expect("live");
+        // Its parent elsewhere is out of reach: it is fed over HTTP,
+        // beside the root's full QUIC slots.
+        assert_eq!(t.assignment(leader).expect("leader").parent, Some(Node::Root));
+        assert_eq!(t.root_children.len(), 3);
+        t.check_invariants().expect("invariants");
+        let mut alive = publics.clone();
+        alive.push(leader);
+        age(&mut t, &mut now, &alive);
+        // Colleagues go under it over the LAN, and nobody from elsewhere.
+        let colleagues: Vec<PeerId> = (0..2).map(|_| office(&mut t, now)).collect();
+        for &c in &colleagues {
+            assert_eq!(t.assignment(c).expect("c").parent, Some(Node::Peer(leader)));
+            t.handle_no_udp(c, now).expect("live");
+            assert_eq!(t.assignment(c).expect("c").parent, Some(Node::Peer(leader)));
+        }
+        let outsider = t
+            .handle_join(
+                JoinRequest {
+                    site: 9,
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("outsider");
+        assert_ne!(outsider.parent, Some(Node::Peer(leader)));
+        t.check_invariants().expect("invariants");
+        // The leader leaves: a colleague takes over, over HTTP.
+        t.handle_leave(leader, now).expect("live");
+        let fed_over_http = colleagues
+            .iter()
+            .filter(|&&c| t.assignment(c).expect("c").parent == Some(Node::Root))
+            .count();
+        assert_eq!(fed_over_http, 1);
         t.check_invariants().expect("invariants");
     }
 
