@@ -244,6 +244,12 @@ impl EdgeMetrics {
                 "NAT traversals peers reported, by outcome (reached, unreachable).",
                 &["channel", "outcome"],
             ),
+            http_fed: gauge_vec(
+                r,
+                "treecast_edge_tracker_http_leaders",
+                "Site leaders the edge feeds over HTTP: their site lets no UDP out, and they feed it over the LAN.",
+                &["channel"],
+            ),
             reflexive_refused: counter_vec(
                 r,
                 "treecast_edge_tracker_reflexive_refused_total",

@@ -43,7 +43,7 @@ use crate::metrics::{AgentMetrics, PeerMetrics};
 use crate::shared::{Shared, Source};
 use crate::store::{Store, StoreConfig};
 use crate::traversal::Traversal;
-use crate::{fallback, tracker, upstream};
+use crate::{fallback, http_feed, tracker, upstream};
 
 /// Largest playlist the agent accepts from the edge when it opens a
 /// channel.
@@ -322,6 +322,7 @@ impl Agent {
             self.endpoint.clone(),
             rx.clone(),
         ));
+        tasks.spawn(http_feed::run(shared.clone(), rx.clone()));
         tasks.spawn(fallback::run(shared.clone(), rx));
         Session {
             shared,

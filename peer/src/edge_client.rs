@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use treecast_proto::app::error_chain;
+use treecast_proto::body::BodyWriter;
 
 /// Why a request to the edge failed. All are worth retrying later.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +156,58 @@ impl EdgeClient {
     ) -> Result<Bytes, EdgeError> {
         self.request(Method::GET, path, Bytes::new(), limit, timeout)
             .await
+    }
+
+    /// GETs `path` and pushes each chunk to `into` as it arrives (the
+    /// edge streams a segment while the origin cuts it), at most `limit`
+    /// bytes, within `timeout`; finishes `into` at the end, fails it on
+    /// any error. Returns the bytes received.
+    pub async fn get_streaming(
+        &self,
+        path: &str,
+        limit: usize,
+        timeout: Duration,
+        into: BodyWriter,
+    ) -> Result<usize, EdgeError> {
+        let url = format!("{}{path}", self.base);
+        let uri: Uri = url.parse().map_err(|_| EdgeError::Url(url.clone()))?;
+        let req = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| EdgeError::Url(url))?;
+        let work = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| EdgeError::Transport(error_chain(&e)))?;
+            let status = resp.status();
+            if status != StatusCode::OK {
+                return Err(EdgeError::Status {
+                    status,
+                    message: String::new(),
+                });
+            }
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| EdgeError::Transport(e.to_string()))?;
+                if let Ok(chunk) = frame.into_data() {
+                    if into.len() + chunk.len() > limit {
+                        return Err(EdgeError::TooLarge(limit));
+                    }
+                    into.push(chunk);
+                }
+            }
+            Ok(into.len())
+        };
+        let result = tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| EdgeError::Timeout(timeout))
+            .and_then(|r| r);
+        match &result {
+            Ok(_) => into.finish(),
+            Err(e) => into.fail(e.to_string()),
+        }
+        result
     }
 
     /// POSTs JSON to `path` and parses the JSON answer.

@@ -26,6 +26,9 @@
 //!   round trip and cadence.
 //! - [`downstream`]: admitting children and pushing to them.
 //! - [`fallback`]: fetching from the edge what the tree did not deliver.
+//! - [`http_feed`]: a site leader's stream over HTTP, when no UDP leaves
+//!   its site.
+//! - [`traversal`]: the reflexive address, punching through NATs.
 //! - [`tracker`]: join, heartbeat with stats, report, leave.
 //! - [`proxy`]: the player's local HTTP server.
 //! - [`guard`]: sans-IO: who may use the proxy (loopback `Host` names,
@@ -46,6 +49,7 @@ pub mod edge_client;
 pub mod edges;
 pub mod fallback;
 pub mod guard;
+pub mod http_feed;
 pub mod install;
 pub mod liveness;
 pub mod metrics;

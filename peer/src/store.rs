@@ -274,6 +274,14 @@ impl Store {
         Some(first)
     }
 
+    /// Claims `seq` for a fetch from the edge outside the fallback's
+    /// schedule (a site leader takes the segment being cut over HTTP):
+    /// false when it is verified or already being fetched. The fetch's
+    /// end is reported with [`fallback_done`](Self::fallback_done).
+    pub fn claim(&mut self, seq: u64) -> bool {
+        !self.verified.contains_key(&seq) && self.fetching.insert(seq)
+    }
+
     /// A fallback fetch ended (verified or not); the segment may be asked
     /// for again if it is still missing.
     pub fn fallback_done(&mut self, seq: u64) {

@@ -247,6 +247,7 @@ async fn heartbeat(
         fallbacks: now.fallbacks - sent.fallbacks,
         corrupt: now.corrupt - sent.corrupt,
         reflexive,
+        no_udp: shared.traversal.no_udp(),
     };
     shared
         .edges

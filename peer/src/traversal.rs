@@ -13,6 +13,10 @@
 //!   through it, so the agent reports no address and stays reachable
 //!   from its own site only (as RFC 5780's mapping test does). The
 //!   answer is kept for [`OBSERVE_FOR`] and sent in the next heartbeat.
+//!   When the edge never answers at all (its HTTP does), UDP does not
+//!   leave this peer's site: the agent says so in its heartbeats, and the
+//!   tracker makes it its site's leader or puts it under one
+//!   ([`crate::http_feed`]).
 //! - **Punch**: the tracker names children about to dial this peer from
 //!   other sites (`Assignment::punch`); the agent sends a few datagrams to
 //!   each from the QUIC socket. They open this peer's NAT towards the
@@ -61,6 +65,8 @@ pub struct Traversal {
     /// The endpoint's socket, for raw datagrams.
     socket: UdpSocket,
     observed: Mutex<Option<Observation>>,
+    /// The edge's QUIC endpoint never answered: no UDP leaves the site.
+    no_udp: std::sync::atomic::AtomicBool,
     /// Serialises observations: every channel's tracker task may ask at
     /// once, and one answer serves them all.
     observing: tokio::sync::Mutex<()>,
@@ -73,8 +79,14 @@ impl Traversal {
             endpoint,
             socket,
             observed: Mutex::new(None),
+            no_udp: std::sync::atomic::AtomicBool::new(false),
             observing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Whether the edge's QUIC endpoint never answered this agent.
+    pub fn no_udp(&self) -> bool {
+        self.no_udp.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn fresh(&self, edge: SocketAddr) -> Option<Observation> {
@@ -93,8 +105,19 @@ impl Traversal {
         if let Some(o) = self.fresh(at.addr) {
             return o.reflexive;
         }
+        let first = match tokio::time::timeout(OBSERVE_TIMEOUT, self.ask(at, at.addr)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // No answer to QUIC at all, while the tracker (HTTP)
+                // answers: UDP does not leave this site.
+                if !self.no_udp.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    warn!(edge = %at.addr, "the edge never answered QUIC: UDP seems blocked on the way out; this peer will take the stream over HTTP or from its site");
+                }
+                return None;
+            }
+        };
         let asked = tokio::time::timeout(OBSERVE_TIMEOUT, async {
-            let first = self.ask(at, at.addr).await?;
+            let first = first?;
             let second = match at.also {
                 Some(also) => Some(self.ask(at, also).await?),
                 None => None,

@@ -192,7 +192,11 @@ impl Manager {
         let Some(a) = self.shared.assignment.borrow().clone() else {
             return;
         };
-        if let Some(want) = &a.parent {
+        // Without UDP out of the site, the edge's QUIC is out of reach: a
+        // site leader takes the stream over HTTP (`crate::http_feed`).
+        let no_udp = self.shared.traversal.no_udp();
+        let parent = a.parent.as_ref().filter(|p| !(no_udp && p.kind == "edge"));
+        if let Some(want) = parent {
             let on_it = self.current.as_ref().is_some_and(|l| same(&l.node, want));
             if !on_it && !self.recently_failed(want) {
                 let reason = if self.current.is_some() {
@@ -214,6 +218,7 @@ impl Manager {
             }
         }
         match &a.backup {
+            Some(b) if no_udp && b.kind == "edge" => self.warm = None,
             Some(b)
                 if !self.warm.as_ref().is_some_and(|w| same(&w.node, b))
                     && !self.current.as_ref().is_some_and(|l| same(&l.node, b))

@@ -82,6 +82,12 @@ pub struct HeartbeatRequest {
     /// tracker sees the request come from.
     #[serde(default)]
     pub reflexive: Option<SocketAddr>,
+    /// The edge never answered this peer's QUIC packets while its HTTP
+    /// requests get through: UDP does not leave its site. It then takes
+    /// the stream from the edge over HTTP when the tracker makes it its
+    /// site's leader (its parent is the edge).
+    #[serde(default)]
+    pub no_udp: bool,
 }
 
 /// `POST /tracker/v1/leave`.

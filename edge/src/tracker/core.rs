@@ -1004,12 +1004,6 @@ impl Tracker {
 
     /// Lists `i` where children look for parents, if it has room: a peer
     /// behind a NAT in its site's lists, one others can dial in `open`.
-    /// Whether `parent` can take `child` now: a site leader always has the
-    /// edge over HTTP.
-    fn room_for(&self, parent: u32, child: u32) -> bool {
-        (parent == ROOT && self.peers[child as usize].no_udp) || self.has_room(parent)
-    }
-
     fn mark_open(&mut self, i: u32) {
         let p = &self.peers[i as usize];
         if !(p.live && p.parent != NONE && self.has_room(i)) {
@@ -1598,6 +1592,11 @@ impl Tracker {
         Ok(())
     }
 
+    /// Site leaders the edge feeds over HTTP now.
+    pub fn http_fed(&self) -> usize {
+        self.http_children.len()
+    }
+
     /// Peers with no path to the root right now.
     pub fn orphan_count(&self) -> usize {
         self.orphans
@@ -1981,7 +1980,10 @@ mod tests {
         t.handle_no_udp(leader, now).expect("live");
         // Its parent elsewhere is out of reach: it is fed over HTTP,
         // beside the root's full QUIC slots.
-        assert_eq!(t.assignment(leader).expect("leader").parent, Some(Node::Root));
+        assert_eq!(
+            t.assignment(leader).expect("leader").parent,
+            Some(Node::Root)
+        );
         assert_eq!(t.root_children.len(), 3);
         t.check_invariants().expect("invariants");
         let mut alive = publics.clone();

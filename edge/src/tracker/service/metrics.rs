@@ -50,6 +50,9 @@ pub struct TrackerMetrics {
     /// Reflexive addresses refused (from a peer not behind a NAT, or not
     /// on the address its requests come from), by channel.
     pub reflexive_refused: IntCounterVec,
+    /// Site leaders the edge feeds over HTTP (their site lets no UDP
+    /// out), by channel.
+    pub http_fed: IntGaugeVec,
 }
 
 /// Sites with a series of their own in `treecast_edge_site_wan_streams`,
@@ -121,6 +124,7 @@ impl TrackerService {
                     self.metrics.depth_peers.with_label_values(&[ch, label])
                 })
                 .collect(),
+            http_fed: self.metrics.http_fed.with_label_values(&[ch]),
         }
     }
 }
@@ -131,6 +135,7 @@ pub(super) struct ChannelGauges {
     viewers: IntGauge,
     depth: IntGauge,
     depth_peers: Vec<IntGauge>,
+    http_fed: IntGauge,
 }
 
 impl ChannelGauges {
@@ -139,6 +144,7 @@ impl ChannelGauges {
     pub(super) fn set(&self, tree: &Tracker) {
         self.viewers.set(tree.len() as i64);
         self.depth.set(i64::from(tree.max_depth_in_use()));
+        self.http_fed.set(tree.http_fed() as i64);
         for (g, n) in self.depth_peers.iter().zip(tree.depth_counts()) {
             g.set(*n as i64);
         }

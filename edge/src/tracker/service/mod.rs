@@ -162,6 +162,8 @@ struct PeerAddr {
     /// Its QUIC socket's address outside the NAT, as the edge observed
     /// it; on `seen` (anything else is refused).
     reflexive: Option<SocketAddr>,
+    /// No UDP leaves its site (it said so).
+    no_udp: bool,
 }
 
 impl PeerAddr {
@@ -450,6 +452,7 @@ impl TrackerService {
                         seen: from.ip(),
                         nat,
                         reflexive: None,
+                        no_udp: false,
                     },
                 );
                 tree.gauges.set(&tree.tracker);
@@ -461,6 +464,14 @@ impl TrackerService {
                 self.in_known_tree(&channel, |tree| {
                     if let Some(r) = req.reflexive {
                         self.learn_reflexive(&channel, tree, PeerId(req.peer_id), r, from.ip());
+                    }
+                    if req.no_udp {
+                        let me = PeerId(req.peer_id);
+                        if let Some(known) = tree.addrs.get_mut(&me) {
+                            known.no_udp = true;
+                        }
+                        // Idempotent; an unknown peer is answered below.
+                        let _ = tree.tracker.handle_no_udp(me, now);
                     }
                     let a = tree
                         .tracker
@@ -668,7 +679,7 @@ impl TrackerService {
         let observe = tree
             .addrs
             .get(&a.id)
-            .filter(|m| m.nat && m.reflexive.is_none())
+            .filter(|m| m.nat && m.reflexive.is_none() && !m.no_udp)
             .and(self.settings.root_addr)
             .map(|addr| wire::ObserveAt {
                 addr,
