@@ -259,6 +259,10 @@ pub struct SiteReport {
     /// link's download on the wire (media, QUIC and HTTP overhead) over
     /// the stream's bitrate. One copy for the whole site is about 1.
     pub wan_streams: f64,
+    /// Of those, bytes in packets over 600 bytes (data: media, playlists,
+    /// HTTP bodies; not the acknowledgements of what the site sends out,
+    /// which grow with its upload), in streams.
+    pub wan_data_streams: f64,
     /// Bytes that left the site over its WAN link, in streams (what its
     /// peers fed peers elsewhere, plus acknowledgements).
     pub wan_up_streams: f64,
@@ -994,6 +998,7 @@ fn site_reports(net: &NetRun, c: &Collected, secs: f64, stream_kbps: f64) -> Vec
                 nat: site.site.nat.name().into(),
                 peers: slots.len(),
                 wan_streams: streams(w.down_bytes),
+                wan_data_streams: streams(w.down_data_bytes),
                 wan_up_streams: streams(w.up_bytes),
                 wan_drops: (w.up_drops, w.down_drops),
                 stalls: slots

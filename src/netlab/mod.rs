@@ -516,18 +516,20 @@ impl Lab {
                 tbf(s.site.wan_upload_kbps).join(" ")
             );
             run("tc", &["-n", &s.netns, "-batch", "-"], Some(&up))?;
+            let mut rules = String::from(COUNT_RULES);
             if s.site.nat == NatKind::None {
                 // No NAT: the core routes the site's addresses to it, and
                 // the harness sends them through the core.
                 let _ = writeln!(core, "route add {lan_net} via {}", s.wan);
                 let _ = writeln!(harness_routes, "route add {lan_net} via {ROUTER_EDGE_IP}");
             } else {
-                run(
-                    "ip",
-                    &["netns", "exec", &s.netns, "nft", "-f", "-"],
-                    Some(&nat_rules(s.site.nat)),
-                )?;
+                rules.push_str(&nat_rules(s.site.nat));
             }
+            run(
+                "ip",
+                &["netns", "exec", &s.netns, "nft", "-f", "-"],
+                Some(&rules),
+            )?;
         }
         if !core.is_empty() {
             run("ip", &["-n", &router, "-batch", "-"], Some(&core))?;
@@ -542,6 +544,12 @@ impl Lab {
         Ok(())
     }
 }
+
+/// Every site router counts what enters its LAN from the WAN in packets
+/// over 600 bytes: data (media, playlists, HTTP bodies), not the
+/// acknowledgements of what the site sends out, which a site feeding
+/// others receives in proportion to its upload.
+const COUNT_RULES: &str = "table inet treecast_count {\n  counter wan_in_data { }\n  chain count_in {\n    type filter hook forward priority filter; policy accept;\n    iifname \"wan\" meta length > 600 counter name \"wan_in_data\"\n  }\n}\n";
 
 /// The nftables ruleset of a site router with `nat`: source NAT of what
 /// leaves by `wan` (keeping ports where it can, or a random port per
@@ -594,6 +602,9 @@ pub struct LinkCounters {
     pub down_bytes: u64,
     /// Packets dropped going down.
     pub down_drops: u64,
+    /// Of the bytes sent down, those in packets over 600 bytes (data, not
+    /// acknowledgements); counted on sites' WAN links only.
+    pub down_data_bytes: u64,
 }
 
 impl LinkCounters {
@@ -604,6 +615,7 @@ impl LinkCounters {
             up_drops: self.up_drops.saturating_sub(before.up_drops),
             down_bytes: self.down_bytes.saturating_sub(before.down_bytes),
             down_drops: self.down_drops.saturating_sub(before.down_drops),
+            down_data_bytes: self.down_data_bytes.saturating_sub(before.down_data_bytes),
         }
     }
 }
@@ -645,6 +657,7 @@ pub fn link_counters(router: &str, peers: &[PeerNet]) -> Vec<LinkCounters> {
                 up_drops: up.first().map_or(0, |q| field(q, "drops")),
                 down_bytes: d.map_or(0, |q| field(q, "bytes")),
                 down_drops: d.map_or(0, |q| field(q, "drops")),
+                down_data_bytes: 0,
             }
         })
         .collect()
@@ -665,6 +678,20 @@ pub fn site_counters(router: &str, sites: &[SiteNet]) -> Vec<LinkCounters> {
         let field = |k: &str| q.and_then(|q| q.get(k)?.as_u64()).unwrap_or(0);
         (field("bytes"), field("drops"))
     };
+    let data_in = |ns: &str| -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-j", "list", "counter"])
+            .args(["inet", "treecast_count", "wan_in_data"])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+        out.as_ref()
+            .and_then(|v| v.get("nftables")?.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .find_map(|e| e.get("counter")?.get("bytes")?.as_u64())
+            .unwrap_or(0)
+    };
     sites
         .iter()
         .map(|s| {
@@ -675,6 +702,7 @@ pub fn site_counters(router: &str, sites: &[SiteNet]) -> Vec<LinkCounters> {
                 up_drops,
                 down_bytes,
                 down_drops,
+                down_data_bytes: data_in(&s.netns),
             }
         })
         .collect()
