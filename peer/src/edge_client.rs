@@ -169,17 +169,8 @@ impl EdgeClient {
         timeout: Duration,
         into: BodyWriter,
     ) -> Result<usize, EdgeError> {
-        let url = format!("{}{path}", self.base);
-        let uri: Uri = url.parse().map_err(|_| EdgeError::Url(url.clone()))?;
-        let req = Request::get(uri)
-            .body(Full::new(Bytes::new()))
-            .map_err(|_| EdgeError::Url(url))?;
         let work = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| EdgeError::Transport(error_chain(&e)))?;
+            let resp = self.send(Method::GET, path, Bytes::new()).await?;
             let status = resp.status();
             if status != StatusCode::OK {
                 return Err(EdgeError::Status {
@@ -224,6 +215,27 @@ impl EdgeClient {
         serde_json::from_slice(&answer).map_err(|e| EdgeError::Json(e.to_string()))
     }
 
+    /// Sends a request to `path` (a JSON `body` when not empty); the
+    /// response as its head arrives.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>, EdgeError> {
+        let url = format!("{}{path}", self.base);
+        let uri: Uri = url.parse().map_err(|_| EdgeError::Url(url.clone()))?;
+        let mut req = Request::builder().method(method).uri(uri);
+        if !body.is_empty() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body)).map_err(|_| EdgeError::Url(url))?;
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| EdgeError::Transport(error_chain(&e)))
+    }
+
     async fn request(
         &self,
         method: Method,
@@ -232,19 +244,8 @@ impl EdgeClient {
         limit: usize,
         timeout: Duration,
     ) -> Result<Bytes, EdgeError> {
-        let url = format!("{}{path}", self.base);
-        let uri: Uri = url.parse().map_err(|_| EdgeError::Url(url.clone()))?;
-        let mut req = Request::builder().method(method).uri(uri);
-        if !body.is_empty() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req.body(Full::new(body)).map_err(|_| EdgeError::Url(url))?;
         let work = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| EdgeError::Transport(error_chain(&e)))?;
+            let resp = self.send(method, path, body).await?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), limit)
                 .collect()

@@ -118,7 +118,8 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     fetches.abort_all();
 }
 
-fn path(shared: &Shared, file: SegmentFile) -> String {
+/// The edge's path of `file` of this peer's channel.
+pub(crate) fn path(shared: &Shared, file: SegmentFile) -> String {
     format!("/live/{}/{}", shared.channel, file.file_name())
 }
 

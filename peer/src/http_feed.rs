@@ -24,9 +24,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
-use treecast_proto::tree::TreeSegment;
-use treecast_proto::{GrowingBody, SegmentFile};
+use treecast_proto::SegmentFile;
 
+use crate::fallback::path;
 use crate::shared::{Shared, Source};
 
 /// How often the leader looks for the next segment to take.
@@ -83,19 +83,9 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     takes.abort_all();
 }
 
-fn path(shared: &Shared, file: SegmentFile) -> String {
-    format!("/live/{}/{}", shared.channel, file.file_name())
-}
-
 /// Takes segment `seq` from the edge while it is cut; returns `seq`.
 async fn take(shared: Arc<Shared>, seq: u64) -> u64 {
-    let (data_w, data) = GrowingBody::new();
-    let (sig_w, signature) = GrowingBody::new();
-    shared.feed.publish(Arc::new(TreeSegment {
-        seq,
-        data: data.clone(),
-        signature,
-    }));
+    let (data_w, data, sig_w) = shared.relay(seq);
     let (i, edge) = shared.edges.current();
     // The origin holds a request for the segment it is cutting for up to
     // two target durations; the segment itself takes one more.

@@ -12,9 +12,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
+use treecast_proto::body::BodyWriter;
 use treecast_proto::tracker::{Assignment, NodeInfo, ReportKind};
-use treecast_proto::tree::Feed;
-use treecast_proto::{ChannelName, VerifyError};
+use treecast_proto::tree::{Feed, TreeSegment};
+use treecast_proto::{ChannelName, GrowingBody, VerifyError};
 
 use crate::config::PeerConfig;
 use crate::edges::Edges;
@@ -297,6 +298,21 @@ impl Shared {
     /// Records a repair that took `ms`.
     pub fn record_repair(&self, ms: u64) {
         push_bounded(&self.repairs, ms);
+    }
+
+    /// Starts handing segment `seq` to the children as it arrives (cut
+    /// through): the writers of its data and of its signature, which goes
+    /// after the data once the whole is verified, and the data as it
+    /// grows.
+    pub fn relay(&self, seq: u64) -> (BodyWriter, GrowingBody, BodyWriter) {
+        let (data_w, data) = GrowingBody::new();
+        let (sig_w, signature) = GrowingBody::new();
+        self.feed.publish(std::sync::Arc::new(TreeSegment {
+            seq,
+            data: data.clone(),
+            signature,
+        }));
+        (data_w, data, sig_w)
     }
 
     /// Records a dial through a NAT.

@@ -37,10 +37,9 @@ use tracing::{debug, info, warn};
 use treecast_proto::quic::{client_config, parse_fingerprint, SERVER_NAME};
 use treecast_proto::tracker::{NodeInfo, ReportKind};
 use treecast_proto::tree::{
-    encode, frame_name, read_frame, TreeError, TreeSegment, CLOSE_SHED, CONTROL_PRIORITY, RECENT,
+    encode, frame_name, read_frame, TreeError, CLOSE_SHED, CONTROL_PRIORITY, RECENT,
 };
 use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
-use treecast_proto::GrowingBody;
 
 use crate::liveness::Liveness;
 use crate::shared::{ParentLink, Shared, Source, ToTracker, TraversalOutcome};
@@ -641,13 +640,7 @@ async fn segment_stream(
         let _ = recv.stop(0u32.into());
         return Ok(());
     }
-    let (data_w, data) = GrowingBody::new();
-    let (sig_w, signature) = GrowingBody::new();
-    shared.feed.publish(Arc::new(TreeSegment {
-        seq,
-        data: data.clone(),
-        signature,
-    }));
+    let (data_w, data, sig_w) = shared.relay(seq);
     let max = shared.config.max_segment_bytes;
     let mut chunk_bytes = bytes::Bytes::new();
     loop {

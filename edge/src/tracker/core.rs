@@ -1815,6 +1815,20 @@ mod tests {
     /// (one copy over its WAN link), no peer of another site is ever
     /// placed under or backed by a peer only its site can dial, and
     /// public peers still fill the public tree.
+    /// A peer of `site` behind a NAT joins (its address outside not known).
+    fn behind_a_nat(t: &mut Tracker, site: u32, now: Instant) -> Assignment {
+        t.handle_join(
+            JoinRequest {
+                site,
+                nat: true,
+                reach: Reach::SiteOnly,
+                ..JoinRequest::default()
+            },
+            now,
+        )
+        .expect("placed")
+    }
+
     #[test]
     fn a_site_behind_a_nat_pulls_one_copy_and_parents_only_its_own() {
         let mut now = Instant::now();
@@ -1823,18 +1837,7 @@ mod tests {
             promote_after: Duration::from_secs(10),
             ..config()
         });
-        let office = |t: &mut Tracker, now: Instant| {
-            t.handle_join(
-                JoinRequest {
-                    site: 7,
-                    nat: true,
-                    reach: Reach::SiteOnly,
-                    ..JoinRequest::default()
-                },
-                now,
-            )
-            .expect("office peer")
-        };
+        let office = |t: &mut Tracker, now: Instant| behind_a_nat(t, 7, now);
         let public = |t: &mut Tracker, site: u32, now: Instant| {
             t.handle_join(
                 JoinRequest {
@@ -1949,19 +1952,7 @@ mod tests {
     fn a_site_without_udp_is_fed_over_http_through_one_leader() {
         let mut now = Instant::now();
         let mut t = Tracker::new(config());
-        let office = |t: &mut Tracker, now: Instant| {
-            t.handle_join(
-                JoinRequest {
-                    site: 7,
-                    nat: true,
-                    reach: Reach::SiteOnly,
-                    ..JoinRequest::default()
-                },
-                now,
-            )
-            .expect("placed")
-            .id
-        };
+        let office = |t: &mut Tracker, now: Instant| behind_a_nat(t, 7, now).id;
         // The edge's QUIC slots go to public peers.
         let publics: Vec<PeerId> = (0..3)
             .map(|k| {
@@ -2022,18 +2013,7 @@ mod tests {
         let mut now = Instant::now();
         let mut t = Tracker::new(config());
         let nat = |t: &mut Tracker, site: u32, now: Instant| {
-            let id = t
-                .handle_join(
-                    JoinRequest {
-                        site,
-                        nat: true,
-                        reach: Reach::SiteOnly,
-                        ..JoinRequest::default()
-                    },
-                    now,
-                )
-                .expect("placed")
-                .id;
+            let id = behind_a_nat(t, site, now).id;
             t.handle_reach(id).expect("live");
             id
         };
