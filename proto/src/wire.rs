@@ -408,7 +408,9 @@ mod tests {
             bytes.clone().prop_map(Frame::SegmentData),
             bytes.prop_map(|signature| Frame::SegmentEnd { signature }),
             Just(Frame::Observe),
-            any::<std::net::SocketAddr>().prop_map(Frame::Observed),
+            // The wire carries address and port (no IPv6 flow or scope).
+            (any::<std::net::IpAddr>(), any::<u16>())
+                .prop_map(|(ip, port)| Frame::Observed(std::net::SocketAddr::new(ip, port))),
         ]
     }
 
