@@ -22,6 +22,8 @@
 //! - [`shared`]: state the tasks share; where every segment and playlist
 //!   enters.
 //! - [`upstream`]: the link to the parent and the warm backup; switching.
+//! - [`links`]: sans-IO: which links to keep (make before break,
+//!   cooldowns, the warm backup).
 //! - [`liveness`]: sans-IO: when a parent has gone silent, from the link's
 //!   round trip and cadence.
 //! - [`downstream`]: admitting children and pushing to them.
@@ -51,6 +53,7 @@ pub mod fallback;
 pub mod guard;
 pub mod http_feed;
 pub mod install;
+pub mod links;
 pub mod liveness;
 pub mod metrics;
 pub mod proxy;

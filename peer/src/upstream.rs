@@ -1,6 +1,7 @@
 //! Receiving the stream: the link to the parent, and the warm backup.
 //!
-//! - the manager follows the tracker's assignment: it connects to the
+//! - the manager follows the tracker's assignment as its sans-IO plan
+//!   ([`crate::links`]) decides: it connects to the
 //!   parent it names (certificate pinned to the fingerprint the tracker
 //!   vouches for), says `Hello` with the ticket, and only then drops the
 //!   old parent (make before break); it keeps a QUIC connection to the
@@ -25,8 +26,6 @@
 //! - what a hostile parent can make this peer hold is bounded: segments in
 //!   flight per link, bytes per segment, time per segment.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +40,7 @@ use treecast_proto::tree::{
 };
 use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 
+use crate::links::{NodeKey, Plan, Step};
 use crate::liveness::Liveness;
 use crate::shared::{ParentLink, Shared, Source, ToTracker, TraversalOutcome};
 
@@ -67,10 +67,6 @@ const TRAVERSAL_TRY: Duration = Duration::from_millis(1500);
 /// Attempts through a NAT: the parent punches at its next heartbeat (2 s
 /// apart by default), plus a round trip.
 const TRAVERSAL_TRIES: u32 = 5;
-/// A parent that failed is not tried again for this long.
-const FAILED_COOLDOWN: Duration = Duration::from_secs(10);
-/// The edge that refused is tried again after this long.
-const EDGE_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// Why a link to a parent ended.
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +103,7 @@ struct Warm {
 }
 
 fn same(a: &NodeInfo, b: &NodeInfo) -> bool {
-    a.id == b.id && a.addr == b.addr && a.kind == b.kind
-}
-
-fn key(n: &NodeInfo) -> (u64, Option<SocketAddr>) {
-    (n.id, n.addr)
+    NodeKey::of(a) == NodeKey::of(b)
 }
 
 /// Runs the manager until `shutdown`.
@@ -126,11 +118,10 @@ pub async fn run(
     let mut m = Manager {
         shared: shared.clone(),
         endpoint,
+        plan: Plan::new(),
         current: None,
         warm: None,
-        warming: None,
         warmed_tx,
-        failed: HashMap::new(),
         links: 0,
         ended_tx,
         lost_at: None,
@@ -154,16 +145,16 @@ pub async fn run(
 /// A backup dial finished in the background.
 type Warmed = (NodeInfo, Result<quinn::Connection, TreeError>);
 
+/// The driver of a [`Plan`]: it holds the connections the plan decides
+/// about, does what the plan's steps say, and tells it what came of them.
 struct Manager {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
+    plan: Plan,
     current: Option<Link>,
     warm: Option<Warm>,
-    /// The backup being dialled in the background, and where its result
-    /// goes.
-    warming: Option<(u64, Option<SocketAddr>)>,
+    /// Where background backup dials report.
     warmed_tx: mpsc::Sender<Warmed>,
-    failed: HashMap<(u64, Option<SocketAddr>), Instant>,
     links: u64,
     ended_tx: mpsc::Sender<(u64, LinkEnd, Instant)>,
     /// The lost parent's last sign of life, until a new parent streams.
@@ -171,43 +162,18 @@ struct Manager {
 }
 
 impl Manager {
-    fn recently_failed(&mut self, n: &NodeInfo) -> bool {
-        self.failed.retain(|_, at| at.elapsed() < FAILED_COOLDOWN);
-        // The edge refuses while its root slots are full and takes the
-        // child once the tracker has put it there: a short wait, not a
-        // peer's cooldown.
-        let cooldown = if n.kind == "edge" {
-            EDGE_COOLDOWN
-        } else {
-            FAILED_COOLDOWN
-        };
-        self.failed
-            .get(&key(n))
-            .is_some_and(|at| at.elapsed() < cooldown)
-    }
-
     /// Brings the links in line with the tracker's latest assignment.
     async fn reconcile(&mut self) {
         let Some(a) = self.shared.assignment.borrow().clone() else {
             return;
         };
-        // Without UDP out of the site, the edge's QUIC is out of reach: a
-        // site leader takes the stream over HTTP (`crate::http_feed`).
-        let no_udp = self.shared.traversal.no_udp();
-        let parent = a.parent.as_ref().filter(|p| !(no_udp && p.kind == "edge"));
-        if let Some(want) = parent {
-            let on_it = self.current.as_ref().is_some_and(|l| same(&l.node, want));
-            if !on_it && !self.recently_failed(want) {
-                let reason = if self.current.is_some() {
-                    "assigned"
-                } else {
-                    "joined"
-                };
-                if let Err(e) = self.switch_to(want.clone(), reason).await {
-                    warn!(parent = want.id, addr = ?want.addr, error = %e, "cannot connect to the assigned parent");
-                    self.failed.insert(key(want), Instant::now());
-                }
-            }
+        if self
+            .warm
+            .as_ref()
+            .is_some_and(|w| w.conn.close_reason().is_some())
+        {
+            self.warm = None;
+            self.plan.handle_warm_closed();
         }
         // Tickets expire: keep the warm backup's the freshest the tracker
         // gave.
@@ -216,59 +182,45 @@ impl Manager {
                 w.node = b.clone();
             }
         }
-        match &a.backup {
-            Some(b) if no_udp && b.kind == "edge" => self.warm = None,
-            Some(b)
-                if !self.warm.as_ref().is_some_and(|w| same(&w.node, b))
-                    && !self.current.as_ref().is_some_and(|l| same(&l.node, b))
-                    && self.warming != Some(key(b))
-                    && !self.recently_failed(b) =>
-            {
-                // In the background: a dial through a NAT takes seconds.
-                self.warming = Some(key(b));
-                let (shared, endpoint, node) =
-                    (self.shared.clone(), self.endpoint.clone(), b.clone());
-                let done = self.warmed_tx.clone();
-                tokio::spawn(async move {
-                    let result = dial(&shared, &endpoint, &node).await;
-                    let _ = done.send((node, result)).await;
-                });
+        let no_udp = self.shared.traversal.no_udp();
+        let now = Instant::now();
+        for step in self.plan.handle_assignment(&a, no_udp, now) {
+            match step {
+                Step::Switch { to, reason } => {
+                    let result = self.switch_to(to.clone(), reason).await;
+                    if let Err(e) = &result {
+                        warn!(parent = to.id, addr = ?to.addr, error = %e, "cannot connect to the assigned parent");
+                    }
+                    self.plan
+                        .handle_switched(&to, result.is_ok(), Instant::now());
+                }
+                Step::Warm(node) => {
+                    // In the background: a dial through a NAT takes seconds.
+                    let (shared, endpoint) = (self.shared.clone(), self.endpoint.clone());
+                    let done = self.warmed_tx.clone();
+                    tokio::spawn(async move {
+                        let result = dial(&shared, &endpoint, &node).await;
+                        let _ = done.send((node, result)).await;
+                    });
+                }
+                Step::DropWarm => self.warm = None,
             }
-            None => self.warm = None,
-            _ => {}
-        }
-        if self
-            .warm
-            .as_ref()
-            .is_some_and(|w| w.conn.close_reason().is_some())
-        {
-            self.warm = None;
         }
     }
 
     /// A backup dial finished: keep the connection if the tracker still
     /// names that backup.
     fn warmed(&mut self, node: NodeInfo, result: Result<quinn::Connection, TreeError>) {
-        if self.warming == Some(key(&node)) {
-            self.warming = None;
-        }
-        let still = self
-            .shared
-            .assignment
-            .borrow()
-            .as_ref()
-            .and_then(|a| a.backup.clone())
-            .is_some_and(|b| same(&b, &node));
+        let keep = self
+            .plan
+            .handle_warmed(&node, result.is_ok(), Instant::now());
         match result {
-            Ok(conn) if still => {
+            Ok(conn) if keep => {
                 debug!(backup = node.id, "backup parent connection warm");
                 self.warm = Some(Warm { node, conn });
             }
             Ok(conn) => conn.close(0u32.into(), b"no longer the backup"),
-            Err(e) => {
-                debug!(backup = node.id, error = %e, "cannot warm the backup parent");
-                self.failed.insert(key(&node), Instant::now());
-            }
+            Err(e) => debug!(backup = node.id, error = %e, "cannot warm the backup parent"),
         }
     }
 
@@ -280,7 +232,7 @@ impl Manager {
         let node = link.node.clone();
         drop(link);
         self.shared.set_parent(None);
-        self.failed.insert(key(&node), Instant::now());
+        let backup = self.plan.handle_link_ended(Instant::now());
         let (report, reason) = match &end {
             LinkEnd::Gap => (ReportKind::ParentGap, "gap"),
             LinkEnd::Corrupt(_) => (ReportKind::ParentCorrupt, "corrupt"),
@@ -292,11 +244,14 @@ impl Manager {
             kind: report,
             parent_id: Some(node.id),
         });
-        if let Some(w) = self.warm.take() {
-            if let Err(e) = self.start(w.node.clone(), w.conn, reason).await {
+        let warm = self.warm.take_if(|w| backup == Some(NodeKey::of(&w.node)));
+        if let Some(w) = warm {
+            let result = self.start(w.node.clone(), w.conn, reason).await;
+            if let Err(e) = &result {
                 warn!(backup = w.node.id, error = %e, "the backup parent refused; waiting for the tracker");
-                self.failed.insert(key(&w.node), Instant::now());
             }
+            self.plan
+                .handle_switched(&w.node, result.is_ok(), Instant::now());
         }
     }
 
