@@ -241,7 +241,7 @@ impl EdgeMetrics {
             traversals: counter_vec(
                 r,
                 "treecast_edge_tracker_traversals_total",
-                "NAT traversals peers reported, by outcome (reached, unreachable).",
+                "NAT traversals peers reported, by outcome (reached, unreachable; ignored: not about their parent or backup, or from a peer no punch reaches).",
                 &["channel", "outcome"],
             ),
             http_fed: gauge_vec(

@@ -45,7 +45,8 @@ pub struct TrackerMetrics {
     /// Peers behind a NAT, by channel.
     pub peers_behind_nat: IntGaugeVec,
     /// Traversals peers reported, by channel and outcome (`reached`,
-    /// `unreachable`).
+    /// `unreachable`; `ignored`: about a node that is not the reporter's
+    /// parent or backup, or from a peer no punch could reach).
     pub traversals: IntCounterVec,
     /// Reflexive addresses refused (from a peer not behind a NAT, or not
     /// on the address its requests come from), by channel.
@@ -68,7 +69,7 @@ impl TrackerService {
         let m = &self.metrics;
         m.repairs.with_label_values(&[ch]);
         m.reflexive_refused.with_label_values(&[ch]);
-        for o in ["reached", "unreachable"] {
+        for o in ["reached", "unreachable", "ignored"] {
             m.traversals.with_label_values(&[ch, o]);
         }
         for r in ["silent", "corrupt"] {

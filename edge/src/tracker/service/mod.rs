@@ -568,14 +568,33 @@ impl TrackerService {
                                 )
                             })?;
                             let ok = req.report == wire::ReportKind::Reached;
+                            // Taken only about the child's own parent or
+                            // backup, and from a child a punch could
+                            // reach: a peer cannot get an honest peer
+                            // blamed for dials it was never asked to
+                            // open its NAT for.
+                            let a = tree.tracker.assignment(me).map_err(unknown)?;
+                            let named = [a.parent, a.backup]
+                                .contains(&Some(Node::Peer(PeerId(parent))));
+                            let punchable = tree
+                                .addrs
+                                .get(&me)
+                                .and_then(PeerAddr::punch_target)
+                                .is_some();
+                            let outcome = match (named && punchable, ok) {
+                                (false, _) => "ignored",
+                                (true, true) => "reached",
+                                (true, false) => "unreachable",
+                            };
                             self.metrics
                                 .traversals
-                                .with_label_values(&[
-                                    channel.as_str(),
-                                    if ok { "reached" } else { "unreachable" },
-                                ])
+                                .with_label_values(&[channel.as_str(), outcome])
                                 .inc();
-                            tree.tracker.handle_dial(me, PeerId(parent), ok, now)
+                            if named && punchable {
+                                tree.tracker.handle_dial(me, PeerId(parent), ok, now)
+                            } else {
+                                Ok(())
+                            }
                         }
                     }
                     .map_err(unknown)?;
@@ -1024,6 +1043,34 @@ mod tests {
                 .with_label_values(&["demo", "reached"])
                 .get(),
             1
+        );
+        // An outcome about a peer that is not its parent or backup is
+        // ignored, and counted.
+        let other = format!(
+            r#"{{"channel":"demo","peer_id":{},"report":"unreachable","parent_id":{}}}"#,
+            p.peer_id, p.peer_id
+        );
+        call("report", other, viewer).expect("answered");
+        assert_eq!(
+            s.metrics.traversals.with_label_values(&["demo", "ignored"]).get(),
+            1
+        );
+        // A peer whose address is not where its requests come from is
+        // never punched to, and its reports teach nothing.
+        let liar = SocketAddr::from(([198, 51, 100, 10], 7000));
+        let l = call("join", r#"{"channel":"demo","addr":"198.51.100.66:7000"}"#.into(), liar)
+            .expect("join");
+        if l.parent.as_ref().map(|p| p.id) == Some(n.peer_id) {
+            assert!(hb("203.0.113.7:61000").punch.is_empty(), "no punch to a claimed address");
+        }
+        let lie = format!(
+            r#"{{"channel":"demo","peer_id":{},"report":"unreachable","parent_id":{}}}"#,
+            l.peer_id, n.peer_id
+        );
+        call("report", lie, liar).expect("answered");
+        assert_eq!(
+            s.metrics.traversals.with_label_values(&["demo", "unreachable"]).get(),
+            0
         );
         // An outcome without the parent it is about is refused.
         let bare = format!(
