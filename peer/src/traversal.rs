@@ -116,31 +116,39 @@ impl Traversal {
                 return None;
             }
         };
-        let asked = tokio::time::timeout(OBSERVE_TIMEOUT, async {
-            let first = first?;
-            let second = match at.also {
-                Some(also) => Some(self.ask(at, also).await?),
-                None => None,
-            };
-            Ok::<_, TreeError>((first, second))
-        })
-        .await;
-        let reflexive = match asked {
-            Ok(Ok((first, second))) if second.is_none_or(|s| s == first) => {
-                info!(edge = %at.addr, reflexive = %first, "the edge sees this peer's QUIC socket at its reflexive address");
-                Some(first)
-            }
-            Ok(Ok((first, second))) => {
-                warn!(edge = %at.addr, ?first, ?second, "this peer's NAT maps each destination to another port (symmetric): only its own site can reach it");
-                None
-            }
-            Ok(Err(e)) => {
+        let first = match first {
+            Ok(a) => a,
+            Err(e) => {
                 warn!(edge = %at.addr, error = %e, "cannot learn this peer's reflexive address");
                 return None;
             }
-            Err(_) => {
-                warn!(edge = %at.addr, "the edge did not tell this peer its reflexive address in time");
-                return None;
+        };
+        // The second port tells a mapping per destination (symmetric)
+        // apart. When it does not answer (an operator who opened only the
+        // first), the mapping is untested and the first answer is used:
+        // the outcomes of traversals, reported to the tracker, then tell.
+        let second = match at.also {
+            Some(also) => match tokio::time::timeout(OBSERVE_TIMEOUT, self.ask(at, also)).await {
+                Ok(Ok(a)) => Some(a),
+                Ok(Err(e)) => {
+                    warn!(edge = %also, error = %e, "the edge's second QUIC port did not answer; this NAT's mapping is untested");
+                    None
+                }
+                Err(_) => {
+                    warn!(edge = %also, "the edge's second QUIC port did not answer in time; this NAT's mapping is untested");
+                    None
+                }
+            },
+            None => None,
+        };
+        let reflexive = match second {
+            Some(second) if second != first => {
+                warn!(edge = %at.addr, %first, %second, "this peer's NAT maps each destination to another port (symmetric): only its own site can reach it");
+                None
+            }
+            _ => {
+                info!(edge = %at.addr, reflexive = %first, "the edge sees this peer's QUIC socket at its reflexive address");
+                Some(first)
             }
         };
         *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Observation {

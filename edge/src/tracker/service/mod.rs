@@ -574,8 +574,8 @@ impl TrackerService {
                             // blamed for dials it was never asked to
                             // open its NAT for.
                             let a = tree.tracker.assignment(me).map_err(unknown)?;
-                            let named = [a.parent, a.backup]
-                                .contains(&Some(Node::Peer(PeerId(parent))));
+                            let named =
+                                [a.parent, a.backup].contains(&Some(Node::Peer(PeerId(parent))));
                             let punchable = tree
                                 .addrs
                                 .get(&me)
@@ -1052,16 +1052,26 @@ mod tests {
         );
         call("report", other, viewer).expect("answered");
         assert_eq!(
-            s.metrics.traversals.with_label_values(&["demo", "ignored"]).get(),
+            s.metrics
+                .traversals
+                .with_label_values(&["demo", "ignored"])
+                .get(),
             1
         );
         // A peer whose address is not where its requests come from is
         // never punched to, and its reports teach nothing.
         let liar = SocketAddr::from(([198, 51, 100, 10], 7000));
-        let l = call("join", r#"{"channel":"demo","addr":"198.51.100.66:7000"}"#.into(), liar)
-            .expect("join");
+        let l = call(
+            "join",
+            r#"{"channel":"demo","addr":"198.51.100.66:7000"}"#.into(),
+            liar,
+        )
+        .expect("join");
         if l.parent.as_ref().map(|p| p.id) == Some(n.peer_id) {
-            assert!(hb("203.0.113.7:61000").punch.is_empty(), "no punch to a claimed address");
+            assert!(
+                hb("203.0.113.7:61000").punch.is_empty(),
+                "no punch to a claimed address"
+            );
         }
         let lie = format!(
             r#"{{"channel":"demo","peer_id":{},"report":"unreachable","parent_id":{}}}"#,
@@ -1069,7 +1079,10 @@ mod tests {
         );
         call("report", lie, liar).expect("answered");
         assert_eq!(
-            s.metrics.traversals.with_label_values(&["demo", "unreachable"]).get(),
+            s.metrics
+                .traversals
+                .with_label_values(&["demo", "unreachable"])
+                .get(),
             0
         );
         // An outcome without the parent it is about is refused.
