@@ -1015,12 +1015,15 @@ mod tests {
         );
         assert!(hb("203.0.113.7:61000").observe.is_none(), "known now");
         let viewer = SocketAddr::from(([198, 51, 100, 9], 7000));
-        let p = call(
-            "join",
-            r#"{"channel":"demo","addr":"198.51.100.9:7000"}"#.into(),
-            viewer,
-        )
-        .expect("join");
+        let join = |addr: &str, from: SocketAddr| {
+            call(
+                "join",
+                format!(r#"{{"channel":"demo","addr":"{addr}"}}"#),
+                from,
+            )
+            .expect("join")
+        };
+        let p = join("198.51.100.9:7000", viewer);
         let parent = p.parent.expect("a parent");
         assert_eq!(parent.id, n.peer_id);
         assert!(parent.traversal);
@@ -1031,60 +1034,37 @@ mod tests {
         // The parent punches once, at its next heartbeat.
         assert_eq!(hb("203.0.113.7:61000").punch, vec![viewer]);
         assert!(hb("203.0.113.7:61000").punch.is_empty());
-        let report = format!(
-            r#"{{"channel":"demo","peer_id":{},"report":"reached","parent_id":{}}}"#,
-            p.peer_id, n.peer_id
-        );
-        let after = call("report", report, viewer).expect("report");
+        let outcome = |child: u64, report: &str, parent: u64| {
+            format!(
+                r#"{{"channel":"demo","peer_id":{child},"report":"{report}","parent_id":{parent}}}"#
+            )
+        };
+        let counted = |o: &str| s.metrics.traversals.with_label_values(&["demo", o]).get();
+        let after =
+            call("report", outcome(p.peer_id, "reached", n.peer_id), viewer).expect("report");
         assert_eq!(after.parent.map(|p| p.id), Some(n.peer_id));
-        assert_eq!(
-            s.metrics
-                .traversals
-                .with_label_values(&["demo", "reached"])
-                .get(),
-            1
-        );
+        assert_eq!(counted("reached"), 1);
         // An outcome about a peer that is not its parent or backup is
         // ignored, and counted.
-        let other = format!(
-            r#"{{"channel":"demo","peer_id":{},"report":"unreachable","parent_id":{}}}"#,
-            p.peer_id, p.peer_id
-        );
-        call("report", other, viewer).expect("answered");
-        assert_eq!(
-            s.metrics
-                .traversals
-                .with_label_values(&["demo", "ignored"])
-                .get(),
-            1
-        );
+        call(
+            "report",
+            outcome(p.peer_id, "unreachable", p.peer_id),
+            viewer,
+        )
+        .expect("answered");
+        assert_eq!(counted("ignored"), 1);
         // A peer whose address is not where its requests come from is
         // never punched to, and its reports teach nothing.
         let liar = SocketAddr::from(([198, 51, 100, 10], 7000));
-        let l = call(
-            "join",
-            r#"{"channel":"demo","addr":"198.51.100.66:7000"}"#.into(),
-            liar,
-        )
-        .expect("join");
+        let l = join("198.51.100.66:7000", liar);
         if l.parent.as_ref().map(|p| p.id) == Some(n.peer_id) {
             assert!(
                 hb("203.0.113.7:61000").punch.is_empty(),
                 "no punch to a claimed address"
             );
         }
-        let lie = format!(
-            r#"{{"channel":"demo","peer_id":{},"report":"unreachable","parent_id":{}}}"#,
-            l.peer_id, n.peer_id
-        );
-        call("report", lie, liar).expect("answered");
-        assert_eq!(
-            s.metrics
-                .traversals
-                .with_label_values(&["demo", "unreachable"])
-                .get(),
-            0
-        );
+        call("report", outcome(l.peer_id, "unreachable", n.peer_id), liar).expect("answered");
+        assert_eq!(counted("unreachable"), 0);
         // An outcome without the parent it is about is refused.
         let bare = format!(
             r#"{{"channel":"demo","peer_id":{},"report":"unreachable"}}"#,
