@@ -259,7 +259,7 @@ impl EdgeMetrics {
             peers_behind_nat: gauge_vec(
                 r,
                 "treecast_edge_peers_behind_nat",
-                "Peers in the channel's tree behind a NAT (only their own site can dial them).",
+                "Peers in the channel's tree behind a NAT.",
                 &["channel"],
             ),
         };
