@@ -771,8 +771,9 @@ impl TrackerService {
                 // Across a NAT from another site: its address outside the
                 // NAT, opened towards the child by a simultaneous open.
                 let traversal = known.is_some_and(|k| k.nat)
-                    && tree.site_of(p).is_some()
-                    && tree.site_of(p) != tree.site_of(child);
+                    && tree
+                        .site_of(p)
+                        .is_some_and(|site| Some(site) != tree.site_of(child));
                 let addr = match known {
                     Some(k) if traversal => k.reflexive.or(Some(k.quic)),
                     k => k.map(|k| k.quic),
