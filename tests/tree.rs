@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{
     cluster, edge_metric, kill_parent_mid_segment, origin_segment, play_through, spawn_streaming,
-    streaming, take_parent, tree_arrivals, wait_for,
+    streaming, tree_arrivals, wait_for,
 };
 use tokio::sync::watch;
 use treecast::cluster::PeerOptions;
@@ -128,16 +128,15 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
     assert_eq!(sc.depth, 2, "{sc:?}");
     // The edge may be named until the other depth-1 peer may take
     // children; the next heartbeat names that peer.
-    let sc = wait_for(
+    wait_for(
         "C's warm backup to be a peer",
         Duration::from_secs(10),
         || async {
             let s = c.status().await.ok()?;
-            (s.backup.as_ref()?.kind == "peer").then_some(s)
+            (s.backup.as_ref()?.kind == "peer").then_some(())
         },
     )
     .await;
-    let parent = take_parent(&mut peers, &sc).await;
 
     // A player on C, playing from before the kill to well after it, and
     // the origin's signed digests recorded all along.
@@ -152,7 +151,7 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
     .await;
     digests.record(&cluster).await;
     // Mid-segment: C holds part of a segment from its parent, not all.
-    let (held, after) = kill_parent_mid_segment(&c, parent).await;
+    let (held, after) = kill_parent_mid_segment(&c, &mut peers).await;
     let new_parent = after.parent.clone().expect("new parent");
     assert_eq!(
         new_parent.kind, "peer",

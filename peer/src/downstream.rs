@@ -60,6 +60,19 @@ pub async fn serve(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
     children.abort_all();
 }
 
+/// A child counted in [`Shared::adopt`], released when its session ends
+/// however it ends.
+struct Adopted {
+    shared: Arc<Shared>,
+    child: u64,
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        self.shared.release(self.child);
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -88,12 +101,20 @@ async fn child(agent: &Agent, incoming: quinn::Incoming) -> Result<(), TreeError
     let remote = incoming.remote_address();
     debug!(%remote, "incoming connection");
     let mut found: Option<Arc<Session>> = None;
+    let mut adopted = None;
     // Only edges tell peers their addresses.
     let admitted = tree::admit(incoming, false, |channel, child, t| {
         let session = agent
             .session(channel)
             .ok_or_else(|| format!("this peer relays no channel {channel}"))?;
-        let verdict = admission_check(&session.shared, child, t);
+        let verdict = admission_check(&session.shared, child, t).and_then(|()| {
+            session.shared.adopt(child).map_err(|e| e.to_string())?;
+            adopted = Some(Adopted {
+                shared: session.shared.clone(),
+                child,
+            });
+            Ok(())
+        });
         found = Some(session);
         verdict
     })

@@ -15,6 +15,14 @@
 //!
 //! and never more than `ceiling`. Pings go every round trip, at least
 //! every [`MAX_PING`] and at most every [`MIN_PING`].
+//!
+//! Silence is counted only while this process runs. The driver polls
+//! every [`Liveness::poll_every`]; a poll that comes much later means the
+//! process itself was not scheduled (a loaded machine, a laptop waking),
+//! and what the parent sent meanwhile may still sit unread in the socket.
+//! Such a pause does not count as the parent's silence: without this, a
+//! 300 ms stall of a busy viewer's machine ended every link at once, and
+//! peers whose parents were all fine switched to their backups.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -33,6 +41,10 @@ pub struct Liveness {
     ceiling: Duration,
     last_heard: Instant,
     last_ping: Option<Instant>,
+    /// The previous poll, to tell when this process was not running.
+    last_poll: Option<Instant>,
+    /// Time since `last_heard` that this process was not running.
+    paused: Duration,
     gaps: VecDeque<Duration>,
 }
 
@@ -44,8 +56,16 @@ impl Liveness {
             ceiling: ceiling.max(floor),
             last_heard: now,
             last_ping: None,
+            last_poll: None,
+            paused: Duration::ZERO,
             gaps: VecDeque::with_capacity(HISTORY),
         }
+    }
+
+    /// How often the driver polls ([`Liveness::poll_silent`]): often
+    /// enough for the shortest limit.
+    pub fn poll_every(&self) -> Duration {
+        self.floor / 4
     }
 
     /// The parent was heard from at `at` (ignored if not newer).
@@ -56,8 +76,10 @@ impl Liveness {
         if self.gaps.len() == HISTORY {
             self.gaps.pop_front();
         }
-        self.gaps.push_back(at - self.last_heard);
+        self.gaps
+            .push_back((at - self.last_heard).saturating_sub(self.paused));
         self.last_heard = at;
+        self.paused = Duration::ZERO;
     }
 
     /// Silence longer than this ends the link, given the smoothed RTT.
@@ -79,9 +101,21 @@ impl Liveness {
         true
     }
 
-    /// `Some(silence)` when the parent has been silent past the limit.
-    pub fn poll_silent(&self, now: Instant, srtt: Duration) -> Option<Duration> {
-        let silence = now.saturating_duration_since(self.last_heard);
+    /// `Some(silence)` when the parent has been silent past the limit,
+    /// not counting the time this process was not running.
+    pub fn poll_silent(&mut self, now: Instant, srtt: Duration) -> Option<Duration> {
+        let every = self.poll_every();
+        if let Some(prev) = self.last_poll.replace(now) {
+            // A poll overdue by more than another period: the excess is a
+            // pause of this process, not of the parent.
+            let late = now.saturating_duration_since(prev);
+            if late > 2 * every {
+                self.paused += late - every;
+            }
+        }
+        let silence = now
+            .saturating_duration_since(self.last_heard)
+            .saturating_sub(self.paused);
         (silence > self.limit(srtt)).then_some(silence)
     }
 }
@@ -108,6 +142,40 @@ mod tests {
         assert_eq!(l.limit(MS), 100 * MS, "the floor");
         assert_eq!(l.poll_silent(last + 100 * MS, MS), None);
         assert_eq!(l.poll_silent(last + 101 * MS, MS), Some(101 * MS));
+    }
+
+    #[test]
+    fn a_pause_of_this_process_is_not_the_parents_silence() {
+        let t = Instant::now();
+        let paused = |l: &mut Liveness| {
+            for i in 1..=10 {
+                l.handle_heard(t + 20 * i * MS);
+                assert_eq!(l.poll_silent(t + 20 * i * MS, MS), None);
+            }
+            // Polled on time, then not for 400 ms: the first poll after
+            // the pause counts only one period of it.
+            assert_eq!(l.poll_silent(t + 225 * MS, MS), None);
+            assert_eq!(l.poll_silent(t + 625 * MS, MS), None);
+        };
+        // What the parent sent meanwhile is read now: the link lives on,
+        // and the pause neither counts nor widens the limit.
+        let mut l = link(t);
+        paused(&mut l);
+        l.handle_heard(t + 625 * MS);
+        for i in 1..=4 {
+            assert_eq!(l.poll_silent(t + (625 + 25 * i) * MS, MS), None);
+        }
+        assert_eq!(l.poll_silent(t + 750 * MS, MS), Some(125 * MS));
+        // Nothing came: silent once the limit has passed while running.
+        let mut l = link(t);
+        paused(&mut l);
+        let mut at = t + 625 * MS;
+        let mut silent = None;
+        while silent.is_none() {
+            at += 25 * MS;
+            silent = l.poll_silent(at, MS);
+        }
+        assert_eq!(at, t + 700 * MS);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! [`Shared::on_playlist`], so verification and bookkeeping happen in one
 //! place.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -97,6 +97,50 @@ pub struct ParentLink {
     pub since: Instant,
 }
 
+/// A parent and a child would be the same peer: a loop in the tree.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("peer {0} would be both this peer's parent and its child")]
+pub struct LoopError(pub u64);
+
+/// Whom this peer streams from and to, by peer id, kept apart: two peers
+/// that lose their parents at once, each the other's backup, would
+/// otherwise each take the other as parent and feed each other nothing.
+/// A parent is refused while it is a child, a child while it is the
+/// parent; both are checked under one lock, so that of two such crossing
+/// switches at least one side fails (sans-IO).
+#[derive(Debug, Default)]
+pub struct Family {
+    parent: Option<u64>,
+    children: HashSet<u64>,
+}
+
+impl Family {
+    /// The parent is now peer `id` (`None`: the edge, or no parent).
+    pub fn take_parent(&mut self, id: Option<u64>) -> Result<(), LoopError> {
+        match id {
+            Some(id) if self.children.contains(&id) => Err(LoopError(id)),
+            _ => {
+                self.parent = id;
+                Ok(())
+            }
+        }
+    }
+
+    /// Peer `child` streams from this peer now.
+    pub fn adopt(&mut self, child: u64) -> Result<(), LoopError> {
+        if self.parent == Some(child) {
+            return Err(LoopError(child));
+        }
+        self.children.insert(child);
+        Ok(())
+    }
+
+    /// Peer `child` no longer streams from this peer.
+    pub fn release(&mut self, child: u64) {
+        self.children.remove(&child);
+    }
+}
+
 /// State shared by the peer's tasks.
 #[derive(Debug)]
 pub struct Shared {
@@ -123,7 +167,10 @@ pub struct Shared {
     /// The tracker's latest answer.
     pub assignment: watch::Sender<Option<Assignment>>,
     /// The parent streaming now.
-    pub parent: Mutex<Option<ParentLink>>,
+    parent: Mutex<Option<ParentLink>>,
+    /// The parent's and the children's ids, kept apart (locked before
+    /// `parent`).
+    family: Mutex<Family>,
     /// When the parent last sent a playlist.
     pub last_tree_playlist: Mutex<Option<Instant>>,
     /// Requests for the tracker task.
@@ -190,6 +237,7 @@ impl Shared {
             joined_ms: Default::default(),
             assignment: watch::channel(None).0,
             parent: Mutex::new(None),
+            family: Mutex::new(Family::default()),
             last_tree_playlist: Mutex::new(None),
             tracker,
             traversal,
@@ -281,8 +329,35 @@ impl Shared {
         lock(&self.parent).clone()
     }
 
-    /// Records the parent streaming now.
-    pub fn set_parent(&self, link: Option<ParentLink>) {
+    /// Makes `link` the parent streaming now, unless its node is one of
+    /// this peer's children ([`Family`]).
+    pub fn take_parent(&self, link: ParentLink) -> Result<(), LoopError> {
+        let mut family = lock(&self.family);
+        let id = (link.node.kind == "peer").then_some(link.node.id);
+        family.take_parent(id)?;
+        self.store_parent(Some(link));
+        Ok(())
+    }
+
+    /// Counts `child` among this peer's children, unless it is this
+    /// peer's parent ([`Family`]).
+    pub fn adopt(&self, child: u64) -> Result<(), LoopError> {
+        lock(&self.family).adopt(child)
+    }
+
+    /// `child` no longer streams from this peer.
+    pub fn release(&self, child: u64) {
+        lock(&self.family).release(child);
+    }
+
+    /// No parent streams now.
+    pub fn clear_parent(&self) {
+        let mut family = lock(&self.family);
+        let _ = family.take_parent(None);
+        self.store_parent(None);
+    }
+
+    fn store_parent(&self, link: Option<ParentLink>) {
         self.metrics.connected.set(i64::from(link.is_some()));
         if link.is_some() {
             let _ = self.first_streaming_ms.set(unix_ms());
@@ -342,4 +417,28 @@ fn push_bounded<T>(q: &Mutex<VecDeque<T>>, v: T) {
         q.pop_front();
     }
     q.push_back(v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_never_both_parent_and_child() {
+        // A and B lost their parents at once and each dials the other.
+        let (mut a, mut b) = (Family::default(), Family::default());
+        // A welcomes B first, then its own switch to B completes: refused.
+        a.adopt(2).expect("B as A's child");
+        assert_eq!(a.take_parent(Some(2)), Err(LoopError(2)));
+        // B's switch to A completed first: A's Hello, arriving later, is
+        // refused.
+        b.take_parent(Some(1)).expect("A as B's parent");
+        assert_eq!(b.adopt(1), Err(LoopError(1)));
+        // Once B has gone, A may take it as parent, and the edge is never
+        // in the way.
+        a.release(2);
+        a.take_parent(Some(2)).expect("B as A's parent");
+        a.take_parent(None).expect("the edge");
+        a.adopt(2).expect("B as a child again");
+    }
 }

@@ -139,7 +139,7 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
-    shared.set_parent(None);
+    shared.clear_parent();
 }
 
 /// A backup dial finished in the background.
@@ -231,7 +231,7 @@ impl Manager {
         self.lost_at = Some(last_heard);
         let node = link.node.clone();
         drop(link);
-        self.shared.set_parent(None);
+        self.shared.clear_parent();
         let backup = self.plan.handle_link_ended(Instant::now());
         let (report, reason) = match &end {
             LinkEnd::Gap => (ReportKind::ParentGap, "gap"),
@@ -299,6 +299,13 @@ impl Manager {
         })
         .await
         .map_err(|_| TreeError::Timeout("Hello"))??;
+        if let Err(e) = self.shared.take_parent(ParentLink {
+            node: node.clone(),
+            since: Instant::now(),
+        }) {
+            conn.close(0u32.into(), b"a loop");
+            return Err(TreeError::Protocol(e.to_string()));
+        }
         self.links += 1;
         let number = self.links;
         let ended = self.ended_tx.clone();
@@ -316,10 +323,6 @@ impl Manager {
             .parent_switches
             .with_label_values(&[reason])
             .inc();
-        self.shared.set_parent(Some(ParentLink {
-            node: node.clone(),
-            since: Instant::now(),
-        }));
         // The old link (if any) is aborted only now: make before break.
         self.current = Some(Link { node, number, task });
         Ok(())
@@ -444,7 +447,7 @@ async fn link_loop(
     );
     // The detector decides when to ping and when silence is too long;
     // this only looks often enough for its shortest limit.
-    let mut tick = tokio::time::interval(SILENCE_FLOOR / 4);
+    let mut tick = tokio::time::interval(liveness.poll_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pings = 0u64;
     let mut segments: JoinSet<Result<(), LinkEnd>> = JoinSet::new();

@@ -190,36 +190,23 @@ pub fn tree_arrivals(s: &Status) -> std::collections::BTreeMap<u64, u64> {
         .collect()
 }
 
-/// The peer among `peers` that is `child`'s parent, taken out of `peers`
-/// (the others stay running: dropping a handle kills its process).
-pub async fn take_parent(peers: &mut Vec<PeerProcess>, child: &Status) -> PeerProcess {
-    let parent_id = child.parent.as_ref().expect("the child has a parent").id;
-    let mut index = None;
-    for (i, p) in peers.iter().enumerate() {
-        if p.status().await.expect("status").peer_id == parent_id {
-            index = Some(i);
-        }
-    }
-    peers.swap_remove(index.expect("the child's parent is one of ours"))
-}
-
-/// Waits until `child` holds part of a segment from `parent`, SIGKILLs
-/// `parent` then, checks the segment was still incomplete at the child,
-/// and waits for the child to stream from another parent. Returns the
-/// segment that was in flight and the child's status on its new parent.
+/// Waits until `child` holds part of a segment from its parent, then
+/// SIGKILLs that parent (taken out of `peers`: whichever peer it is at
+/// that moment, as a loaded machine can have moved the child since the
+/// test last looked), checks that it died and that the segment was still
+/// incomplete at the child, and waits for the child to stream from
+/// another parent. Returns the segment that was in flight and the child's
+/// status on its new parent.
 pub async fn kill_parent_mid_segment(
     child: &PeerProcess,
-    mut parent: PeerProcess,
+    peers: &mut Vec<PeerProcess>,
 ) -> (treecast_peer::status::Receiving, Status) {
-    let parent_id = child
-        .status()
-        .await
-        .expect("status")
-        .parent
-        .expect("parent")
-        .id;
-    let held = wait_for(
-        "the child to hold part of a segment",
+    let mut ids = Vec::new();
+    for p in peers.iter() {
+        ids.push(p.status().await.expect("status").peer_id);
+    }
+    let (held, parent_id) = wait_for(
+        "the child to hold part of a segment from a parent of ours",
         Duration::from_secs(10),
         || async {
             // The segment the origin is still cutting (after the last one
@@ -227,14 +214,23 @@ pub async fn kill_parent_mid_segment(
             // backfill segment finishing its transfer could.
             let s = child.status().await.ok()?;
             let live = s.live_last?;
-            s.receiving
+            let parent = s.parent.as_ref()?.id;
+            let held = s
+                .receiving
                 .iter()
                 .find(|r| r.bytes > 0 && r.seq > live)
-                .copied()
+                .copied()?;
+            ids.contains(&parent).then_some((held, parent))
         },
     )
     .await;
+    let index = ids.iter().position(|&id| id == parent_id);
+    let mut parent = peers.swap_remove(index.expect("the parent is one of ours"));
     parent.kill().await;
+    assert!(
+        parent.status().await.is_err(),
+        "the parent (peer {parent_id}) still answers after SIGKILL"
+    );
     let at_kill = child.status().await.expect("status");
     assert!(
         !at_kill.recent.iter().any(|v| v.seq == held.seq),
