@@ -173,14 +173,17 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
     let end = c.status().await.expect("status");
     eprintln!(
         "SIGKILL of the parent while C held {} bytes of segment {}: repair {repair} ms; \
-         player: {} stalls, {} segments; C: {} fallbacks, {} proxy waits, {} inferred stalls",
+         player: {} stalls, {} segments; C: {} fallbacks, {} proxy waits, {} inferred stalls, \
+         {} segments resumed ({} bytes not sent again)",
         held.bytes,
         held.seq,
         report.playback.stalls,
         report.segments.len(),
         end.fallbacks,
         end.proxy_waits,
-        end.viewer.inferred.stalls
+        end.viewer.inferred.stalls,
+        end.segments_resumed,
+        end.resumed_bytes
     );
     assert_eq!(
         report.playback.stalls, 0,
@@ -193,6 +196,15 @@ async fn killing_a_parent_mid_segment_costs_its_children_no_stall() {
             .iter()
             .any(|v| v.seq == held.seq && v.source == Source::Tree),
         "the segment in flight at the kill came through the tree"
+    );
+    // ... and the new parent sent only the rest of it.
+    assert!(
+        end.segments_resumed >= 1 && end.resumed_bytes >= held.bytes,
+        "the new parent resumed segment {} from C's {} bytes: {} segments resumed, {} bytes",
+        held.seq,
+        held.bytes,
+        end.segments_resumed,
+        end.resumed_bytes
     );
     let last_played = report.segments.keys().last().copied().unwrap_or(0);
     assert!(

@@ -112,6 +112,7 @@ async fn hello_as(a: &Assignment, peer_id: u64) -> (Child, Option<Frame>) {
         peer_id,
         ticket,
         next_seq: 0,
+        resume_offset: 0,
     };
     control.write_all(&encode(&hello)).await.expect("hello");
     let mut d = FrameDecoder::new();
@@ -157,7 +158,7 @@ async fn a_child_of_the_edge_receives_signed_segments_as_they_are_cut() {
     let segment = tokio::time::timeout(Duration::from_secs(20), async {
         let mut s = conn.accept_uni().await.expect("segment stream");
         let mut d = FrameDecoder::new();
-        let Some(Frame::SegmentStart { seq }) = read_frame(&mut s, &mut d).await else {
+        let Some(Frame::SegmentStart { seq, offset: 0 }) = read_frame(&mut s, &mut d).await else {
             panic!("a segment stream starts with SegmentStart")
         };
         let mut bytes = BytesMut::new();

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use treecast_proto::SegmentFile;
 
 use crate::fallback::path;
-use crate::shared::{Shared, Source};
+use crate::shared::{Partial, Shared, Source};
 
 /// How often the leader looks for the next segment to take.
 const TICK: Duration = Duration::from_millis(100);
@@ -85,7 +85,12 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 
 /// Takes segment `seq` from the edge while it is cut; returns `seq`.
 async fn take(shared: Arc<Shared>, seq: u64) -> u64 {
-    let (data_w, data, sig_w) = shared.relay(seq);
+    let Partial {
+        data_w,
+        data,
+        sig_w,
+        ..
+    } = shared.relay(seq);
     let (i, edge) = shared.edges.current();
     // The origin holds a request for the segment it is cutting for up to
     // two target durations; the segment itself takes one more.

@@ -54,6 +54,11 @@ pub struct PeerMetrics {
     pub children_shed: IntCounter,
     /// Segment deliveries to children abandoned.
     pub abandoned: IntCounter,
+    /// Segments a new parent continued from where the lost one stopped.
+    pub resumed: IntCounter,
+    /// Segment bytes not sent again because this peer held them when its
+    /// parent was lost.
+    pub resumed_bytes: IntCounter,
     /// Children connected now.
     pub children: IntGauge,
     /// 1 while a parent is streaming to this peer.
@@ -211,6 +216,16 @@ impl PeerMetrics {
                 r,
                 "treecast_peer_children_shed_total",
                 "Children let go because this peer's uplink delivered live segments late.",
+            ),
+            resumed: counter(
+                r,
+                "treecast_peer_segments_resumed_total",
+                "Segments a new parent continued from the byte the lost parent stopped at.",
+            ),
+            resumed_bytes: counter(
+                r,
+                "treecast_peer_resumed_bytes_total",
+                "Segment bytes a new parent did not send again because this peer held them.",
             ),
             children_refused: counter(
                 r,

@@ -97,6 +97,32 @@ pub struct ParentLink {
     pub since: Instant,
 }
 
+/// How long a segment whose parent was lost mid-way waits for the next
+/// parent to resume it. Its children wait as long on its bytes; past it,
+/// the segment is failed, and the fallback fetches it whole from the edge.
+pub const RESUME_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A segment being received: the writers of its data and signature, which
+/// this peer's children already stream from (cut-through), and the data
+/// so far. When its link ends mid-way it is parked ([`Shared::park`])
+/// rather than failed, so that the next parent continues from the byte it
+/// stopped at and the children never see the switch.
+#[derive(Debug)]
+pub struct Partial {
+    /// Media sequence number.
+    pub seq: u64,
+    /// The data's writer.
+    pub data_w: BodyWriter,
+    /// The data so far.
+    pub data: GrowingBody,
+    /// The signature's writer (written once the data verify).
+    pub sig_w: BodyWriter,
+    /// Continued from another parent's bytes: a failed verification is
+    /// then no proof against this parent.
+    pub resumed: bool,
+    parked_at: Option<Instant>,
+}
+
 /// A parent and a child would be the same peer: a loop in the tree.
 #[derive(Debug, PartialEq, thiserror::Error)]
 #[error("peer {0} would be both this peer's parent and its child")]
@@ -171,6 +197,8 @@ pub struct Shared {
     /// The parent's and the children's ids, kept apart (locked before
     /// `parent`).
     family: Mutex<Family>,
+    /// Segments whose parent was lost mid-way, for the next to resume.
+    parked: Mutex<Vec<Partial>>,
     /// When the parent last sent a playlist.
     pub last_tree_playlist: Mutex<Option<Instant>>,
     /// Requests for the tracker task.
@@ -238,6 +266,7 @@ impl Shared {
             assignment: watch::channel(None).0,
             parent: Mutex::new(None),
             family: Mutex::new(Family::default()),
+            parked: Mutex::new(Vec::new()),
             last_tree_playlist: Mutex::new(None),
             tracker,
             traversal,
@@ -379,7 +408,7 @@ impl Shared {
     /// through): the writers of its data and of its signature, which goes
     /// after the data once the whole is verified, and the data as it
     /// grows.
-    pub fn relay(&self, seq: u64) -> (BodyWriter, GrowingBody, BodyWriter) {
+    pub fn relay(&self, seq: u64) -> Partial {
         let (data_w, data) = GrowingBody::new();
         let (sig_w, signature) = GrowingBody::new();
         self.feed.publish(std::sync::Arc::new(TreeSegment {
@@ -387,7 +416,54 @@ impl Shared {
             data: data.clone(),
             signature,
         }));
-        (data_w, data, sig_w)
+        Partial {
+            seq,
+            data_w,
+            data,
+            sig_w,
+            resumed: false,
+            parked_at: None,
+        }
+    }
+
+    /// Keeps a segment whose link ended mid-way for the next parent to
+    /// resume, for [`RESUME_WINDOW`]. One with no bytes yet is not worth
+    /// it (dropping it fails it).
+    pub fn park(&self, mut partial: Partial, now: Instant) {
+        if partial.data_w.is_empty() {
+            return;
+        }
+        partial.parked_at = Some(now);
+        let mut parked = lock(&self.parked);
+        parked.retain(|p| p.seq != partial.seq);
+        parked.push(partial);
+    }
+
+    /// How many bytes of `seq` are parked (0: none).
+    pub fn parked_len(&self, seq: u64) -> u64 {
+        lock(&self.parked)
+            .iter()
+            .find(|p| p.seq == seq)
+            .map_or(0, |p| p.data_w.len() as u64)
+    }
+
+    /// Takes the parked segment `seq`, to resume or to drop.
+    pub fn unpark(&self, seq: u64) -> Option<Partial> {
+        let mut parked = lock(&self.parked);
+        let i = parked.iter().position(|p| p.seq == seq)?;
+        let mut p = parked.swap_remove(i);
+        p.parked_at = None;
+        Some(p)
+    }
+
+    /// Fails the parked segments no parent resumed within
+    /// [`RESUME_WINDOW`] (their children's streams end, and the fallback
+    /// covers them).
+    pub fn expire_parked(&self, now: Instant) {
+        lock(&self.parked).retain(|p| {
+            p.parked_at
+                .is_some_and(|at| now.saturating_duration_since(at) < RESUME_WINDOW)
+        });
     }
 
     /// Records a dial through a NAT.

@@ -140,6 +140,12 @@ pub struct Status {
     pub fallbacks: u64,
     /// Segments that failed verification.
     pub corrupt: u64,
+    /// Segments a new parent continued from where the lost one stopped.
+    #[serde(default)]
+    pub segments_resumed: u64,
+    /// Segment bytes a new parent did not send again for that.
+    #[serde(default)]
+    pub resumed_bytes: u64,
     /// Player requests that had to wait for a segment not yet in memory.
     pub proxy_waits: u64,
     /// The player's stalls, inferred from its requests and reported by the
@@ -194,6 +200,8 @@ pub fn status(shared: &Shared, pinned: bool) -> Status {
             + m.verified.with_label_values(&["edge"]).get(),
         fallbacks: m.fallbacks.get(),
         corrupt: m.corrupt.get(),
+        segments_resumed: m.resumed.get(),
+        resumed_bytes: m.resumed_bytes.get(),
         proxy_waits: m.proxy_waits.get(),
         viewer: shared.viewer.figures(),
         receiving: shared

@@ -42,7 +42,7 @@ use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 
 use crate::links::{NodeKey, Plan, Step};
 use crate::liveness::Liveness;
-use crate::shared::{ParentLink, Shared, Source, ToTracker, TraversalOutcome};
+use crate::shared::{ParentLink, Partial, Shared, Source, ToTracker, TraversalOutcome};
 
 /// Segment streams one parent may have open to this peer at once: a
 /// joining child's backfill (the parent's recent segments) and, on a slow
@@ -133,7 +133,10 @@ pub async fn run(
                 if changed.is_err() { break; }
                 m.reconcile().await;
             }
-            _ = tick.tick() => m.reconcile().await,
+            _ = tick.tick() => {
+                shared.expire_parked(Instant::now());
+                m.reconcile().await;
+            }
             Some((number, end, last_heard)) = ended.recv() => m.link_ended(number, end, last_heard).await,
             Some((node, result)) = warmed.recv() => m.warmed(node, result),
             _ = shutdown.changed() => break,
@@ -276,12 +279,16 @@ impl Manager {
             .borrow()
             .as_ref()
             .map_or(0, |a| a.peer_id);
+        // The segment in flight when the last parent was lost continues
+        // from the byte it stopped at.
+        let next_seq = self.shared.store().next_wanted();
         let hello = Frame::Hello {
             version: VERSION,
             channel: self.shared.channel.to_string(),
             peer_id: my_id,
             ticket: node.ticket.clone(),
-            next_seq: self.shared.store().next_wanted(),
+            next_seq,
+            resume_offset: self.shared.parked_len(next_seq),
         };
         let (control, control_rx, decoder) = tokio::time::timeout(HELLO_TIMEOUT, async {
             let (mut tx, mut rx) = conn.open_bi().await?;
@@ -409,16 +416,19 @@ async fn run_link(
 ) -> (LinkEnd, Instant) {
     let base = Instant::now();
     let heard = Arc::new(AtomicU64::new(0));
+    let mut segments = JoinSet::new();
     let end = link_loop(
         &shared,
         &conn,
-        &mut control,
-        &mut control_rx,
-        decoder,
+        (&mut control, &mut control_rx, decoder),
+        &mut segments,
         base,
         &heard,
     )
     .await;
+    // The segments still arriving are parked before the manager hears of
+    // the end, so that the next parent's `Hello` can ask to resume them.
+    segments.shutdown().await;
     // However the loop saw it end (a stream, the control stream, the
     // connection), a parent that closed with the shed code shed us.
     let shed = matches!(
@@ -431,12 +441,19 @@ async fn run_link(
     (end, last_heard)
 }
 
+/// The control stream, both ways, and the decoder of what the parent sent
+/// on it so far.
+type Control<'a> = (
+    &'a mut quinn::SendStream,
+    &'a mut quinn::RecvStream,
+    FrameDecoder,
+);
+
 async fn link_loop(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
-    control: &mut quinn::SendStream,
-    control_rx: &mut quinn::RecvStream,
-    mut decoder: FrameDecoder,
+    (control, control_rx, mut decoder): Control<'_>,
+    segments: &mut JoinSet<Result<(), LinkEnd>>,
     base: Instant,
     heard: &Arc<AtomicU64>,
 ) -> LinkEnd {
@@ -450,7 +467,6 @@ async fn link_loop(
     let mut tick = tokio::time::interval(liveness.poll_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pings = 0u64;
-    let mut segments: JoinSet<Result<(), LinkEnd>> = JoinSet::new();
     // Frames that arrived with `Welcome`.
     if let Err(end) = control_frames(shared, control, &mut decoder).await {
         return end;
@@ -587,7 +603,7 @@ async fn segment_stream(
     let first = read_frame(recv, &mut decoder)
         .await
         .map_err(|e| StreamEnd::Incomplete(e.to_string()))?;
-    let Frame::SegmentStart { seq } = first else {
+    let Frame::SegmentStart { seq, offset } = first else {
         return Err(bad(format!(
             "segment stream began with {}",
             frame_name(&first)
@@ -598,21 +614,62 @@ async fn segment_stream(
         let _ = recv.stop(0u32.into());
         return Ok(());
     }
-    let (data_w, data, sig_w) = shared.relay(seq);
+    let partial = if offset == 0 {
+        // A whole copy: what a lost parent left of it is dropped (its
+        // children move to this copy).
+        drop(shared.unpark(seq));
+        shared.relay(seq)
+    } else {
+        // The rest of a segment this peer asked to resume.
+        match shared.unpark(seq) {
+            Some(mut p) if p.data_w.len() as u64 == offset => {
+                shared.metrics.resumed.inc();
+                shared.metrics.resumed_bytes.inc_by(offset);
+                debug!(
+                    seq,
+                    offset, "resuming a segment the lost parent left mid-way"
+                );
+                p.resumed = true;
+                p
+            }
+            held => {
+                let len = held.as_ref().map_or(0, |p| p.data_w.len());
+                if let Some(p) = held {
+                    shared.park(p, Instant::now());
+                }
+                let _ = recv.stop(0u32.into());
+                return Err(bad(format!(
+                    "segment {seq} sent from byte {offset}, but this peer holds {len} bytes of it"
+                )));
+            }
+        }
+    };
+    let mut inflight = InFlight {
+        shared,
+        partial: Some(partial),
+    };
     let max = shared.config.max_segment_bytes;
     let mut chunk_bytes = bytes::Bytes::new();
     loop {
         decoder.feed(&chunk_bytes);
         while let Some(frame) = decoder.poll_frame().map_err(|e| bad(e.to_string()))? {
+            let p = inflight.partial();
             match frame {
                 Frame::SegmentData(b) => {
-                    if data_w.len() + b.len() > max {
+                    if p.data_w.len() + b.len() > max {
                         return Err(bad(format!("segment {seq} exceeds {max} bytes")));
                     }
                     shared.metrics.bytes_from_tree.inc_by(b.len() as u64);
-                    data_w.push(b);
+                    p.data_w.push(b);
                 }
                 Frame::SegmentEnd { signature } => {
+                    let Partial {
+                        data_w,
+                        data,
+                        sig_w,
+                        resumed,
+                        ..
+                    } = inflight.finish();
                     data_w.finish();
                     let bytes = data.bytes().unwrap_or_default();
                     return match shared.on_segment(seq, bytes, &signature, Source::Tree) {
@@ -623,7 +680,15 @@ async fn segment_stream(
                         }
                         Err(_) => {
                             sig_w.fail("failed verification");
-                            Err(StreamEnd::Corrupt(seq))
+                            // Bytes from two parents: which one lied is
+                            // unknown, and the fallback fetches it whole.
+                            if resumed {
+                                Err(StreamEnd::Incomplete(format!(
+                                    "resumed segment {seq} failed verification"
+                                )))
+                            } else {
+                                Err(StreamEnd::Corrupt(seq))
+                            }
                         }
                     };
                 }
@@ -646,5 +711,36 @@ async fn segment_stream(
         };
         heard.store(stamp(base), Ordering::Relaxed);
         chunk_bytes = chunk.bytes;
+    }
+}
+
+/// A segment being received from the parent. However its stream ends
+/// before the signature (the link lost, the task aborted on a switch, the
+/// stream reset), what arrived is parked for the next parent to resume.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    partial: Option<Partial>,
+}
+
+impl InFlight<'_> {
+    fn partial(&mut self) -> &mut Partial {
+        self.partial
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only by `finish`, which ends the stream"))
+    }
+
+    /// The stream's end arrived: the segment is no longer parkable.
+    fn finish(mut self) -> Partial {
+        self.partial
+            .take()
+            .unwrap_or_else(|| unreachable!("finished once"))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.partial.take() {
+            self.shared.park(p, Instant::now());
+        }
     }
 }

@@ -89,9 +89,15 @@ impl GrowingBody {
 
     /// A reader positioned at the start.
     pub fn reader(&self) -> BodyReader {
+        self.reader_at(0)
+    }
+
+    /// A reader positioned at byte `pos`, which may not be written yet (the
+    /// reader then waits for it; a body that completes shorter ends there).
+    pub fn reader_at(&self, pos: usize) -> BodyReader {
         BodyReader {
             shared: self.shared.clone(),
-            pos: 0,
+            pos,
         }
     }
 
@@ -279,6 +285,28 @@ mod tests {
             .expect("task ok");
         assert_eq!(rest, b"cde");
         assert_eq!(body.bytes(), Some(Bytes::from_static(b"abcde")));
+    }
+
+    #[tokio::test]
+    async fn a_reader_at_an_offset_starts_mid_chunk_or_waits_for_it() {
+        let (w, body) = GrowingBody::new();
+        w.push(Bytes::from_static(b"abc"));
+        w.push(Bytes::from_static(b"de"));
+        let mut mid = body.reader_at(1);
+        assert_eq!(mid.next_chunk().await, Ok(Some(Bytes::from_static(b"bc"))));
+        assert_eq!(mid.next_chunk().await, Ok(Some(Bytes::from_static(b"de"))));
+        // Past what is written: it waits, then reads from exactly there.
+        let mut ahead = body.reader_at(6);
+        let waiter = tokio::spawn(async move { ahead.next_chunk().await });
+        w.push(Bytes::from_static(b"fgh"));
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("reader woke")
+            .expect("task ok");
+        assert_eq!(got, Ok(Some(Bytes::from_static(b"gh"))));
+        // A body that completes shorter than the offset ends there.
+        w.finish();
+        assert_eq!(body.reader_at(100).next_chunk().await, Ok(None));
     }
 
     #[tokio::test]

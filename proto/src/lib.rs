@@ -24,6 +24,7 @@
 
 pub mod app;
 pub mod body;
+pub mod forward;
 pub mod http;
 pub mod keyfile;
 pub mod names;

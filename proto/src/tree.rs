@@ -7,7 +7,9 @@
 //! - [`admit`] takes a new connection through `Hello` → ticket check →
 //!   `Welcome` (or `Refuse`);
 //! - [`push`] then sends the child the recent segments it still needs
-//!   (from the `next_seq` of its `Hello`) and every new one,
+//!   (from the `next_seq` of its `Hello`, the first of them from the byte
+//!   the child holds when it lost its parent mid-segment; the decisions
+//!   are [`crate::forward`]'s) and every new one,
 //!   each on its own unidirectional stream, chunk by chunk as the bytes
 //!   arrive (cut-through), closed by the origin's signature; playlists go on
 //!   the control stream, pings are answered;
@@ -19,6 +21,7 @@
 //! See `docs/tree-protocol.md` for the exchange.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::body::GrowingBody;
+use crate::forward::{Forwarding, Offer, Send};
 use crate::uplink::{ChildHandle, Shedder, VERY_LATE};
 use crate::wire::{Frame, FrameDecoder, WireError, VERSION};
 
@@ -61,11 +65,20 @@ pub struct TreeSegment {
     pub signature: GrowingBody,
 }
 
+/// A segment as the feed handed it out: each copy has its own number,
+/// so a child is sent each copy once ([`crate::forward`]).
+#[derive(Debug, Clone)]
+struct Published {
+    id: u64,
+    segment: Arc<TreeSegment>,
+}
+
 /// What a parent offers its children for one channel.
 #[derive(Debug)]
 pub struct Feed {
-    recent: Mutex<VecDeque<Arc<TreeSegment>>>,
-    segments: broadcast::Sender<Arc<TreeSegment>>,
+    recent: Mutex<VecDeque<Published>>,
+    published: AtomicU64,
+    segments: broadcast::Sender<Published>,
     playlist: watch::Sender<Option<Bytes>>,
     edge: watch::Sender<Option<String>>,
 }
@@ -84,13 +97,14 @@ impl Feed {
         let (playlist, _) = watch::channel(None);
         Self {
             recent: Mutex::new(VecDeque::new()),
+            published: AtomicU64::new(0),
             segments,
             playlist,
             edge: watch::channel(None).0,
         }
     }
 
-    fn recent(&self) -> MutexGuard<'_, VecDeque<Arc<TreeSegment>>> {
+    fn recent(&self) -> MutexGuard<'_, VecDeque<Published>> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -98,15 +112,19 @@ impl Feed {
     /// with the sequence number of an earlier one replaces it: that is a
     /// second attempt after the first failed.
     pub fn publish(&self, segment: Arc<TreeSegment>) {
+        let published = Published {
+            id: self.published.fetch_add(1, Ordering::Relaxed),
+            segment,
+        };
         {
             let mut recent = self.recent();
-            recent.retain(|s| s.seq != segment.seq);
-            recent.push_back(segment.clone());
+            recent.retain(|p| p.segment.seq != published.segment.seq);
+            recent.push_back(published.clone());
             while recent.len() > RECENT {
                 recent.pop_front();
             }
         }
-        let _ = self.segments.send(segment);
+        let _ = self.segments.send(published);
     }
 
     /// Sets the playlist children receive; false when it did not change.
@@ -144,6 +162,7 @@ impl Feed {
     pub fn in_progress(&self) -> Vec<(u64, usize)> {
         self.recent()
             .iter()
+            .map(|p| &p.segment)
             .filter(|s| !s.data.is_complete() && s.data.failure().is_none())
             .map(|s| (s.seq, s.data.len()))
             .collect()
@@ -232,6 +251,8 @@ pub struct Admitted {
     pub inbound: FrameDecoder,
     /// First segment the child needs; older ones are not sent.
     pub next_seq: u64,
+    /// Bytes of segment `next_seq` the child holds already (0: none).
+    pub resume_offset: u64,
 }
 
 /// What arrived on an accepted connection.
@@ -283,19 +304,21 @@ pub async fn admit(
             peer_id,
             ticket,
             next_seq,
+            resume_offset,
         } => {
             if version != VERSION {
                 Err(format!(
                     "protocol version {version} not supported (this node speaks {VERSION})"
                 ))
             } else {
-                check(&channel, peer_id, &ticket).map(|()| (channel, peer_id, next_seq))
+                check(&channel, peer_id, &ticket)
+                    .map(|()| (channel, peer_id, next_seq, resume_offset))
             }
         }
         other => Err(format!("expected Hello first, got {}", frame_name(&other))),
     };
     match verdict {
-        Ok((channel, peer_id, next_seq)) => {
+        Ok((channel, peer_id, next_seq, resume_offset)) => {
             control
                 .write_all(&encode(&Frame::Welcome { version: VERSION }))
                 .await?;
@@ -307,6 +330,7 @@ pub async fn admit(
                 peer_id,
                 inbound,
                 next_seq,
+                resume_offset,
             }))
         }
         Err(reason) => {
@@ -395,29 +419,29 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
     let mut segments = feed.segments.subscribe();
     let mut playlist = feed.playlist.subscribe();
     let mut edge = feed.edge.subscribe();
-    let recent: Vec<Arc<TreeSegment>> = feed
-        .recent()
-        .iter()
-        .filter(|s| s.seq >= child.next_seq)
-        .cloned()
-        .collect();
+    let recent: Vec<Published> = feed.recent().iter().cloned().collect();
+    let mut plan = Forwarding::new(child.next_seq, child.resume_offset);
     let uplink = opts.shedder.as_ref().map(|s| Arc::new(s.join()));
     let mut sends = JoinSet::new();
     let conn = child.conn.clone();
-    let spawn_send = |sends: &mut JoinSet<()>, seg: Arc<TreeSegment>| {
+    let mut offer = |sends: &mut JoinSet<()>, p: Published| {
+        let seg = p.segment;
+        let Some(send) = plan.handle_offer(Offer {
+            seq: seg.seq,
+            publication: p.id,
+            complete: seg.data.is_complete(),
+        }) else {
+            return;
+        };
         let (conn, opts, uplink) = (conn.clone(), opts.clone(), uplink.clone());
-        // Live segments go before backfill, and only they say anything
-        // about the uplink: a backfill takes as long as its size needs.
-        let live = !seg.data.is_complete();
-        if let (true, Some(u)) = (live, &uplink) {
+        // Only live segments say anything about the uplink: a backfill
+        // takes as long as its size needs.
+        if let (true, Some(u)) = (send.live, &uplink) {
             u.segment(seg.seq);
         }
         sends.spawn(async move {
-            let sent = tokio::time::timeout(
-                opts.deadline,
-                send_segment(&conn, &seg, &opts, i32::from(live)),
-            )
-            .await;
+            let sent =
+                tokio::time::timeout(opts.deadline, send_segment(&conn, &seg, send, &opts)).await;
             let lag = match sent {
                 Ok(Ok(lag)) => lag,
                 Ok(Err(_)) => None,
@@ -426,7 +450,7 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
             if !matches!(sent, Ok(Ok(_))) {
                 opts.metrics.abandoned.inc();
             }
-            if let (true, Some(u), Some(lag)) = (live, &uplink, lag) {
+            if let (true, Some(u), Some(lag)) = (send.live, &uplink, lag) {
                 u.delivered(seg.seq, lag);
             }
         });
@@ -445,17 +469,13 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
     if let Some(e) = first_edge {
         child.control.write_all(&encode(&Frame::Edge(e))).await?;
     }
-    for seg in &recent {
-        spawn_send(&mut sends, seg.clone());
+    for p in recent {
+        offer(&mut sends, p);
     }
     loop {
         tokio::select! {
-            seg = segments.recv() => match seg {
-                Ok(seg) => {
-                    if seg.seq >= child.next_seq && !recent.iter().any(|r| Arc::ptr_eq(r, &seg)) {
-                        spawn_send(&mut sends, seg);
-                    }
-                }
+            p = segments.recv() => match p {
+                Ok(p) => offer(&mut sends, p),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(child = child.peer_id, skipped = n, "child fell behind; skipping ahead");
                 }
@@ -514,13 +534,13 @@ async fn shed(uplink: Option<&ChildHandle>) {
 async fn send_segment(
     conn: &quinn::Connection,
     seg: &TreeSegment,
+    send: Send,
     opts: &PushOptions,
-    priority: i32,
 ) -> Result<Option<Duration>, TreeError> {
     let gave_up = |code: quinn::VarInt| (code != 0u32.into()).then_some(opts.deadline);
     let mut s = conn.open_uni().await?;
-    let _ = s.set_priority(priority);
-    match write_segment(&mut s, seg, opts).await {
+    let _ = s.set_priority(send.priority);
+    match write_segment(&mut s, seg, send.offset, opts).await {
         // A child not done by `VERY_LATE` after the parent held the whole
         // segment is counted then, not when its acknowledgement finally
         // comes (seconds later behind a full uplink): the uplink learns
@@ -542,18 +562,24 @@ async fn send_segment(
     }
 }
 
-/// Writes one segment's frames; answers when the last of its bytes had
-/// arrived here.
+/// Writes one segment's frames from byte `offset` on; answers when the
+/// last of its bytes had arrived here.
 async fn write_segment(
     s: &mut quinn::SendStream,
     seg: &TreeSegment,
+    offset: u64,
     opts: &PushOptions,
 ) -> Result<Instant, TreeError> {
-    s.write_all(&encode(&Frame::SegmentStart { seq: seg.seq }))
-        .await?;
+    s.write_all(&encode(&Frame::SegmentStart {
+        seq: seg.seq,
+        offset,
+    }))
+    .await?;
     let tamper = opts.tamper_every.is_some_and(|n| n > 0 && seg.seq % n == 0);
     let mut tampered = false;
-    let mut reader = seg.data.reader();
+    let mut reader = seg
+        .data
+        .reader_at(usize::try_from(offset).unwrap_or(usize::MAX));
     while let Some(chunk) = reader
         .next_chunk()
         .await
@@ -649,15 +675,15 @@ mod tests {
         }
         let retry = seg(4);
         feed.publish(retry.clone());
-        let recent: Vec<u64> = feed.recent().iter().map(|s| s.seq).collect();
+        let recent: Vec<u64> = feed.recent().iter().map(|p| p.segment.seq).collect();
         assert_eq!(recent, vec![1, 2, 3, 4]);
-        assert!(Arc::ptr_eq(&feed.recent()[3], &retry));
+        assert!(Arc::ptr_eq(&feed.recent()[3].segment, &retry));
         for s in 5..=6 {
             feed.publish(seg(s));
         }
-        let recent: Vec<u64> = feed.recent().iter().map(|s| s.seq).collect();
+        let recent: Vec<u64> = feed.recent().iter().map(|p| p.segment.seq).collect();
         assert_eq!(recent, vec![3, 4, 5, 6]);
-        assert!(Arc::ptr_eq(&feed.recent()[1], &retry));
+        assert!(Arc::ptr_eq(&feed.recent()[1].segment, &retry));
         assert!(feed.set_playlist(Bytes::from_static(b"a")));
         assert!(!feed.set_playlist(Bytes::from_static(b"a")));
     }

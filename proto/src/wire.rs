@@ -49,6 +49,11 @@ pub enum Frame {
         /// parent's backfill of recent segments starts there, so a child
         /// switching parents is not sent what it already holds.
         next_seq: u64,
+        /// Bytes of segment `next_seq` the child holds already, from a
+        /// parent it lost mid-segment (0: none): the parent sends that
+        /// segment from there ([`Frame::SegmentStart::offset`]). Absent on
+        /// the wire means 0.
+        resume_offset: u64,
     },
     /// Parent accepts the child.
     Welcome {
@@ -75,6 +80,9 @@ pub enum Frame {
     SegmentStart {
         /// Media sequence number.
         seq: u64,
+        /// The byte of the segment this stream's data start at: 0, or the
+        /// `resume_offset` the child asked for. Absent on the wire means 0.
+        offset: u64,
     },
     /// A chunk of the segment, in order.
     SegmentData(Bytes),
@@ -156,12 +164,16 @@ impl Frame {
                 peer_id,
                 ticket,
                 next_seq,
+                resume_offset,
             } => {
                 p.put_u16(*version);
                 put_str(&mut p, channel);
                 p.put_u64(*peer_id);
                 put_str(&mut p, ticket);
                 p.put_u64(*next_seq);
+                if *resume_offset > 0 {
+                    p.put_u64(*resume_offset);
+                }
                 kind::HELLO
             }
             Frame::Welcome { version } => {
@@ -188,8 +200,11 @@ impl Frame {
                 put_str(&mut p, url);
                 kind::EDGE
             }
-            Frame::SegmentStart { seq } => {
+            Frame::SegmentStart { seq, offset } => {
                 p.put_u64(*seq);
+                if *offset > 0 {
+                    p.put_u64(*offset);
+                }
                 kind::SEGMENT_START
             }
             Frame::SegmentData(b) => {
@@ -251,13 +266,17 @@ impl Frame {
                 }
                 let peer_id = p.get_u64();
                 let ticket = get_str(&mut p, "hello")?;
-                fixed(&p, 8, "hello")?;
+                if p.len() != 8 && p.len() != 16 {
+                    return Err(WireError::Malformed("hello"));
+                }
+                let next_seq = p.get_u64();
                 Frame::Hello {
                     version,
                     channel,
                     peer_id,
                     ticket,
-                    next_seq: p.get_u64(),
+                    next_seq,
+                    resume_offset: if p.is_empty() { 0 } else { p.get_u64() },
                 }
             }
             kind::WELCOME => {
@@ -286,8 +305,12 @@ impl Frame {
                 Frame::Edge(url)
             }
             kind::SEGMENT_START => {
-                fixed(&p, 8, "segment start")?;
-                Frame::SegmentStart { seq: p.get_u64() }
+                if p.len() != 8 && p.len() != 16 {
+                    return Err(WireError::Malformed("segment start"));
+                }
+                let seq = p.get_u64();
+                let offset = if p.is_empty() { 0 } else { p.get_u64() };
+                Frame::SegmentStart { seq, offset }
             }
             kind::SEGMENT_DATA => Frame::SegmentData(p),
             kind::SEGMENT_END => Frame::SegmentEnd { signature: p },
@@ -387,24 +410,27 @@ mod tests {
                 "[a-z0-9-]{0,64}",
                 any::<u64>(),
                 ".{0,200}",
-                any::<u64>()
+                any::<u64>(),
+                prop_oneof![Just(0u64), any::<u64>()],
             )
-                .prop_map(|(version, channel, peer_id, ticket, next_seq)| {
-                    Frame::Hello {
+                .prop_map(
+                    |(version, channel, peer_id, ticket, next_seq, resume_offset)| Frame::Hello {
                         version,
                         channel,
                         peer_id,
                         ticket,
                         next_seq,
+                        resume_offset,
                     }
-                }),
+                ),
             any::<u16>().prop_map(|version| Frame::Welcome { version }),
             ".{0,300}".prop_map(|reason| Frame::Refuse { reason }),
             bytes.clone().prop_map(Frame::Playlist),
             any::<u64>().prop_map(Frame::Ping),
             any::<u64>().prop_map(Frame::Pong),
             "http://[a-z0-9.:-]{0,80}".prop_map(Frame::Edge),
-            any::<u64>().prop_map(|seq| Frame::SegmentStart { seq }),
+            (any::<u64>(), prop_oneof![Just(0u64), any::<u64>()])
+                .prop_map(|(seq, offset)| Frame::SegmentStart { seq, offset }),
             bytes.clone().prop_map(Frame::SegmentData),
             bytes.prop_map(|signature| Frame::SegmentEnd { signature }),
             Just(Frame::Observe),
