@@ -1008,11 +1008,15 @@ impl Tracker {
             let p = &t.peers[w as usize];
             p.live && p.children.is_empty() && p.earned == Some(0) && p.depth < depth && w != f
         };
-        let mut candidates = self.root_children.clone();
-        for &c in &self.root_children {
-            candidates.extend(self.peers[c as usize].children.iter().copied());
-        }
-        let Some(w) = candidates.into_iter().find(|&w| weak(self, w)) else {
+        // The edge's children first, then theirs (no list built: this
+        // runs for every parent once per upload window).
+        let top = || self.root_children.iter().copied();
+        let second = || {
+            self.root_children
+                .iter()
+                .flat_map(|&c| self.peers[c as usize].children.iter().copied())
+        };
+        let Some(w) = top().chain(second()).find(|&w| weak(self, w)) else {
             return;
         };
         let (fparent, wparent) = (self.peers[f as usize].parent, self.peers[w as usize].parent);
