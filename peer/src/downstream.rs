@@ -23,7 +23,7 @@ use treecast_proto::ticket::{self, VerifyingKey};
 use treecast_proto::tree::{self, PushOptions, TreeError};
 
 use crate::agent::{Agent, Session};
-use crate::shared::Shared;
+use crate::shared::{Member, Shared};
 
 /// Longest time one segment may take to reach one child.
 const SEGMENT_DEADLINE: Duration = Duration::from_secs(9);
@@ -64,12 +64,12 @@ pub async fn serve(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
 /// however it ends.
 struct Adopted {
     shared: Arc<Shared>,
-    child: u64,
+    child: Member,
 }
 
 impl Drop for Adopted {
     fn drop(&mut self) {
-        self.shared.release(self.child);
+        self.shared.release(&self.child);
     }
 }
 
@@ -79,8 +79,9 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Why this peer refuses a child of `shared`'s channel.
-fn admission_check(shared: &Shared, child: u64, t: &str) -> Result<(), String> {
+/// Why this peer refuses a child of `shared`'s channel; else the child as
+/// the tracker that signed its ticket numbers it.
+fn admission_check(shared: &Shared, child: u64, t: &str) -> Result<Member, String> {
     if shared.config.max_upload_kbps == Some(0) {
         return Err("this peer is leaf only (max upload 0)".into());
     }
@@ -93,7 +94,10 @@ fn admission_check(shared: &Shared, child: u64, t: &str) -> Result<(), String> {
         .map_err(|_| "the tracker's ticket key is malformed".to_string())?;
     let key = VerifyingKey::from_bytes(&raw).map_err(|e| format!("ticket key: {e}"))?;
     ticket::verify(t, &key, &shared.channel, child, a.peer_id, unix_now())
-        .map(|_| ())
+        .map(|_| Member {
+            tracker: a.ticket_key,
+            id: child,
+        })
         .map_err(|e| e.to_string())
 }
 
@@ -107,11 +111,14 @@ async fn child(agent: &Agent, incoming: quinn::Incoming) -> Result<(), TreeError
         let session = agent
             .session(channel)
             .ok_or_else(|| format!("this peer relays no channel {channel}"))?;
-        let verdict = admission_check(&session.shared, child, t).and_then(|()| {
-            session.shared.adopt(child).map_err(|e| e.to_string())?;
+        let verdict = admission_check(&session.shared, child, t).and_then(|member| {
+            session
+                .shared
+                .adopt(member.clone())
+                .map_err(|e| e.to_string())?;
             adopted = Some(Adopted {
                 shared: session.shared.clone(),
-                child,
+                child: member,
             });
             Ok(())
         });

@@ -128,42 +128,52 @@ pub struct Partial {
 #[error("peer {0} would be both this peer's parent and its child")]
 pub struct LoopError(pub u64);
 
-/// Whom this peer streams from and to, by peer id, kept apart: two peers
-/// that lose their parents at once, each the other's backup, would
-/// otherwise each take the other as parent and feed each other nothing.
-/// A parent is refused while it is a child, a child while it is the
-/// parent; both are checked under one lock, so that of two such crossing
-/// switches at least one side fails (sans-IO).
+/// A peer as one tracker numbers it: ids are per tracker, so a peer that
+/// moved to another edge may have a new parent whose id an old child has.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Member {
+    /// The tracker's ticket key (hex), naming the tracker.
+    pub tracker: String,
+    /// The peer's id there.
+    pub id: u64,
+}
+
+/// Whom this peer streams from and to, kept apart: two peers that lose
+/// their parents at once, each the other's backup, would otherwise each
+/// take the other as parent and feed each other nothing. A parent is
+/// refused while it is a child, a child while it is the parent; both are
+/// checked under one lock, so that of two such crossing switches at least
+/// one side fails (sans-IO).
 #[derive(Debug, Default)]
 pub struct Family {
-    parent: Option<u64>,
-    children: HashSet<u64>,
+    parent: Option<Member>,
+    children: HashSet<Member>,
 }
 
 impl Family {
-    /// The parent is now peer `id` (`None`: the edge, or no parent).
-    pub fn take_parent(&mut self, id: Option<u64>) -> Result<(), LoopError> {
-        match id {
-            Some(id) if self.children.contains(&id) => Err(LoopError(id)),
-            _ => {
-                self.parent = id;
+    /// The parent is now `parent` (`None`: the edge, or no parent).
+    pub fn take_parent(&mut self, parent: Option<Member>) -> Result<(), LoopError> {
+        match parent {
+            Some(p) if self.children.contains(&p) => Err(LoopError(p.id)),
+            p => {
+                self.parent = p;
                 Ok(())
             }
         }
     }
 
-    /// Peer `child` streams from this peer now.
-    pub fn adopt(&mut self, child: u64) -> Result<(), LoopError> {
-        if self.parent == Some(child) {
-            return Err(LoopError(child));
+    /// `child` streams from this peer now.
+    pub fn adopt(&mut self, child: Member) -> Result<(), LoopError> {
+        if self.parent.as_ref() == Some(&child) {
+            return Err(LoopError(child.id));
         }
         self.children.insert(child);
         Ok(())
     }
 
-    /// Peer `child` no longer streams from this peer.
-    pub fn release(&mut self, child: u64) {
-        self.children.remove(&child);
+    /// `child` no longer streams from this peer.
+    pub fn release(&mut self, child: &Member) {
+        self.children.remove(child);
     }
 }
 
@@ -359,23 +369,27 @@ impl Shared {
     }
 
     /// Makes `link` the parent streaming now, unless its node is one of
-    /// this peer's children ([`Family`]).
-    pub fn take_parent(&self, link: ParentLink) -> Result<(), LoopError> {
+    /// this peer's children ([`Family`]); `tracker` is the ticket key of
+    /// the tracker that named it.
+    pub fn take_parent(&self, link: ParentLink, tracker: &str) -> Result<(), LoopError> {
         let mut family = lock(&self.family);
-        let id = (link.node.kind == "peer").then_some(link.node.id);
-        family.take_parent(id)?;
+        let parent = (link.node.kind == "peer").then(|| Member {
+            tracker: tracker.to_owned(),
+            id: link.node.id,
+        });
+        family.take_parent(parent)?;
         self.store_parent(Some(link));
         Ok(())
     }
 
     /// Counts `child` among this peer's children, unless it is this
     /// peer's parent ([`Family`]).
-    pub fn adopt(&self, child: u64) -> Result<(), LoopError> {
+    pub fn adopt(&self, child: Member) -> Result<(), LoopError> {
         lock(&self.family).adopt(child)
     }
 
     /// `child` no longer streams from this peer.
-    pub fn release(&self, child: u64) {
+    pub fn release(&self, child: &Member) {
         lock(&self.family).release(child);
     }
 
@@ -428,9 +442,11 @@ impl Shared {
 
     /// Keeps a segment whose link ended mid-way for the next parent to
     /// resume, for [`RESUME_WINDOW`]. One with no bytes yet is not worth
-    /// it (dropping it fails it).
+    /// it, nor one a later copy has replaced already (a switch the
+    /// tracker asked for: the new parent sent the segment whole while the
+    /// old link was still being let go); dropping it fails it.
     pub fn park(&self, mut partial: Partial, now: Instant) {
-        if partial.data_w.is_empty() {
+        if partial.data_w.is_empty() || !self.feed.is_current(partial.seq, &partial.data) {
             return;
         }
         partial.parked_at = Some(now);
@@ -501,20 +517,27 @@ mod tests {
 
     #[test]
     fn a_peer_is_never_both_parent_and_child() {
+        let m = |tracker: &str, id| Member {
+            tracker: tracker.into(),
+            id,
+        };
         // A and B lost their parents at once and each dials the other.
         let (mut a, mut b) = (Family::default(), Family::default());
         // A welcomes B first, then its own switch to B completes: refused.
-        a.adopt(2).expect("B as A's child");
-        assert_eq!(a.take_parent(Some(2)), Err(LoopError(2)));
+        a.adopt(m("t", 2)).expect("B as A's child");
+        assert_eq!(a.take_parent(Some(m("t", 2))), Err(LoopError(2)));
         // B's switch to A completed first: A's Hello, arriving later, is
         // refused.
-        b.take_parent(Some(1)).expect("A as B's parent");
-        assert_eq!(b.adopt(1), Err(LoopError(1)));
+        b.take_parent(Some(m("t", 1))).expect("A as B's parent");
+        assert_eq!(b.adopt(m("t", 1)), Err(LoopError(1)));
+        // Another tracker's peer 2 is another peer (A moved edges; B has
+        // not yet).
+        a.take_parent(Some(m("u", 2))).expect("peer 2 of tracker u");
         // Once B has gone, A may take it as parent, and the edge is never
         // in the way.
-        a.release(2);
-        a.take_parent(Some(2)).expect("B as A's parent");
+        a.release(&m("t", 2));
+        a.take_parent(Some(m("t", 2))).expect("B as A's parent");
         a.take_parent(None).expect("the edge");
-        a.adopt(2).expect("B as a child again");
+        a.adopt(m("t", 2)).expect("B as a child again");
     }
 }

@@ -273,12 +273,12 @@ impl Manager {
         conn: quinn::Connection,
         reason: &'static str,
     ) -> Result<(), TreeError> {
-        let my_id = self
+        let (my_id, tracker) = self
             .shared
             .assignment
             .borrow()
             .as_ref()
-            .map_or(0, |a| a.peer_id);
+            .map_or((0, String::new()), |a| (a.peer_id, a.ticket_key.clone()));
         // The segment in flight when the last parent was lost continues
         // from the byte it stopped at.
         let next_seq = self.shared.store().next_wanted();
@@ -306,10 +306,11 @@ impl Manager {
         })
         .await
         .map_err(|_| TreeError::Timeout("Hello"))??;
-        if let Err(e) = self.shared.take_parent(ParentLink {
+        let link = ParentLink {
             node: node.clone(),
             since: Instant::now(),
-        }) {
+        };
+        if let Err(e) = self.shared.take_parent(link, &tracker) {
             conn.close(0u32.into(), b"a loop");
             return Err(TreeError::Protocol(e.to_string()));
         }

@@ -111,6 +111,11 @@ impl GrowingBody {
         self.len() == 0
     }
 
+    /// Whether `other` reads the same body (not merely equal bytes).
+    pub fn same(&self, other: &GrowingBody) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Whether the writer finished the body successfully.
     pub fn is_complete(&self) -> bool {
         matches!(self.shared.lock().end, Some(End::Complete))

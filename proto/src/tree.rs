@@ -157,6 +157,14 @@ impl Feed {
         self.playlist.borrow().clone()
     }
 
+    /// Whether `data` is the body of the copy of segment `seq` children
+    /// are sent now (not one a later copy replaced).
+    pub fn is_current(&self, seq: u64, data: &GrowingBody) -> bool {
+        self.recent()
+            .iter()
+            .any(|p| p.segment.seq == seq && p.segment.data.same(data))
+    }
+
     /// Segments still arriving from upstream: (sequence number, bytes so
     /// far), oldest first.
     pub fn in_progress(&self) -> Vec<(u64, usize)> {
