@@ -65,6 +65,11 @@ enum Ev {
         v: V,
         epoch: u32,
     },
+    /// `v`, refused a place, asks the tracker again.
+    Rejoin {
+        v: V,
+        epoch: u32,
+    },
     /// The harness's churn: a random viewer is replaced.
     Churn,
     Tick,
@@ -113,6 +118,11 @@ struct Viewer {
     last_shed: u64,
     /// Since when the tracker has it waiting for a parent.
     orphan_since: Option<u64>,
+    /// Wait before asking again after a refused join, ms; doubles with
+    /// each refusal, as the real peer's does.
+    join_backoff_ms: u64,
+    /// A [`Ev::Rejoin`] is scheduled.
+    rejoin_pending: bool,
     /// Children its link could feed (for the physical limit).
     usable: u32,
     /// Watching since (or since the measured window opened).
@@ -149,6 +159,10 @@ pub struct World {
 }
 
 const NO_VIEWER: V = V::MAX;
+/// The real peer's first wait after a refused join, and its longest
+/// (`treecast_peer::tracker`).
+const JOIN_BACKOFF_MS: u64 = 250;
+const JOIN_BACKOFF_MAX_MS: u64 = 5_000;
 
 impl World {
     /// A world at time 0 with its first events scheduled.
@@ -203,6 +217,13 @@ impl World {
                 Ev::Heartbeat { v, epoch } if self.current(v, epoch) => self.heartbeat(v),
                 Ev::Depart { v, epoch } if self.current(v, epoch) => self.depart(v),
                 Ev::Detect { v, epoch } if self.current(v, epoch) => self.detect(v),
+                Ev::Rejoin { v, epoch } if self.current(v, epoch) => {
+                    self.viewers[v as usize].rejoin_pending = false;
+                    if self.viewers[v as usize].id.is_none() {
+                        self.rec.counters.rejoins += 1;
+                        self.join(v);
+                    }
+                }
                 Ev::Churn => self.churn(),
                 Ev::Tick => self.tick(),
                 Ev::Sample => self.sample(),
@@ -319,6 +340,8 @@ impl World {
             from_edge: 0,
             last_shed: 0,
             orphan_since: None,
+            join_backoff_ms: JOIN_BACKOFF_MS,
+            rejoin_pending: false,
             usable,
             watching_since: self.now,
         };
@@ -462,13 +485,20 @@ impl World {
                 }
                 self.by_slot[slot] = v;
                 self.viewers[v as usize].id = Some(a.id);
+                self.viewers[v as usize].join_backoff_ms = JOIN_BACKOFF_MS;
                 self.apply(v, a);
                 self.drain();
             }
             Err(_) => {
-                // Plays from the edge and asks again at its next heartbeat.
+                // Plays from the edge and asks again after a backoff that
+                // doubles up to 5 s, as `treecast_peer::tracker` does.
                 self.rec.counters.join_refused += 1;
                 self.set_feed(v, Feed::Http);
+                let r = &mut self.viewers[v as usize];
+                let (wait, epoch) = (r.join_backoff_ms, r.epoch);
+                r.join_backoff_ms = (wait * 2).min(JOIN_BACKOFF_MAX_MS);
+                r.rejoin_pending = true;
+                self.calendar.push(self.now + wait, Ev::Rejoin { v, epoch });
             }
         }
     }
@@ -719,9 +749,12 @@ impl World {
             Ev::Heartbeat { v, epoch },
         );
         let Some(id) = self.viewers[v as usize].id else {
-            // Refused or evicted: it plays from the edge and asks again.
-            self.rec.counters.rejoins += 1;
-            self.join(v);
+            // Evicted: it plays from the edge and joins again, unless a
+            // refused join's retry is already on its way.
+            if !self.viewers[v as usize].rejoin_pending {
+                self.rec.counters.rejoins += 1;
+                self.join(v);
+            }
             return;
         };
         let hb = {
