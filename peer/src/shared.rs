@@ -4,7 +4,7 @@
 //! [`Shared::on_playlist`], so verification and bookkeeping happen in one
 //! place.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -120,7 +120,6 @@ pub struct Partial {
     /// Continued from another parent's bytes: a failed verification is
     /// then no proof against this parent.
     pub resumed: bool,
-    parked_at: Option<Instant>,
 }
 
 /// A parent and a child would be the same peer: a loop in the tree.
@@ -147,14 +146,17 @@ pub struct Member {
 #[derive(Debug, Default)]
 pub struct Family {
     parent: Option<Member>,
-    children: HashSet<Member>,
+    /// Sessions per child: a child that connects again (its warm backup
+    /// connection, say) before its old session has ended is counted
+    /// until both have.
+    children: HashMap<Member, u32>,
 }
 
 impl Family {
     /// The parent is now `parent` (`None`: the edge, or no parent).
     pub fn take_parent(&mut self, parent: Option<Member>) -> Result<(), LoopError> {
         match parent {
-            Some(p) if self.children.contains(&p) => Err(LoopError(p.id)),
+            Some(p) if self.children.contains_key(&p) => Err(LoopError(p.id)),
             p => {
                 self.parent = p;
                 Ok(())
@@ -167,13 +169,18 @@ impl Family {
         if self.parent.as_ref() == Some(&child) {
             return Err(LoopError(child.id));
         }
-        self.children.insert(child);
+        *self.children.entry(child).or_default() += 1;
         Ok(())
     }
 
-    /// `child` no longer streams from this peer.
+    /// One session of `child` ended.
     pub fn release(&mut self, child: &Member) {
-        self.children.remove(child);
+        if let Some(n) = self.children.get_mut(child) {
+            *n -= 1;
+            if *n == 0 {
+                self.children.remove(child);
+            }
+        }
     }
 }
 
@@ -207,8 +214,9 @@ pub struct Shared {
     /// The parent's and the children's ids, kept apart (locked before
     /// `parent`).
     family: Mutex<Family>,
-    /// Segments whose parent was lost mid-way, for the next to resume.
-    parked: Mutex<Vec<Partial>>,
+    /// Segments whose parent was lost mid-way, for the next to resume,
+    /// and when each was parked.
+    parked: Mutex<Vec<(Instant, Partial)>>,
     /// When the parent last sent a playlist.
     pub last_tree_playlist: Mutex<Option<Instant>>,
     /// Requests for the tracker task.
@@ -436,7 +444,6 @@ impl Shared {
             data,
             sig_w,
             resumed: false,
-            parked_at: None,
         }
     }
 
@@ -445,41 +452,35 @@ impl Shared {
     /// it, nor one a later copy has replaced already (a switch the
     /// tracker asked for: the new parent sent the segment whole while the
     /// old link was still being let go); dropping it fails it.
-    pub fn park(&self, mut partial: Partial, now: Instant) {
+    pub fn park(&self, partial: Partial, now: Instant) {
         if partial.data_w.is_empty() || !self.feed.is_current(partial.seq, &partial.data) {
             return;
         }
-        partial.parked_at = Some(now);
         let mut parked = lock(&self.parked);
-        parked.retain(|p| p.seq != partial.seq);
-        parked.push(partial);
+        parked.retain(|(_, p)| p.seq != partial.seq);
+        parked.push((now, partial));
     }
 
     /// How many bytes of `seq` are parked (0: none).
     pub fn parked_len(&self, seq: u64) -> u64 {
         lock(&self.parked)
             .iter()
-            .find(|p| p.seq == seq)
-            .map_or(0, |p| p.data_w.len() as u64)
+            .find(|(_, p)| p.seq == seq)
+            .map_or(0, |(_, p)| p.data_w.len() as u64)
     }
 
     /// Takes the parked segment `seq`, to resume or to drop.
     pub fn unpark(&self, seq: u64) -> Option<Partial> {
         let mut parked = lock(&self.parked);
-        let i = parked.iter().position(|p| p.seq == seq)?;
-        let mut p = parked.swap_remove(i);
-        p.parked_at = None;
-        Some(p)
+        let i = parked.iter().position(|(_, p)| p.seq == seq)?;
+        Some(parked.swap_remove(i).1)
     }
 
     /// Fails the parked segments no parent resumed within
     /// [`RESUME_WINDOW`] (their children's streams end, and the fallback
     /// covers them).
     pub fn expire_parked(&self, now: Instant) {
-        lock(&self.parked).retain(|p| {
-            p.parked_at
-                .is_some_and(|at| now.saturating_duration_since(at) < RESUME_WINDOW)
-        });
+        lock(&self.parked).retain(|(at, _)| now.saturating_duration_since(*at) < RESUME_WINDOW);
     }
 
     /// Records a dial through a NAT.
@@ -530,6 +531,11 @@ mod tests {
         // refused.
         b.take_parent(Some(m("t", 1))).expect("A as B's parent");
         assert_eq!(b.adopt(m("t", 1)), Err(LoopError(1)));
+        // B connected twice (a second session before the first ended):
+        // still a child until both end.
+        a.adopt(m("t", 2)).expect("B's second session");
+        a.release(&m("t", 2));
+        assert_eq!(a.take_parent(Some(m("t", 2))), Err(LoopError(2)));
         // Another tracker's peer 2 is another peer (A moved edges; B has
         // not yet).
         a.take_parent(Some(m("u", 2))).expect("peer 2 of tracker u");
