@@ -89,23 +89,56 @@ enum Feed {
     Peer { v: V, epoch: u32 },
 }
 
+/// A viewer's id in the tracker, if it has one, in 8 bytes (an
+/// `Option<PeerId>` takes 16, and the id shares the first cache line of
+/// [`Viewer`] with what a child reads of its parent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TrackerId(u64);
+
+impl TrackerId {
+    /// No id: the tracker never gives 0 (generations start at 1).
+    const NONE: Self = Self(0);
+
+    fn get(self) -> Option<PeerId> {
+        (self.0 != 0).then_some(PeerId(self.0))
+    }
+
+    fn take(&mut self) -> Option<PeerId> {
+        std::mem::replace(self, Self::NONE).get()
+    }
+}
+
+impl From<PeerId> for TrackerId {
+    fn from(id: PeerId) -> Self {
+        Self(id.0)
+    }
+}
+
+/// A viewer's record. What a heartbeat reads of the viewer's parent and
+/// backup comes first (one cache line), then the rest a heartbeat touches
+/// of the viewer itself (the second): at 100,000 viewers the records are
+/// far larger than the CPU's caches, and misses on them are most of the
+/// simulator's time.
 #[derive(Debug)]
+#[repr(C, align(64))]
 struct Viewer {
     /// Bumped when its session ends, so events and feeds naming the old
     /// session are stale.
     epoch: u32,
     alive: bool,
-    /// Its id in the tracker; kept after a kill until the tracker evicts
-    /// it (children and backups may still name it).
-    id: Option<PeerId>,
+    corrupt: bool,
+    /// A [`Ev::Rejoin`] is scheduled.
+    rejoin_pending: bool,
+    leaf_only: bool,
     /// Upload cap, kb/s; `None`: unlimited (loopback).
     up_kbps: Option<u32>,
-    rtt_ms: f32,
-    leaf_only: bool,
-    corrupt: bool,
-    feed: Feed,
-    backup: Feed,
     children: Vec<V>,
+    /// Its id in the tracker; kept after a kill until the tracker evicts
+    /// it (children and backups may still name it).
+    id: TrackerId,
+    feed: Feed,
+    // The first cache line ends in the next field.
+    backup: Feed,
     /// Bytes counted up to here.
     settled: u64,
     /// No data from the feed in `[gap_from, gap_until)`; `u64::MAX` until
@@ -116,15 +149,15 @@ struct Viewer {
     from_parent: u64,
     from_edge: u64,
     last_shed: u64,
+    // The second cache line ends after this.
+    rtt_ms: f32,
+    /// Children its link could feed (for the physical limit).
+    usable: u32,
     /// Since when the tracker has it waiting for a parent.
     orphan_since: Option<u64>,
     /// Wait before asking again after a refused join, ms; doubles with
     /// each refusal, as the real peer's does.
     join_backoff_ms: u64,
-    /// A [`Ev::Rejoin`] is scheduled.
-    rejoin_pending: bool,
-    /// Children its link could feed (for the physical limit).
-    usable: u32,
     /// Watching since (or since the measured window opened).
     watching_since: u64,
 }
@@ -219,7 +252,7 @@ impl World {
                 Ev::Detect { v, epoch } if self.current(v, epoch) => self.detect(v),
                 Ev::Rejoin { v, epoch } if self.current(v, epoch) => {
                     self.viewers[v as usize].rejoin_pending = false;
-                    if self.viewers[v as usize].id.is_none() {
+                    if self.viewers[v as usize].id.get().is_none() {
                         self.rec.counters.rejoins += 1;
                         self.join(v);
                     }
@@ -325,7 +358,7 @@ impl World {
         let record = Viewer {
             epoch: 0,
             alive: true,
-            id: None,
+            id: TrackerId::NONE,
             up_kbps: up,
             rtt_ms: rtt,
             leaf_only,
@@ -447,7 +480,7 @@ impl World {
                 let epoch = self.viewers[c as usize].epoch;
                 self.calendar.push(at, Ev::Detect { v: c, epoch });
             }
-            if self.viewers[v as usize].id.is_none() {
+            if self.viewers[v as usize].id.get().is_none() {
                 self.free.push(v);
             }
         } else {
@@ -484,7 +517,7 @@ impl World {
                     self.by_slot.resize(slot + 1, NO_VIEWER);
                 }
                 self.by_slot[slot] = v;
-                self.viewers[v as usize].id = Some(a.id);
+                self.viewers[v as usize].id = a.id.into();
                 self.viewers[v as usize].join_backoff_ms = JOIN_BACKOFF_MS;
                 self.apply(v, a);
                 self.drain();
@@ -507,7 +540,7 @@ impl World {
 
     fn viewer_of(&self, id: PeerId) -> Option<V> {
         let v = *self.by_slot.get(id.slot() as usize)?;
-        (v != NO_VIEWER && self.viewers[v as usize].id == Some(id)).then_some(v)
+        (v != NO_VIEWER && self.viewers[v as usize].id == id.into()).then_some(v)
     }
 
     fn feed_of(&self, node: Option<Node>) -> Feed {
@@ -734,7 +767,7 @@ impl World {
     }
 
     fn move_by_tracker(&mut self, v: V) {
-        if let Some(id) = self.viewers[v as usize].id {
+        if let Some(id) = self.viewers[v as usize].id.get() {
             if let Ok(a) = self.tracker.assignment(id) {
                 self.apply(v, a);
             }
@@ -748,7 +781,7 @@ impl World {
             self.now + self.config.model.heartbeat_ms,
             Ev::Heartbeat { v, epoch },
         );
-        let Some(id) = self.viewers[v as usize].id else {
+        let Some(id) = self.viewers[v as usize].id.get() else {
             // Evicted: it plays from the edge and joins again, unless a
             // refused join's retry is already on its way.
             if !self.viewers[v as usize].rejoin_pending {
@@ -768,7 +801,7 @@ impl World {
             Ok(a) => self.apply(v, a),
             Err(_) => {
                 // Evicted: join again.
-                self.viewers[v as usize].id = None;
+                self.viewers[v as usize].id = TrackerId::NONE;
                 self.rec.counters.rejoins += 1;
                 self.join(v);
                 return;
@@ -805,7 +838,7 @@ impl World {
     fn shed(&mut self, c: V) {
         self.rec.counters.children_shed += 1;
         self.settle(c);
-        let Some(id) = self.viewers[c as usize].id else {
+        let Some(id) = self.viewers[c as usize].id.get() else {
             return;
         };
         let _ = self.tracker.handle_report(id, Report::ParentShed, self.t());
@@ -850,7 +883,7 @@ impl World {
             return;
         }
         let mut until = self.now;
-        if let Some(id) = self.viewers[v as usize].id {
+        if let Some(id) = self.viewers[v as usize].id.get() {
             let _ = self.tracker.handle_report(id, Report::ParentGap, self.t());
             self.drain();
         }
@@ -903,7 +936,7 @@ impl World {
                     };
                     let slot = id.slot() as usize;
                     self.by_slot[slot] = NO_VIEWER;
-                    self.viewers[v as usize].id = None;
+                    self.viewers[v as usize].id = TrackerId::NONE;
                     if self.viewers[v as usize].alive {
                         // It learns at its next heartbeat, and joins again;
                         // meanwhile it has no parent in the tree.
@@ -1005,5 +1038,17 @@ impl World {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_child_reads_of_its_parent_fills_one_cache_line() {
+        assert!(std::mem::offset_of!(Viewer, feed) + std::mem::size_of::<Feed>() <= 64);
+        assert!(std::mem::offset_of!(Viewer, rtt_ms) <= 128);
+        assert_eq!(std::mem::align_of::<Viewer>(), 64);
     }
 }

@@ -236,18 +236,59 @@ pub enum JoinError {
 #[error("unknown peer {0:?}: it left, was evicted, or the tracker restarted; join again")]
 pub struct UnknownPeer(pub PeerId);
 
+/// A peer's record. What a heartbeat reads and writes (of the peer, its
+/// parent and its backup) comes first and fills the first cache line, and
+/// records start on a line: at 100,000 peers the slab is far larger than
+/// the CPU's caches, and a heartbeat is then a few cache misses, one per
+/// record it touches instead of two or three.
 #[derive(Debug)]
+#[repr(C, align(64))]
 struct Peer {
     generation: u32,
-    live: bool,
     parent: u32,
     backup: u32,
-    children: Vec<u32>,
+    /// Generation of the backup's slot when it was chosen (a slot reused
+    /// by a newcomer is not that backup any more).
+    backup_generation: u32,
+    live: bool,
+    /// A child reported its data stopped: offered to nobody as parent or
+    /// backup until it heartbeats again (a live peer does within one
+    /// interval; a dead one would otherwise be handed out until its
+    /// timeout, and every child sent there waits out a failed
+    /// handshake).
+    suspect: bool,
     depth: u8,
+    /// Levels of peers below it (0: no children), kept as children come
+    /// and go, so that placing a subtree needs no walk of it.
+    height: u8,
+    last_seen: Stamp,
+    /// When its backup was last chosen or checked.
+    backup_checked: Stamp,
+    credit_bytes: u64,
+    /// Bytes its children had to take from the edge in the window.
+    credit_missed: u64,
+    credit_since: Stamp,
+    // The first cache line ends here.
+    children: Vec<u32>,
+    joined: Stamp,
+    cap_kbps: Option<u32>,
+    measured_kbps: u32,
+    /// Children it has shown it can feed; `None` until a window with
+    /// children is measured (then probation slots apply).
+    earned: Option<usize>,
+    /// When it last shed a child (it probes for more no sooner than
+    /// [`PROBE_HOLD`] after).
+    shed_at: Option<Stamp>,
+    site: u32,
+    /// Peers naming this one as their backup.
+    backers: u32,
+    /// Traversals through this peer's NAT that worked, and that failed
+    /// with it to blame.
+    punch_ok: u16,
+    punch_failed: u16,
     leaf_only: bool,
     promoted: bool,
     in_open: bool,
-    site: u32,
     /// Behind a NAT; see [`JoinRequest::nat`].
     nat: bool,
     /// Listed in the site's lists (`site_open`).
@@ -255,37 +296,6 @@ struct Peer {
     /// No UDP leaves its site; see [`Tracker::handle_no_udp`].
     no_udp: bool,
     reach: Reach,
-    /// Traversals through this peer's NAT that worked, and that failed
-    /// with it to blame.
-    punch_ok: u16,
-    punch_failed: u16,
-    joined: Instant,
-    last_seen: Instant,
-    cap_kbps: Option<u32>,
-    credit_bytes: u64,
-    /// Bytes its children had to take from the edge in the window.
-    credit_missed: u64,
-    credit_since: Instant,
-    measured_kbps: u32,
-    /// Children it has shown it can feed; `None` until a window with
-    /// children is measured (then probation slots apply).
-    earned: Option<usize>,
-    /// When it last shed a child (it probes for more no sooner than
-    /// [`PROBE_HOLD`] after).
-    shed_at: Option<Instant>,
-    /// When its backup was last chosen or checked.
-    backup_checked: Instant,
-    /// Generation of the backup's slot when it was chosen (a slot reused
-    /// by a newcomer is not that backup any more).
-    backup_generation: u32,
-    /// Peers naming this one as their backup.
-    backers: u32,
-    /// A child reported its data stopped: offered to nobody as parent or
-    /// backup until it heartbeats again (a live peer does within one
-    /// interval; a dead one would otherwise be handed out until its
-    /// timeout, and every child sent there waits out a failed
-    /// handshake).
-    suspect: bool,
 }
 
 /// Below this share of its children's bytes delivered by itself (the
@@ -336,8 +346,6 @@ const WHEEL_SLOT: Duration = Duration::from_millis(100);
 /// and cost more than the walk.
 #[derive(Debug, Default)]
 struct SilenceWheel {
-    /// The instant bucket 0 starts at: the first deadline filed.
-    origin: Option<Instant>,
     /// Index of `buckets[0]`.
     first: u64,
     buckets: VecDeque<Vec<(u32, u32)>>,
@@ -346,10 +354,11 @@ struct SilenceWheel {
 impl SilenceWheel {
     /// Files `(slot, generation)` under `due`, in the first bucket that
     /// ends at or after it (never one already taken).
-    fn push(&mut self, due: Instant, slot: u32, generation: u32) {
-        let origin = *self.origin.get_or_insert(due);
-        let since = due.saturating_duration_since(origin);
-        let k = (since.as_nanos().div_ceil(WHEEL_SLOT.as_nanos()) as u64).max(self.first);
+    fn push(&mut self, due: Stamp, slot: u32, generation: u32) {
+        let k = due
+            .0
+            .div_ceil(WHEEL_SLOT.as_micros() as u64)
+            .max(self.first);
         let at = (k - self.first) as usize;
         if self.buckets.len() <= at {
             self.buckets.resize_with(at + 1, Vec::new);
@@ -358,14 +367,11 @@ impl SilenceWheel {
     }
 
     /// Every entry in buckets that end before `now`, taken out.
-    fn due(&mut self, now: Instant) -> Vec<(u32, u32)> {
-        let Some(origin) = self.origin else {
-            return Vec::new();
-        };
+    fn due(&mut self, now: Stamp) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
         while !self.buckets.is_empty() {
-            let end = origin + WHEEL_SLOT * (self.first as u32);
-            if end >= now {
+            let end = self.first * WHEEL_SLOT.as_micros() as u64;
+            if end >= now.0 {
                 break;
             }
             if let Some(b) = self.buckets.pop_front() {
@@ -374,6 +380,23 @@ impl SilenceWheel {
             self.first += 1;
         }
         out
+    }
+}
+
+/// A time on the tracker's clock: microseconds since the first `now` it
+/// was given. Half the size of an `Instant`, which is what lets all that
+/// a heartbeat touches of a peer share one cache line (see [`Peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp(u64);
+
+impl Stamp {
+    /// Time from `earlier` to this one; zero if `earlier` is later.
+    fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+
+    fn after(self, d: Duration) -> Stamp {
+        Stamp(self.0.saturating_add(d.as_micros() as u64))
     }
 }
 
@@ -445,9 +468,17 @@ pub struct Tracker {
     /// is neither its new parent nor its backup (its child would refuse
     /// it, and waits out a cooldown instead of streaming).
     avoid: u32,
+    /// The first `now` given: [`Stamp`] 0.
+    origin: Option<Instant>,
 }
 
 impl Tracker {
+    /// `now` on the tracker's clock.
+    fn clock(&mut self, now: Instant) -> Stamp {
+        let origin = *self.origin.get_or_insert(now);
+        Stamp(now.saturating_duration_since(origin).as_micros() as u64)
+    }
+
     /// An empty tree.
     pub fn new(config: TrackerConfig) -> Self {
         let depths = usize::from(config.max_depth) + 1;
@@ -465,6 +496,7 @@ impl Tracker {
             events: VecDeque::new(),
             live: 0,
             depth_counts: vec![0; depths],
+            origin: None,
             avoid: NONE,
         }
     }
@@ -544,6 +576,7 @@ impl Tracker {
 
     /// Places a new peer.
     pub fn handle_join(&mut self, req: JoinRequest, now: Instant) -> Result<Assignment, JoinError> {
+        let now = self.clock(now);
         let leaf_only = req.max_upload_kbps == Some(0);
         let peer = Peer {
             // Generations start at 1, so no id is 0 (which names the edge on
@@ -554,6 +587,7 @@ impl Tracker {
             backup: NONE,
             children: Vec::new(),
             depth: 0,
+            height: 0,
             leaf_only,
             promoted: false,
             in_open: false,
@@ -610,7 +644,7 @@ impl Tracker {
         self.live += 1;
         let generation = self.peers[i as usize].generation;
         self.silence
-            .push(now + self.config.heartbeat_timeout, i, generation);
+            .push(now.after(self.config.heartbeat_timeout), i, generation);
         self.recount(None, i);
         self.attach(i, parent);
         if !leaf_only {
@@ -628,6 +662,7 @@ impl Tracker {
         hb: Heartbeat,
         now: Instant,
     ) -> Result<Assignment, UnknownPeer> {
+        let now = self.clock(now);
         let i = self.lookup(id)?;
         let parent = {
             let p = &mut self.peers[i as usize];
@@ -642,7 +677,7 @@ impl Tracker {
             let par = &mut self.peers[parent as usize];
             par.credit_bytes += hb.bytes_from_parent;
             par.credit_missed += hb.bytes_from_edge;
-            let elapsed = now.saturating_duration_since(par.credit_since);
+            let elapsed = now.since(par.credit_since);
             if elapsed >= window {
                 par.measured_kbps =
                     (par.credit_bytes * 8 / elapsed.as_millis().max(1) as u64) as u32;
@@ -656,8 +691,7 @@ impl Tracker {
                 self.shed_excess(parent, now);
             }
         }
-        let due =
-            now.saturating_duration_since(self.peers[i as usize].backup_checked) >= BACKUP_RECHECK;
+        let due = now.since(self.peers[i as usize].backup_checked) >= BACKUP_RECHECK;
         if parent != NONE && due && self.backup_peer(i).is_none() {
             // The edge was the backup of last resort, or the backup left:
             // a peer that can take the child now is better. (A backup that
@@ -710,6 +744,7 @@ impl Tracker {
 
     /// A peer leaves politely.
     pub fn handle_leave(&mut self, id: PeerId, now: Instant) -> Result<(), UnknownPeer> {
+        let now = self.clock(now);
         let i = self.lookup(id)?;
         self.remove(i, now);
         Ok(())
@@ -722,6 +757,7 @@ impl Tracker {
         report: Report,
         now: Instant,
     ) -> Result<(), UnknownPeer> {
+        let now = self.clock(now);
         let i = self.lookup(id)?;
         let parent = self.peers[i as usize].parent;
         match report {
@@ -773,6 +809,7 @@ impl Tracker {
     /// becomes the site's leader, fed over HTTP (freeing a QUIC root slot
     /// if it held one); its children and backers from elsewhere move.
     pub fn handle_no_udp(&mut self, id: PeerId, now: Instant) -> Result<(), UnknownPeer> {
+        let now = self.clock(now);
         let i = self.lookup(id)?;
         if self.peers[i as usize].no_udp {
             return Ok(());
@@ -804,6 +841,7 @@ impl Tracker {
         ok: bool,
         now: Instant,
     ) -> Result<(), UnknownPeer> {
+        let now = self.clock(now);
         let c = self.lookup(child)?;
         // A parent that is gone teaches nothing.
         let Ok(p) = self.lookup(parent) else {
@@ -855,7 +893,7 @@ impl Tracker {
 
     /// `x` turned out unreachable through its NAT: it parents and backs
     /// only its own site from now on, and dials only public peers off it.
-    fn demote(&mut self, x: u32, now: Instant) {
+    fn demote(&mut self, x: u32, now: Stamp) {
         self.peers[x as usize].reach = Reach::SiteOnly;
         self.cut_dependents(x, now);
         self.keep_reachable(x, now);
@@ -864,7 +902,7 @@ impl Tracker {
     /// Moves the children and backers of `x` that cannot reach it any more.
     /// Finding who named it as backup walks the audience; this happens at
     /// most once per peer.
-    fn cut_dependents(&mut self, x: u32, now: Instant) {
+    fn cut_dependents(&mut self, x: u32, now: Stamp) {
         self.avoid = x;
         let cut: Vec<u32> = self.peers[x as usize]
             .children
@@ -888,7 +926,7 @@ impl Tracker {
 
     /// Re-places `x` if it cannot reach its parent any more (it was across
     /// another NAT), and names another backup if it cannot reach that.
-    fn keep_reachable(&mut self, x: u32, now: Instant) {
+    fn keep_reachable(&mut self, x: u32, now: Stamp) {
         let parent = self.peers[x as usize].parent;
         if parent != NONE && !self.reaches(x, parent) {
             self.avoid = parent;
@@ -904,6 +942,7 @@ impl Tracker {
 
     /// Expires silent peers, places orphans, promotes newcomers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock(now);
         let timeout = self.config.heartbeat_timeout;
         let mut silent = Vec::new();
         for (i, generation) in self.silence.due(now) {
@@ -912,11 +951,11 @@ impl Tracker {
                 // Left, or its slot went to a newcomer with its own entry.
                 continue;
             }
-            if now.saturating_duration_since(p.last_seen) > timeout {
+            if now.since(p.last_seen) > timeout {
                 silent.push(i);
             } else {
                 // It heartbeat meanwhile: due again from its last one.
-                let due = p.last_seen + timeout;
+                let due = p.last_seen.after(timeout);
                 self.silence.push(due, i, generation);
             }
         }
@@ -934,7 +973,7 @@ impl Tracker {
                 self.newcomers.pop_front();
                 continue;
             }
-            if now.saturating_duration_since(p.joined) < self.config.promote_after {
+            if now.since(p.joined) < self.config.promote_after {
                 break;
             }
             self.newcomers.pop_front();
@@ -970,7 +1009,7 @@ impl Tracker {
     /// parent whose children had to take most of the stream from the edge
     /// ([`SATURATED`]) without it shedding keeps only the children its
     /// measured upload carries, fewer than it has.
-    fn earn(&mut self, i: u32, now: Instant) {
+    fn earn(&mut self, i: u32, now: Stamp) {
         let stream = u64::from(self.config.stream_kbps.max(1));
         let p = &mut self.peers[i as usize];
         let children = p.children.len();
@@ -980,9 +1019,7 @@ impl Tracker {
         }
         let delivered = p.credit_bytes as f64 / got as f64;
         let earned = p.earned.unwrap_or(children);
-        let may_probe = p
-            .shed_at
-            .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_HOLD);
+        let may_probe = p.shed_at.is_none_or(|t| now.since(t) >= PROBE_HOLD);
         p.earned = Some(if delivered < SATURATED {
             let proven = (u64::from(p.measured_kbps) / stream) as usize;
             proven.min(children - 1)
@@ -1184,7 +1221,7 @@ impl Tracker {
 
     /// The shallowest parent with room for `i` (and the subtree below it),
     /// preferring one on `site`; promotes a newcomer early if nobody has room.
-    fn find_parent(&mut self, i: u32, site: u32, now: Instant) -> Option<u32> {
+    fn find_parent(&mut self, i: u32, site: u32, now: Stamp) -> Option<u32> {
         let height = self.subtree_height(i);
         if self.peers[i as usize].site_bound() {
             if let Some(p) = self.pick_on_site(i, site, height) {
@@ -1333,6 +1370,12 @@ impl Tracker {
     }
 
     fn subtree_height(&self, i: u32) -> u8 {
+        self.peers[i as usize].height
+    }
+
+    /// The height of `i`'s subtree counted level by level, to check the
+    /// kept one.
+    fn walked_height(&self, i: u32) -> u8 {
         let mut h = 0;
         let mut level: Vec<u32> = self.peers[i as usize].children.clone();
         while !level.is_empty() {
@@ -1343,6 +1386,26 @@ impl Tracker {
                 .collect();
         }
         h
+    }
+
+    /// Updates the kept heights from peer `p` up, after its children
+    /// changed: O(depth × fan-out), and it stops at the first ancestor
+    /// whose height stays.
+    fn fix_heights(&mut self, mut p: u32) {
+        while p != ROOT && p != NONE {
+            let h = self.peers[p as usize]
+                .children
+                .iter()
+                .map(|&c| self.peers[c as usize].height + 1)
+                .max()
+                .unwrap_or(0);
+            let rec = &mut self.peers[p as usize];
+            if rec.height == h {
+                break;
+            }
+            rec.height = h;
+            p = rec.parent;
+        }
     }
 
     fn find_backup(&self, i: u32) -> u32 {
@@ -1434,6 +1497,7 @@ impl Tracker {
         let before = self.bucket(i);
         self.peers[i as usize].parent = parent;
         self.recount(before, i);
+        self.fix_heights(parent);
         let base = self.depth(parent) + 1;
         self.set_depths(i, base);
     }
@@ -1468,6 +1532,7 @@ impl Tracker {
         let before = self.bucket(i);
         self.peers[i as usize].parent = NONE;
         self.recount(before, i);
+        self.fix_heights(parent);
         if parent != ROOT {
             self.mark_open(parent);
         }
@@ -1475,14 +1540,14 @@ impl Tracker {
 
     /// Gives `i` (already detached) a new parent: its backup if it has
     /// room, else the best free slot; an orphan if there is none.
-    fn replace(&mut self, i: u32, now: Instant) {
+    fn replace(&mut self, i: u32, now: Stamp) {
         if !self.place_again(i, now) {
             self.events.push_back(TrackerEvent::Orphaned(self.id_of(i)));
         }
     }
 
     /// [`Self::replace`] without telling: whether `i` was placed.
-    fn place_again(&mut self, i: u32, now: Instant) -> bool {
+    fn place_again(&mut self, i: u32, now: Stamp) -> bool {
         let backup = match self.peers[i as usize].backup {
             ROOT => Some(ROOT),
             _ => self.backup_peer(i),
@@ -1518,7 +1583,7 @@ impl Tracker {
 
     /// Moves the newest children of `i` elsewhere when its measured upload
     /// no longer covers them all.
-    fn shed_excess(&mut self, i: u32, now: Instant) {
+    fn shed_excess(&mut self, i: u32, now: Stamp) {
         while self.peers[i as usize].children.len() > self.slots(i) {
             let Some(&c) = self.peers[i as usize].children.last() else {
                 break;
@@ -1528,13 +1593,14 @@ impl Tracker {
         }
     }
 
-    fn remove(&mut self, i: u32, now: Instant) {
+    fn remove(&mut self, i: u32, now: Stamp) {
         self.detach(i);
         self.set_backup(i, NONE);
         let children = std::mem::take(&mut self.peers[i as usize].children);
         let before = self.bucket(i);
         {
             let p = &mut self.peers[i as usize];
+            p.height = 0;
             p.live = false;
             p.in_open = false;
             p.in_site_open = false;
@@ -1581,6 +1647,13 @@ impl Tracker {
                 if !cp.live || cp.parent != i {
                     return Err(format!("peer {i} lists {c} as child, which disagrees"));
                 }
+            }
+            if p.height != self.walked_height(i) {
+                return Err(format!(
+                    "peer {i} keeps height {} but its subtree is {} deep",
+                    p.height,
+                    self.walked_height(i)
+                ));
             }
             if p.parent == NONE {
                 if !self.orphans.contains(&i) {
@@ -1846,6 +1919,12 @@ mod tests {
                 ids.retain(|id| t.assignment(*id).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn what_a_heartbeat_touches_fills_one_cache_line() {
+        assert_eq!(std::mem::offset_of!(Peer, children), 64);
+        assert_eq!(std::mem::align_of::<Peer>(), 64);
     }
 
     #[test]
