@@ -279,6 +279,9 @@ struct Peer {
     /// When it last shed a child (it probes for more no sooner than
     /// [`PROBE_HOLD`] after).
     shed_at: Option<Stamp>,
+    /// Its uplink has not fallen short yet: its slots double at each
+    /// full window (see [`Tracker::earn`]).
+    slow_start: bool,
     site: u32,
     /// Peers naming this one as their backup.
     backers: u32,
@@ -607,6 +610,7 @@ impl Tracker {
             measured_kbps: 0,
             earned: None,
             shed_at: None,
+            slow_start: true,
             backup_checked: now,
             backup_generation: 0,
             backers: 0,
@@ -782,6 +786,7 @@ impl Tracker {
                     let p = &mut self.peers[parent as usize];
                     p.earned = Some(p.children.len());
                     p.shed_at = Some(now);
+                    p.slow_start = false;
                 }
                 self.replace(i, now);
                 self.avoid = NONE;
@@ -1003,12 +1008,16 @@ impl Tracker {
 
     /// At the end of a measured window with children: a parent that has
     /// filled what it earned and has not shed a child for [`PROBE_HOLD`]
-    /// earns one slot more (a probe: if the uplink cannot carry it, the
-    /// parent sheds the newest child, reported with
-    /// [`Report::ParentShed`], and its slots drop to what it kept). A
-    /// parent whose children had to take most of the stream from the edge
-    /// ([`SATURATED`]) without it shedding keeps only the children its
-    /// measured upload carries, fewer than it has.
+    /// earns more (a probe: if the uplink cannot carry it, the parent
+    /// sheds the newest child, reported with [`Report::ParentShed`], and
+    /// its slots drop to what it kept): twice what it has until its uplink
+    /// first falls short, one slot more after that, as TCP's slow start
+    /// and congestion avoidance. (One slot per window left a flash crowd's
+    /// tree two children wide for its first minute: 100,000 viewers in
+    /// the simulator had 73,438 joins refused, against 18,194 doubling.)
+    /// A parent whose children had to take most of the stream from the
+    /// edge ([`SATURATED`]) without it shedding keeps only the children
+    /// its measured upload carries, fewer than it has.
     fn earn(&mut self, i: u32, now: Stamp) {
         let stream = u64::from(self.config.stream_kbps.max(1));
         let p = &mut self.peers[i as usize];
@@ -1021,29 +1030,41 @@ impl Tracker {
         let earned = p.earned.unwrap_or(children);
         let may_probe = p.shed_at.is_none_or(|t| now.since(t) >= PROBE_HOLD);
         p.earned = Some(if delivered < SATURATED {
+            p.slow_start = false;
             let proven = (u64::from(p.measured_kbps) / stream) as usize;
             proven.min(children - 1)
         } else if children >= earned && may_probe {
-            children + 1
+            if p.slow_start {
+                children * 2
+            } else {
+                children + 1
+            }
         } else {
             earned
         });
     }
 
     /// Moves a proven feeder `f` towards the root: if a peer near the top
-    /// (depth 1 or 2, shallower than `f`) has shown it can feed no one and
-    /// has no children, the two trade places (`f` with its subtree). Only
-    /// the top two levels are searched: they are few, and they are where
-    /// a weak peer costs the most.
+    /// (depth 1 or 2, shallower than `f`) has shown it can feed at most
+    /// one child, the two trade places, each with its subtree. Only the
+    /// top two levels are searched: they are few, and they are where a
+    /// weak peer costs the most (a peer at depth 1 that feeds one child
+    /// makes the whole tree below it a level deeper).
     fn lift(&mut self, f: u32) {
         let fp = &self.peers[f as usize];
         if fp.earned.unwrap_or(0) < LIFT_EARNED || fp.parent == NONE || fp.depth <= 1 {
             return;
         }
         let depth = fp.depth;
+        let fparent = fp.parent;
         let weak = |t: &Self, w: u32| {
             let p = &t.peers[w as usize];
-            p.live && p.children.is_empty() && p.earned == Some(0) && p.depth < depth && w != f
+            p.live
+                && p.earned.is_some_and(|e| e < LIFT_EARNED)
+                && p.depth < depth
+                && w != f
+                && !t.is_in_subtree(f, w)
+                && t.depth(fparent) + 1 + p.height <= t.config.max_depth
         };
         // The edge's children first, then theirs (no list built: this
         // runs for every parent once per upload window).
@@ -1056,7 +1077,7 @@ impl Tracker {
         let Some(w) = top().chain(second()).find(|&w| weak(self, w)) else {
             return;
         };
-        let (fparent, wparent) = (self.peers[f as usize].parent, self.peers[w as usize].parent);
+        let wparent = self.peers[w as usize].parent;
         if self.is_in_subtree(wparent, f) || !self.reaches(f, wparent) || !self.reaches(w, fparent)
         {
             return;
@@ -2343,6 +2364,51 @@ mod tests {
             second(&mut t, &mut now, &all, &[], 1.0);
         }
         assert_eq!(t.peers[parent.index() as usize].earned, Some(3));
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_parent_doubles_its_slots_until_its_uplink_first_falls_short_then_adds_one() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            max_children: 6,
+            probation_slots: 2,
+            ..config()
+        });
+        let parent = join(&mut t, now);
+        age(&mut t, &mut now, &[parent]);
+        let mut all = vec![parent];
+        let earned = |t: &Tracker| t.peers[parent.index() as usize].earned;
+        // Fills its two probation slots for a window: four.
+        all.extend((0..2).map(|_| join(&mut t, now)));
+        for _ in 0..11 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+        }
+        assert_eq!(earned(&t), Some(4));
+        // Fills the four: eight (the slots stop at `max_children`).
+        all.extend((0..2).map(|_| join(&mut t, now)));
+        for _ in 0..11 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+        }
+        assert_eq!(earned(&t), Some(8));
+        assert_eq!(t.slots(parent.index()), 6);
+        // Six children are too many for its uplink: it sheds the newest...
+        all.extend((0..2).map(|_| join(&mut t, now)));
+        let kids: Vec<PeerId> = all[1..]
+            .iter()
+            .copied()
+            .filter(|&c| t.assignment(c).expect("alive").parent == Some(Node::Peer(parent)))
+            .collect();
+        assert_eq!(kids.len(), 6);
+        t.handle_report(kids[5], Report::ParentShed, now)
+            .expect("known");
+        assert_eq!(earned(&t), Some(5));
+        // ...and, once the hold is over, probes one slot at a time.
+        for _ in 0..75 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+        }
+        assert_eq!(earned(&t), Some(6));
         t.check_invariants().expect("invariants");
     }
 
