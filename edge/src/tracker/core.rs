@@ -2321,17 +2321,24 @@ mod tests {
         assert!(moved >= 1, "the weak peer was told of its move");
     }
 
-    #[test]
-    fn a_parent_that_sheds_keeps_what_it_has_left_and_probes_again_only_later() {
+    /// A tree with one root slot and one established peer in it, which
+    /// may have `max_children` and gets `probation` slots.
+    fn one_parent(max_children: u8, probation: u8) -> (Tracker, Instant, PeerId) {
         let mut now = Instant::now();
         let mut t = Tracker::new(TrackerConfig {
             root_slots: 1,
-            max_children: 4,
-            probation_slots: 3,
+            max_children,
+            probation_slots: probation,
             ..config()
         });
         let parent = join(&mut t, now);
         age(&mut t, &mut now, &[parent]);
+        (t, now, parent)
+    }
+
+    #[test]
+    fn a_parent_that_sheds_keeps_what_it_has_left_and_probes_again_only_later() {
+        let (mut t, mut now, parent) = one_parent(4, 3);
         let kids: Vec<PeerId> = (0..3).map(|_| join(&mut t, now)).collect();
         let mut all = vec![parent];
         all.extend(&kids);
@@ -2369,15 +2376,7 @@ mod tests {
 
     #[test]
     fn a_parent_doubles_its_slots_until_its_uplink_first_falls_short_then_adds_one() {
-        let mut now = Instant::now();
-        let mut t = Tracker::new(TrackerConfig {
-            root_slots: 1,
-            max_children: 6,
-            probation_slots: 2,
-            ..config()
-        });
-        let parent = join(&mut t, now);
-        age(&mut t, &mut now, &[parent]);
+        let (mut t, mut now, parent) = one_parent(6, 2);
         let mut all = vec![parent];
         let earned = |t: &Tracker| t.peers[parent.index() as usize].earned;
         // Fills its two probation slots for a window: four.
