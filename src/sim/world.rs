@@ -253,8 +253,7 @@ impl World {
                 Ev::Rejoin { v, epoch } if self.current(v, epoch) => {
                     self.viewers[v as usize].rejoin_pending = false;
                     if self.viewers[v as usize].id.get().is_none() {
-                        self.rec.counters.rejoins += 1;
-                        self.join(v);
+                        self.rejoin(v);
                     }
                 }
                 Ev::Churn => self.churn(),
@@ -538,6 +537,12 @@ impl World {
 
     // ---- the data plane -------------------------------------------------
 
+    /// `v`, which had a place or asked for one before, asks again.
+    fn rejoin(&mut self, v: V) {
+        self.rec.counters.rejoins += 1;
+        self.join(v);
+    }
+
     fn viewer_of(&self, id: PeerId) -> Option<V> {
         let v = *self.by_slot.get(id.slot() as usize)?;
         (v != NO_VIEWER && self.viewers[v as usize].id == id.into()).then_some(v)
@@ -785,8 +790,7 @@ impl World {
             // Evicted: it plays from the edge and joins again, unless a
             // refused join's retry is already on its way.
             if !self.viewers[v as usize].rejoin_pending {
-                self.rec.counters.rejoins += 1;
-                self.join(v);
+                self.rejoin(v);
             }
             return;
         };
@@ -802,8 +806,7 @@ impl World {
             Err(_) => {
                 // Evicted: join again.
                 self.viewers[v as usize].id = TrackerId::NONE;
-                self.rec.counters.rejoins += 1;
-                self.join(v);
+                self.rejoin(v);
                 return;
             }
         }

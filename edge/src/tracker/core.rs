@@ -1034,11 +1034,12 @@ impl Tracker {
             let proven = (u64::from(p.measured_kbps) / stream) as usize;
             proven.min(children - 1)
         } else if children >= earned && may_probe {
-            if p.slow_start {
+            let more = if p.slow_start {
                 children * 2
             } else {
                 children + 1
-            }
+            };
+            more.min(usize::from(self.config.max_children))
         } else {
             earned
         });
@@ -2385,12 +2386,12 @@ mod tests {
             second(&mut t, &mut now, &all, &[], 1.0);
         }
         assert_eq!(earned(&t), Some(4));
-        // Fills the four: eight (the slots stop at `max_children`).
+        // Fills the four: eight, but no more than `max_children`.
         all.extend((0..2).map(|_| join(&mut t, now)));
         for _ in 0..11 {
             second(&mut t, &mut now, &all, &[], 1.0);
         }
-        assert_eq!(earned(&t), Some(8));
+        assert_eq!(earned(&t), Some(6));
         assert_eq!(t.slots(parent.index()), 6);
         // Six children are too many for its uplink: it sheds the newest...
         all.extend((0..2).map(|_| join(&mut t, now)));
