@@ -126,7 +126,15 @@ fn an_edge_that_cannot_carry_its_fallbacks_stalls_its_players() {
     c.profile = profile(weak);
     let r = run(&c);
     assert!(r.physical_limit < 0.01, "{}", r.physical_limit);
-    assert!(r.children_shed > 0, "{}", r.children_shed);
+    // The tracker has learnt that no peer can feed another: by the time
+    // everyone has joined, nobody is below the edge's own children, and
+    // joins are refused (those viewers play from the edge).
+    assert!(
+        r.depth_at_peak.iter().skip(2).all(|&n| n == 0),
+        "{:?}",
+        r.depth_at_peak
+    );
+    assert!(r.join_refused > 0, "{}", r.join_refused);
     assert!(
         r.stalls > 0 && r.rebuffer_ratio > 0.1,
         "{} {}",

@@ -110,6 +110,11 @@ pub struct TrackerConfig {
     pub heartbeat_timeout: Duration,
     /// Window over which measured upload is averaged.
     pub upload_window: Duration,
+    /// The shorter window of a parent in slow start (until its uplink
+    /// first falls short): one heartbeat, so that a flash crowd's first
+    /// parents widen the tree within seconds rather than after a full
+    /// `upload_window` of two children each.
+    pub slow_start_window: Duration,
 }
 
 impl Default for TrackerConfig {
@@ -123,6 +128,7 @@ impl Default for TrackerConfig {
             promote_after: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(6),
             upload_window: Duration::from_secs(10),
+            slow_start_window: Duration::from_secs(2),
         }
     }
 }
@@ -316,6 +322,11 @@ const PROBE_HOLD: Duration = Duration::from_secs(60);
 /// Children a peer must have earned to trade places with a weak peer
 /// nearer the root.
 const LIFT_EARNED: usize = 2;
+
+/// Most peers an orphan's search for a shallow leaf to displace visits
+/// (breadth-first from the edge): the top levels of a tree of fan-out 4
+/// to 8 hold a few hundred.
+const DISPLACE_VISITS: usize = 512;
 
 /// Most peers one peer stands in for as backup: each keeps a warm QUIC
 /// connection to it, and a peer's connections are capped (children come
@@ -677,8 +688,12 @@ impl Tracker {
             self.mark_open(i);
         }
         if parent != ROOT && parent != NONE {
-            let window = self.config.upload_window;
             let par = &mut self.peers[parent as usize];
+            let window = if par.slow_start {
+                self.config.slow_start_window
+            } else {
+                self.config.upload_window
+            };
             par.credit_bytes += hb.bytes_from_parent;
             par.credit_missed += hb.bytes_from_edge;
             let elapsed = now.since(par.credit_since);
@@ -1273,16 +1288,16 @@ impl Tracker {
             if let Some(p) = self.pick_on_site(i, site, height) {
                 return Some(p);
             }
-            // Nobody established has room: promote the oldest newcomer early.
-            let early = loop {
-                let &c = self.newcomers.front()?;
-                let p = &self.peers[c as usize];
-                if p.live && !p.promoted && p.parent != NONE && c != i {
-                    break c;
-                }
-                self.newcomers.pop_front();
-            };
-            self.newcomers.pop_front();
+            // Nobody established has room: promote the oldest placed
+            // newcomer early. One waiting for a parent itself (`i` among
+            // them) stays listed, to be promoted when its time comes: taken
+            // off here, it was never promoted and stayed a leaf for good.
+            let t = &*self;
+            let early = self.newcomers.iter().position(|&c| {
+                let p = &t.peers[c as usize];
+                p.live && !p.promoted && p.parent != NONE && c != i
+            })?;
+            let early = self.newcomers.remove(early)?;
             let _ = now;
             self.promote(early);
         }
@@ -1596,11 +1611,95 @@ impl Tracker {
                     .push_back(TrackerEvent::Moved(self.assignment_of(i)));
                 true
             }
+            None if self.displace(i, height, now) => true,
             None => {
                 self.orphans.push(i);
                 false
             }
         }
+    }
+
+    /// Places orphan `i`, whose subtree is `height` tall, in the slot of a
+    /// peer `w` near the top whose own subtree is shorter; `w` (with its
+    /// subtree) becomes `i`'s child, or is placed again on its own, where
+    /// its shorter subtree fits in more places (a leaf fits almost
+    /// anywhere). Without this, a peer high in the tree whose parent left
+    /// waited, with everything below it, for a slot shallow enough to come
+    /// free: minutes, in a full tree (docs/sim.md, "Which orphans wait
+    /// long"). Each trade leaves a strictly shorter subtree to place, so a
+    /// chain of them ends; `w` moves make-before-break.
+    ///
+    /// The search is breadth-first from the edge and stops after
+    /// [`DISPLACE_VISITS`] peers: a tall subtree needs one of the top few
+    /// levels, which are small.
+    fn displace(&mut self, i: u32, height: u8, now: Stamp) -> bool {
+        let p = &self.peers[i as usize];
+        if height < 2 || p.leaf_only || p.no_udp {
+            return false;
+        }
+        let Some(deepest) = self.config.max_depth.checked_sub(height) else {
+            return false;
+        };
+        let Some(w) = self.shorter_near_top(i, deepest, height - 1) else {
+            return false;
+        };
+        let parent = self.peers[w as usize].parent;
+        self.detach(w);
+        self.attach(i, parent);
+        let b = self.find_backup(i);
+        self.set_backup(i, b);
+        self.events
+            .push_back(TrackerEvent::Moved(self.assignment_of(i)));
+        let fits = self.depth(i) + 1 + self.peers[w as usize].height <= self.config.max_depth;
+        if fits && self.has_room(i) && self.reaches(w, i) {
+            self.attach(w, i);
+            let b = self.find_backup(w);
+            self.set_backup(w, b);
+            self.events
+                .push_back(TrackerEvent::Moved(self.assignment_of(w)));
+        } else {
+            self.replace(w, now);
+        }
+        true
+    }
+
+    /// The peer at depth `deepest` or above with the shortest subtree,
+    /// shorter than `below`, whose slot `i` could take (the shallowest of
+    /// equals); `None` if there is none within [`DISPLACE_VISITS`].
+    fn shorter_near_top(&self, i: u32, deepest: u8, below: u8) -> Option<u32> {
+        let mut level: Vec<u32> = self.root_children.clone();
+        let mut best: Option<(u8, u32)> = None;
+        let mut visits = 0;
+        for _ in 1..=deepest {
+            let mut next = Vec::new();
+            for &w in &level {
+                visits += 1;
+                if visits > DISPLACE_VISITS {
+                    return best.map(|(_, w)| w);
+                }
+                let p = &self.peers[w as usize];
+                let parent = p.parent;
+                let parent_ok = parent == ROOT || {
+                    let q = &self.peers[parent as usize];
+                    q.live && !q.suspect
+                };
+                if p.height < below
+                    && best.is_none_or(|(h, _)| p.height < h)
+                    && w != i
+                    && parent_ok
+                    && parent != self.avoid
+                    && self.reaches(i, parent)
+                {
+                    best = Some((p.height, w));
+                    if p.height == 0 {
+                        return Some(w);
+                    }
+                }
+                next.extend_from_slice(&p.children);
+            }
+            level = next;
+        }
+        best.map(|(_, w)| w)
     }
 
     /// Moves the newest children of `i` elsewhere when its measured upload
@@ -1838,6 +1937,7 @@ mod tests {
             promote_after: Duration::from_secs(3),
             heartbeat_timeout: Duration::from_secs(6),
             upload_window: Duration::from_secs(2),
+            slow_start_window: Duration::from_secs(2),
         }
     }
 
@@ -2409,6 +2509,85 @@ mod tests {
             second(&mut t, &mut now, &all, &[], 1.0);
         }
         assert_eq!(earned(&t), Some(6));
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_parent_in_slow_start_is_measured_over_one_heartbeat_not_a_full_window() {
+        let (mut t, mut now, parent) = one_parent(6, 2);
+        t.config.upload_window = Duration::from_secs(10);
+        let mut all = vec![parent];
+        all.extend((0..2).map(|_| join(&mut t, now)));
+        for _ in 0..3 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+        }
+        // Two seconds of full delivery, not ten: it has doubled.
+        assert_eq!(t.peers[parent.index() as usize].earned, Some(4));
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_newcomer_orphaned_while_the_tree_is_full_is_still_promoted_in_time() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            ..config()
+        });
+        let a = join(&mut t, now);
+        age(&mut t, &mut now, &[a]);
+        let n = join(&mut t, now);
+        // N gives up on A while A is the only place: N waits...
+        t.handle_report(n, Report::ParentGap, now).expect("known");
+        assert_eq!(t.assignment(n).expect("alive").parent, None);
+        // ...until A is heard from again, and N is placed under it.
+        now += Duration::from_secs(1);
+        t.handle_heartbeat(a, Heartbeat::default(), now)
+            .expect("alive");
+        t.handle_timeout(now);
+        assert_eq!(t.assignment(n).expect("alive").parent, Some(Node::Peer(a)));
+        // Its wait did not cost it its promotion: once old enough, it
+        // takes children like any other.
+        age(&mut t, &mut now, &[a, n]);
+        assert!(t.peers[n.index() as usize].promoted);
+        assert!(t.slots(n.index()) > 0);
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_tall_orphan_takes_the_slot_of_a_leaf_near_the_top_and_adopts_it() {
+        // Depth 5 at most. The edge (one slot) feeds A; A feeds L (leaf
+        // only) and P; P feeds X, X a chain two deep. X gives up on P: a
+        // subtree two tall needs a parent at depth 2 or above, and the
+        // only ones (the edge, A) are full.
+        let now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            ..config()
+        });
+        let under = |t: &mut Tracker, parent: PeerId, upload: Option<u32>| {
+            let req = JoinRequest {
+                resume_parent: Some(parent),
+                max_upload_kbps: upload,
+                ..JoinRequest::default()
+            };
+            let a = t.handle_join(req, now).expect("placed");
+            assert_eq!(a.parent, Some(Node::Peer(parent)), "{a:?}");
+            a.id
+        };
+        let a = join(&mut t, now);
+        let leaf = under(&mut t, a, Some(0));
+        let p = under(&mut t, a, None);
+        let x = under(&mut t, p, None);
+        let x4 = under(&mut t, x, None);
+        let x5 = under(&mut t, x4, None);
+        assert_eq!(t.assignment(x5).expect("alive").depth, 5);
+        t.handle_report(x, Report::ParentGap, now).expect("known");
+        let ax = t.assignment(x).expect("alive");
+        assert_eq!((ax.parent, ax.depth), (Some(Node::Peer(a)), 2), "{ax:?}");
+        let al = t.assignment(leaf).expect("alive");
+        assert_eq!((al.parent, al.depth), (Some(Node::Peer(x)), 3), "{al:?}");
+        assert_eq!(t.assignment(x5).expect("alive").depth, 4);
+        assert_eq!(t.orphan_count(), 0);
         t.check_invariants().expect("invariants");
     }
 
