@@ -1620,27 +1620,34 @@ impl Tracker {
     }
 
     /// Places orphan `i`, whose subtree is `height` tall, in the slot of a
-    /// peer `w` near the top whose own subtree is shorter; `w` (with its
-    /// subtree) becomes `i`'s child, or is placed again on its own, where
-    /// its shorter subtree fits in more places (a leaf fits almost
-    /// anywhere). Without this, a peer high in the tree whose parent left
-    /// waited, with everything below it, for a slot shallow enough to come
-    /// free: minutes, in a full tree (docs/sim.md, "Which orphans wait
-    /// long"). Each trade leaves a strictly shorter subtree to place, so a
-    /// chain of them ends; `w` moves make-before-break.
+    /// peer `w` near the top, at a depth where `i`'s subtree fits; `w`
+    /// (with its subtree) becomes `i`'s child. Without this, a peer high in
+    /// the tree whose parent left waited, with everything below it, for a
+    /// slot shallow enough to come free: minutes, in a full tree
+    /// (docs/sim.md, "Orphans that wait minutes").
+    ///
+    /// `w` is one of two kinds, the first preferred, each the one with the
+    /// shortest subtree: one whose subtree still fits a level deeper, when
+    /// `i` has a free slot (after a depth-1 peer leaves and one of its
+    /// children takes its slot, everything below that child has a level to
+    /// spare; its siblings trade with its children); or one whose subtree
+    /// is shorter than `i`'s by two or more, placed again on its own if it
+    /// does not fit under `i`, where a shorter subtree fits in more places
+    /// (each such trade leaves a strictly shorter subtree to place, so a
+    /// chain of them ends). `w` moves make-before-break.
     ///
     /// The search is breadth-first from the edge and stops after
     /// [`DISPLACE_VISITS`] peers: a tall subtree needs one of the top few
     /// levels, which are small.
     fn displace(&mut self, i: u32, height: u8, now: Stamp) -> bool {
         let p = &self.peers[i as usize];
-        if height < 2 || p.leaf_only || p.no_udp {
+        if height == 0 || p.leaf_only || p.no_udp {
             return false;
         }
         let Some(deepest) = self.config.max_depth.checked_sub(height) else {
             return false;
         };
-        let Some(w) = self.shorter_near_top(i, deepest, height - 1) else {
+        let Some(w) = self.trade_near_top(i, deepest, height) else {
             return false;
         };
         let parent = self.peers[w as usize].parent;
@@ -1663,12 +1670,16 @@ impl Tracker {
         true
     }
 
-    /// The peer at depth `deepest` or above with the shortest subtree,
-    /// shorter than `below`, whose slot `i` could take (the shallowest of
-    /// equals); `None` if there is none within [`DISPLACE_VISITS`].
-    fn shorter_near_top(&self, i: u32, deepest: u8, below: u8) -> Option<u32> {
+    /// The peer [`Self::displace`] trades orphan `i` (subtree `height`
+    /// tall) with, at depth `deepest` or above (the shallowest of equals);
+    /// `None` if there is none within [`DISPLACE_VISITS`].
+    fn trade_near_top(&self, i: u32, deepest: u8, height: u8) -> Option<u32> {
+        let orphan = &self.peers[i as usize];
+        let room = !orphan.suspect && orphan.children.len() < self.slots(i);
+        let max_depth = self.config.max_depth;
         let mut level: Vec<u32> = self.root_children.clone();
-        let mut best: Option<(u8, u32)> = None;
+        // (0 if it would go under `i`, else 1; its height), the least wins.
+        let mut best: Option<((u8, u8), u32)> = None;
         let mut visits = 0;
         for _ in 1..=deepest {
             let mut next = Vec::new();
@@ -1678,24 +1689,29 @@ impl Tracker {
                     return best.map(|(_, w)| w);
                 }
                 let p = &self.peers[w as usize];
+                next.extend_from_slice(&p.children);
                 let parent = p.parent;
                 let parent_ok = parent == ROOT || {
                     let q = &self.peers[parent as usize];
                     q.live && !q.suspect
                 };
-                if p.height < below
-                    && best.is_none_or(|(h, _)| p.height < h)
-                    && w != i
-                    && parent_ok
-                    && parent != self.avoid
-                    && self.reaches(i, parent)
-                {
-                    best = Some((p.height, w));
-                    if p.height == 0 {
+                if w == i || !parent_ok || parent == self.avoid || !self.reaches(i, parent) {
+                    continue;
+                }
+                let under = room && p.depth + 1 + p.height <= max_depth && self.reaches(w, i);
+                let key = if under {
+                    (0, p.height)
+                } else if p.height + 1 < height {
+                    (1, p.height)
+                } else {
+                    continue;
+                };
+                if best.is_none_or(|(k, _)| key < k) {
+                    best = Some((key, w));
+                    if key.1 == 0 && (key.0 == 0 || !room) {
                         return Some(w);
                     }
                 }
-                next.extend_from_slice(&p.children);
             }
             level = next;
         }
@@ -2587,6 +2603,51 @@ mod tests {
         let al = t.assignment(leaf).expect("alive");
         assert_eq!((al.parent, al.depth), (Some(Node::Peer(x)), 3), "{al:?}");
         assert_eq!(t.assignment(x5).expect("alive").depth, 4);
+        assert_eq!(t.orphan_count(), 0);
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_tall_orphan_with_room_takes_the_slot_of_a_subtree_with_a_level_to_spare() {
+        // Depth 5 at most. The edge (one slot) feeds A; A feeds W and P; W
+        // feeds Wa and Wb, each feeding one leaf; P feeds X, X a chain two
+        // deep, and Y, Y a leaf. X gives up on P: it needs a parent at
+        // depth 2 or above, all full, and nothing near the top is a leaf.
+        // But Wa's subtree (and P's, taller) fits a level deeper, and X has
+        // a free slot: X takes Wa's place and Wa goes under X.
+        let now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            ..config()
+        });
+        let under = |t: &mut Tracker, parent: PeerId| {
+            let req = JoinRequest {
+                resume_parent: Some(parent),
+                ..JoinRequest::default()
+            };
+            let a = t.handle_join(req, now).expect("placed");
+            assert_eq!(a.parent, Some(Node::Peer(parent)), "{a:?}");
+            a.id
+        };
+        let a = join(&mut t, now);
+        let w = under(&mut t, a);
+        let p = under(&mut t, a);
+        let (wa, wb) = (under(&mut t, w), under(&mut t, w));
+        let wa4 = under(&mut t, wa);
+        under(&mut t, wb);
+        let x = under(&mut t, p);
+        let y = under(&mut t, p);
+        under(&mut t, y);
+        let x4 = under(&mut t, x);
+        let x5 = under(&mut t, x4);
+        assert_eq!(t.assignment(x5).expect("alive").depth, 5);
+        t.handle_report(x, Report::ParentGap, now).expect("known");
+        let ax = t.assignment(x).expect("alive");
+        let aw = t.assignment(wa).expect("alive");
+        assert_eq!((ax.parent, ax.depth), (Some(Node::Peer(w)), 3), "{ax:?}");
+        assert_eq!((aw.parent, aw.depth), (Some(Node::Peer(x)), 4), "{aw:?}");
+        assert_eq!(t.assignment(wa4).expect("alive").depth, 5);
+        assert_eq!(t.assignment(x5).expect("alive").depth, 5);
         assert_eq!(t.orphan_count(), 0);
         t.check_invariants().expect("invariants");
     }
