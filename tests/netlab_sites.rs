@@ -2,7 +2,9 @@
 //! peers behind a cone NAT, one of 3 behind a symmetric NAT
 //! (`masquerade fully-random`), one of 3 whose firewall lets no UDP out,
 //! each on its own capped WAN link behind a
-//! router that drops what arrives unsolicited, and 2 public peers. Nobody
+//! router that drops what arrives unsolicited, and 2 public peers on
+//! uplinks that carry one stream each (so someone off the sites needs a
+//! parent inside one). Nobody
 //! names a site: the edge recognises each from the address it sees and
 //! the LAN address the peer gives. Every player plays without a stall;
 //! each office pulls about one copy over its WAN link and shares it over

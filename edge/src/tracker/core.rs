@@ -323,9 +323,9 @@ const PROBE_HOLD: Duration = Duration::from_secs(60);
 /// nearer the root.
 const LIFT_EARNED: usize = 2;
 
-/// Most peers an orphan's search for a shallow leaf to displace visits
-/// (breadth-first from the edge): the top levels of a tree of fan-out 4
-/// to 8 hold a few hundred.
+/// Most peers an orphan's search for a peer near the top to trade places
+/// with visits (breadth-first from the edge): the top levels of a tree of
+/// fan-out 4 to 8 hold a few hundred.
 const DISPLACE_VISITS: usize = 512;
 
 /// Most peers one peer stands in for as backup: each keeps a warm QUIC
@@ -2569,6 +2569,20 @@ mod tests {
         t.check_invariants().expect("invariants");
     }
 
+    /// A peer that joins naming `parent` (as after a tracker restart),
+    /// with the upload cap `upload`, and is placed there: builds a tree
+    /// of a chosen shape.
+    fn joins_under(t: &mut Tracker, parent: PeerId, upload: Option<u32>, now: Instant) -> PeerId {
+        let req = JoinRequest {
+            resume_parent: Some(parent),
+            max_upload_kbps: upload,
+            ..JoinRequest::default()
+        };
+        let a = t.handle_join(req, now).expect("placed");
+        assert_eq!(a.parent, Some(Node::Peer(parent)), "{a:?}");
+        a.id
+    }
+
     #[test]
     fn a_tall_orphan_takes_the_slot_of_a_leaf_near_the_top_and_adopts_it() {
         // Depth 5 at most. The edge (one slot) feeds A; A feeds L (leaf
@@ -2580,22 +2594,13 @@ mod tests {
             root_slots: 1,
             ..config()
         });
-        let under = |t: &mut Tracker, parent: PeerId, upload: Option<u32>| {
-            let req = JoinRequest {
-                resume_parent: Some(parent),
-                max_upload_kbps: upload,
-                ..JoinRequest::default()
-            };
-            let a = t.handle_join(req, now).expect("placed");
-            assert_eq!(a.parent, Some(Node::Peer(parent)), "{a:?}");
-            a.id
-        };
         let a = join(&mut t, now);
-        let leaf = under(&mut t, a, Some(0));
-        let p = under(&mut t, a, None);
-        let x = under(&mut t, p, None);
-        let x4 = under(&mut t, x, None);
-        let x5 = under(&mut t, x4, None);
+        let leaf = joins_under(&mut t, a, Some(0), now);
+        let under = |t: &mut Tracker, parent: PeerId| joins_under(t, parent, None, now);
+        let p = under(&mut t, a);
+        let x = under(&mut t, p);
+        let x4 = under(&mut t, x);
+        let x5 = under(&mut t, x4);
         assert_eq!(t.assignment(x5).expect("alive").depth, 5);
         t.handle_report(x, Report::ParentGap, now).expect("known");
         let ax = t.assignment(x).expect("alive");
@@ -2620,15 +2625,7 @@ mod tests {
             root_slots: 1,
             ..config()
         });
-        let under = |t: &mut Tracker, parent: PeerId| {
-            let req = JoinRequest {
-                resume_parent: Some(parent),
-                ..JoinRequest::default()
-            };
-            let a = t.handle_join(req, now).expect("placed");
-            assert_eq!(a.parent, Some(Node::Peer(parent)), "{a:?}");
-            a.id
-        };
+        let under = |t: &mut Tracker, parent: PeerId| joins_under(t, parent, None, now);
         let a = join(&mut t, now);
         let w = under(&mut t, a);
         let p = under(&mut t, a);
