@@ -110,10 +110,11 @@ pub struct TrackerConfig {
     pub heartbeat_timeout: Duration,
     /// Window over which measured upload is averaged.
     pub upload_window: Duration,
-    /// The shorter window of a parent in slow start (until its uplink
-    /// first falls short): one heartbeat, so that a flash crowd's first
-    /// parents widen the tree within seconds rather than after a full
-    /// `upload_window` of two children each.
+    /// The shorter window after which a parent in slow start (until its
+    /// uplink first falls short) that delivered earns more: one heartbeat,
+    /// so that a flash crowd's first parents widen the tree within seconds
+    /// rather than after a full `upload_window` of two children each. A
+    /// shortfall is still judged over the full window.
     pub slow_start_window: Duration,
 }
 
@@ -689,15 +690,20 @@ impl Tracker {
         }
         if parent != ROOT && parent != NONE {
             let par = &mut self.peers[parent as usize];
-            let window = if par.slow_start {
-                self.config.slow_start_window
-            } else {
-                self.config.upload_window
-            };
             par.credit_bytes += hb.bytes_from_parent;
             par.credit_missed += hb.bytes_from_edge;
             let elapsed = now.since(par.credit_since);
-            if elapsed >= window {
+            // A parent in slow start that delivered is judged after
+            // `slow_start_window`, to grow; a shortfall waits for the full
+            // window, as before: over a couple of seconds, a joiner's first
+            // segments (taken from the edge while it connects) would cut a
+            // parent that is fine.
+            let got = par.credit_bytes + par.credit_missed;
+            let grows_early = par.slow_start
+                && elapsed >= self.config.slow_start_window
+                && got > 0
+                && par.credit_bytes as f64 / got as f64 >= SATURATED;
+            if elapsed >= self.config.upload_window || grows_early {
                 par.measured_kbps =
                     (par.credit_bytes * 8 / elapsed.as_millis().max(1) as u64) as u32;
                 self.earn(parent, now);
