@@ -341,6 +341,13 @@ const MAX_BACKERS: u32 = 8;
 const BACKUP_RECHECK: Duration = Duration::from_secs(3);
 
 impl Peer {
+    /// The share of what its children received in this window that came
+    /// from it (the rest they took from the edge); `None` before any.
+    fn delivered(&self) -> Option<f64> {
+        let got = self.credit_bytes + self.credit_missed;
+        (got > 0).then(|| self.credit_bytes as f64 / got as f64)
+    }
+
     /// Listed on its site and parented there first: behind a NAT, or
     /// without UDP beyond its site.
     fn site_bound(&self) -> bool {
@@ -698,11 +705,9 @@ impl Tracker {
             // window, as before: over a couple of seconds, a joiner's first
             // segments (taken from the edge while it connects) would cut a
             // parent that is fine.
-            let got = par.credit_bytes + par.credit_missed;
             let grows_early = par.slow_start
                 && elapsed >= self.config.slow_start_window
-                && got > 0
-                && par.credit_bytes as f64 / got as f64 >= SATURATED;
+                && par.delivered().is_some_and(|d| d >= SATURATED);
             if elapsed >= self.config.upload_window || grows_early {
                 par.measured_kbps =
                     (par.credit_bytes * 8 / elapsed.as_millis().max(1) as u64) as u32;
@@ -1043,11 +1048,9 @@ impl Tracker {
         let stream = u64::from(self.config.stream_kbps.max(1));
         let p = &mut self.peers[i as usize];
         let children = p.children.len();
-        let got = p.credit_bytes + p.credit_missed;
-        if children == 0 || got == 0 {
+        let Some(delivered) = p.delivered().filter(|_| children > 0) else {
             return;
-        }
-        let delivered = p.credit_bytes as f64 / got as f64;
+        };
         let earned = p.earned.unwrap_or(children);
         let may_probe = p.shed_at.is_none_or(|t| now.since(t) >= PROBE_HOLD);
         p.earned = Some(if delivered < SATURATED {
