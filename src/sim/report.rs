@@ -274,6 +274,8 @@ pub struct SimReport {
     pub orphaned: u64,
     /// How long those waited for a place, ms.
     pub orphan_wait_ms: Percentiles,
+    /// Those waits longer than one segment (the goal is none).
+    pub orphan_waits_over_segment: usize,
     /// Evictions for silence (kills found by the timeout).
     pub evictions_silent: u64,
     /// Evictions for corrupt data.
@@ -375,6 +377,10 @@ impl SimReport {
             repair_ms: Percentiles::of(&mut repair_ms),
             moves: c.moves,
             orphaned: c.orphaned,
+            orphan_waits_over_segment: orphan_wait_ms
+                .iter()
+                .filter(|&&ms| ms > config.segment_ms as f64)
+                .count(),
             orphan_wait_ms: Percentiles::of(&mut orphan_wait_ms),
             evictions_silent: c.evictions_silent,
             evictions_corrupt: c.evictions_corrupt,

@@ -329,6 +329,18 @@ const LIFT_EARNED: usize = 2;
 /// fan-out 4 to 8 hold a few hundred.
 const DISPLACE_VISITS: usize = 512;
 
+/// How [`Tracker::displace`] places the peer whose slot an orphan takes.
+#[derive(Debug, Clone, Copy)]
+enum Trade {
+    /// Under the orphan, in a free slot of its.
+    Under,
+    /// Under the orphan, in the slot of the orphan's child given here,
+    /// which is placed again.
+    HandOn(u32),
+    /// Placed again on its own (its subtree is shorter than the orphan's).
+    Shorter,
+}
+
 /// Most peers one peer stands in for as backup: each keeps a warm QUIC
 /// connection to it, and a peer's connections are capped (children come
 /// first), so a popular shallow peer must not be everyone's backup.
@@ -1635,15 +1647,19 @@ impl Tracker {
     /// slot shallow enough to come free: minutes, in a full tree
     /// (docs/sim.md, "Orphans that wait minutes").
     ///
-    /// `w` is one of two kinds, the first preferred, each the one with the
-    /// shortest subtree: one whose subtree still fits a level deeper, when
-    /// `i` has a free slot (after a depth-1 peer leaves and one of its
-    /// children takes its slot, everything below that child has a level to
-    /// spare; its siblings trade with its children); or one whose subtree
-    /// is shorter than `i`'s by two or more, placed again on its own if it
-    /// does not fit under `i`, where a shorter subtree fits in more places
-    /// (each such trade leaves a strictly shorter subtree to place, so a
-    /// chain of them ends). `w` moves make-before-break.
+    /// `w` is one of three kinds, in this order of preference, each the one
+    /// with the shortest subtree: one whose subtree still fits a level
+    /// deeper, when `i` has a free slot (after a depth-1 peer leaves and one
+    /// of its children takes its slot, everything below that child has a
+    /// level to spare; its siblings trade with its children); the same when
+    /// `i` is full, `i` then handing its child with the shortest subtree on
+    /// to be placed again (the siblings of a lost peer near the top are
+    /// mostly full, and waited minutes for a slot at their depth: a short
+    /// subtree fits almost anywhere); or one whose subtree is shorter than
+    /// `i`'s by two or more, placed again on its own if it does not fit
+    /// under `i`, where a shorter subtree fits in more places. Each trade
+    /// leaves only strictly shorter subtrees to place, so a chain of them
+    /// ends. `w` moves make-before-break.
     ///
     /// The search is breadth-first from the edge and stops after
     /// [`DISPLACE_VISITS`] peers: a tall subtree needs one of the top few
@@ -1656,7 +1672,7 @@ impl Tracker {
         let Some(deepest) = self.config.max_depth.checked_sub(height) else {
             return false;
         };
-        let Some(w) = self.trade_near_top(i, deepest, height) else {
+        let Some((w, trade)) = self.trade_near_top(i, deepest, height) else {
             return false;
         };
         let parent = self.peers[w as usize].parent;
@@ -1666,6 +1682,13 @@ impl Tracker {
         self.set_backup(i, b);
         self.events
             .push_back(TrackerEvent::Moved(self.assignment_of(i)));
+        let handed_on = match trade {
+            Trade::HandOn(c) => {
+                self.detach(c);
+                Some(c)
+            }
+            Trade::Under | Trade::Shorter => None,
+        };
         let fits = self.depth(i) + 1 + self.peers[w as usize].height <= self.config.max_depth;
         if fits && self.has_room(i) && self.reaches(w, i) {
             self.attach(w, i);
@@ -1676,26 +1699,44 @@ impl Tracker {
         } else {
             self.replace(w, now);
         }
+        if let Some(c) = handed_on {
+            self.replace(c, now);
+        }
         true
     }
 
     /// The peer [`Self::displace`] trades orphan `i` (subtree `height`
     /// tall) with, at depth `deepest` or above (the shallowest of equals);
     /// `None` if there is none within [`DISPLACE_VISITS`].
-    fn trade_near_top(&self, i: u32, deepest: u8, height: u8) -> Option<u32> {
+    fn trade_near_top(&self, i: u32, deepest: u8, height: u8) -> Option<(u32, Trade)> {
         let orphan = &self.peers[i as usize];
         let room = !orphan.suspect && orphan.children.len() < self.slots(i);
+        // Without a free slot, `i` makes one by handing on its child with
+        // the shortest subtree.
+        let spare = match room || orphan.suspect {
+            true => None,
+            false => orphan
+                .children
+                .iter()
+                .copied()
+                .min_by_key(|&c| self.peers[c as usize].height),
+        };
+        let under = match (room, spare) {
+            (true, _) => Some(Trade::Under),
+            (false, Some(c)) => Some(Trade::HandOn(c)),
+            (false, None) => None,
+        };
         let max_depth = self.config.max_depth;
         let mut level: Vec<u32> = self.root_children.clone();
         // (0 if it would go under `i`, else 1; its height), the least wins.
-        let mut best: Option<((u8, u8), u32)> = None;
+        let mut best: Option<((u8, u8), u32, Trade)> = None;
         let mut visits = 0;
         for _ in 1..=deepest {
             let mut next = Vec::new();
             for &w in &level {
                 visits += 1;
                 if visits > DISPLACE_VISITS {
-                    return best.map(|(_, w)| w);
+                    return best.map(|(_, w, trade)| (w, trade));
                 }
                 let p = &self.peers[w as usize];
                 next.extend_from_slice(&p.children);
@@ -1707,24 +1748,23 @@ impl Tracker {
                 if w == i || !parent_ok || parent == self.avoid || !self.reaches(i, parent) {
                     continue;
                 }
-                let under = room && p.depth + 1 + p.height <= max_depth && self.reaches(w, i);
-                let key = if under {
-                    (0, p.height)
-                } else if p.height + 1 < height {
-                    (1, p.height)
-                } else {
-                    continue;
+                let goes_under = under
+                    .filter(|_| p.depth + 1 + p.height <= max_depth && self.reaches(w, i));
+                let (key, trade) = match goes_under {
+                    Some(trade) => ((0, p.height), trade),
+                    None if p.height + 1 < height => ((1, p.height), Trade::Shorter),
+                    None => continue,
                 };
-                if best.is_none_or(|(k, _)| key < k) {
-                    best = Some((key, w));
-                    if key.1 == 0 && (key.0 == 0 || !room) {
-                        return Some(w);
+                if best.is_none_or(|(k, _, _)| key < k) {
+                    best = Some((key, w, trade));
+                    if key.1 == 0 && (key.0 == 0 || under.is_none()) {
+                        return Some((w, trade));
                     }
                 }
             }
             level = next;
         }
-        best.map(|(_, w)| w)
+        best.map(|(_, w, trade)| (w, trade))
     }
 
     /// Moves the newest children of `i` elsewhere when its measured upload
@@ -2654,6 +2694,44 @@ mod tests {
         assert_eq!((aw.parent, aw.depth), (Some(Node::Peer(x)), 4), "{aw:?}");
         assert_eq!(t.assignment(wa4).expect("alive").depth, 5);
         assert_eq!(t.assignment(x5).expect("alive").depth, 5);
+        assert_eq!(t.orphan_count(), 0);
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_full_tall_orphan_hands_on_its_shortest_child_to_take_a_slot_near_the_top() {
+        // The tree of the test above, but X is full: it feeds the chain
+        // and a leaf, Xl. X still takes Wa's place with Wa under it; Xl
+        // gives up its slot and is placed again on its own.
+        let now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            ..config()
+        });
+        let under = |t: &mut Tracker, parent: PeerId| joins_under(t, parent, None, now);
+        let a = join(&mut t, now);
+        let w = under(&mut t, a);
+        let p = under(&mut t, a);
+        let (wa, wb) = (under(&mut t, w), under(&mut t, w));
+        under(&mut t, wa);
+        under(&mut t, wb);
+        let x = under(&mut t, p);
+        let y = under(&mut t, p);
+        under(&mut t, y);
+        let x4 = under(&mut t, x);
+        let x5 = under(&mut t, x4);
+        let xl = under(&mut t, x);
+        t.handle_report(x, Report::ParentGap, now).expect("known");
+        let ax = t.assignment(x).expect("alive");
+        let aw = t.assignment(wa).expect("alive");
+        assert_eq!((ax.parent, ax.depth), (Some(Node::Peer(w)), 3), "{ax:?}");
+        assert_eq!((aw.parent, aw.depth), (Some(Node::Peer(x)), 4), "{aw:?}");
+        assert_eq!(t.assignment(x5).expect("alive").depth, 5);
+        let al = t.assignment(xl).expect("alive");
+        assert!(
+            matches!(al.parent, Some(Node::Peer(q)) if q != x && q != p),
+            "{al:?}"
+        );
         assert_eq!(t.orphan_count(), 0);
         t.check_invariants().expect("invariants");
     }
