@@ -1672,8 +1672,19 @@ impl Tracker {
         let Some(deepest) = self.config.max_depth.checked_sub(height) else {
             return false;
         };
-        let Some((w, trade)) = self.trade_near_top(i, deepest, height) else {
-            return false;
+        // When no trade near the top fits the whole subtree (in a tree at
+        // its depth bound everywhere, every peer at that depth is as tall
+        // as the orphan), it goes one level lower and its peers that end
+        // up too deep are placed again on their own: a few of them, near
+        // the leaves, against the whole subtree fed by the edge until a
+        // slot near the top comes free, which took minutes.
+        let (w, trade, trim) = match self.trade_near_top(i, deepest, height) {
+            Some((w, trade)) => (w, trade, false),
+            None if height >= 2 => match self.trade_near_top(i, deepest + 1, height) {
+                Some((w, trade)) => (w, trade, true),
+                None => return false,
+            },
+            None => return false,
         };
         let parent = self.peers[w as usize].parent;
         self.detach(w);
@@ -1702,7 +1713,30 @@ impl Tracker {
         if let Some(c) = handed_on {
             self.replace(c, now);
         }
+        if trim {
+            self.trim(i, now);
+        }
         true
+    }
+
+    /// Places again, on their own, the peers of `i`'s subtree deeper than
+    /// `max_depth` (after [`Self::displace`] put it one level too low).
+    fn trim(&mut self, i: u32, now: Stamp) {
+        let mut level = vec![i];
+        for _ in self.depth(i)..self.config.max_depth {
+            level = level
+                .iter()
+                .flat_map(|&p| self.peers[p as usize].children.iter().copied())
+                .collect();
+        }
+        let too_deep: Vec<u32> = level
+            .iter()
+            .flat_map(|&p| self.peers[p as usize].children.iter().copied())
+            .collect();
+        for c in too_deep {
+            self.detach(c);
+            self.replace(c, now);
+        }
     }
 
     /// The peer [`Self::displace`] trades orphan `i` (subtree `height`
@@ -1748,8 +1782,8 @@ impl Tracker {
                 if w == i || !parent_ok || parent == self.avoid || !self.reaches(i, parent) {
                     continue;
                 }
-                let goes_under = under
-                    .filter(|_| p.depth + 1 + p.height <= max_depth && self.reaches(w, i));
+                let goes_under =
+                    under.filter(|_| p.depth + 1 + p.height <= max_depth && self.reaches(w, i));
                 let (key, trade) = match goes_under {
                     Some(trade) => ((0, p.height), trade),
                     None if p.height + 1 < height => ((1, p.height), Trade::Shorter),
@@ -2731,6 +2765,54 @@ mod tests {
         assert!(
             matches!(al.parent, Some(Node::Peer(q)) if q != x && q != p),
             "{al:?}"
+        );
+        assert_eq!(t.orphan_count(), 0);
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_tall_orphan_that_fits_nowhere_near_the_top_goes_a_level_lower_and_sheds_its_deepest() {
+        // Depth 5 at most. The edge (one slot) feeds A; A feeds W and P;
+        // every peer at depth 3 heads a chain down to depth 5, so no
+        // subtree near the top has a level to spare. P feeds X (a chain
+        // two deep) and Y; Y feeds a chain and a leaf, L. X gives up on P:
+        // it fits whole at depth 3 or above only, and nothing there can
+        // make room. It takes L's slot at depth 4 with L under it, and
+        // its deepest peer, X5, now one level too deep, is placed again.
+        let now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            ..config()
+        });
+        let under = |t: &mut Tracker, parent: PeerId| joins_under(t, parent, None, now);
+        let chain = |t: &mut Tracker, parent: PeerId| {
+            let top = under(t, parent);
+            let mid = under(t, top);
+            under(t, mid);
+            top
+        };
+        let a = join(&mut t, now);
+        let w = under(&mut t, a);
+        let p = under(&mut t, a);
+        chain(&mut t, w);
+        chain(&mut t, w);
+        let x = under(&mut t, p);
+        let x4 = under(&mut t, x);
+        let x5 = under(&mut t, x4);
+        let y = under(&mut t, p);
+        let y4 = under(&mut t, y);
+        under(&mut t, y4);
+        let leaf = under(&mut t, y);
+        t.handle_report(x, Report::ParentGap, now).expect("known");
+        let ax = t.assignment(x).expect("alive");
+        assert_eq!((ax.parent, ax.depth), (Some(Node::Peer(y)), 4), "{ax:?}");
+        let al = t.assignment(leaf).expect("alive");
+        assert_eq!((al.parent, al.depth), (Some(Node::Peer(x)), 5), "{al:?}");
+        assert_eq!(t.assignment(x4).expect("alive").depth, 5);
+        let a5 = t.assignment(x5).expect("alive");
+        assert!(
+            matches!(a5.parent, Some(Node::Peer(q)) if q != x4 && q != p) && a5.depth <= 5,
+            "{a5:?}"
         );
         assert_eq!(t.orphan_count(), 0);
         t.check_invariants().expect("invariants");
