@@ -670,7 +670,7 @@ impl Tracker {
                 }
                 self.has_room(p)
             });
-        let Some(parent) = resumed.or_else(|| self.find_parent(i, req.site, now)) else {
+        let Some(parent) = resumed.or_else(|| self.find_parent(i, req.site)) else {
             // Not kept: the peer plays from the edge and joins again later.
             self.peers[i as usize].live = false;
             self.free.push(i);
@@ -730,7 +730,7 @@ impl Tracker {
                 par.credit_missed = 0;
                 par.credit_since = now;
                 self.mark_open(parent);
-                self.shed_excess(parent, now);
+                self.shed_excess(parent);
             }
         }
         let due = now.since(self.peers[i as usize].backup_checked) >= BACKUP_RECHECK;
@@ -786,9 +786,9 @@ impl Tracker {
 
     /// A peer leaves politely.
     pub fn handle_leave(&mut self, id: PeerId, now: Instant) -> Result<(), UnknownPeer> {
-        let now = self.clock(now);
+        self.clock(now);
         let i = self.lookup(id)?;
-        self.remove(i, now);
+        self.remove(i);
         Ok(())
     }
 
@@ -805,7 +805,7 @@ impl Tracker {
         match report {
             Report::ParentCorrupt if parent != ROOT && parent != NONE => {
                 let bad = self.id_of(parent);
-                self.remove(parent, now);
+                self.remove(parent);
                 self.events.push_back(TrackerEvent::Evicted {
                     id: bad,
                     reason: EvictReason::Corrupt,
@@ -826,7 +826,7 @@ impl Tracker {
                     p.shed_at = Some(now);
                     p.slow_start = false;
                 }
-                self.replace(i, now);
+                self.replace(i);
                 self.avoid = NONE;
             }
         }
@@ -852,7 +852,7 @@ impl Tracker {
     /// becomes the site's leader, fed over HTTP (freeing a QUIC root slot
     /// if it held one); its children and backers from elsewhere move.
     pub fn handle_no_udp(&mut self, id: PeerId, now: Instant) -> Result<(), UnknownPeer> {
-        let now = self.clock(now);
+        self.clock(now);
         let i = self.lookup(id)?;
         if self.peers[i as usize].no_udp {
             return Ok(());
@@ -863,8 +863,8 @@ impl Tracker {
             self.root_children.swap_remove(pos);
             self.http_children.push(i);
         }
-        self.cut_dependents(i, now);
-        self.keep_reachable(i, now);
+        self.cut_dependents(i);
+        self.keep_reachable(i);
         // Listed on its site now (a public peer was not).
         self.mark_open(i);
         Ok(())
@@ -884,7 +884,7 @@ impl Tracker {
         ok: bool,
         now: Instant,
     ) -> Result<(), UnknownPeer> {
-        let now = self.clock(now);
+        self.clock(now);
         let c = self.lookup(child)?;
         // A parent that is gone teaches nothing.
         let Ok(p) = self.lookup(parent) else {
@@ -922,30 +922,30 @@ impl Tracker {
         self.avoid = p;
         if self.peers[c as usize].parent == p {
             self.detach(c);
-            self.replace(c, now);
+            self.replace(c);
         } else if self.backup_peer(c) == Some(p) {
             let b = self.find_backup(c);
             self.set_backup(c, b);
         }
         self.avoid = NONE;
         for x in demote {
-            self.demote(x, now);
+            self.demote(x);
         }
         Ok(())
     }
 
     /// `x` turned out unreachable through its NAT: it parents and backs
     /// only its own site from now on, and dials only public peers off it.
-    fn demote(&mut self, x: u32, now: Stamp) {
+    fn demote(&mut self, x: u32) {
         self.peers[x as usize].reach = Reach::SiteOnly;
-        self.cut_dependents(x, now);
-        self.keep_reachable(x, now);
+        self.cut_dependents(x);
+        self.keep_reachable(x);
     }
 
     /// Moves the children and backers of `x` that cannot reach it any more.
     /// Finding who named it as backup walks the audience; this happens at
     /// most once per peer.
-    fn cut_dependents(&mut self, x: u32, now: Stamp) {
+    fn cut_dependents(&mut self, x: u32) {
         self.avoid = x;
         let cut: Vec<u32> = self.peers[x as usize]
             .children
@@ -955,7 +955,7 @@ impl Tracker {
             .collect();
         for c in cut {
             self.detach(c);
-            self.replace(c, now);
+            self.replace(c);
         }
         for i in 0..self.peers.len() as u32 {
             if self.peers[i as usize].live && self.backup_peer(i) == Some(x) && !self.reaches(i, x)
@@ -969,12 +969,12 @@ impl Tracker {
 
     /// Re-places `x` if it cannot reach its parent any more (it was across
     /// another NAT), and names another backup if it cannot reach that.
-    fn keep_reachable(&mut self, x: u32, now: Stamp) {
+    fn keep_reachable(&mut self, x: u32) {
         let parent = self.peers[x as usize].parent;
         if parent != NONE && !self.reaches(x, parent) {
             self.avoid = parent;
             self.detach(x);
-            self.replace(x, now);
+            self.replace(x);
             self.avoid = NONE;
         }
         if self.backup_peer(x).is_some_and(|b| !self.reaches(x, b)) {
@@ -1004,7 +1004,7 @@ impl Tracker {
         }
         for i in silent {
             let id = self.id_of(i);
-            self.remove(i, now);
+            self.remove(i);
             self.events.push_back(TrackerEvent::Evicted {
                 id,
                 reason: EvictReason::Silent,
@@ -1030,7 +1030,7 @@ impl Tracker {
             for i in std::mem::take(&mut self.orphans) {
                 if self.peers[i as usize].live && self.peers[i as usize].parent == NONE {
                     // Still waiting: back on the list, told once already.
-                    placed |= self.place_again(i, now);
+                    placed |= self.place_again(i);
                 }
             }
             if !placed || self.orphans.is_empty() {
@@ -1279,7 +1279,7 @@ impl Tracker {
 
     /// The shallowest parent with room for `i` (and the subtree below it),
     /// preferring one on `site`; promotes a newcomer early if nobody has room.
-    fn find_parent(&mut self, i: u32, site: u32, now: Stamp) -> Option<u32> {
+    fn find_parent(&mut self, i: u32, site: u32) -> Option<u32> {
         let height = self.subtree_height(i);
         if self.peers[i as usize].site_bound() {
             if let Some(p) = self.pick_on_site(i, site, height) {
@@ -1319,7 +1319,6 @@ impl Tracker {
                 p.live && !p.promoted && p.parent != NONE && c != i
             })?;
             let early = self.newcomers.remove(early)?;
-            let _ = now;
             self.promote(early);
         }
     }
@@ -1598,14 +1597,14 @@ impl Tracker {
 
     /// Gives `i` (already detached) a new parent: its backup if it has
     /// room, else the best free slot; an orphan if there is none.
-    fn replace(&mut self, i: u32, now: Stamp) {
-        if !self.place_again(i, now) {
+    fn replace(&mut self, i: u32) {
+        if !self.place_again(i) {
             self.events.push_back(TrackerEvent::Orphaned(self.id_of(i)));
         }
     }
 
     /// [`Self::replace`] without telling: whether `i` was placed.
-    fn place_again(&mut self, i: u32, now: Stamp) -> bool {
+    fn place_again(&mut self, i: u32) -> bool {
         let backup = match self.peers[i as usize].backup {
             ROOT => Some(ROOT),
             _ => self.backup_peer(i),
@@ -1622,7 +1621,7 @@ impl Tracker {
                 && self.depth(b) + 1 + height <= self.config.max_depth
         });
         let site = self.peers[i as usize].site;
-        let target = backup.or_else(|| self.find_parent(i, site, now));
+        let target = backup.or_else(|| self.find_parent(i, site));
         match target {
             Some(t) => {
                 self.attach(i, t);
@@ -1632,7 +1631,7 @@ impl Tracker {
                     .push_back(TrackerEvent::Moved(self.assignment_of(i)));
                 true
             }
-            None if self.displace(i, height, now) => true,
+            None if self.displace(i, height) => true,
             None => {
                 self.orphans.push(i);
                 false
@@ -1664,7 +1663,7 @@ impl Tracker {
     /// The search is breadth-first from the edge and stops after
     /// [`DISPLACE_VISITS`] peers: a tall subtree needs one of the top few
     /// levels, which are small.
-    fn displace(&mut self, i: u32, height: u8, now: Stamp) -> bool {
+    fn displace(&mut self, i: u32, height: u8) -> bool {
         let p = &self.peers[i as usize];
         if height == 0 || p.leaf_only || p.no_udp {
             return false;
@@ -1708,20 +1707,20 @@ impl Tracker {
             self.events
                 .push_back(TrackerEvent::Moved(self.assignment_of(w)));
         } else {
-            self.replace(w, now);
+            self.replace(w);
         }
         if let Some(c) = handed_on {
-            self.replace(c, now);
+            self.replace(c);
         }
         if trim {
-            self.trim(i, now);
+            self.trim(i);
         }
         true
     }
 
     /// Places again, on their own, the peers of `i`'s subtree deeper than
     /// `max_depth` (after [`Self::displace`] put it one level too low).
-    fn trim(&mut self, i: u32, now: Stamp) {
+    fn trim(&mut self, i: u32) {
         let mut level = vec![i];
         for _ in self.depth(i)..self.config.max_depth {
             level = level
@@ -1735,7 +1734,7 @@ impl Tracker {
             .collect();
         for c in too_deep {
             self.detach(c);
-            self.replace(c, now);
+            self.replace(c);
         }
     }
 
@@ -1803,17 +1802,17 @@ impl Tracker {
 
     /// Moves the newest children of `i` elsewhere when its measured upload
     /// no longer covers them all.
-    fn shed_excess(&mut self, i: u32, now: Stamp) {
+    fn shed_excess(&mut self, i: u32) {
         while self.peers[i as usize].children.len() > self.slots(i) {
             let Some(&c) = self.peers[i as usize].children.last() else {
                 break;
             };
             self.detach(c);
-            self.replace(c, now);
+            self.replace(c);
         }
     }
 
-    fn remove(&mut self, i: u32, now: Stamp) {
+    fn remove(&mut self, i: u32) {
         self.detach(i);
         self.set_backup(i, NONE);
         let children = std::mem::take(&mut self.peers[i as usize].children);
@@ -1836,7 +1835,7 @@ impl Tracker {
                 // Its slot is gone, and its backers count with it.
                 self.peers[c as usize].backup = NONE;
             }
-            self.replace(c, now);
+            self.replace(c);
         }
     }
 
