@@ -2694,14 +2694,14 @@ mod tests {
         t.check_invariants().expect("invariants");
     }
 
-    #[test]
-    fn a_tall_orphan_with_room_takes_the_slot_of_a_subtree_with_a_level_to_spare() {
-        // Depth 5 at most. The edge (one slot) feeds A; A feeds W and P; W
-        // feeds Wa and Wb, each feeding one leaf; P feeds X, X a chain two
-        // deep, and Y, Y a leaf. X gives up on P: it needs a parent at
-        // depth 2 or above, all full, and nothing near the top is a leaf.
-        // But Wa's subtree (and P's, taller) fits a level deeper, and X has
-        // a free slot: X takes Wa's place and Wa goes under X.
+    /// Depth 5 at most. The edge (one slot) feeds A; A feeds W and P; W
+    /// feeds Wa and Wb, each feeding one leaf; P feeds X, X a chain two
+    /// deep (and a leaf, Xl, when `full`: X then has no free slot), and Y,
+    /// Y a leaf. X gives up on P: it needs a parent at depth 2 or above,
+    /// all full, and nothing near the top is a leaf. But Wa's subtree (and
+    /// P's, taller) fits a level deeper: X takes Wa's place, and Wa goes
+    /// under X; Xl is placed elsewhere.
+    fn tall_orphan_trades_with_a_level_to_spare(full: bool) {
         let now = Instant::now();
         let mut t = Tracker::new(TrackerConfig {
             root_slots: 1,
@@ -2719,6 +2719,7 @@ mod tests {
         under(&mut t, y);
         let x4 = under(&mut t, x);
         let x5 = under(&mut t, x4);
+        let xl = full.then(|| under(&mut t, x));
         assert_eq!(t.assignment(x5).expect("alive").depth, 5);
         t.handle_report(x, Report::ParentGap, now).expect("known");
         let ax = t.assignment(x).expect("alive");
@@ -2729,44 +2730,24 @@ mod tests {
         assert_eq!(t.assignment(x5).expect("alive").depth, 5);
         assert_eq!(t.orphan_count(), 0);
         t.check_invariants().expect("invariants");
+        if let Some(xl) = xl {
+            let al = t.assignment(xl).expect("alive");
+            assert!(
+                matches!(al.parent, Some(Node::Peer(q)) if q != x && q != p),
+                "{al:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tall_orphan_with_room_takes_the_slot_of_a_subtree_with_a_level_to_spare() {
+        tall_orphan_trades_with_a_level_to_spare(false);
     }
 
     #[test]
     fn a_full_tall_orphan_hands_on_its_shortest_child_to_take_a_slot_near_the_top() {
-        // The tree of the test above, but X is full: it feeds the chain
-        // and a leaf, Xl. X still takes Wa's place with Wa under it; Xl
-        // gives up its slot and is placed again on its own.
-        let now = Instant::now();
-        let mut t = Tracker::new(TrackerConfig {
-            root_slots: 1,
-            ..config()
-        });
-        let under = |t: &mut Tracker, parent: PeerId| joins_under(t, parent, None, now);
-        let a = join(&mut t, now);
-        let w = under(&mut t, a);
-        let p = under(&mut t, a);
-        let (wa, wb) = (under(&mut t, w), under(&mut t, w));
-        under(&mut t, wa);
-        under(&mut t, wb);
-        let x = under(&mut t, p);
-        let y = under(&mut t, p);
-        under(&mut t, y);
-        let x4 = under(&mut t, x);
-        let x5 = under(&mut t, x4);
-        let xl = under(&mut t, x);
-        t.handle_report(x, Report::ParentGap, now).expect("known");
-        let ax = t.assignment(x).expect("alive");
-        let aw = t.assignment(wa).expect("alive");
-        assert_eq!((ax.parent, ax.depth), (Some(Node::Peer(w)), 3), "{ax:?}");
-        assert_eq!((aw.parent, aw.depth), (Some(Node::Peer(x)), 4), "{aw:?}");
-        assert_eq!(t.assignment(x5).expect("alive").depth, 5);
-        let al = t.assignment(xl).expect("alive");
-        assert!(
-            matches!(al.parent, Some(Node::Peer(q)) if q != x && q != p),
-            "{al:?}"
-        );
-        assert_eq!(t.orphan_count(), 0);
-        t.check_invariants().expect("invariants");
+        // Xl gives up its slot under X and is placed again on its own.
+        tall_orphan_trades_with_a_level_to_spare(true);
     }
 
     #[test]
