@@ -332,7 +332,7 @@ const DISPLACE_VISITS: usize = 512;
 /// How [`Tracker::displace`] places the peer whose slot an orphan takes.
 #[derive(Debug, Clone, Copy)]
 enum Trade {
-    /// Under the orphan, in a free slot of its.
+    /// Under the orphan, in one of its free slots.
     Under,
     /// Under the orphan, in the slot of the orphan's child given here,
     /// which is placed again.
