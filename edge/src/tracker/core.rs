@@ -1745,8 +1745,14 @@ impl Tracker {
         let orphan = &self.peers[i as usize];
         let room = !orphan.suspect && orphan.children.len() < self.slots(i);
         // Without a free slot, `i` makes one by handing on its child with
-        // the shortest subtree.
-        let spare = match room || orphan.suspect {
+        // the shortest subtree, if its own is over a quarter of the depth
+        // bound tall: it then fits only near the top, and waits long. A
+        // shorter one soon has a place, and handing a child on costs that
+        // child a switch, or a wait of its own in a full tree (in a swarm
+        // of 12, `tests/swarm.rs`, that showed as repairs of 2 s; the long
+        // waits the rule is for were of subtrees 7 to 10 tall, of 12).
+        let tall = u16::from(height) * 4 > u16::from(self.config.max_depth);
+        let spare = match room || orphan.suspect || !tall {
             true => None,
             false => orphan
                 .children
