@@ -1651,8 +1651,8 @@ impl Tracker {
     /// deeper, when `i` has a free slot (after a depth-1 peer leaves and one
     /// of its children takes its slot, everything below that child has a
     /// level to spare; its siblings trade with its children); the same when
-    /// `i` is full, `i` then handing its child with the shortest subtree on
-    /// to be placed again (the siblings of a lost peer near the top are
+    /// `i` is full and tall, `i` then handing its child with the shortest
+    /// subtree on to be placed again (the siblings of a lost peer near the top are
     /// mostly full, and waited minutes for a slot at their depth: a short
     /// subtree fits almost anywhere); or one whose subtree is shorter than
     /// `i`'s by two or more, placed again on its own if it does not fit
