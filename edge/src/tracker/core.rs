@@ -1652,11 +1652,11 @@ impl Tracker {
     /// of its children takes its slot, everything below that child has a
     /// level to spare; its siblings trade with its children); the same when
     /// `i` is full and tall, `i` then handing its child with the shortest
-    /// subtree on to be placed again (the siblings of a lost peer near the top are
-    /// mostly full, and waited minutes for a slot at their depth: a short
-    /// subtree fits almost anywhere); or one whose subtree is shorter than
-    /// `i`'s by two or more, placed again on its own if it does not fit
-    /// under `i`, where a shorter subtree fits in more places. Each trade
+    /// subtree on to be placed again (the siblings of a lost peer near the
+    /// top are mostly full, and waited minutes for a slot at their depth: a
+    /// short subtree fits almost anywhere); or one whose subtree is shorter
+    /// than `i`'s by two or more, placed again on its own if it does not
+    /// fit under `i`, where a shorter subtree fits in more places. Each trade
     /// leaves only strictly shorter subtrees to place, so a chain of them
     /// ends. `w` moves make-before-break.
     ///
@@ -1752,18 +1752,17 @@ impl Tracker {
         // of 12, `tests/swarm.rs`, that showed as repairs of 2 s; the long
         // waits the rule is for were of subtrees 7 to 10 tall, of 12).
         let tall = u16::from(height) * 4 > u16::from(self.config.max_depth);
-        let spare = match room || orphan.suspect || !tall {
-            true => None,
-            false => orphan
+        let under = if room {
+            Some(Trade::Under)
+        } else if orphan.suspect || !tall {
+            None
+        } else {
+            orphan
                 .children
                 .iter()
                 .copied()
-                .min_by_key(|&c| self.peers[c as usize].height),
-        };
-        let under = match (room, spare) {
-            (true, _) => Some(Trade::Under),
-            (false, Some(c)) => Some(Trade::HandOn(c)),
-            (false, None) => None,
+                .min_by_key(|&c| self.peers[c as usize].height)
+                .map(Trade::HandOn)
         };
         let max_depth = self.config.max_depth;
         let mut level: Vec<u32> = self.root_children.clone();
