@@ -39,7 +39,7 @@ use treecast_peer::status::Status;
 use crate::cluster::{Cluster, ClusterConfig, PeerOptions, PeerProcess};
 use crate::netlab::profile::EdgeLink;
 use crate::netlab::{link_counters, site_counters, LinkCounters, PeerNet, SiteNet};
-use crate::player::{play, PlayerReport};
+use crate::player::{play, PlayerReport, START_BEHIND};
 use crate::rng::Rng;
 
 /// What to run.
@@ -518,7 +518,13 @@ async fn read_sites(net: Option<&NetRun>) -> Vec<LinkCounters> {
 pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     let mut rng = Rng::new(config.seed);
     let mut cluster = Cluster::start(config.cluster.clone()).await?;
-    cluster.wait_for_stream(3, Duration::from_secs(30)).await?;
+    // Viewers join a stream that is live already: wait until a peer's
+    // proxy can list a player's whole first buffer (three segments ending
+    // one behind the live edge), or the first peers' startup would count
+    // the origin's first seconds.
+    cluster
+        .wait_for_stream(START_BEHIND as usize + 1, Duration::from_secs(30))
+        .await?;
     let mut edge_before = edge_counters(&cluster).await?;
     let mut links_before = read_links(config.net.as_ref()).await;
     let mut sites_before = read_sites(config.net.as_ref()).await;

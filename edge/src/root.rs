@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use treecast_proto::ticket::{self, VerifyingKey};
 use treecast_proto::tree::{
-    self, Admitted, Arrival, Feed, PushMetrics, PushOptions, TreeError, TreeSegment,
+    self, Admitted, Arrival, Feed, PushMetrics, PushOptions, TreeError, TreeSegment, RECENT,
 };
 use treecast_proto::{ChannelName, GrowingBody, SegmentFile};
 
@@ -263,8 +263,9 @@ async fn follow(cache: Arc<Cache>, channel: ChannelName, feed: Arc<Feed>) {
     let mut resume: Option<u64> = None;
     loop {
         // Where is live? The segment after the last listed one is being
-        // cut. Start four segments before it, so the first children can
-        // fill their buffers from the tree too; after a pause (the
+        // cut. Start with the complete ones a feed keeps before it
+        // ([`RECENT`]), so the first children can fill their buffers
+        // from the tree too; after a pause (the
         // encoder stopped, the origin is away) go on where it stopped
         // while that is still listed: starting over would send children
         // the same segments again, every retry.
@@ -274,7 +275,7 @@ async fn follow(cache: Arc<Cache>, channel: ChannelName, feed: Arc<Feed>) {
         };
         let mut seq = match resume {
             Some(s) if (first..=next).contains(&s) => s,
-            _ => next.saturating_sub(4).max(first),
+            _ => next.saturating_sub(RECENT as u64 - 1).max(first),
         };
         loop {
             resume = Some(seq);

@@ -39,8 +39,9 @@ pub struct StoreConfig {
     pub window: usize,
     /// A player is waiting (the channel was opened by its request): while
     /// no parent streams, fetch its whole first buffer
-    /// ([`START_SEGMENTS`]) from the edge. Otherwise the parent's backfill
-    /// brings it, and the edge is asked only from the listable end.
+    /// ([`START_SEGMENTS`]) from the edge at once. Otherwise the tree has
+    /// the grace period to bring it (a parent's backfill) before the
+    /// edge is asked.
     pub first_buffer_from_edge: bool,
 }
 
@@ -204,9 +205,22 @@ impl Store {
         Ok(Some(signed.record.completed_ms))
     }
 
-    /// The first segment a new parent should send: the one after the
-    /// newest verified (0 when none is). Older holes are the fallback's.
+    /// The first segment a new parent should send. Before the local
+    /// playlist opens, the first of the player's first buffer not held
+    /// (so a parent's backfill brings what it opens on, and nothing older
+    /// than it); after, the one after the newest verified (older holes are
+    /// the fallback's). 0 when neither is known: all the parent holds.
     pub fn next_wanted(&self) -> u64 {
+        let first_missing = || {
+            let start = self.first_buffer_start()?;
+            let end = self.listable_end()?;
+            (start..=end).find(|seq| !self.verified.contains_key(seq))
+        };
+        if self.window.is_none() {
+            if let Some(seq) = first_missing() {
+                return seq;
+            }
+        }
         self.verified.last_key_value().map_or(0, |(&s, _)| s + 1)
     }
 
@@ -228,24 +242,39 @@ impl Store {
 
     /// The next segment to fetch from the edge: listed live for longer than
     /// the grace period (no grace while no parent streams, `tree_up`
-    /// false: nothing is on its way), needed by the local playlist, neither verified nor
-    /// being fetched. The caller must report the fetch's end with
+    /// false: nothing is on its way; the first buffer excepted, see
+    /// below), needed by the local playlist, neither verified nor being
+    /// fetched. The caller must report the fetch's end with
     /// [`fallback_done`](Self::fallback_done).
     pub fn poll_fallback(&mut self, now: Instant, tree_up: bool) -> Option<u64> {
         let live_last = self.live.as_ref()?.last?;
-        let start = match self.window {
-            Some(w) => w.last + 1,
-            // Nothing listed yet and no parent streaming (a channel a
-            // player just asked for): the player's first buffer comes
-            // from the edge, so fetch the segments ending at the listable
-            // end, as a parent's backfill would bring them.
-            None if !tree_up && self.config.first_buffer_from_edge => self.first_buffer_start()?,
-            None => self.listable_end()?,
-        };
-        let grace = if !tree_up {
-            Duration::ZERO
-        } else {
-            self.config.grace
+        let (start, grace) = match self.window {
+            Some(w) => (
+                w.last + 1,
+                if tree_up {
+                    self.config.grace
+                } else {
+                    Duration::ZERO
+                },
+            ),
+            // Nothing listed yet: the local playlist opens on the
+            // player's whole first buffer ([`Self::refresh`]). A parent's
+            // backfill brings it; what it has not within the grace comes
+            // from the edge. A player waiting with no parent streaming (a
+            // channel it just asked for) gets it from the edge at once; a
+            // peer with neither gives the tree its grace too (its parent
+            // is usually a handshake away, and its backfill starts after
+            // the newest segment verified, so fetching the end first
+            // would leave the rest to the edge).
+            None => {
+                let now_from_edge = !tree_up && self.config.first_buffer_from_edge;
+                let grace = if now_from_edge {
+                    Duration::ZERO
+                } else {
+                    self.config.grace
+                };
+                (self.first_buffer_start()?, grace)
+            }
         };
         let seq = (start..=live_last).find(|seq| {
             !self.verified.contains_key(seq)
@@ -314,11 +343,19 @@ impl Store {
         let before = self.window;
         let mut w = match self.window {
             Some(w) => w,
-            None if self.verified.contains_key(&end) => {
-                // Start with every verified segment just before the end
-                // (the parent's backfill), so the player starts with a
-                // buffer.
-                let mut first = end;
+            None => {
+                // The window opens on the player's whole first buffer
+                // (fewer segments only where the live playlist has
+                // fewer): opened on less, a player starting three
+                // segments from the end waits out a segment's duration
+                // for each one missing.
+                let start = self.first_buffer_start().unwrap_or(end);
+                if !(start..=end).all(|seq| self.verified.contains_key(&seq)) {
+                    return false;
+                }
+                // Every verified segment before it too (up to the
+                // window), for a player that starts further back.
+                let mut first = start;
                 while first > 0
                     && end - first + 1 < self.config.window as u64
                     && self.verified.contains_key(&(first - 1))
@@ -326,17 +363,8 @@ impl Store {
                 {
                     first -= 1;
                 }
-                // A first buffer still on its way from the edge: wait for
-                // it rather than start the player on less.
-                if end - first + 1 < START_SEGMENTS
-                    && first > 0
-                    && self.fetching.contains(&(first - 1))
-                {
-                    return false;
-                }
                 ProxyWindow { first, last: end }
             }
-            None => return false,
         };
         while w.last < end {
             let next = w.last + 1;
@@ -522,13 +550,15 @@ mod tests {
         for seq in 12..=16 {
             deliver(&mut s, seq);
         }
+        // A player's first buffer is 11 to 13: 11 is still missing.
+        assert!(!s.refresh());
+        assert_eq!(s.playlist(), None);
+        deliver(&mut s, 11);
         assert!(s.refresh());
-        // It starts with what is verified before 13 (the parent's
-        // backfill), not with 13 alone.
         let p = parse(&s.playlist().expect("playlist"));
-        assert_eq!(p.media_sequence, 12);
-        assert_eq!(p.segments.len(), 2);
-        assert_eq!(p.segments[1].uri, "13.ts");
+        assert_eq!(p.media_sequence, 11);
+        assert_eq!(p.segments.len(), 3);
+        assert_eq!(p.segments[2].uri, "13.ts");
         assert_eq!(s.behind_live(), Duration::from_secs(4));
         // Live moves on; 16 is verified, 17 is not: the list stops at 16
         // until 17 arrives.
@@ -546,6 +576,9 @@ mod tests {
         let mut s = store(0);
         let t0 = Instant::now();
         let mut last_first = 0;
+        // The first buffer before the first end.
+        deliver(&mut s, 3);
+        deliver(&mut s, 4);
         for end in 5u64..30 {
             s.handle_playlist(&live(end.saturating_sub(5), end, &[]), t0)
                 .expect("playlist");
@@ -620,27 +653,59 @@ mod tests {
         s.handle_playlist(&live(1, 6, &[]), t0).expect("playlist");
         assert_eq!(s.poll_fallback(t0, true), None);
         let later = t0 + Duration::from_millis(1500);
-        // The local playlist will start at 5 (2 s behind 6).
-        assert_eq!(s.poll_fallback(later, true), Some(5));
-        assert_eq!(s.poll_fallback(later, true), Some(6));
+        // The local playlist will open on 3 to 5 (ending 2 s behind 6).
+        for seq in 3..=6 {
+            assert_eq!(s.poll_fallback(later, true), Some(seq));
+        }
         assert_eq!(s.poll_fallback(later, true), None);
         s.fallback_done(6);
         assert_eq!(s.poll_fallback(later, true), Some(6));
-        deliver(&mut s, 5);
+        for seq in 3..=5 {
+            deliver(&mut s, seq);
+        }
         s.refresh();
         assert_eq!(s.window().expect("window").last, 5);
     }
 
     #[test]
-    fn while_no_parent_streams_the_edge_is_asked_at_once() {
+    fn while_no_parent_streams_the_edge_is_asked_at_once_after_the_first_buffer() {
         let mut s = store(2);
         let t0 = Instant::now();
         s.handle_playlist(&live(1, 6, &[]), t0).expect("playlist");
         assert_eq!(s.poll_fallback(t0, true), None, "a parent gets its grace");
-        // No player waiting: from the listable end (the parent's backfill
-        // brings what is before it).
-        assert_eq!(s.poll_fallback(t0, false), Some(5), "none is streaming");
-        assert_eq!(s.poll_fallback(t0, false), Some(6));
+        // No player waiting and no parent yet: the first buffer waits
+        // the grace too (the parent's backfill brings it).
+        assert_eq!(s.poll_fallback(t0, false), None);
+        for seq in 3..=5 {
+            deliver(&mut s, seq);
+        }
+        assert!(s.refresh());
+        let t1 = t0 + Duration::from_millis(100);
+        s.handle_playlist(&live(1, 7, &[]), t1).expect("playlist");
+        assert_eq!(s.poll_fallback(t1, true), None, "a parent gets its grace");
+        assert_eq!(s.poll_fallback(t1, false), Some(6), "none is streaming");
+        assert_eq!(s.poll_fallback(t1, false), Some(7));
+    }
+
+    #[test]
+    fn a_partial_backfill_opens_no_playlist_and_the_edge_completes_it_after_the_grace() {
+        let mut s = store(2);
+        let t0 = Instant::now();
+        s.handle_playlist(&live(1, 6, &[]), t0).expect("playlist");
+        // The parent's backfill brings 5 and 4; 3 is late.
+        for seq in [5, 4] {
+            deliver(&mut s, seq);
+            assert!(!s.refresh(), "a player would start on less than three");
+        }
+        assert_eq!(s.playlist(), None);
+        assert_eq!(s.poll_fallback(t0, true), None, "the parent gets its grace");
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(s.poll_fallback(later, true), Some(3));
+        deliver(&mut s, 3);
+        s.fallback_done(3);
+        assert!(s.refresh());
+        let p = parse(&s.playlist().expect("playlist"));
+        assert_eq!((p.media_sequence, p.segments.len()), (3, 3));
     }
 
     #[test]
@@ -668,6 +733,23 @@ mod tests {
         s.refresh();
         let w = s.window().expect("window");
         assert_eq!((w.first, w.last), (3, 5), "the player starts on a buffer");
+    }
+
+    #[test]
+    fn a_new_parent_is_asked_from_the_first_buffer_then_from_the_newest() {
+        let mut s = store(2);
+        assert_eq!(s.next_wanted(), 0, "no live playlist: all it holds");
+        s.handle_playlist(&live(1, 6, &[]), Instant::now())
+            .expect("playlist");
+        // The first buffer is 3 to 5: nothing older is of use.
+        assert_eq!(s.next_wanted(), 3);
+        deliver(&mut s, 5);
+        assert_eq!(s.next_wanted(), 3, "the first buffer's hole first");
+        deliver(&mut s, 3);
+        assert_eq!(s.next_wanted(), 4);
+        deliver(&mut s, 4);
+        assert!(s.refresh());
+        assert_eq!(s.next_wanted(), 6, "once open, after the newest");
     }
 
     #[test]

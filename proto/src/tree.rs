@@ -49,10 +49,16 @@ pub const CONTROL_PRIORITY: i32 = 10;
 pub const CLOSE_SHED: u32 = 4;
 
 /// Recent segments a parent keeps for a child that just connected: the one
-/// being cut and the three before it, so a new or switching child can fill
-/// its player's buffer (the local playlist's first segments) from the tree
-/// instead of the edge.
-pub const RECENT: usize = 4;
+/// being cut and the five before it, so a new or switching child can fill
+/// its player's buffer from the tree instead of the edge. A child's local
+/// playlist ends its buffer behind the newest complete segment (4 s by
+/// default, two segments) and opens on three (a player's first buffer),
+/// so it needs the five before the one being cut; its `Hello` says where
+/// its first buffer starts, so a child with a shorter buffer is not sent
+/// the older ones. With only three kept, every joiner's first playlist
+/// held two or fewer, and its player waited a segment's duration for each
+/// missing one (startup p95 5.6 s in the loopback swarm).
+pub const RECENT: usize = 6;
 
 /// One segment on its way down the tree.
 #[derive(Debug)]
@@ -678,20 +684,21 @@ mod tests {
     #[test]
     fn feed_keeps_the_latest_attempt_of_the_last_few_segments() {
         let feed = Feed::new();
-        for s in 1..=4 {
+        let n = RECENT as u64;
+        for s in 1..=n {
             feed.publish(seg(s));
         }
-        let retry = seg(4);
+        let retry = seg(n);
         feed.publish(retry.clone());
         let recent: Vec<u64> = feed.recent().iter().map(|p| p.segment.seq).collect();
-        assert_eq!(recent, vec![1, 2, 3, 4]);
-        assert!(Arc::ptr_eq(&feed.recent()[3].segment, &retry));
-        for s in 5..=6 {
+        assert_eq!(recent, (1..=n).collect::<Vec<_>>());
+        assert!(Arc::ptr_eq(&feed.recent()[RECENT - 1].segment, &retry));
+        for s in n + 1..=n + 2 {
             feed.publish(seg(s));
         }
         let recent: Vec<u64> = feed.recent().iter().map(|p| p.segment.seq).collect();
-        assert_eq!(recent, vec![3, 4, 5, 6]);
-        assert!(Arc::ptr_eq(&feed.recent()[1].segment, &retry));
+        assert_eq!(recent, (3..=n + 2).collect::<Vec<_>>());
+        assert!(Arc::ptr_eq(&feed.recent()[RECENT - 3].segment, &retry));
         assert!(feed.set_playlist(Bytes::from_static(b"a")));
         assert!(!feed.set_playlist(Bytes::from_static(b"a")));
     }
