@@ -77,6 +77,14 @@ impl<E: Ord> Calendar<E> {
         }
     }
 
+    /// The event `k` places after the next one, if it is due in the same
+    /// millisecond (for prefetching what it will touch; a look further
+    /// ahead would cost more than it saves).
+    pub fn peek(&self, k: usize) -> Option<&E> {
+        let i = self.due.len().checked_sub(k + 1)?;
+        Some(&self.due[i].2)
+    }
+
     /// The next event and its time.
     pub fn pop(&mut self) -> Option<(u64, E)> {
         if self.len == 0 {
@@ -152,6 +160,19 @@ mod tests {
         }
         assert_eq!(got, expected);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn peek_sees_the_events_after_the_next_in_the_same_millisecond() {
+        let mut c = Calendar::new();
+        for (t, e) in [(7, 'a'), (7, 'b'), (7, 'c'), (8, 'd')] {
+            c.push(t, e);
+        }
+        assert_eq!(c.pop(), Some((7, 'a')));
+        assert_eq!((c.peek(0), c.peek(1)), (Some(&'b'), Some(&'c')));
+        assert_eq!(c.peek(2), None, "8 ms is not looked at");
+        assert_eq!(c.pop(), Some((7, 'b')));
+        assert_eq!(c.peek(0), Some(&'c'));
     }
 
     #[test]

@@ -34,6 +34,7 @@
 
 use std::time::{Duration, Instant};
 
+use prefetch_index::prefetch_index;
 use treecast_edge::tracker::core::{
     Assignment, EvictReason, Heartbeat, JoinRequest, Node, PeerId, Report, Tracker, TrackerEvent,
 };
@@ -192,6 +193,13 @@ pub struct World {
 }
 
 const NO_VIEWER: V = V::MAX;
+/// How many events ahead [`World::prefetch_ahead`] asks for a viewer's
+/// record, then for the tracker's records and its parent's, then for the
+/// tracker's records of its parent and backup: each step a few events
+/// after the one before, so what it reads has arrived.
+const PREFETCH_VIEWER: usize = 6;
+const PREFETCH_RECORDS: usize = 3;
+const PREFETCH_LINKS: usize = 1;
 /// The real peer's first wait after a refused join, and its longest
 /// (`treecast_peer::tracker`).
 const JOIN_BACKOFF_MS: u64 = 250;
@@ -245,6 +253,7 @@ impl World {
             }
             self.now = at;
             self.rec.counters.events += 1;
+            self.prefetch_ahead();
             match ev {
                 Ev::Arrive => self.arrive(),
                 Ev::Heartbeat { v, epoch } if self.current(v, epoch) => self.heartbeat(v),
@@ -279,6 +288,40 @@ impl World {
             self.stop_watching(v);
         }
         self.rec
+    }
+
+    /// Asks the CPU for the records the coming heartbeats will read, in
+    /// three steps as each arrives: the viewer's record, then its tracker
+    /// record and its parent's and backup's viewer records (reading which
+    /// brings in the second line of its own), then its parent's and
+    /// backup's tracker records. Without it, a heartbeat at 100,000
+    /// viewers waits on about eight cache misses one after another; with
+    /// it, the 100k × 60 min event runs in about two thirds of the time
+    /// (the report is the same to the byte).
+    fn prefetch_ahead(&self) {
+        let heartbeat = |k| match self.calendar.peek(k) {
+            Some(&Ev::Heartbeat { v, .. }) => Some(v),
+            _ => None,
+        };
+        if let Some(v) = heartbeat(PREFETCH_VIEWER) {
+            prefetch_index(&self.viewers, v as usize);
+        }
+        if let Some(v) = heartbeat(PREFETCH_RECORDS) {
+            let r = &self.viewers[v as usize];
+            if let Some(id) = r.id.get() {
+                self.tracker.prefetch(id);
+            }
+            for f in [r.feed, r.backup] {
+                if let Feed::Peer { v: p, .. } = f {
+                    prefetch_index(&self.viewers, p as usize);
+                }
+            }
+        }
+        if let Some(v) = heartbeat(PREFETCH_LINKS) {
+            if let Some(id) = self.viewers[v as usize].id.get() {
+                self.tracker.prefetch_links(id);
+            }
+        }
     }
 
     fn current(&self, v: V, epoch: u32) -> bool {
