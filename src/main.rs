@@ -225,6 +225,11 @@ struct SwarmArgs {
     /// Seed for roles, churn and the lab's links.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How far behind live the peers' local playlists end, seconds: the
+    /// slack the tree's lateness has before a player could wait (the
+    /// agent's own default is 4).
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    buffer_secs: f64,
     /// Seconds after the last peer started before the measured window
     /// opens (egress, offload and fallbacks count after it; stalls from
     /// each player's start).
@@ -456,8 +461,12 @@ async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
                 .work_dir
                 .unwrap_or_else(|| work_dir(&std::env::temp_dir(), "treecast-swarm"));
             let mut cluster = ClusterConfig::new(dir.clone(), current_exe()?);
+            if !(a.buffer_secs >= 0.0 && a.buffer_secs <= 60.0) {
+                anyhow::bail!("--buffer-secs must be between 0 and 60");
+            }
             cluster.root_slots = a.root_slots;
             cluster.max_children = a.max_children;
+            cluster.buffer_secs = a.buffer_secs;
             cluster.source = a.source;
             if let Some(k) = a.stream_kbps.filter(|&k| k > 0) {
                 cluster.stream_kbps = k;
