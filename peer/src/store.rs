@@ -211,17 +211,17 @@ impl Store {
     /// than it); after, the one after the newest verified (older holes are
     /// the fallback's). 0 when neither is known: all the parent holds.
     pub fn next_wanted(&self) -> u64 {
-        let first_missing = || {
-            let start = self.first_buffer_start()?;
-            let end = self.listable_end()?;
-            (start..=end).find(|seq| !self.verified.contains_key(seq))
-        };
-        if self.window.is_none() {
-            if let Some(seq) = first_missing() {
-                return seq;
-            }
+        match self.window {
+            None => self.first_buffer_missing(),
+            Some(_) => None,
         }
-        self.verified.last_key_value().map_or(0, |(&s, _)| s + 1)
+        .unwrap_or_else(|| self.verified.last_key_value().map_or(0, |(&s, _)| s + 1))
+    }
+
+    /// The first segment of the player's first buffer not verified yet.
+    fn first_buffer_missing(&self) -> Option<u64> {
+        let end = self.listable_end()?;
+        (self.first_buffer_start()?..=end).find(|seq| !self.verified.contains_key(seq))
     }
 
     /// A verified segment.
@@ -248,33 +248,24 @@ impl Store {
     /// [`fallback_done`](Self::fallback_done).
     pub fn poll_fallback(&mut self, now: Instant, tree_up: bool) -> Option<u64> {
         let live_last = self.live.as_ref()?.last?;
-        let (start, grace) = match self.window {
-            Some(w) => (
-                w.last + 1,
-                if tree_up {
-                    self.config.grace
-                } else {
-                    Duration::ZERO
-                },
-            ),
-            // Nothing listed yet: the local playlist opens on the
-            // player's whole first buffer ([`Self::refresh`]). A parent's
-            // backfill brings it; what it has not within the grace comes
-            // from the edge. A player waiting with no parent streaming (a
-            // channel it just asked for) gets it from the edge at once; a
-            // peer with neither gives the tree its grace too (its parent
-            // is usually a handshake away, and its backfill starts after
-            // the newest segment verified, so fetching the end first
-            // would leave the rest to the edge).
-            None => {
-                let now_from_edge = !tree_up && self.config.first_buffer_from_edge;
-                let grace = if now_from_edge {
-                    Duration::ZERO
-                } else {
-                    self.config.grace
-                };
-                (self.first_buffer_start()?, grace)
-            }
+        // Nothing listed yet: the local playlist opens on the player's
+        // whole first buffer ([`Self::refresh`]).
+        let start = match self.window {
+            Some(w) => w.last + 1,
+            None => self.first_buffer_start()?,
+        };
+        // The tree has its grace while a parent streams. With none, a
+        // player waiting (a channel it just asked for) gets its first
+        // buffer from the edge at once; a peer no player waits for gives
+        // the tree its grace for the first buffer too (its parent is
+        // usually a handshake away, and a backfill starts after the
+        // newest segment verified, so fetching the end first would leave
+        // the rest to the edge).
+        let first_buffer_waits = self.window.is_none() && !self.config.first_buffer_from_edge;
+        let grace = if tree_up || first_buffer_waits {
+            self.config.grace
+        } else {
+            Duration::ZERO
         };
         let seq = (start..=live_last).find(|seq| {
             !self.verified.contains_key(seq)
@@ -349,13 +340,12 @@ impl Store {
                 // fewer): opened on less, a player starting three
                 // segments from the end waits out a segment's duration
                 // for each one missing.
-                let start = self.first_buffer_start().unwrap_or(end);
-                if !(start..=end).all(|seq| self.verified.contains_key(&seq)) {
+                if self.first_buffer_missing().is_some() {
                     return false;
                 }
                 // Every verified segment before it too (up to the
                 // window), for a player that starts further back.
-                let mut first = start;
+                let mut first = self.first_buffer_start().unwrap_or(end);
                 while first > 0
                     && end - first + 1 < self.config.window as u64
                     && self.verified.contains_key(&(first - 1))
