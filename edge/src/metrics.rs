@@ -256,6 +256,12 @@ impl EdgeMetrics {
                 "Reflexive addresses refused: from a peer not behind a NAT, or not on the address its requests come from.",
                 &["channel"],
             ),
+            stale_reports: counter_vec(
+                r,
+                "treecast_edge_tracker_stale_reports_total",
+                "Reports about a parent that name a node the tracker no longer gives the reporter as parent (it moved meanwhile): ignored.",
+                &["channel"],
+            ),
             peers_behind_nat: gauge_vec(
                 r,
                 "treecast_edge_peers_behind_nat",

@@ -193,6 +193,7 @@ impl Manager {
                     let result = self.switch_to(to.clone(), reason).await;
                     if let Err(e) = &result {
                         warn!(parent = to.id, addr = ?to.addr, error = %e, "cannot connect to the assigned parent");
+                        self.report_failed(&to, e);
                     }
                     self.plan
                         .handle_switched(&to, result.is_ok(), Instant::now());
@@ -209,6 +210,28 @@ impl Manager {
                 Step::DropWarm => self.warm = None,
             }
         }
+    }
+
+    /// Tells the tracker that the parent it named could not be switched
+    /// to, so that it places this peer elsewhere now: left alone, it
+    /// would count this peer as that parent's child while this peer
+    /// streams from its old parent, or from none (then every segment
+    /// comes from the edge), until something else moved it. Not about the
+    /// edge, which refuses only while its root slots are full and takes
+    /// the child once the tracker has put it there, nor about a parent
+    /// behind a NAT, whose dial reports its own outcome.
+    fn report_failed(&self, node: &NodeInfo, error: &TreeError) {
+        if node.kind == "edge" || node.traversal {
+            return;
+        }
+        let kind = match error {
+            TreeError::Shed => ReportKind::ParentShed,
+            _ => ReportKind::ParentGap,
+        };
+        let _ = self.shared.tracker.try_send(ToTracker {
+            kind,
+            parent_id: Some(node.id),
+        });
     }
 
     /// A backup dial finished: keep the connection if the tracker still
@@ -252,6 +275,7 @@ impl Manager {
             let result = self.start(w.node.clone(), w.conn, reason).await;
             if let Err(e) = &result {
                 warn!(backup = w.node.id, error = %e, "the backup parent refused; waiting for the tracker");
+                self.report_failed(&w.node, e);
             }
             self.plan
                 .handle_switched(&w.node, result.is_ok(), Instant::now());
@@ -305,7 +329,11 @@ impl Manager {
             }
         })
         .await
-        .map_err(|_| TreeError::Timeout("Hello"))??;
+        .map_err(|_| TreeError::Timeout("Hello"))
+        .and_then(|r| r)
+        // A parent whose uplink is full may shed a child before its
+        // `Welcome` gets through.
+        .map_err(|e| if shed_us(&conn) { TreeError::Shed } else { e })?;
         let link = ParentLink {
             node: node.clone(),
             since: Instant::now(),
@@ -335,6 +363,15 @@ impl Manager {
         self.current = Some(Link { node, number, task });
         Ok(())
     }
+}
+
+/// Whether the parent closed `conn` with the shed code: its uplink is
+/// saturated and it let this peer go.
+fn shed_us(conn: &quinn::Connection) -> bool {
+    matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == CLOSE_SHED.into()
+    )
 }
 
 /// Milliseconds since `base`, for a lock-free "last heard" stamp.
@@ -432,11 +469,7 @@ async fn run_link(
     segments.shutdown().await;
     // However the loop saw it end (a stream, the control stream, the
     // connection), a parent that closed with the shed code shed us.
-    let shed = matches!(
-        conn.close_reason(),
-        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == CLOSE_SHED.into()
-    );
-    let end = if shed { LinkEnd::Shed } else { end };
+    let end = if shed_us(&conn) { LinkEnd::Shed } else { end };
     conn.close(0u32.into(), b"switching parent");
     let last_heard = base + Duration::from_millis(heard.load(Ordering::Relaxed));
     (end, last_heard)

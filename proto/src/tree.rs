@@ -195,10 +195,10 @@ pub enum TreeError {
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
     /// Writing a stream failed.
-    #[error("write: {0}")]
+    #[error("write: {}", write_detail(.0))]
     Write(#[from] quinn::WriteError),
     /// Reading a stream failed.
-    #[error("read: {0}")]
+    #[error("read: {}", read_detail(.0))]
     Read(#[from] quinn::ReadError),
     /// The stream was already finished or reset.
     #[error("stream already closed")]
@@ -221,6 +221,24 @@ pub enum TreeError {
     /// This parent let the child go: its uplink is saturated.
     #[error("shed: this parent's uplink is saturated")]
     Shed,
+}
+
+/// A failed read, with why the connection was lost when it was (quinn's
+/// own text says only "connection lost": a timeout, a reset and a parent
+/// that shed its child read the same).
+fn read_detail(e: &quinn::ReadError) -> String {
+    match e {
+        quinn::ReadError::ConnectionLost(why) => format!("connection lost: {why}"),
+        other => other.to_string(),
+    }
+}
+
+/// A failed write, with why the connection was lost when it was.
+fn write_detail(e: &quinn::WriteError) -> String {
+    match e {
+        quinn::WriteError::ConnectionLost(why) => format!("connection lost: {why}"),
+        other => other.to_string(),
+    }
 }
 
 /// Encodes one frame.
@@ -672,6 +690,25 @@ impl UploadCap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lost connection says why it was lost: the logs of a failed
+    /// switch tell a timeout from a close.
+    #[test]
+    fn a_lost_connection_says_why() {
+        let lost = || quinn::ConnectionError::TimedOut;
+        assert_eq!(
+            TreeError::from(quinn::ReadError::ConnectionLost(lost())).to_string(),
+            "read: connection lost: timed out"
+        );
+        assert_eq!(
+            TreeError::from(quinn::WriteError::ConnectionLost(lost())).to_string(),
+            "write: connection lost: timed out"
+        );
+        assert_eq!(
+            TreeError::from(quinn::ReadError::ClosedStream).to_string(),
+            "read: closed stream"
+        );
+    }
 
     fn seg(seq: u64) -> Arc<TreeSegment> {
         Arc::new(TreeSegment {

@@ -51,6 +51,10 @@ pub struct TrackerMetrics {
     /// Reflexive addresses refused (from a peer not behind a NAT, or not
     /// on the address its requests come from), by channel.
     pub reflexive_refused: IntCounterVec,
+    /// Reports about a parent (`parent_gap`, `parent_shed`,
+    /// `parent_corrupt`) that name a node the tracker no longer gives the
+    /// reporter as parent (it moved meanwhile): ignored, by channel.
+    pub stale_reports: IntCounterVec,
     /// Site leaders the edge feeds over HTTP (their site lets no UDP
     /// out), by channel.
     pub http_fed: IntGaugeVec,
@@ -69,6 +73,7 @@ impl TrackerService {
         let m = &self.metrics;
         m.repairs.with_label_values(&[ch]);
         m.reflexive_refused.with_label_values(&[ch]);
+        m.stale_reports.with_label_values(&[ch]);
         for o in ["reached", "unreachable", "ignored"] {
             m.traversals.with_label_values(&[ch, o]);
         }

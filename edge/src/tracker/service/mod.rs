@@ -558,7 +558,22 @@ impl TrackerService {
                         wire::ReportKind::Reached | wire::ReportKind::Unreachable => None,
                     };
                     match report {
-                        Some(report) => tree.tracker.handle_report(me, report, now),
+                        Some(report) => {
+                            // A report names the parent it is about; one
+                            // sent before the tracker moved the reporter
+                            // is about a node it no longer has, and must
+                            // not cost its new parent anything.
+                            let a = tree.tracker.assignment(me).map_err(unknown)?;
+                            if names_parent(a.parent, req.parent_id) {
+                                tree.tracker.handle_report(me, report, now)
+                            } else {
+                                self.metrics
+                                    .stale_reports
+                                    .with_label_values(&[channel.as_str()])
+                                    .inc();
+                                Ok(())
+                            }
+                        }
                         None => {
                             let parent = req.parent_id.ok_or_else(|| {
                                 refuse(
@@ -851,6 +866,18 @@ fn channel(name: &str) -> Result<ChannelName, Refusal> {
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
 }
 
+/// Whether a report naming `named` (its `parent_id`; the edge is 0) is
+/// about `parent`, the reporter's parent now. A report that names none
+/// (an older peer) is taken as about the parent it has.
+fn names_parent(parent: Option<Node>, named: Option<u64>) -> bool {
+    match (named, parent) {
+        (None, _) => true,
+        (Some(0), Some(Node::Root)) => true,
+        (Some(id), Some(Node::Peer(p))) => p == PeerId(id),
+        (Some(_), _) => false,
+    }
+}
+
 fn unknown(e: core::UnknownPeer) -> Refusal {
     refuse(StatusCode::NOT_FOUND, "unknown_peer", e.to_string())
 }
@@ -1072,6 +1099,58 @@ mod tests {
             p.peer_id
         );
         assert!(call("report", bare, viewer).is_err());
+    }
+
+    /// A report about a parent the reporter no longer has (it was moved
+    /// before the report arrived) is ignored and counted; one about the
+    /// parent it has moves it.
+    #[test]
+    fn a_report_about_a_former_parent_costs_the_new_one_nothing() {
+        let s = TrackerService::new(
+            TrackerSettings::loopback(TrackerConfig {
+                root_slots: 1,
+                promote_after: Duration::ZERO,
+                ..TrackerConfig::default()
+            }),
+            SigningKey::from_bytes(&[3; 32]),
+            EdgeMetrics::new().tracker,
+        );
+        let call = |endpoint: &str, body: String, port: u16| {
+            let from = SocketAddr::from(([127, 0, 0, 1], port));
+            s.handle(endpoint, body.as_bytes(), from, Now::current())
+        };
+        let join = |port: u16| {
+            call(
+                "join",
+                format!(r#"{{"channel":"demo","addr":"127.0.0.1:{port}"}}"#),
+                port,
+            )
+            .expect("join")
+        };
+        let first = join(5001);
+        let second = join(5002);
+        let third = join(5003);
+        assert_eq!(second.parent.as_ref().map(|p| p.id), Some(first.peer_id));
+        let report = |parent: u64| {
+            call(
+                "report",
+                format!(
+                    r#"{{"channel":"demo","peer_id":{},"report":"parent_gap","parent_id":{parent}}}"#,
+                    second.peer_id
+                ),
+                5002,
+            )
+            .expect("answered")
+        };
+        let stale = || s.metrics.stale_reports.with_label_values(&["demo"]).get();
+        for former in [third.peer_id, 0] {
+            let a = report(former);
+            assert_eq!(a.parent.map(|p| p.id), Some(first.peer_id), "kept");
+        }
+        assert_eq!(stale(), 2);
+        let a = report(first.peer_id);
+        assert_ne!(a.parent.map(|p| p.id), Some(first.peer_id), "moved");
+        assert_eq!(stale(), 2);
     }
 
     /// Peers behind one NAT and on one LAN are one site with nobody
