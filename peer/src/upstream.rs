@@ -60,6 +60,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// some there (measured in the network lab: `Welcome` took over 2 s behind
 /// two children's backfill on a 17 Mb/s uplink).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// While nothing streams after a parent was lost, `Welcome` gets this many
+/// round trips of the connection (within [`REPAIR_HELLO_FLOOR`] and
+/// [`REPAIR_HELLO_CEILING`]) before the parent is given up and the
+/// tracker asked for another: in the network lab, a warm backup whose
+/// uplink was full held repairs for the whole [`HELLO_TIMEOUT`] (the
+/// slowest 5% took 5.3–5.5 s), and such a parent would soon shed this
+/// child anyway.
+const REPAIR_HELLO_RTTS: u32 = 8;
+/// Least time `Welcome` gets during a repair.
+const REPAIR_HELLO_FLOOR: Duration = Duration::from_secs(1);
+/// Most time `Welcome` gets during a repair.
+const REPAIR_HELLO_CEILING: Duration = Duration::from_secs(2);
 /// One handshake attempt through a NAT: short, so that the next attempt
 /// sends a fresh first packet soon after the parent punched (QUIC's own
 /// retransmissions back off to seconds).
@@ -290,7 +302,9 @@ impl Manager {
         self.start(node, conn, reason).await
     }
 
-    /// Says `Hello` on `conn` and makes it the current link.
+    /// Says `Hello` on `conn` and makes it the current link. While a lost
+    /// parent is being replaced, `Welcome` gets a few round trips
+    /// ([`REPAIR_HELLO_RTTS`]), not the whole [`HELLO_TIMEOUT`].
     async fn start(
         &mut self,
         node: NodeInfo,
@@ -314,7 +328,12 @@ impl Manager {
             next_seq,
             resume_offset: self.shared.parked_len(next_seq),
         };
-        let (control, control_rx, decoder) = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let hello_timeout = if self.lost_at.is_some() {
+            (conn.rtt() * REPAIR_HELLO_RTTS).clamp(REPAIR_HELLO_FLOOR, REPAIR_HELLO_CEILING)
+        } else {
+            HELLO_TIMEOUT
+        };
+        let (control, control_rx, decoder) = tokio::time::timeout(hello_timeout, async {
             let (mut tx, mut rx) = conn.open_bi().await?;
             let _ = tx.set_priority(CONTROL_PRIORITY);
             tx.write_all(&encode(&hello)).await?;

@@ -930,8 +930,20 @@ impl World {
         }
         let mut until = self.now;
         if let Some(id) = self.viewers[v as usize].id.get() {
-            let _ = self.tracker.handle_report(id, Report::ParentGap, self.t());
-            self.drain();
+            // The report names the parent that went silent; the edge's
+            // service ignores one about a parent the tracker has already
+            // moved this viewer away from (to a live peer or the edge).
+            let vanished = self.viewers[v as usize].feed;
+            let now_named = self
+                .tracker
+                .assignment(id)
+                .map_or(Feed::Http, |a| self.feed_of(a.parent));
+            let stale =
+                now_named != vanished && now_named != Feed::Http && self.feed_alive(now_named);
+            if !stale {
+                let _ = self.tracker.handle_report(id, Report::ParentGap, self.t());
+                self.drain();
+            }
         }
         self.viewers[v as usize].gap_until = 0;
         self.viewers[v as usize].settled = self.now;

@@ -719,6 +719,17 @@ impl Tracker {
         Ok(self.assignment_of(i))
     }
 
+    /// `p`'s uplink fell short (it shed a child, or a child found it
+    /// silent while it lived): it keeps the children it has left as its
+    /// slots, leaves slow start, and probes for more only after
+    /// [`PROBE_HOLD`].
+    fn fell_short(&mut self, p: u32, now: Stamp) {
+        let p = &mut self.peers[p as usize];
+        p.earned = Some(p.children.len());
+        p.shed_at = Some(now);
+        p.slow_start = false;
+    }
+
     /// Records a heartbeat; answers the peer's current assignment.
     pub fn handle_heartbeat(
         &mut self,
@@ -734,6 +745,18 @@ impl Tracker {
             p.parent
         };
         if std::mem::take(&mut self.peers[i as usize].suspect) {
+            // Alive after a child found its stream stopped: what failed
+            // was its delivery, not its life. A parent still in slow
+            // start has not shown what its uplink carries, and left with
+            // its slots, one on a small uplink (too small to shed before
+            // its children give up on it) was handed child after child,
+            // each of which waited out a silence and switched (the
+            // network lab's 1 Mb/s peers, in probation). A proven parent
+            // keeps its slots: one silence of a busy machine says little,
+            // and its own shedding sees a full uplink.
+            if self.peers[i as usize].slow_start {
+                self.fell_short(i, now);
+            }
             self.mark_open(i);
         }
         if parent != ROOT && parent != NONE {
@@ -848,12 +871,7 @@ impl Tracker {
                 }
                 self.detach(i);
                 if report == Report::ParentShed && parent != ROOT {
-                    // Let go for lack of uplink: the parent keeps the
-                    // children it has left as its slots.
-                    let p = &mut self.peers[parent as usize];
-                    p.earned = Some(p.children.len());
-                    p.shed_at = Some(now);
-                    p.slow_start = false;
+                    self.fell_short(parent, now);
                 }
                 self.replace(i);
                 self.avoid = NONE;
@@ -2607,6 +2625,30 @@ mod tests {
         t.check_invariants().expect("invariants");
     }
 
+    /// A parent in slow start that its children find silent while it
+    /// lives (its uplink too small to shed before they give up on it)
+    /// keeps only the children it has left, as after a shed; a proven
+    /// parent keeps its slots.
+    #[test]
+    fn a_parent_found_silent_while_alive_keeps_only_what_it_has_left() {
+        for proven in [false, true] {
+            let (mut t, mut now, parent) = one_parent(4, 2);
+            if proven {
+                t.peers[parent.index() as usize].slow_start = false;
+            }
+            let kids: Vec<PeerId> = (0..2).map(|_| join(&mut t, now)).collect();
+            t.handle_report(kids[1], Report::ParentGap, now)
+                .expect("known");
+            now += Duration::from_secs(1);
+            t.handle_heartbeat(parent, Heartbeat::default(), now)
+                .expect("alive");
+            let p = &t.peers[parent.index() as usize];
+            assert_eq!(p.earned, (!proven).then_some(1), "proven: {proven}");
+            assert_eq!(t.slots(parent.index()), if proven { 2 } else { 1 });
+            t.check_invariants().expect("invariants");
+        }
+    }
+
     #[test]
     fn a_parent_doubles_its_slots_until_its_uplink_first_falls_short_then_adds_one() {
         let (mut t, mut now, parent) = one_parent(6, 2);
@@ -2667,6 +2709,10 @@ mod tests {
         });
         let a = join(&mut t, now);
         age(&mut t, &mut now, &[a]);
+        // A has shown what its uplink carries (in slow start, a parent
+        // found silent while alive would keep only the children it has
+        // left: none here).
+        t.peers[a.index() as usize].slow_start = false;
         let n = join(&mut t, now);
         // N gives up on A while A is the only place: N waits...
         t.handle_report(n, Report::ParentGap, now).expect("known");
@@ -2868,6 +2914,9 @@ mod tests {
     #[test]
     fn a_parent_reported_silent_is_offered_to_nobody_until_it_heartbeats() {
         let (mut t, now, c, old) = child_under_a_peer();
+        // A proven parent (one in slow start keeps only the children it
+        // has left: `a_parent_found_silent_while_alive_keeps_only_what_it_has_left`).
+        t.peers[old.index() as usize].slow_start = false;
         t.handle_report(c, Report::ParentGap, now).expect("known");
         // Newcomers go elsewhere, and nobody is given it as backup.
         for _ in 0..3 {
