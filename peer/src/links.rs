@@ -12,6 +12,14 @@
 //!   ended, is not tried again for [`FAILED_COOLDOWN`]; the edge, which
 //!   refuses while its root slots are full and takes the child once the
 //!   tracker has put it there, only for [`EDGE_COOLDOWN`];
+//! - **saying so**: a parent that cannot be switched to is reported to
+//!   the tracker at once (by the driver, which knows why), and a parent
+//!   the tracker goes on naming while it cools down is reported again,
+//!   at most every [`REPORT_EVERY`]: left alone, the tracker counts this
+//!   peer as that parent's child while it streams from another or from
+//!   none (then every segment comes from the edge) until something else
+//!   moves it. Not the edge, nor a parent behind a NAT (a dial through a
+//!   NAT reports its own outcome);
 //! - **warm backup**: one connection to the backup is kept open, dialled
 //!   in the background (a dial through a NAT takes seconds), never to the
 //!   parent itself, dropped when the tracker names none; when the parent's
@@ -30,6 +38,10 @@ use treecast_proto::tracker::{Assignment, NodeInfo};
 pub const FAILED_COOLDOWN: Duration = Duration::from_secs(10);
 /// The edge that refused is tried again after this long.
 pub const EDGE_COOLDOWN: Duration = Duration::from_secs(1);
+/// A cooling parent the tracker still names is reported again after this
+/// long (the tracker answers a report with a new assignment at once; one
+/// that names the same parent again had nowhere else to put this peer).
+pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// A node as the plan tells nodes apart: the same id at another address
 /// (a peer that joined again) is another node.
@@ -71,6 +83,9 @@ pub enum Step {
     Warm(NodeInfo),
     /// Close the backup's warm connection.
     DropWarm,
+    /// Tell the tracker that this parent it names will not be tried now
+    /// (`parent_gap` naming it): it places this peer elsewhere.
+    Report(NodeInfo),
 }
 
 /// The links' state and policy; see the module docs.
@@ -86,6 +101,8 @@ pub struct Plan {
     backup: Option<NodeKey>,
     /// Nodes that failed, and when.
     failed: HashMap<NodeKey, Instant>,
+    /// Nodes last reported to the tracker, and when.
+    reported: HashMap<NodeKey, Instant>,
 }
 
 impl Plan {
@@ -98,6 +115,8 @@ impl Plan {
     fn cooling(&mut self, k: NodeKey, now: Instant) -> bool {
         self.failed
             .retain(|_, at| now.saturating_duration_since(*at) < FAILED_COOLDOWN);
+        self.reported
+            .retain(|_, at| now.saturating_duration_since(*at) < REPORT_EVERY);
         let cooldown = if k.edge {
             EDGE_COOLDOWN
         } else {
@@ -116,7 +135,16 @@ impl Plan {
         let mut steps = Vec::new();
         if let Some(want) = a.parent.as_ref().filter(quic) {
             let k = NodeKey::of(want);
-            if self.current != Some(k) && !self.cooling(k, now) {
+            let cooling = self.cooling(k, now);
+            if self.current != Some(k)
+                && cooling
+                && reportable(want)
+                && !self.reported.contains_key(&k)
+            {
+                self.reported.insert(k, now);
+                steps.push(Step::Report(want.clone()));
+            }
+            if self.current != Some(k) && !cooling {
                 let reason = if self.current.is_some() {
                     "assigned"
                 } else {
@@ -160,6 +188,8 @@ impl Plan {
             self.current = Some(k);
         } else {
             self.failed.insert(k, now);
+            // The driver reports it, knowing why it failed.
+            self.reported.insert(k, now);
         }
     }
 
@@ -193,9 +223,19 @@ impl Plan {
     pub fn handle_link_ended(&mut self, now: Instant) -> Option<NodeKey> {
         if let Some(lost) = self.current.take() {
             self.failed.insert(lost, now);
+            // The driver reports why the link ended.
+            self.reported.insert(lost, now);
         }
         self.warm
     }
+}
+
+/// Whether the tracker should hear of this parent failing: not the edge,
+/// which refuses only while its root slots are full and takes the child
+/// once the tracker has put it there, nor a parent behind a NAT, whose
+/// dial reports its own outcome.
+pub fn reportable(n: &NodeInfo) -> bool {
+    n.kind != "edge" && !n.traversal
 }
 
 #[cfg(test)]
@@ -259,8 +299,25 @@ mod tests {
         let a = assignment(Some(node("peer", 1)), None);
         assert_eq!(p.handle_assignment(&a, false, now).len(), 1);
         p.handle_switched(&node("peer", 1), false, now);
-        assert!(p.handle_assignment(&a, false, now + 9 * S).is_empty());
-        assert_eq!(p.handle_assignment(&a, false, now + 10 * S).len(), 1);
+        // The driver reported the failure; the tracker still names it
+        // later: reported again, every 2 s at most, and not tried.
+        assert!(p.handle_assignment(&a, false, now + S).is_empty());
+        assert_eq!(
+            p.handle_assignment(&a, false, now + 2 * S),
+            vec![Step::Report(node("peer", 1))]
+        );
+        assert!(p.handle_assignment(&a, false, now + 3 * S).is_empty());
+        assert_eq!(
+            p.handle_assignment(&a, false, now + 9 * S),
+            vec![Step::Report(node("peer", 1))]
+        );
+        assert_eq!(
+            p.handle_assignment(&a, false, now + 10 * S),
+            vec![Step::Switch {
+                to: node("peer", 1),
+                reason: "joined"
+            }]
+        );
         let e = assignment(Some(node("edge", 0)), None);
         p.handle_switched(&node("edge", 0), false, now);
         assert!(p.handle_assignment(&e, false, now + S / 2).is_empty());

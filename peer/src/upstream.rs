@@ -40,7 +40,7 @@ use treecast_proto::tree::{
 };
 use treecast_proto::wire::{Frame, FrameDecoder, VERSION};
 
-use crate::links::{NodeKey, Plan, Step};
+use crate::links::{reportable, NodeKey, Plan, Step};
 use crate::liveness::Liveness;
 use crate::shared::{ParentLink, Partial, Shared, Source, ToTracker, TraversalOutcome};
 
@@ -220,20 +220,25 @@ impl Manager {
                     });
                 }
                 Step::DropWarm => self.warm = None,
+                Step::Report(node) => {
+                    info!(
+                        parent = node.id,
+                        "the tracker names a parent that failed moments ago; asking for another"
+                    );
+                    let _ = self.shared.tracker.try_send(ToTracker {
+                        kind: ReportKind::ParentGap,
+                        parent_id: Some(node.id),
+                    });
+                }
             }
         }
     }
 
     /// Tells the tracker that the parent it named could not be switched
-    /// to, so that it places this peer elsewhere now: left alone, it
-    /// would count this peer as that parent's child while this peer
-    /// streams from its old parent, or from none (then every segment
-    /// comes from the edge), until something else moved it. Not about the
-    /// edge, which refuses only while its root slots are full and takes
-    /// the child once the tracker has put it there, nor about a parent
-    /// behind a NAT, whose dial reports its own outcome.
+    /// to, so that it places this peer elsewhere now (see
+    /// [`crate::links`], "saying so").
     fn report_failed(&self, node: &NodeInfo, error: &TreeError) {
-        if node.kind == "edge" || node.traversal {
+        if !reportable(node) {
             return;
         }
         let kind = match error {
