@@ -328,9 +328,9 @@ struct Collected {
     slot_of: HashMap<usize, usize>,
     /// Slots whose peers are leaf only.
     leaf_slots: std::collections::HashSet<usize>,
-    /// Per peer, (tree bytes, edge bytes, fallbacks) when the measured
-    /// window opened after a warm-up.
-    baseline: HashMap<usize, (u64, u64, u64)>,
+    /// Per peer, its counters when the measured window opened after a
+    /// warm-up.
+    baseline: HashMap<usize, Baseline>,
     /// Per slot, the upload cap (`None`: unlimited), for the physical limit.
     caps: Vec<Option<u32>>,
     /// Per slot in the lab, what its link carried in the measured window.
@@ -369,6 +369,15 @@ impl Collected {
     fn has_children(&self, number: usize) -> bool {
         self.last.get(&number).is_some_and(|s| s.children > 0)
     }
+}
+
+/// A peer's counters when the measured window opened.
+#[derive(Debug, Clone, Copy, Default)]
+struct Baseline {
+    tree: u64,
+    edge: u64,
+    fallbacks: u64,
+    repairs: u64,
 }
 
 async fn start_one(cluster: &mut Cluster, options: PeerOptions) -> anyhow::Result<Running> {
@@ -579,7 +588,15 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
             collected.baseline = collected
                 .last
                 .iter()
-                .map(|(&n, s)| (n, (s.bytes_from_tree, s.bytes_from_edge, s.fallbacks)))
+                .map(|(&n, s)| {
+                    let b = Baseline {
+                        tree: s.bytes_from_tree,
+                        edge: s.bytes_from_edge,
+                        fallbacks: s.fallbacks,
+                        repairs: s.repairs_total,
+                    };
+                    (n, b)
+                })
                 .collect();
             edge_before = edge_counters(&cluster).await?;
             links_before = read_links(config.net.as_ref()).await;
@@ -679,10 +696,16 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
     for r in &running {
         let _ = r.stop.send(true);
     }
-    // Peers leave together (each takes a few seconds to drain).
-    let mut leaving = tokio::task::JoinSet::new();
+    // Every peer's last status is read before any leaves: a peer read
+    // after its parent left would count its switch at the end of the
+    // run as a repair. Then they leave together (each takes a few
+    // seconds to drain).
+    let mut processes = Vec::with_capacity(running.len());
     for r in running {
-        let mut process = wrap_up(r, &mut collected).await;
+        processes.push(wrap_up(r, &mut collected).await);
+    }
+    let mut leaving = tokio::task::JoinSet::new();
+    for mut process in processes {
         leaving.spawn(async move { process.terminate().await });
     }
     while leaving.join_next().await.is_some() {}
@@ -720,11 +743,11 @@ fn summarize(
     // Per peer, what it received and fetched in the measured window.
     let measured = || {
         c.last.iter().map(|(n, s)| {
-            let (t, e, f) = c.baseline.get(n).copied().unwrap_or_default();
+            let b = c.baseline.get(n).copied().unwrap_or_default();
             (
-                s.bytes_from_tree.saturating_sub(t),
-                s.bytes_from_edge.saturating_sub(e),
-                s.fallbacks.saturating_sub(f),
+                s.bytes_from_tree.saturating_sub(b.tree),
+                s.bytes_from_edge.saturating_sub(b.edge),
+                s.fallbacks.saturating_sub(b.fallbacks),
             )
         })
     };
@@ -777,8 +800,16 @@ fn summarize(
             Source::Edge => fallback_lags.push(lag),
         }
     }
-    let mut repairs: Vec<f64> = statuses()
-        .flat_map(|s| s.repairs_ms.iter())
+    // The repairs of the measured window: each peer's last ones, as
+    // many as it made since the window opened.
+    let mut repairs: Vec<f64> = c
+        .last
+        .iter()
+        .flat_map(|(n, s)| {
+            let since = c.baseline.get(n).map_or(0, |b| b.repairs);
+            let made = usize::try_from(s.repairs_total.saturating_sub(since)).unwrap_or(usize::MAX);
+            s.repairs_ms.iter().rev().take(made)
+        })
         .map(|&v| v as f64)
         .collect();
     let mut startups: Vec<f64> = c
@@ -992,9 +1023,9 @@ fn site_reports(net: &NetRun, c: &Collected, secs: f64, stream_kbps: f64) -> Vec
                     let Some(last) = c.last.get(n) else {
                         return false;
                     };
-                    let (tree0, edge0, _) = c.baseline.get(n).copied().unwrap_or_default();
-                    let edge = last.bytes_from_edge.saturating_sub(edge0);
-                    let tree = last.bytes_from_tree.saturating_sub(tree0);
+                    let b = c.baseline.get(n).copied().unwrap_or_default();
+                    let edge = last.bytes_from_edge.saturating_sub(b.edge);
+                    let tree = last.bytes_from_tree.saturating_sub(b.tree);
                     edge > tree
                 })
                 .count();

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -206,7 +207,7 @@ pub struct Shared {
     pub edges: std::sync::Arc<Edges>,
     /// When the tracker of the edge in use last placed this peer (a join
     /// answered), Unix milliseconds; 0 before.
-    pub joined_ms: std::sync::atomic::AtomicU64,
+    pub joined_ms: AtomicU64,
     /// The tracker's latest answer.
     pub assignment: watch::Sender<Option<Assignment>>,
     /// The parent streaming now.
@@ -236,6 +237,8 @@ pub struct Shared {
     /// The last repair times: from the parent's last sign of life to the
     /// new parent streaming, in milliseconds.
     repairs: Mutex<VecDeque<u64>>,
+    /// Repairs since start (`repairs` keeps the last [`HISTORY`]).
+    repairs_total: AtomicU64,
     /// The last dials through a NAT.
     traversals: Mutex<VecDeque<TraversalOutcome>>,
 }
@@ -294,6 +297,7 @@ impl Shared {
             first_streaming_ms: std::sync::OnceLock::new(),
             recent: Mutex::new(VecDeque::new()),
             repairs: Mutex::new(VecDeque::new()),
+            repairs_total: AtomicU64::new(0),
             traversals: Mutex::new(VecDeque::new()),
         }
     }
@@ -424,6 +428,7 @@ impl Shared {
     /// Records a repair that took `ms`.
     pub fn record_repair(&self, ms: u64) {
         push_bounded(&self.repairs, ms);
+        self.repairs_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Starts handing segment `seq` to the children as it arrives (cut
@@ -501,6 +506,11 @@ impl Shared {
     /// The last repair times in milliseconds, oldest first.
     pub fn repairs(&self) -> Vec<u64> {
         lock(&self.repairs).iter().copied().collect()
+    }
+
+    /// Repairs since start.
+    pub fn repairs_total(&self) -> u64 {
+        self.repairs_total.load(Ordering::Relaxed)
     }
 }
 

@@ -160,6 +160,9 @@ pub struct Status {
     /// The last repair times in ms (parent's last sign of life to the new
     /// parent streaming), oldest first.
     pub repairs_ms: Vec<u64>,
+    /// Repairs since the peer started (`repairs_ms` holds the last 32).
+    #[serde(default)]
+    pub repairs_total: u64,
     /// The last dials to a parent or backup through its NAT (up to 32),
     /// oldest first.
     #[serde(default)]
@@ -216,6 +219,7 @@ pub fn status(shared: &Shared, pinned: bool) -> Status {
         uptime_s: shared.started.elapsed().as_secs(),
         recent: shared.recent(),
         repairs_ms: shared.repairs(),
+        repairs_total: shared.repairs_total(),
         traversals: shared.traversals(),
     }
 }
