@@ -380,6 +380,14 @@ struct Baseline {
     repairs: u64,
 }
 
+/// The repair times of the measured window: of a peer's last repairs
+/// (`listed`, oldest first; its status keeps 32), those it made after its
+/// count passed `since` (`total` now).
+fn window_repairs(listed: &[u64], total: u64, since: u64) -> impl Iterator<Item = &u64> {
+    let made = usize::try_from(total.saturating_sub(since)).unwrap_or(usize::MAX);
+    listed.iter().rev().take(made)
+}
+
 async fn start_one(cluster: &mut Cluster, options: PeerOptions) -> anyhow::Result<Running> {
     let process = cluster.spawn_peer(options).await?;
     let (stop, rx) = watch::channel(false);
@@ -800,15 +808,12 @@ fn summarize(
             Source::Edge => fallback_lags.push(lag),
         }
     }
-    // The repairs of the measured window: each peer's last ones, as
-    // many as it made since the window opened.
     let mut repairs: Vec<f64> = c
         .last
         .iter()
         .flat_map(|(n, s)| {
             let since = c.baseline.get(n).map_or(0, |b| b.repairs);
-            let made = usize::try_from(s.repairs_total.saturating_sub(since)).unwrap_or(usize::MAX);
-            s.repairs_ms.iter().rev().take(made)
+            window_repairs(&s.repairs_ms, s.repairs_total, since)
         })
         .map(|&v| v as f64)
         .collect();
@@ -1114,6 +1119,24 @@ impl OriginDigests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the repairs made after the window opened count, however many
+    /// the status still lists.
+    #[test]
+    fn repairs_before_the_window_are_not_counted() {
+        // Five repairs so far, the last three listed; three were made
+        // before the window opened.
+        let listed = [900, 40, 60];
+        let mut got: Vec<u64> = window_repairs(&listed, 5, 3).copied().collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![40, 60]);
+        assert_eq!(window_repairs(&listed, 5, 5).count(), 0);
+        assert_eq!(
+            window_repairs(&listed, 5, 0).count(),
+            3,
+            "no more than listed"
+        );
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

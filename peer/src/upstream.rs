@@ -225,10 +225,7 @@ impl Manager {
                         parent = node.id,
                         "the tracker names a parent that failed moments ago; asking for another"
                     );
-                    let _ = self.shared.tracker.try_send(ToTracker {
-                        kind: ReportKind::ParentGap,
-                        parent_id: Some(node.id),
-                    });
+                    self.tell(ReportKind::ParentGap, &node);
                 }
             }
         }
@@ -245,6 +242,12 @@ impl Manager {
             TreeError::Shed => ReportKind::ParentShed,
             _ => ReportKind::ParentGap,
         };
+        self.tell(kind, node);
+    }
+
+    /// Reports `kind` about `node` to the tracker (dropped when the queue
+    /// to the tracker client is full).
+    fn tell(&self, kind: ReportKind, node: &NodeInfo) {
         let _ = self.shared.tracker.try_send(ToTracker {
             kind,
             parent_id: Some(node.id),
@@ -283,10 +286,7 @@ impl Manager {
             LinkEnd::Closed(_) => (ReportKind::ParentGap, "closed"),
         };
         warn!(parent = node.id, reason = %end, "lost the parent; switching to the backup");
-        let _ = self.shared.tracker.try_send(ToTracker {
-            kind: report,
-            parent_id: Some(node.id),
-        });
+        self.tell(report, &node);
         let warm = self.warm.take_if(|w| backup == Some(NodeKey::of(&w.node)));
         if let Some(w) = warm {
             let result = self.start(w.node.clone(), w.conn, reason).await;
