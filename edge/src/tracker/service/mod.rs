@@ -956,6 +956,20 @@ mod tests {
         )
     }
 
+    /// A service whose edge has one root slot and whose newcomers may
+    /// take children at once.
+    fn one_root_slot() -> TrackerService {
+        TrackerService::new(
+            TrackerSettings::loopback(TrackerConfig {
+                root_slots: 1,
+                promote_after: Duration::ZERO,
+                ..TrackerConfig::default()
+            }),
+            SigningKey::from_bytes(&[3; 32]),
+            EdgeMetrics::new().tracker,
+        )
+    }
+
     /// A site's WAN streams: what its peers received from outside it
     /// (a parent elsewhere, the edge) over what they received, times its
     /// viewers. Two NATed peers, one under the other: one copy enters.
@@ -1001,15 +1015,7 @@ mod tests {
     /// told once to punch towards that child.
     #[test]
     fn a_nat_peer_is_observed_then_reached_through_a_punch() {
-        let s = TrackerService::new(
-            TrackerSettings::loopback(TrackerConfig {
-                root_slots: 1,
-                promote_after: Duration::ZERO,
-                ..TrackerConfig::default()
-            }),
-            SigningKey::from_bytes(&[3; 32]),
-            EdgeMetrics::new().tracker,
-        );
+        let s = one_root_slot();
         let office = SocketAddr::from(([203, 0, 113, 7], 40000));
         let call = |endpoint: &str, body: String, from: SocketAddr| {
             s.handle(endpoint, body.as_bytes(), from, Now::current())
@@ -1106,15 +1112,7 @@ mod tests {
     /// parent it has moves it.
     #[test]
     fn a_report_about_a_former_parent_costs_the_new_one_nothing() {
-        let s = TrackerService::new(
-            TrackerSettings::loopback(TrackerConfig {
-                root_slots: 1,
-                promote_after: Duration::ZERO,
-                ..TrackerConfig::default()
-            }),
-            SigningKey::from_bytes(&[3; 32]),
-            EdgeMetrics::new().tracker,
-        );
+        let s = one_root_slot();
         let call = |endpoint: &str, body: String, port: u16| {
             let from = SocketAddr::from(([127, 0, 0, 1], port));
             s.handle(endpoint, body.as_bytes(), from, Now::current())
