@@ -135,25 +135,21 @@ impl Plan {
         let mut steps = Vec::new();
         if let Some(want) = a.parent.as_ref().filter(quic) {
             let k = NodeKey::of(want);
-            let cooling = self.cooling(k, now);
-            if self.current != Some(k)
-                && cooling
-                && reportable(want)
-                && !self.reported.contains_key(&k)
-            {
-                self.reported.insert(k, now);
-                steps.push(Step::Report(want.clone()));
-            }
-            if self.current != Some(k) && !cooling {
-                let reason = if self.current.is_some() {
-                    "assigned"
-                } else {
-                    "joined"
-                };
-                steps.push(Step::Switch {
-                    to: want.clone(),
-                    reason,
-                });
+            if self.current != Some(k) {
+                if !self.cooling(k, now) {
+                    let reason = if self.current.is_some() {
+                        "assigned"
+                    } else {
+                        "joined"
+                    };
+                    steps.push(Step::Switch {
+                        to: want.clone(),
+                        reason,
+                    });
+                } else if reportable(want) && !self.reported.contains_key(&k) {
+                    self.reported.insert(k, now);
+                    steps.push(Step::Report(want.clone()));
+                }
             }
         }
         let backup = a.backup.as_ref().filter(quic);
