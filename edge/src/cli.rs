@@ -80,15 +80,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(q) = a.quic_listen {
         config.quic_listen = q;
     }
+    let stop =
+        treecast_proto::app::shutdown_listener().context("listening for Ctrl-C and SIGTERM")?;
     let edge = EdgeHandle::start(config).await?;
     eprintln!(
         "edge serving on http://{0}  (playlists at http://{0}/live/<channel>/index.m3u8, tracker at http://{0}/tracker/v1/, metrics at http://{0}/metrics); tree root on QUIC {1}",
         edge.local_addr(),
         edge.quic_addr()
     );
-    treecast_proto::app::shutdown_signal()
-        .await
-        .context("waiting for Ctrl-C or SIGTERM")?;
+    stop.await;
     eprintln!("shutting down");
     edge.shutdown().await;
     Ok(())

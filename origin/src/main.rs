@@ -172,6 +172,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
             }
             let looped: Vec<String> = config.file.iter().map(|f| f.channel.clone()).collect();
+            let stop = treecast_proto::app::shutdown_listener()
+                .context("listening for Ctrl-C and SIGTERM")?;
             let origin = OriginHandle::start(config).await?;
             eprintln!(
                 "origin serving on http://{0}  (playlists at http://{0}/live/<channel>/index.m3u8, publish with PUT http://{0}/ingest/<channel>)\npublic key: {1}",
@@ -181,9 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for f in &looped {
                 eprintln!("play: http://{}/live/{}/index.m3u8", origin.local_addr(), f);
             }
-            treecast_proto::app::shutdown_signal()
-                .await
-                .context("waiting for Ctrl-C or SIGTERM")?;
+            stop.await;
             eprintln!("shutting down");
             origin.shutdown().await;
             Ok(())

@@ -251,6 +251,8 @@ fn config_of(cli: RunArgs) -> anyhow::Result<PeerConfig> {
 async fn run_agent(cli: RunArgs) -> anyhow::Result<()> {
     let watch_stdin = cli.exit_with_stdin;
     let config = config_of(cli)?;
+    let stop =
+        treecast_proto::app::shutdown_listener().context("listening for Ctrl-C and SIGTERM")?;
     let peer = PeerHandle::start(config).await?;
     // Scripts (the demo, the harnesses) read this line.
     let mut ready = String::from("peer ready:");
@@ -263,7 +265,7 @@ async fn run_agent(cli: RunArgs) -> anyhow::Result<()> {
         peer.quic_addr()
     );
     tokio::select! {
-        r = treecast_proto::app::shutdown_signal() => r.context("waiting for Ctrl-C or SIGTERM")?,
+        () = stop => {}
         _ = stdin_closed(), if watch_stdin => eprintln!("standard input closed"),
     }
     eprintln!("leaving every channel's tree");

@@ -67,14 +67,30 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Resolves at the first Ctrl-C (SIGINT) or SIGTERM: the two ways an
-/// operator, a service manager or a script asks a process to stop.
+/// Installs the Ctrl-C (SIGINT) and SIGTERM handlers now, and returns
+/// what resolves at the first of them: the two ways an operator, a
+/// service manager or a script asks a process to stop. A server calls it
+/// before it announces its address, so that a signal sent as soon as the
+/// address shows is never met by the default action, which kills the
+/// process without its shutdown (a test that did just that failed once
+/// in CI).
+pub fn shutdown_listener() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// Resolves at the first Ctrl-C (SIGINT) or SIGTERM from the first poll
+/// on ([`shutdown_listener`] installs the handlers at once).
 pub async fn shutdown_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
+    shutdown_listener()?.await;
+    Ok(())
 }
 
 /// A config's `origin_key` (hex, as `origin key` prints it), checked.
