@@ -445,10 +445,10 @@ async fn run(cli: Cli, net: Option<NetRun>) -> anyhow::Result<()> {
             config.edge_listen = a.edge_listen;
             config.origin_listen = a.origin_listen;
             config.root_slots = a.root_slots;
-            treecast::demo::run(config, a.peers, async {
-                let _ = treecast_proto::app::shutdown_signal().await;
-            })
-            .await
+            // Installed before the demo prints where to play and watch.
+            let stop = treecast_proto::app::shutdown_listener()
+                .map_err(|e| anyhow::anyhow!("listening for Ctrl-C and SIGTERM: {e}"))?;
+            treecast::demo::run(config, a.peers, stop).await
         }
         Command::Swarm(a) => {
             fraction("kill-fraction", a.kill_fraction)?;
