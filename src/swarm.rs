@@ -165,9 +165,9 @@ pub struct Report {
     pub peer_inferred_rebuffer_ratio: f64,
     /// Segments peers fetched from the edge because the tree was late.
     pub fallbacks: u64,
-    /// Children let go by parents whose uplink was full, whole run.
+    /// Children let go by parents whose uplink was full, in the measured window.
     pub children_shed: u64,
-    /// Segments that failed verification at a peer.
+    /// Segments that failed verification at a peer, in the measured window.
     pub corrupt_detected: u64,
     /// Segments a player received that differ from the origin's (must be 0).
     pub corrupt_served: u64,
@@ -378,6 +378,34 @@ struct Baseline {
     edge: u64,
     fallbacks: u64,
     repairs: u64,
+    shed: u64,
+    corrupt: u64,
+}
+
+impl Baseline {
+    /// A peer's counters as its status gives them.
+    fn of(s: &Status) -> Self {
+        Self {
+            tree: s.bytes_from_tree,
+            edge: s.bytes_from_edge,
+            fallbacks: s.fallbacks,
+            repairs: s.repairs_total,
+            shed: s.children_shed,
+            corrupt: s.corrupt,
+        }
+    }
+
+    /// What was counted since `before`.
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            tree: self.tree.saturating_sub(before.tree),
+            edge: self.edge.saturating_sub(before.edge),
+            fallbacks: self.fallbacks.saturating_sub(before.fallbacks),
+            repairs: self.repairs.saturating_sub(before.repairs),
+            shed: self.shed.saturating_sub(before.shed),
+            corrupt: self.corrupt.saturating_sub(before.corrupt),
+        }
+    }
 }
 
 /// The repair times of the measured window: of a peer's last repairs
@@ -596,15 +624,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
             collected.baseline = collected
                 .last
                 .iter()
-                .map(|(&n, s)| {
-                    let b = Baseline {
-                        tree: s.bytes_from_tree,
-                        edge: s.bytes_from_edge,
-                        fallbacks: s.fallbacks,
-                        repairs: s.repairs_total,
-                    };
-                    (n, b)
-                })
+                .map(|(&n, s)| (n, Baseline::of(s)))
                 .collect();
             edge_before = edge_counters(&cluster).await?;
             links_before = read_links(config.net.as_ref()).await;
@@ -751,15 +771,11 @@ fn summarize(
     // Per peer, what it received and fetched in the measured window.
     let measured = || {
         c.last.iter().map(|(n, s)| {
-            let b = c.baseline.get(n).copied().unwrap_or_default();
-            (
-                s.bytes_from_tree.saturating_sub(b.tree),
-                s.bytes_from_edge.saturating_sub(b.edge),
-                s.fallbacks.saturating_sub(b.fallbacks),
-            )
+            let before = c.baseline.get(n).copied().unwrap_or_default();
+            Baseline::of(s).since(&before)
         })
     };
-    let received: u64 = measured().map(|(t, e, _)| t + e).sum();
+    let received: u64 = measured().map(|m| m.tree + m.edge).sum();
     let offload = if received == 0 {
         0.0
     } else {
@@ -838,16 +854,16 @@ fn summarize(
         offload_ratio: offload,
         physical_limit: limit,
         offload_vs_limit: ratio(offload, limit),
-        bytes_from_tree: measured().map(|(t, _, _)| t).sum(),
-        bytes_from_edge_http: measured().map(|(_, e, _)| e).sum(),
+        bytes_from_tree: measured().map(|m| m.tree).sum(),
+        bytes_from_edge_http: measured().map(|m| m.edge).sum(),
         stalls,
         rebuffer_ratio: ratio(rebuffer, watched),
         peer_inferred_stalls: inferred.0,
         peer_inferred_stall_s: inferred.1 as f64 / 1000.0,
         peer_inferred_rebuffer_ratio: ratio(inferred.1 as f64, inferred.2 as f64),
-        fallbacks: measured().map(|(_, _, f)| f).sum(),
-        children_shed: statuses().map(|s| s.children_shed).sum(),
-        corrupt_detected: statuses().map(|s| s.corrupt).sum(),
+        fallbacks: measured().map(|m| m.fallbacks).sum(),
+        children_shed: measured().map(|m| m.shed).sum(),
+        corrupt_detected: measured().map(|m| m.corrupt).sum(),
         corrupt_served,
         evictions_corrupt: edge.evicted_corrupt,
         evictions_silent: edge.evicted_silent,
