@@ -489,6 +489,12 @@ pub async fn spawn_peer(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        // Each peer stands for a viewer's own machine, but the harness
+        // packs them all onto this one: a runtime thread per core in every
+        // peer makes a hundred processes wake each other's idle threads
+        // (a tenth of the lab's CPU went to task switches). One is plenty
+        // for one viewer's stream and children.
+        .env("TOKIO_WORKER_THREADS", "1")
         .kill_on_drop(true);
     let started = Instant::now();
     let mut child = cmd

@@ -289,8 +289,8 @@ struct Peer {
     /// Children it has shown it can feed; `None` until a window with
     /// children is measured (then probation slots apply).
     earned: Option<usize>,
-    /// When it last shed a child (it probes for more no sooner than
-    /// [`PROBE_HOLD`] after).
+    /// When its uplink last fell short (it probes for more no sooner
+    /// than [`PROBE_HOLD`] after).
     shed_at: Option<Stamp>,
     site: u32,
     /// Peers naming this one as their backup.
@@ -301,6 +301,9 @@ struct Peer {
     punch_failed: u16,
     leaf_only: bool,
     promoted: bool,
+    /// Probes since it was cut to no slots that failed too: each doubles
+    /// the wait before the next ([`Tracker::reprobe`]).
+    reprobes: u8,
     in_open: bool,
     /// Behind a NAT; see [`JoinRequest::nat`].
     nat: bool,
@@ -322,6 +325,10 @@ const SATURATED: f64 = 0.4;
 /// A probe that overfills the uplink costs the probe child a switch;
 /// once a minute is cheap.
 const PROBE_HOLD: Duration = Duration::from_secs(60);
+
+/// Most doublings of [`PROBE_HOLD`] between a zero-slot peer's probes:
+/// one probe in 16 minutes at worst.
+const MAX_REPROBE_SHIFT: u8 = 4;
 
 /// Children a peer must have earned to trade places with a weak peer
 /// nearer the root.
@@ -653,6 +660,7 @@ impl Tracker {
             height: 0,
             leaf_only,
             promoted: false,
+            reprobes: 0,
             in_open: false,
             site: req.site,
             nat: req.nat,
@@ -730,6 +738,31 @@ impl Tracker {
         p.slow_start = false;
     }
 
+    /// A peer whose uplink fell short of one child has no slot, and
+    /// without a child it is never measured again: it stayed a leaf for
+    /// its session, whatever cut it (a busy minute, a shared uplink
+    /// that freed up, a burst of loss). After [`PROBE_HOLD`], doubled for
+    /// each probe of this kind that failed since, it gets one slot in
+    /// slow start again: if the child is fed, its slots grow as a
+    /// joiner's do; if not, it is cut at once (the silence rule, a shed)
+    /// and waits twice as long. A 1 Mb/s peer that can never carry a
+    /// 2.5 Mb/s stream costs one child's switch at 1, 3, 7, 15 minutes,
+    /// then one every 16 minutes.
+    fn reprobe(&mut self, i: u32, now: Stamp) {
+        let p = &mut self.peers[i as usize];
+        let hold = PROBE_HOLD * (1u32 << p.reprobes.min(MAX_REPROBE_SHIFT));
+        let due = p.earned == Some(0)
+            && p.children.is_empty()
+            && p.shed_at.is_some_and(|t| now.since(t) >= hold);
+        if !due {
+            return;
+        }
+        p.earned = Some(1);
+        p.slow_start = true;
+        p.reprobes = p.reprobes.saturating_add(1);
+        self.mark_open(i);
+    }
+
     /// Records a heartbeat; answers the peer's current assignment.
     pub fn handle_heartbeat(
         &mut self,
@@ -764,6 +797,7 @@ impl Tracker {
             }
             self.mark_open(i);
         }
+        self.reprobe(i, now);
         if parent != ROOT && parent != NONE {
             let par = &mut self.peers[parent as usize];
             par.credit_bytes += hb.bytes_from_parent;
@@ -1117,8 +1151,13 @@ impl Tracker {
         };
         let earned = p.earned.unwrap_or(children);
         let may_probe = p.shed_at.is_none_or(|t| now.since(t) >= PROBE_HOLD);
+        if delivered >= SATURATED {
+            // It carried its children: a probe from zero slots worked.
+            p.reprobes = 0;
+        }
         p.earned = Some(if delivered < SATURATED {
             p.slow_start = false;
+            p.shed_at = Some(now);
             let proven = (u64::from(p.measured_kbps) / stream) as usize;
             proven.min(children - 1)
         } else if children >= earned && may_probe {
@@ -2657,6 +2696,47 @@ mod tests {
             assert_eq!(t.slots(parent.index()), slots_after, "{case}");
             t.check_invariants().expect("invariants");
         }
+    }
+
+    /// A peer cut to no slots probes with one slot again after the hold,
+    /// and after each failed probe of that kind waits twice as long; one
+    /// that feeds its probe child grows again.
+    #[test]
+    fn a_peer_cut_to_no_slots_probes_again_later_and_later() {
+        let (mut t, mut now, parent) = one_parent(4, 1);
+        let slots = |t: &Tracker| t.slots(parent.index());
+        let fail_probe = |t: &mut Tracker, now: Instant| {
+            let kid = join(t, now);
+            assert_eq!(
+                t.assignment(kid).expect("placed").parent,
+                Some(Node::Peer(parent))
+            );
+            t.handle_report(kid, Report::ParentShed, now)
+                .expect("known");
+            t.handle_leave(kid, now).expect("known");
+        };
+        fail_probe(&mut t, now);
+        assert_eq!(slots(&t), 0);
+        for (wait, case) in [(60, "first probe"), (120, "after one failed")] {
+            for _ in 0..wait - 1 {
+                second(&mut t, &mut now, &[parent], &[], 1.0);
+            }
+            assert_eq!(slots(&t), 0, "{case}: before the hold is over");
+            second(&mut t, &mut now, &[parent], &[], 1.0);
+            assert_eq!(slots(&t), 1, "{case}: once it is over");
+            if case == "first probe" {
+                fail_probe(&mut t, now);
+            }
+        }
+        // This probe child is fed: the parent grows as a joiner does, and
+        // a later cut waits the first hold again.
+        let kid = join(&mut t, now);
+        for _ in 0..5 {
+            second(&mut t, &mut now, &[parent, kid], &[], 1.0);
+        }
+        assert_eq!(slots(&t), 2);
+        assert_eq!(t.peers[parent.index() as usize].reprobes, 0);
+        t.check_invariants().expect("invariants");
     }
 
     #[test]
