@@ -435,6 +435,10 @@ impl Cluster {
     }
 }
 
+/// How much lower than this process the peers it starts are scheduled
+/// (`nice -n`; see [`spawn_peer`]).
+const PEER_NICENESS: &str = "10";
+
 /// Starts peer number `number` given `edges` and waits for its "peer
 /// ready" line.
 pub async fn spawn_peer(
@@ -446,21 +450,24 @@ pub async fn spawn_peer(
     let log_path = config.work_dir.join(format!("peer-{number}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let (mut cmd, default_proxy, quic) = match &options.net {
-        // `ip netns exec` enters the namespace and execs the peer: the
-        // pid is the peer's.
+    // Peers stand for viewers' own machines; the origin, the edge, the
+    // lab's link emulator and the players run in this process and stand
+    // for servers and screens with CPUs of their own. Sharing one
+    // machine, the peers yield to them: starved by a hundred peers, the
+    // edge answered heartbeats late, evicted live peers, and fed their
+    // orphaned children over HTTP, which starved it further (the
+    // 100-peer lab collapsed that way, twice a run). `nice` and
+    // `ip netns exec` both exec what follows: the pid is the peer's.
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", PEER_NICENESS]);
+    let (default_proxy, quic) = match &options.net {
         Some(net) => {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &net.netns])
-                .arg(&config.peer_exe);
-            (cmd, "127.0.0.1:0".to_string(), format!("{}:0", net.wan))
+            cmd.args(["ip", "netns", "exec", &net.netns]);
+            ("127.0.0.1:0".to_string(), format!("{}:0", net.wan))
         }
-        None => (
-            Command::new(&config.peer_exe),
-            "127.0.0.1:0".to_string(),
-            "127.0.0.1:0".to_string(),
-        ),
+        None => ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
     };
+    cmd.arg(&config.peer_exe);
     cmd.arg("peer");
     for e in edges {
         cmd.args(["--edge", e]);
