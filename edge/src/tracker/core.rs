@@ -304,9 +304,9 @@ struct Peer {
     /// Probes since it was cut to no slots that failed too: each doubles
     /// the wait before the next ([`Tracker::reprobe`]).
     reprobes: u8,
-    /// Share of its children's bytes it delivered in its last measured
-    /// window, percent.
-    last_delivered: Option<u8>,
+    /// Its children got at least [`SATURATED`] of their bytes from it in
+    /// its last measured window.
+    fed: bool,
     in_open: bool,
     /// Behind a NAT; see [`JoinRequest::nat`].
     nat: bool,
@@ -664,7 +664,7 @@ impl Tracker {
             leaf_only,
             promoted: false,
             reprobes: 0,
-            last_delivered: None,
+            fed: false,
             in_open: false,
             site: req.site,
             nat: req.nat,
@@ -795,23 +795,19 @@ impl Tracker {
             // waited out a silence and switched (the network lab's 1 Mb/s
             // peers, on probation), and one that shed kept the slot of a
             // child that was leaving anyway (a mobile parent at depth 1
-            // shed 13 children in a minute). A parent past slow start
-            // keeps its slots: a silence of a busy machine says little,
-            // and its own shedding sees a full uplink. (Cutting only
-            // parents on probation measured worse in the lab: docs/tracker.md.)
-            // Unless its children's bytes say it was delivering (this
-            // window's, else the last one's): then the silence was a
-            // pause, not its uplink. A loaded machine pauses every
-            // process at once: in the 100-peer lab, 144 silences in 25 s
-            // cut parents that were feeding their children fully, until
-            // 60 peers waited for slots the tree no longer offered.
+            // shed 13 children in a minute). (Cutting only parents on
+            // probation measured worse in the lab: docs/tracker.md.)
+            // Two keep their slots: a parent past slow start (a silence
+            // of a busy machine says little, and its own shedding sees a
+            // full uplink), and one whose children's bytes came from it,
+            // this window or the last measured one (a pause, not its
+            // uplink: a loaded machine pauses every process at once; in
+            // the 100-peer lab, 144 silences in 25 s cut parents that fed
+            // their children fully, until 60 peers waited for slots the
+            // tree no longer offered).
             let p = &self.peers[i as usize];
-            let delivering = p
-                .delivered()
-                .or(p.last_delivered.map(|pct| f64::from(pct) / 100.0))
-                .is_some_and(|d| d >= SATURATED);
-            if !delivering && (p.slow_start || p.shed_at.is_some_and(|t| now.since(t) < PROBE_HOLD))
-            {
+            let fed = p.delivered().map_or(p.fed, |d| d >= SATURATED);
+            if !fed && (p.slow_start || p.shed_at.is_some_and(|t| now.since(t) < PROBE_HOLD)) {
                 self.fell_short(i, now);
             }
             self.mark_open(i);
@@ -1170,8 +1166,8 @@ impl Tracker {
         };
         let earned = p.earned.unwrap_or(children);
         let may_probe = p.shed_at.is_none_or(|t| now.since(t) >= PROBE_HOLD);
-        p.last_delivered = Some((delivered * 100.0) as u8);
-        if delivered >= SATURATED {
+        p.fed = delivered >= SATURATED;
+        if p.fed {
             // It carried its children: a probe from zero slots worked.
             p.reprobes = 0;
         }
