@@ -456,16 +456,19 @@ pub async fn spawn_peer(
     // machine, the peers yield to them: starved by a hundred peers, the
     // edge answered heartbeats late, evicted live peers, and fed their
     // orphaned children over HTTP, which starved it further (the
-    // 100-peer lab collapsed that way, twice a run). `nice` and
-    // `ip netns exec` both exec what follows: the pid is the peer's.
+    // 100-peer lab collapsed that way, twice a run). For the same reason
+    // each peer runs one runtime thread: one per core in every peer made
+    // a hundred processes wake each other's idle threads (a tenth of the
+    // lab's CPU went to task switches). `nice` and `ip netns exec` both
+    // exec what follows: the pid is the peer's.
     let mut cmd = Command::new("nice");
     cmd.args(["-n", PEER_NICENESS]);
-    let (default_proxy, quic) = match &options.net {
+    let quic = match &options.net {
         Some(net) => {
             cmd.args(["ip", "netns", "exec", &net.netns]);
-            ("127.0.0.1:0".to_string(), format!("{}:0", net.wan))
+            format!("{}:0", net.wan)
         }
-        None => ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
+        None => "127.0.0.1:0".to_string(),
     };
     cmd.arg(&config.peer_exe);
     cmd.arg("peer");
@@ -477,7 +480,7 @@ pub async fn spawn_peer(
     }
     let proxy = options
         .proxy_listen
-        .map_or(default_proxy, |a| a.to_string());
+        .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
     cmd.args(&options.args)
         .args(["--proxy-listen", &proxy])
         .args(["--quic-listen", &quic])
@@ -496,11 +499,6 @@ pub async fn spawn_peer(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
-        // Each peer stands for a viewer's own machine, but the harness
-        // packs them all onto this one: a runtime thread per core in every
-        // peer makes a hundred processes wake each other's idle threads
-        // (a tenth of the lab's CPU went to task switches). One is plenty
-        // for one viewer's stream and children.
         .env("TOKIO_WORKER_THREADS", "1")
         .kill_on_drop(true);
     let started = Instant::now();
