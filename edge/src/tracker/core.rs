@@ -1222,7 +1222,11 @@ impl Tracker {
             return;
         };
         let wparent = self.peers[w as usize].parent;
-        if self.is_in_subtree(wparent, f) || !self.reaches(f, wparent) || !self.reaches(w, fparent)
+        if self.is_in_subtree(wparent, f)
+            || !self.reaches(f, wparent)
+            || !self.reaches(w, fparent)
+            || self.leaves_its_lan(f, fparent, wparent)
+            || self.leaves_its_lan(w, wparent, fparent)
         {
             return;
         }
@@ -1236,6 +1240,17 @@ impl Tracker {
             self.events
                 .push_back(TrackerEvent::Moved(self.assignment_of(moved)));
         }
+    }
+
+    /// Whether moving `c`, behind its site's NAT or firewall, from `from`
+    /// to `to` takes it off a parent on its site (over the LAN) to one
+    /// elsewhere: a second copy of the stream into its site over the WAN
+    /// link, which the site placement in [`Self::find_parent`] exists to
+    /// avoid. (A public peer's site, its /24, is only a preference.)
+    fn leaves_its_lan(&self, c: u32, from: u32, to: u32) -> bool {
+        let me = &self.peers[c as usize];
+        let on_site = |p: u32| p != ROOT && p != NONE && self.peers[p as usize].site == me.site;
+        me.site_bound() && on_site(from) && !on_site(to)
     }
 
     fn slots(&self, i: u32) -> usize {
@@ -2365,6 +2380,77 @@ mod tests {
             }
         }
         t.check_invariants().expect("invariants");
+    }
+
+    /// A proven feeder of an office, fed over its LAN, is not lifted into
+    /// the slot of a weak public peer at the root: that would pull the
+    /// office a second copy over its WAN link (the weak peer, dialable
+    /// through the office's NAT, would have gone below the feeder's
+    /// parent). `tests/netlab_sites.rs` caught this one run in three.
+    #[test]
+    fn a_feeder_fed_over_its_lan_is_not_lifted_off_its_site() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            max_children: 2,
+            ..config()
+        });
+        let public = |t: &mut Tracker, site: u32, now: Instant| {
+            t.handle_join(
+                JoinRequest {
+                    site,
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("public peer")
+            .id
+        };
+        let mut offices = vec![behind_a_nat(&mut t, 7, now).id];
+        let weak = public(&mut t, 1, now);
+        let mut all = vec![offices[0], weak];
+        for wave in 0..2 {
+            age(&mut t, &mut now, &all);
+            for _ in 0..2 << wave {
+                let o = behind_a_nat(&mut t, 7, now).id;
+                offices.push(o);
+                all.push(o);
+            }
+        }
+        for &o in &offices {
+            t.handle_reach(o).expect("office peer");
+        }
+        age(&mut t, &mut now, &all);
+        all.push(public(&mut t, 2, now));
+        let from_outside = |t: &Tracker| {
+            offices
+                .iter()
+                .filter(|&&o| match t.assignment(o).expect("alive").parent {
+                    Some(Node::Peer(p)) => !offices.contains(&p),
+                    _ => true,
+                })
+                .count()
+        };
+        assert_eq!(from_outside(&t), 1);
+        let depth = |t: &Tracker, p| t.assignment(p).expect("alive").depth;
+        assert!(
+            offices
+                .iter()
+                .any(|&o| depth(&t, o) >= 2 && t.children(o.index()).len() == 2),
+            "an office peer below the top feeds two colleagues"
+        );
+        // The public peer at the root delivers a tenth of the stream and
+        // sheds everything; the office's feeders deliver it all.
+        for _ in 0..20 {
+            second(&mut t, &mut now, &all, &[weak], 0.1);
+            t.check_invariants().expect("invariants");
+            assert_eq!(from_outside(&t), 1, "{:?}", t.peers().collect::<Vec<_>>());
+        }
+        assert_eq!(
+            t.peers[weak.index() as usize].earned,
+            Some(0),
+            "the public peer fell short"
+        );
     }
 
     #[test]
