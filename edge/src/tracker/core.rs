@@ -840,12 +840,13 @@ impl Tracker {
             }
         }
         let due = now.since(self.peers[i as usize].backup_checked) >= BACKUP_RECHECK;
-        if parent != NONE && due && self.backup_peer(i).is_none() {
-            // The edge was the backup of last resort, or the backup left:
-            // a peer that can take the child now is better. (A backup that
-            // filled up is found out at repair, which then picks the best
-            // free slot; checking room on every heartbeat costs more than
-            // it saves.)
+        let overbooked = |b: u32| self.peers[b as usize].backers > self.backer_room(b);
+        if parent != NONE && due && self.backup_peer(i).is_none_or(overbooked) {
+            // The edge was the backup of last resort, or the backup left
+            // or took children since: a peer that can take the child now
+            // is better. (Found out only at repair, a full backup took the
+            // child, shed it or its newest, and held the repair for a
+            // `Welcome` its full uplink delayed past a second.)
             self.peers[i as usize].backup_checked = now;
             let b = self.find_backup(i);
             self.set_backup(i, b);
@@ -1607,7 +1608,7 @@ impl Tracker {
                         && p.site == me.site
                         && p.depth == d
                         && self.has_room(c)
-                        && p.backers < MAX_BACKERS
+                        && p.backers < self.backer_room(c)
                         && self.survives_parent(c, i)
                     {
                         return c;
@@ -1621,7 +1622,7 @@ impl Tracker {
                     && c != self.avoid
                     && self.reaches(i, c)
                     && self.has_room(c)
-                    && self.peers[c as usize].backers < MAX_BACKERS
+                    && self.peers[c as usize].backers < self.backer_room(c)
                     && self.survives_parent(c, i)
                 {
                     return c;
@@ -1633,6 +1634,16 @@ impl Tracker {
         } else {
             ROOT
         }
+    }
+
+    /// Most peers `c` may back: its free slots (siblings lose their parent
+    /// together; named the same backup with one free slot, they all
+    /// switched to it, saturated its uplink and waited out its `Welcome`:
+    /// most repairs over a second in the 100-peer lab), and never more
+    /// than [`MAX_BACKERS`].
+    fn backer_room(&self, c: u32) -> u32 {
+        let free = self.slots(c).saturating_sub(self.children(c).len());
+        (free as u32).min(MAX_BACKERS)
     }
 
     fn depth_of_parent_slot(&self, i: u32) -> u8 {
@@ -3234,6 +3245,59 @@ mod tests {
             .handle_heartbeat(c.id, Heartbeat::default(), now)
             .expect("c");
         assert_eq!(c2.backup, Some(Node::Peer(b.id)));
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn siblings_are_not_named_one_backup_with_one_free_slot() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            ..config()
+        });
+        // Two parents of two slots each (probation; a cap of two streams).
+        let a = join(&mut t, now);
+        let b = t
+            .handle_join(
+                JoinRequest {
+                    max_upload_kbps: Some(2_000),
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("b")
+            .id;
+        age(&mut t, &mut now, &[a, b]);
+        let kids: Vec<Assignment> = (0..3)
+            .map(|_| t.handle_join(JoinRequest::default(), now).expect("kid"))
+            .collect();
+        // One parent has two children; the other has one slot left. Both
+        // siblings may have named it while it had two; a heartbeat after
+        // the recheck interval finds it overbooked.
+        let all: Vec<PeerId> = [a, b]
+            .into_iter()
+            .chain(kids.iter().map(|k| k.id))
+            .collect();
+        age(&mut t, &mut now, &all);
+        let (full, spare) = if t.children(a.index()).len() == 2 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(t.children(full.index()).len(), 2);
+        assert_eq!(t.children(spare.index()).len(), 1);
+        let siblings: Vec<&Assignment> = kids
+            .iter()
+            .filter(|k| k.parent == Some(Node::Peer(full)))
+            .collect();
+        let backed_by_spare = siblings
+            .iter()
+            .filter(|k| t.assignment(k.id).expect("kid").backup == Some(Node::Peer(spare)))
+            .count();
+        assert_eq!(
+            backed_by_spare, 1,
+            "both siblings would move to its one free slot"
+        );
         t.check_invariants().expect("invariants");
     }
 
