@@ -1592,8 +1592,13 @@ impl Tracker {
         let parent = self.peers[i as usize].parent;
         // A peer with room, no deeper than this one, that is neither the
         // parent nor below us (on its own site first, for a peer only its
-        // site can reach); the edge only when there is none (it feeds a
-        // peer that switches to it until the tracker moves it on).
+        // site can reach), and that fed its children in its last measured
+        // window: a repair lands on the backup at once, and an untried
+        // parent on a small uplink held it for seconds (in the 100-peer
+        // lab its uplink, flooded by a first child, delayed even its
+        // `Welcome`; repair p95 3.7-4.2 s with untried backups, 1.5-2.6 s
+        // without). The edge only when there is none (it feeds a peer that
+        // switches to it until the tracker moves it on).
         let me = &self.peers[i as usize];
         if me.site_bound() {
             for d in 1..=self.depth_of_parent_slot(i) {
@@ -1608,6 +1613,7 @@ impl Tracker {
                         && p.site == me.site
                         && p.depth == d
                         && self.has_room(c)
+                        && p.fed
                         && p.backers < self.backer_room(c)
                         && self.survives_parent(c, i)
                     {
@@ -1622,6 +1628,7 @@ impl Tracker {
                     && c != self.avoid
                     && self.reaches(i, c)
                     && self.has_room(c)
+                    && self.peers[c as usize].fed
                     && self.peers[c as usize].backers < self.backer_room(c)
                     && self.survives_parent(c, i)
                 {
@@ -3226,25 +3233,48 @@ mod tests {
     }
 
     #[test]
-    fn the_edge_stays_backup_only_until_a_peer_can_be() {
+    fn the_edge_stays_backup_only_until_a_peer_has_fed_its_children() {
         let mut now = Instant::now();
         let mut t = Tracker::new(TrackerConfig {
             root_slots: 2,
             ..config()
         });
-        let a = t.handle_join(JoinRequest::default(), now).expect("a");
+        // a carries one stream: one child.
+        let a = t
+            .handle_join(
+                JoinRequest {
+                    max_upload_kbps: Some(1_000),
+                    ..JoinRequest::default()
+                },
+                now,
+            )
+            .expect("a");
         let b = t.handle_join(JoinRequest::default(), now).expect("b");
         // c promotes a early; b, a newcomer, cannot take children yet, so
         // the edge is c's backup of last resort.
         let c = t.handle_join(JoinRequest::default(), now).expect("c");
         assert_eq!(c.parent, Some(Node::Peer(a.id)));
         assert_eq!(c.backup, Some(Node::Root));
-        // Once b is promoted, c's next heartbeat names b.
+        // Promoted, b may take children, but has not shown it can feed
+        // one: a backup takes a whole repair at once (in the 100-peer lab,
+        // untried parents on small uplinks held repairs for seconds).
         age(&mut t, &mut now, &[a.id, b.id]);
         let c2 = t
             .handle_heartbeat(c.id, Heartbeat::default(), now)
             .expect("c");
-        assert_eq!(c2.backup, Some(Node::Peer(b.id)));
+        assert_eq!(c2.backup, Some(Node::Root));
+        // d goes under b, the only parent with room, and b feeds it: c's
+        // next recheck names b (before a's: b has one slot to spare).
+        let d = t.handle_join(JoinRequest::default(), now).expect("d");
+        assert_eq!(d.parent, Some(Node::Peer(b.id)));
+        let all = [c.id, d.id, a.id, b.id];
+        for _ in 0..4 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+        }
+        assert_eq!(
+            t.assignment(c.id).expect("c").backup,
+            Some(Node::Peer(b.id))
+        );
         t.check_invariants().expect("invariants");
     }
 
@@ -3271,14 +3301,15 @@ mod tests {
         let kids: Vec<Assignment> = (0..3)
             .map(|_| t.handle_join(JoinRequest::default(), now).expect("kid"))
             .collect();
-        // One parent has two children; the other has one slot left. Both
-        // siblings may have named it while it had two; a heartbeat after
-        // the recheck interval finds it overbooked.
-        let all: Vec<PeerId> = [a, b]
-            .into_iter()
-            .chain(kids.iter().map(|k| k.id))
-            .collect();
-        age(&mut t, &mut now, &all);
+        // One parent has two children; the other has one slot left. Once
+        // both have fed their children, the siblings' rechecks name a
+        // backup each: the one slot goes to one of them.
+        // (The children heartbeat first: the peers at the root look for
+        // a backup too, and would take the slot first.)
+        let all: Vec<PeerId> = kids.iter().map(|k| k.id).chain([a, b]).collect();
+        for _ in 0..4 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+        }
         let (full, spare) = if t.children(a.index()).len() == 2 {
             (a, b)
         } else {
