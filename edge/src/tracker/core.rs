@@ -840,13 +840,17 @@ impl Tracker {
             }
         }
         let due = now.since(self.peers[i as usize].backup_checked) >= BACKUP_RECHECK;
-        let overbooked = |b: u32| self.peers[b as usize].backers > self.backer_room(b);
-        if parent != NONE && due && self.backup_peer(i).is_none_or(overbooked) {
-            // The edge was the backup of last resort, or the backup left
-            // or took children since: a peer that can take the child now
-            // is better. (Found out only at repair, a full backup took the
-            // child, shed it or its newest, and held the repair for a
-            // `Welcome` its full uplink delayed past a second.)
+        let better = |b: u32| {
+            let p = &self.peers[b as usize];
+            !p.fed || p.backers > self.backer_room(b)
+        };
+        if parent != NONE && due && self.backup_peer(i).is_none_or(better) {
+            // The edge was the backup of last resort, the backup left, is
+            // untried, or took children since: a proven peer that can take
+            // the child now is better. (Found out only at repair, a full
+            // backup took the child, shed it or its newest, and held the
+            // repair for a `Welcome` its full uplink delayed past a
+            // second.)
             self.peers[i as usize].backup_checked = now;
             let b = self.find_backup(i);
             self.set_backup(i, b);
@@ -1589,17 +1593,34 @@ impl Tracker {
     }
 
     fn find_backup(&self, i: u32) -> u32 {
-        let parent = self.peers[i as usize].parent;
-        // A peer with room, no deeper than this one, that is neither the
-        // parent nor below us (on its own site first, for a peer only its
-        // site can reach), and that fed its children in its last measured
-        // window: a repair lands on the backup at once, and an untried
+        // A peer that fed its children in its last measured window first,
+        // then any: a repair lands on the backup at once, and an untried
         // parent on a small uplink held it for seconds (in the 100-peer
         // lab its uplink, flooded by a first child, delayed even its
-        // `Welcome`; repair p95 3.7-4.2 s with untried backups, 1.5-2.6 s
-        // without). The edge only when there is none (it feeds a peer that
-        // switches to it until the tracker moves it on).
+        // `Welcome`; repair p95 3.7-4.2 s with any backup, 1.5-2.6 s with
+        // only proven ones). The edge only when there is none (it feeds a
+        // peer that switches to it until the tracker moves it on).
+        let parent = self.peers[i as usize].parent;
+        self.backup_among(i, true)
+            .or_else(|| self.backup_among(i, false))
+            .unwrap_or(if parent == ROOT { NONE } else { ROOT })
+    }
+
+    /// A backup for `i` among peers that fed their children (`proven`) or
+    /// among all: one with room, no deeper than `i`, that is neither its
+    /// parent nor below it (on its own site first, for a peer only its
+    /// site can reach).
+    fn backup_among(&self, i: u32, proven: bool) -> Option<u32> {
         let me = &self.peers[i as usize];
+        let fits = |c: u32| {
+            let p = &self.peers[c as usize];
+            c != i
+                && c != self.avoid
+                && self.has_room(c)
+                && (p.fed || !proven)
+                && p.backers < self.backer_room(c)
+                && self.survives_parent(c, i)
+        };
         if me.site_bound() {
             for d in 1..=self.depth_of_parent_slot(i) {
                 let Some(list) = self.site_open.get(&(me.site, d)) else {
@@ -1607,40 +1628,20 @@ impl Tracker {
                 };
                 for &c in list.iter().rev().take(8) {
                     let p = &self.peers[c as usize];
-                    if c != i
-                        && c != self.avoid
-                        && p.live
-                        && p.site == me.site
-                        && p.depth == d
-                        && self.has_room(c)
-                        && p.fed
-                        && p.backers < self.backer_room(c)
-                        && self.survives_parent(c, i)
-                    {
-                        return c;
+                    if p.live && p.site == me.site && p.depth == d && fits(c) {
+                        return Some(c);
                     }
                 }
             }
         }
         for d in 1..=usize::from(self.depth_of_parent_slot(i)) {
             for &c in self.open[d].iter().rev().take(8) {
-                if c != i
-                    && c != self.avoid
-                    && self.reaches(i, c)
-                    && self.has_room(c)
-                    && self.peers[c as usize].fed
-                    && self.peers[c as usize].backers < self.backer_room(c)
-                    && self.survives_parent(c, i)
-                {
-                    return c;
+                if self.reaches(i, c) && fits(c) {
+                    return Some(c);
                 }
             }
         }
-        if parent == ROOT {
-            NONE
-        } else {
-            ROOT
-        }
+        None
     }
 
     /// Most peers `c` may back: its free slots (siblings lose their parent
@@ -3233,13 +3234,36 @@ mod tests {
     }
 
     #[test]
-    fn the_edge_stays_backup_only_until_a_peer_has_fed_its_children() {
+    fn the_edge_stays_backup_only_until_a_peer_can_be() {
         let mut now = Instant::now();
         let mut t = Tracker::new(TrackerConfig {
             root_slots: 2,
             ..config()
         });
-        // a carries one stream: one child.
+        let a = t.handle_join(JoinRequest::default(), now).expect("a");
+        let b = t.handle_join(JoinRequest::default(), now).expect("b");
+        // c promotes a early; b, a newcomer, cannot take children yet, so
+        // the edge is c's backup of last resort.
+        let c = t.handle_join(JoinRequest::default(), now).expect("c");
+        assert_eq!(c.parent, Some(Node::Peer(a.id)));
+        assert_eq!(c.backup, Some(Node::Root));
+        // Once b is promoted, c's next heartbeat names b.
+        age(&mut t, &mut now, &[a.id, b.id]);
+        let c2 = t
+            .handle_heartbeat(c.id, Heartbeat::default(), now)
+            .expect("c");
+        assert_eq!(c2.backup, Some(Node::Peer(b.id)));
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_backup_is_a_peer_that_fed_its_children_when_there_is_one() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 3,
+            ..config()
+        });
+        // a carries one stream: one child, c.
         let a = t
             .handle_join(
                 JoinRequest {
@@ -3248,33 +3272,33 @@ mod tests {
                 },
                 now,
             )
-            .expect("a");
-        let b = t.handle_join(JoinRequest::default(), now).expect("b");
-        // c promotes a early; b, a newcomer, cannot take children yet, so
-        // the edge is c's backup of last resort.
-        let c = t.handle_join(JoinRequest::default(), now).expect("c");
-        assert_eq!(c.parent, Some(Node::Peer(a.id)));
-        assert_eq!(c.backup, Some(Node::Root));
-        // Promoted, b may take children, but has not shown it can feed
-        // one: a backup takes a whole repair at once (in the 100-peer lab,
-        // untried parents on small uplinks held repairs for seconds).
-        age(&mut t, &mut now, &[a.id, b.id]);
-        let c2 = t
-            .handle_heartbeat(c.id, Heartbeat::default(), now)
-            .expect("c");
-        assert_eq!(c2.backup, Some(Node::Root));
-        // d goes under b, the only parent with room, and b feeds it: c's
-        // next recheck names b (before a's: b has one slot to spare).
-        let d = t.handle_join(JoinRequest::default(), now).expect("d");
-        assert_eq!(d.parent, Some(Node::Peer(b.id)));
-        let all = [c.id, d.id, a.id, b.id];
-        for _ in 0..4 {
-            second(&mut t, &mut now, &all, &[], 1.0);
-        }
-        assert_eq!(
-            t.assignment(c.id).expect("c").backup,
-            Some(Node::Peer(b.id))
-        );
+            .expect("a")
+            .id;
+        let (b, e) = (join(&mut t, now), join(&mut t, now));
+        let c = join(&mut t, now);
+        assert_eq!(t.assignment(c).expect("c").parent, Some(Node::Peer(a)));
+        // b and e, promoted, are untried: with no proven peer, one of them
+        // rather than the edge.
+        age(&mut t, &mut now, &[a, b, e, c]);
+        now += BACKUP_RECHECK;
+        let backup = t
+            .handle_heartbeat(c, Heartbeat::default(), now)
+            .expect("c")
+            .backup;
+        let untried = match backup {
+            Some(Node::Peer(x)) if x == b || x == e => x,
+            other => panic!("backup {other:?}, not b or e"),
+        };
+        // The other one feeds children from now on: c's next recheck
+        // names it.
+        let proven = if untried == b { e } else { b };
+        t.peers[proven.index() as usize].fed = true;
+        now += BACKUP_RECHECK;
+        let backup = t
+            .handle_heartbeat(c, Heartbeat::default(), now)
+            .expect("c")
+            .backup;
+        assert_eq!(backup, Some(Node::Peer(proven)));
         t.check_invariants().expect("invariants");
     }
 
