@@ -2348,6 +2348,18 @@ mod tests {
         .expect("placed")
     }
 
+    /// A public peer of `site` joins.
+    fn public(t: &mut Tracker, site: u32, now: Instant) -> Assignment {
+        t.handle_join(
+            JoinRequest {
+                site,
+                ..JoinRequest::default()
+            },
+            now,
+        )
+        .expect("public peer")
+    }
+
     #[test]
     fn a_site_behind_a_nat_pulls_one_copy_and_parents_only_its_own() {
         let mut now = Instant::now();
@@ -2357,16 +2369,6 @@ mod tests {
             ..config()
         });
         let office = |t: &mut Tracker, now: Instant| behind_a_nat(t, 7, now);
-        let public = |t: &mut Tracker, site: u32, now: Instant| {
-            t.handle_join(
-                JoinRequest {
-                    site,
-                    ..JoinRequest::default()
-                },
-                now,
-            )
-            .expect("public peer")
-        };
         let p1 = public(&mut t, 1, now);
         let first = office(&mut t, now);
         now += Duration::from_secs(1);
@@ -2414,19 +2416,8 @@ mod tests {
             max_children: 2,
             ..config()
         });
-        let public = |t: &mut Tracker, site: u32, now: Instant| {
-            t.handle_join(
-                JoinRequest {
-                    site,
-                    ..JoinRequest::default()
-                },
-                now,
-            )
-            .expect("public peer")
-            .id
-        };
         let mut offices = vec![behind_a_nat(&mut t, 7, now).id];
-        let weak = public(&mut t, 1, now);
+        let weak = public(&mut t, 1, now).id;
         let mut all = vec![offices[0], weak];
         for wave in 0..2 {
             age(&mut t, &mut now, &all);
@@ -2440,7 +2431,7 @@ mod tests {
             t.handle_reach(o).expect("office peer");
         }
         age(&mut t, &mut now, &all);
-        all.push(public(&mut t, 2, now));
+        all.push(public(&mut t, 2, now).id);
         let from_outside = |t: &Tracker| {
             offices
                 .iter()
