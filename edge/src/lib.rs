@@ -10,6 +10,7 @@
 //! - [`origin`]: the HTTP client for the origin.
 //! - [`server`]: HTTP routes.
 //! - [`tracker`]: the placement state machine and its HTTP+JSON driver.
+//! - [`uplink_test`]: measuring a peer's uplink before it takes children.
 //! - [`root`]: the QUIC root of every delivery tree.
 //! - [`dashboard`]: the operator dashboard, its JSON API and history.
 //! - [`run`]: starting and stopping a whole edge ([`EdgeHandle`]).
@@ -29,3 +30,4 @@ pub use config::EdgeConfig;
 pub use run::EdgeHandle;
 pub mod root;
 pub mod tracker;
+pub mod uplink_test;

@@ -262,6 +262,19 @@ impl EdgeMetrics {
                 "Reports about a parent that name a node the tracker no longer gives the reporter as parent (it moved meanwhile): ignored.",
                 &["channel"],
             ),
+            uplink_tests: reg(
+                r,
+                prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "treecast_edge_tracker_uplink_test_kbps",
+                        "What peers' uplink tests carried, kb/s (a test sends at the stream's rate times the probation slots, so the top bucket means at least that).",
+                    )
+                    .buckets(vec![
+                        500.0, 1_000.0, 2_000.0, 3_000.0, 5_000.0, 10_000.0, 20_000.0,
+                    ]),
+                )
+                .unwrap_or_else(|e| panic!("metric uplink_test_kbps: {e}")),
+            ),
             peers_behind_nat: gauge_vec(
                 r,
                 "treecast_edge_peers_behind_nat",

@@ -5,6 +5,7 @@
 //! | GET/HEAD | `/live/<channel>/index.m3u8` | playlist, at most half a target duration old while the origin is reachable |
 //! | GET/HEAD | `/live/<channel>/<seq>.ts`, `.sig` | segment or signature; streamed while it arrives from the origin |
 //! | POST | `/tracker/v1/{join,heartbeat,leave,report}` | the tracker (see `docs/tracker.md`) |
+//! | POST | `/tracker/v1/uplink-test?channel=C&peer_id=N` | a peer's uplink test ([`crate::uplink_test`]) |
 //! | GET | `/origin/key` | the origin's public key (hex), fetched once from the origin |
 //! | GET | `/dashboard` | the operator dashboard (HTML; see `docs/dashboard.md`) |
 //! | GET | `/api/v1/dashboard` | its data as JSON (`?peers=N` peers listed per channel, default 300) |
@@ -28,6 +29,8 @@ use crate::cache::Cache;
 use crate::metrics::EdgeMetrics;
 use crate::tracker::service::{Now, TrackerService};
 use crate::tracker::wire::MAX_BODY;
+use crate::uplink_test;
+use treecast_proto::tracker::{UPLINK_TEST_PATH, UPLINK_TEST_WINDOW};
 use treecast_proto::viewer::{PlayerReport, ReportBook, MAX_REPORT_BODY};
 
 /// Everything request handlers need.
@@ -69,7 +72,9 @@ impl h::Handler for EdgeService {
         } else {
             "other"
         };
-        let resp = if route == "tracker" && req.method() == Method::POST {
+        let resp = if path == UPLINK_TEST_PATH && req.method() == Method::POST {
+            self.uplink_test(req).await
+        } else if route == "tracker" && req.method() == Method::POST {
             self.tracker_request(req).await
         } else if path == "/api/v1/player-report" && req.method() == Method::POST {
             // Open to any page, like the segments: the dashboard token
@@ -171,6 +176,46 @@ impl EdgeService {
             Ok(a) => h::json(StatusCode::OK, &a),
             Err(r) => h::text(r.status, r.message),
         }
+    }
+
+    /// Measures a peer's uplink (see [`crate::uplink_test`]) and tells
+    /// its tracker.
+    async fn uplink_test(&self, req: Request<Incoming>) -> Response<Body> {
+        let from = req
+            .extensions()
+            .get::<h::RemoteAddr>()
+            .map_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.0);
+        let channel = query_param(&req, "channel");
+        let peer_id = query_param(&req, "peer_id").and_then(|v| v.parse::<u64>().ok());
+        let (Some(channel), Some(peer_id)) = (channel, peer_id) else {
+            return h::text(
+                StatusCode::BAD_REQUEST,
+                format!("an uplink test is POST {UPLINK_TEST_PATH}?channel=C&peer_id=N"),
+            );
+        };
+        let kbps = match self
+            .tracker
+            .begin_uplink_test(&channel, peer_id, from, Now::current())
+        {
+            Ok(k) => k,
+            Err(r) => return h::text(r.status, r.message),
+        };
+        // Twice what the test sends: a peer cannot keep the edge reading.
+        let limit = u64::from(kbps) * 1000 / 8 * 2;
+        let result = match uplink_test::measure(req.into_body(), limit, UPLINK_TEST_WINDOW).await {
+            Ok(r) => r,
+            Err(e) => return h::text(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        if let Err(r) =
+            self.tracker
+                .finish_uplink_test(&channel, peer_id, result.kbps, Now::current())
+        {
+            return h::text(r.status, r.message);
+        }
+        let mut resp = h::json(StatusCode::OK, &result);
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        resp
     }
 
     async fn player_report(&self, req: Request<Incoming>) -> Response<Body> {

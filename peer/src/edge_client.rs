@@ -154,7 +154,7 @@ impl EdgeClient {
         limit: usize,
         timeout: Duration,
     ) -> Result<Bytes, EdgeError> {
-        self.request(Method::GET, path, Bytes::new(), limit, timeout)
+        self.request(Method::GET, path, (Bytes::new(), ""), limit, timeout)
             .await
     }
 
@@ -170,7 +170,7 @@ impl EdgeClient {
         into: BodyWriter,
     ) -> Result<usize, EdgeError> {
         let work = async {
-            let resp = self.send(Method::GET, path, Bytes::new()).await?;
+            let resp = self.send(Method::GET, path, (Bytes::new(), "")).await?;
             let status = resp.status();
             if status != StatusCode::OK {
                 return Err(EdgeError::Status {
@@ -210,24 +210,50 @@ impl EdgeClient {
     ) -> Result<A, EdgeError> {
         let body = serde_json::to_vec(body).map_err(|e| EdgeError::Json(e.to_string()))?;
         let answer = self
-            .request(Method::POST, path, body.into(), 64 * 1024, timeout)
+            .request(
+                Method::POST,
+                path,
+                (body.into(), "application/json"),
+                64 * 1024,
+                timeout,
+            )
             .await?;
         serde_json::from_slice(&answer).map_err(|e| EdgeError::Json(e.to_string()))
     }
 
-    /// Sends a request to `path` (a JSON `body` when not empty); the
-    /// response as its head arrives.
+    /// POSTs `body` (raw bytes) to `path` and parses the JSON answer. The
+    /// edge may answer before it read the whole body (an uplink test).
+    pub async fn post_bytes<A: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<A, EdgeError> {
+        let answer = self
+            .request(
+                Method::POST,
+                path,
+                (body, "application/octet-stream"),
+                64 * 1024,
+                timeout,
+            )
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| EdgeError::Json(e.to_string()))
+    }
+
+    /// Sends a request to `path` with a body of a content type (none when
+    /// the body is empty); the response as its head arrives.
     async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Bytes,
+        (body, content_type): (Bytes, &'static str),
     ) -> Result<http::Response<hyper::body::Incoming>, EdgeError> {
         let url = format!("{}{path}", self.base);
         let uri: Uri = url.parse().map_err(|_| EdgeError::Url(url.clone()))?;
         let mut req = Request::builder().method(method).uri(uri);
         if !body.is_empty() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
+            req = req.header(http::header::CONTENT_TYPE, content_type);
         }
         let req = req.body(Full::new(body)).map_err(|_| EdgeError::Url(url))?;
         self.client
@@ -240,7 +266,7 @@ impl EdgeClient {
         &self,
         method: Method,
         path: &str,
-        body: Bytes,
+        body: (Bytes, &'static str),
         limit: usize,
         timeout: Duration,
     ) -> Result<Bytes, EdgeError> {

@@ -260,6 +260,7 @@ mod tests {
             ticket_key: String::new(),
             observe: None,
             punch: Vec::new(),
+            test_uplink_kbps: None,
         }
     }
 

@@ -65,6 +65,8 @@ pub struct PeerMetrics {
     pub connected: IntGauge,
     /// Depth in the tree (0: none).
     pub depth: IntGauge,
+    /// What the uplink test measured, kb/s (0 before it ran).
+    pub uplink_test_kbps: IntGauge,
     /// Addresses this peer punched its NAT open towards.
     pub punched: IntCounter,
     /// Dials to a parent or backup through its NAT, by outcome
@@ -244,6 +246,11 @@ impl PeerMetrics {
                 "1 while a parent streams to this peer.",
             ),
             depth: gauge(r, "treecast_peer_depth", "Depth in the tree (0: none)."),
+            uplink_test_kbps: gauge(
+                r,
+                "treecast_peer_uplink_test_kbps",
+                "What this peer's uplink test carried to the edge, kb/s (0 before it ran; at most the rate the test sent at).",
+            ),
             registry,
         };
         // Series exist at zero from the start, so rates are defined.

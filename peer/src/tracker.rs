@@ -24,7 +24,8 @@ use http::StatusCode;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use treecast_proto::tracker::{
-    Assignment, HeartbeatRequest, JoinRequest, LeaveRequest, ReportRequest,
+    Assignment, HeartbeatRequest, JoinRequest, LeaveRequest, ReportRequest, UplinkTestResult,
+    UPLINK_TEST_PATH,
 };
 
 use crate::edge_client::EdgeError;
@@ -72,6 +73,8 @@ pub async fn run(
     let mut backoff = Duration::from_millis(250);
     let mut edge_moved = shared.edges.changed.subscribe();
     let mut hinted = shared.edges.hinted.subscribe();
+    // The uplink test the tracker asked for, while it runs.
+    let mut uplink_test: Option<UplinkTest> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -138,6 +141,9 @@ pub async fn run(
                 match result {
                     Ok(a) => {
                         sent = now;
+                        if let (Some(kbps), None) = (a.test_uplink_kbps, &uplink_test) {
+                            uplink_test = Some(Box::pin(test_uplink(shared.clone(), edge, id, kbps)));
+                        }
                         publish(&shared, a);
                     }
                     Err(EdgeError::Status { status: StatusCode::NOT_FOUND, .. }) => {
@@ -154,6 +160,21 @@ pub async fn run(
                 match result {
                     Ok(a) => publish(&shared, a),
                     Err(e) => warn!(error = %e, ?kind, "report to the tracker failed"),
+                }
+            }
+            result = async {
+                match &mut uplink_test {
+                    Some(test) => test.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                uplink_test = None;
+                match result {
+                    Ok(r) => {
+                        shared.metrics.uplink_test_kbps.set(i64::from(r.kbps));
+                        info!(kbps = r.kbps, bytes = r.bytes, "uplink tested");
+                    }
+                    Err(e) => warn!(error = %e, "uplink test failed; the tracker measures this peer's children instead"),
                 }
             }
             _ = edge_moved.changed() => {}
@@ -201,6 +222,37 @@ fn publish(shared: &Shared, a: Assignment) {
         shared.metrics.punched.inc_by(n as u64);
     }
     shared.assignment.send_replace(Some(a));
+}
+
+/// A running uplink test.
+type UplinkTest = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<UplinkTestResult, EdgeError>> + Send>,
+>;
+
+/// How long an uplink test may take: the edge reads for
+/// [`UPLINK_TEST_WINDOW`](treecast_proto::tracker::UPLINK_TEST_WINDOW)
+/// from the first byte and then answers.
+const UPLINK_TEST_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Sends the uplink test the tracker asked for: one second's worth of
+/// bytes at `kbps` to the edge, which measures what arrives and tells the
+/// tracker (`docs/tracker.md`, "Uplink test").
+async fn test_uplink(
+    shared: Arc<Shared>,
+    edge: usize,
+    peer_id: u64,
+    kbps: u32,
+) -> Result<UplinkTestResult, EdgeError> {
+    let body = bytes::Bytes::from(vec![0u8; kbps as usize * 1000 / 8]);
+    let path = format!(
+        "{UPLINK_TEST_PATH}?channel={}&peer_id={peer_id}",
+        shared.channel
+    );
+    shared
+        .edges
+        .client(edge)
+        .post_bytes(&path, body, UPLINK_TEST_TIMEOUT)
+        .await
 }
 
 async fn join(shared: &Shared, edge: usize) -> Result<Assignment, EdgeError> {

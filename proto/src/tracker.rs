@@ -196,4 +196,30 @@ pub struct Assignment {
     /// the tracker observed or verified are ever named here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub punch: Vec<SocketAddr>,
+    /// Test the uplink now: POST [`UPLINK_TEST_PATH`] with this many kb/s
+    /// worth of one second's bytes. Asked once per join, before the peer
+    /// may take children; the edge measures what arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_uplink_kbps: Option<u32>,
+}
+
+/// Where a peer sends its uplink test: `POST
+/// /tracker/v1/uplink-test?channel=C&peer_id=N` with a body of `kbps × 1 s`
+/// bytes (any content). The edge reads for at most
+/// [`UPLINK_TEST_WINDOW`] from the first byte and answers
+/// [`UplinkTestResult`].
+pub const UPLINK_TEST_PATH: &str = "/tracker/v1/uplink-test";
+
+/// How long the edge reads an uplink test for, from its first byte: long
+/// enough for a congestion window to open on a home link's round trip,
+/// short enough that a small uplink is flooded only briefly.
+pub const UPLINK_TEST_WINDOW: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// The edge's answer to an uplink test.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UplinkTestResult {
+    /// Bytes that arrived within the window.
+    pub bytes: u64,
+    /// The uplink's rate as measured, kb/s.
+    pub kbps: u32,
 }

@@ -637,6 +637,21 @@ impl World {
         }
     }
 
+    /// `v`'s uplink test, sent at `kbps`: what its link carries beside
+    /// its children's streams, no more than the test sends when that is
+    /// all of it. Reported at once (the real edge answers within
+    /// [`UPLINK_TEST_WINDOW`](treecast_proto::tracker::UPLINK_TEST_WINDOW)).
+    fn test_uplink(&mut self, v: V, id: PeerId, kbps: u32) {
+        let r = &self.viewers[v as usize];
+        let stream = f64::from(self.config.tracker.stream_kbps);
+        let carried = r.up_kbps.map_or(f64::from(kbps), |up| {
+            f64::from(up) * self.config.model.upload_efficiency - r.children.len() as f64 * stream
+        });
+        let measured = carried.clamp(0.0, f64::from(kbps)) as u32;
+        let _ = self.tracker.handle_uplink_test(id, measured, self.t());
+        self.drain();
+    }
+
     fn saturated(&self, p: V) -> bool {
         let r = &self.viewers[p as usize];
         r.up_kbps.is_some_and(|up| {
@@ -845,7 +860,12 @@ impl World {
             }
         };
         match self.tracker.handle_heartbeat(id, hb, self.t()) {
-            Ok(a) => self.apply(v, a),
+            Ok(a) => {
+                if let Some(kbps) = a.test_uplink_kbps {
+                    self.test_uplink(v, id, kbps);
+                }
+                self.apply(v, a)
+            }
             Err(_) => {
                 // Evicted: join again.
                 self.viewers[v as usize].id = TrackerId::NONE;

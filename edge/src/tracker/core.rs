@@ -181,6 +181,10 @@ pub struct Assignment {
     pub backup: Option<Node>,
     /// Its depth (edge's children: 1); 0 while orphaned.
     pub depth: u8,
+    /// Measure your uplink now, sending this many kb/s for a second
+    /// ([`Tracker::handle_uplink_test`]): asked once, in a heartbeat's
+    /// answer, before the peer may take children.
+    pub test_uplink_kbps: Option<u32>,
 }
 
 /// A peer's periodic report.
@@ -301,6 +305,10 @@ struct Peer {
     punch_failed: u16,
     leaf_only: bool,
     promoted: bool,
+    /// Uplink tests asked of it ([`Tracker::handle_uplink_test`]).
+    uplink_tests: u8,
+    /// The best its uplink tests measured while it had no children, kb/s.
+    tested_kbps: Option<u32>,
     /// Probes since it was cut to no slots that failed too: each doubles
     /// the wait before the next ([`Tracker::reprobe`]).
     reprobes: u8,
@@ -364,6 +372,18 @@ const MAX_BACKERS: u32 = 8;
 /// enough to name a peer within a few heartbeats, rarely enough that
 /// heartbeats stay cheap.
 const BACKUP_RECHECK: Duration = Duration::from_secs(3);
+
+/// A peer's age when a heartbeat's answer first asks it to test its
+/// uplink: its first heartbeat. Early enough that a flash crowd's first
+/// parents can be chosen among tested peers (tested at 4 s, the first
+/// promoted had children already, and a test shares the uplink with
+/// them), late enough that its first segments are on their way.
+pub const UPLINK_TEST_AFTER: Duration = Duration::from_secs(1);
+
+/// Uplink tests asked of a peer at most: a second when the first fell
+/// short of the rate (a test can lose a round trip to a lost packet; the
+/// better of two counts).
+const UPLINK_TESTS: u8 = 2;
 
 impl Peer {
     /// The share of what its children received in this window that came
@@ -473,6 +493,9 @@ pub struct PeerView {
     pub slots: u32,
     /// Upload its children measured, kb/s.
     pub measured_kbps: u32,
+    /// What its uplink test carried, kb/s (at most the rate it sent at,
+    /// [`Tracker::uplink_test_kbps`]).
+    pub tested_kbps: Option<u32>,
     /// Leaf only (zero upload).
     pub leaf_only: bool,
     /// Site key.
@@ -572,6 +595,7 @@ impl Tracker {
                 children: p.children.len() as u32,
                 slots: self.slots(i) as u32,
                 measured_kbps: p.measured_kbps,
+                tested_kbps: p.tested_kbps,
                 leaf_only: p.leaf_only,
                 site: p.site,
                 nat: p.nat,
@@ -644,6 +668,7 @@ impl Tracker {
             parent: self.node(p.parent),
             backup: self.node(p.backup),
             depth: if p.parent == NONE { 0 } else { p.depth },
+            test_uplink_kbps: None,
         }
     }
 
@@ -663,6 +688,8 @@ impl Tracker {
             height: 0,
             leaf_only,
             promoted: false,
+            uplink_tests: 0,
+            tested_kbps: None,
             reprobes: 0,
             fed: false,
             in_open: false,
@@ -855,7 +882,59 @@ impl Tracker {
             let b = self.find_backup(i);
             self.set_backup(i, b);
         }
-        Ok(self.assignment_of(i))
+        let mut a = self.assignment_of(i);
+        let target = self.uplink_test_kbps();
+        let p = &mut self.peers[i as usize];
+        // Only a peer without children: with them, a test measures what
+        // they leave of its uplink (their windows measure the rest).
+        let wanted = match p.tested_kbps {
+            None => p.uplink_tests == 0,
+            Some(t) => t < target && p.uplink_tests < UPLINK_TESTS,
+        };
+        if wanted
+            && !p.leaf_only
+            && p.children.is_empty()
+            && now.since(p.joined) >= UPLINK_TEST_AFTER
+        {
+            p.uplink_tests += 1;
+            a.test_uplink_kbps = Some(target);
+        }
+        Ok(a)
+    }
+
+    /// The rate a peer's uplink test sends at: what its probation slots
+    /// would carry.
+    pub fn uplink_test_kbps(&self) -> u32 {
+        self.config.stream_kbps.max(1) * u32::from(self.config.probation_slots.max(1))
+    }
+
+    /// The edge measured `kbps` from `id`'s uplink test: sent at
+    /// [`Self::uplink_test_kbps`], it carried this much. Below that rate
+    /// the uplink caps the peer's slots (a 1 Mb/s uplink takes no child
+    /// of a 2.5 Mb/s stream, a 5 Mb/s one takes one) before any child is
+    /// sent there. Without the test a promoted peer got its probation
+    /// slots whatever its uplink; in the network lab a 1 Mb/s peer given
+    /// a child flooded its uplink with the child's stream until even its
+    /// own acknowledgements, handshakes and `Welcome`s were lost, and
+    /// every child and backer it had waited seconds for a repair. At or
+    /// above the rate the test says nothing about where the uplink ends:
+    /// measured windows decide, as before. A test is asked only of a peer
+    /// without children and counts only if it still has none; of two
+    /// tests, the better counts.
+    pub fn handle_uplink_test(
+        &mut self,
+        id: PeerId,
+        kbps: u32,
+        now: Instant,
+    ) -> Result<(), UnknownPeer> {
+        self.clock(now);
+        let i = self.lookup(id)?;
+        let p = &mut self.peers[i as usize];
+        // Children taken since the test was asked shared its uplink.
+        if p.children.is_empty() {
+            p.tested_kbps = Some(p.tested_kbps.map_or(kbps, |t| t.max(kbps)));
+        }
+        Ok(())
     }
 
     /// `i`'s backup, if it is a peer still in the slot it was chosen in.
@@ -1267,7 +1346,9 @@ impl Tracker {
             return 0;
         }
         let mut slots = p.earned.unwrap_or(usize::from(self.config.probation_slots));
-        if let Some(cap) = p.cap_kbps {
+        // The viewer's cap, and an uplink test that fell short of its rate.
+        let tested = p.tested_kbps.filter(|&t| t < self.uplink_test_kbps());
+        for cap in [p.cap_kbps, tested].into_iter().flatten() {
             let stream = self.config.stream_kbps.max(1);
             slots = slots.min((cap / stream) as usize);
         }
@@ -1440,11 +1521,18 @@ impl Tracker {
             // newcomer early. One waiting for a parent itself (`i` among
             // them) stays listed, to be promoted when its time comes: taken
             // off here, it was never promoted and stayed a leaf for good.
+            // One whose uplink test showed it can feed children first.
             let t = &*self;
-            let early = self.newcomers.iter().position(|&c| {
+            let target = self.uplink_test_kbps();
+            let can = |c: u32| {
                 let p = &t.peers[c as usize];
                 p.live && !p.promoted && p.parent != NONE && c != i
-            })?;
+            };
+            let early = self
+                .newcomers
+                .iter()
+                .position(|&c| can(c) && t.peers[c as usize].tested_kbps >= Some(target))
+                .or_else(|| self.newcomers.iter().position(|&c| can(c)))?;
             let early = self.newcomers.remove(early)?;
             self.promote(early);
         }
@@ -3172,6 +3260,88 @@ mod tests {
             t.assignment(n).expect("alive").parent,
             Some(Node::Peer(old))
         );
+    }
+
+    fn slots_of(t: &Tracker, id: PeerId) -> u32 {
+        t.peers().find(|v| v.id == id).map_or(0, |v| v.slots)
+    }
+
+    #[test]
+    fn an_uplink_test_that_falls_short_bounds_slots_before_any_child_comes() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(config());
+        let peers = [(); 3].map(|_| join(&mut t, now));
+        let [weak, one, strong] = peers;
+        now += UPLINK_TEST_AFTER;
+        for p in peers {
+            let a = t.handle_heartbeat(p, Heartbeat::default(), now);
+            // Twice the 1,000 kb/s stream: the probation slots' rate.
+            assert_eq!(a.expect("alive").test_uplink_kbps, Some(2_000));
+        }
+        // 1,500 kb/s carries one child of the stream, 600 none; the full
+        // rate says nothing of where the uplink ends: probation slots.
+        for (p, kbps) in [(weak, 600), (one, 1_500), (strong, 2_000)] {
+            t.handle_uplink_test(p, kbps, now).expect("known");
+        }
+        // Those that fell short are asked once more, and the better test
+        // counts; nobody is asked a third time.
+        let asked = |t: &mut Tracker, p, now| {
+            let a = t.handle_heartbeat(p, Heartbeat::default(), now);
+            a.expect("alive").test_uplink_kbps.is_some()
+        };
+        assert_eq!(peers.map(|p| asked(&mut t, p, now)), [true, true, false]);
+        t.handle_uplink_test(weak, 300, now).expect("known");
+        assert_eq!(peers.map(|p| asked(&mut t, p, now)), [false; 3]);
+        age(&mut t, &mut now, &peers);
+        assert_eq!(peers.map(|p| slots_of(&t, p)), [0, 1, 2]);
+        let newcomers: Vec<_> = (0..3)
+            .map(|_| t.handle_join(JoinRequest::default(), now).expect("placed"))
+            .collect();
+        for a in newcomers {
+            assert_ne!(a.parent, Some(Node::Peer(weak)), "{a:?}");
+        }
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_peer_with_children_is_not_asked_and_a_test_among_them_does_not_count() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            ..config()
+        });
+        let a = join(&mut t, now);
+        // Nobody has room: `a` is promoted early and takes `b`.
+        let b = t.handle_join(JoinRequest::default(), now).expect("placed");
+        assert_eq!(b.parent, Some(Node::Peer(a)));
+        now += UPLINK_TEST_AFTER;
+        let answer = t.handle_heartbeat(a, Heartbeat::default(), now);
+        assert_eq!(answer.expect("alive").test_uplink_kbps, None);
+        // A test it ran anyway shared its uplink with `b`'s stream.
+        t.handle_uplink_test(a, 100, now).expect("known");
+        assert_eq!(slots_of(&t, a), 2);
+    }
+
+    #[test]
+    fn a_flash_crowd_promotes_a_newcomer_whose_uplink_test_passed_first() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            ..config()
+        });
+        let weak = join(&mut t, now);
+        let strong = join(&mut t, now);
+        now += UPLINK_TEST_AFTER;
+        for (p, kbps) in [(weak, 500), (strong, 2_000)] {
+            t.handle_heartbeat(p, Heartbeat::default(), now)
+                .expect("alive");
+            t.handle_uplink_test(p, kbps, now).expect("known");
+        }
+        // Nobody is promoted yet and the edge is full: the newcomer that
+        // passed is promoted early, though `weak` is older.
+        let c = t.handle_join(JoinRequest::default(), now).expect("placed");
+        assert_eq!(c.parent, Some(Node::Peer(strong)));
+        t.check_invariants().expect("invariants");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct TrackerMetrics {
     /// `parent_corrupt`) that name a node the tracker no longer gives the
     /// reporter as parent (it moved meanwhile): ignored, by channel.
     pub stale_reports: IntCounterVec,
+    /// What peers' uplink tests carried, kb/s.
+    pub uplink_tests: prometheus::Histogram,
     /// Site leaders the edge feeds over HTTP (their site lets no UDP
     /// out), by channel.
     pub http_fed: IntGaugeVec,

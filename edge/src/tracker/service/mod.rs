@@ -629,6 +629,58 @@ impl TrackerService {
         }
     }
 
+    /// Checks an uplink test before its body is read: the rate limit, the
+    /// channel, and that `peer_id` is in its tree and asks from the
+    /// address it joined from (another address's uplink says nothing of
+    /// this peer's). Returns the rate the test sends at, kb/s.
+    pub fn begin_uplink_test(
+        &self,
+        channel: &str,
+        peer_id: u64,
+        from: SocketAddr,
+        at: Now,
+    ) -> Result<u32, Refusal> {
+        if !lock(&self.limiter).allow(from.ip(), at.mono) {
+            return Err(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many tracker requests from this address; slow down",
+            ));
+        }
+        let channel = self::channel(channel)?;
+        self.in_known_tree(&channel, |tree| {
+            let me = PeerId(peer_id);
+            tree.tracker.assignment(me).map_err(unknown)?;
+            if tree.addrs.get(&me).is_some_and(|a| a.seen != from.ip()) {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    "bad_request",
+                    "an uplink test comes from the address the peer joined from",
+                ));
+            }
+            Ok(tree.tracker.uplink_test_kbps())
+        })
+    }
+
+    /// The edge measured `kbps` from `peer_id`'s uplink test.
+    pub fn finish_uplink_test(
+        &self,
+        channel: &str,
+        peer_id: u64,
+        kbps: u32,
+        at: Now,
+    ) -> Result<(), Refusal> {
+        let channel = self::channel(channel)?;
+        self.metrics.uplink_tests.observe(f64::from(kbps));
+        self.in_known_tree(&channel, |tree| {
+            tree.tracker
+                .handle_uplink_test(PeerId(peer_id), kbps, at.mono)
+                .map_err(unknown)?;
+            self.drain(&channel, tree);
+            Ok(())
+        })
+    }
+
     /// Whether the tracker names the edge as `peer_id`'s parent or backup
     /// in `channel` now: the root admits such a child even when its slots
     /// look full (a replacement arriving before a killed child's
@@ -730,6 +782,7 @@ impl TrackerService {
             ticket_key: self.ticket_key.clone(),
             observe,
             punch: tree.punches.remove(&a.id).unwrap_or_default(),
+            test_uplink_kbps: a.test_uplink_kbps,
         }
     }
 

@@ -100,6 +100,8 @@ pub struct PeerRow {
     pub slots: u32,
     /// Upload measured by its children, kb/s.
     pub upload_kbps: u32,
+    /// What its uplink test carried, kb/s (`None` before it ran).
+    pub uplink_test_kbps: Option<u32>,
     /// Leaf only.
     pub leaf_only: bool,
     /// Site label.
@@ -260,6 +262,7 @@ fn peer_row(v: &PeerView, t: PeerTotals, label: String) -> PeerRow {
         children: v.children,
         slots: v.slots,
         upload_kbps: v.measured_kbps,
+        uplink_test_kbps: v.tested_kbps,
         leaf_only: v.leaf_only,
         site: label,
         health,
