@@ -234,6 +234,11 @@ type UplinkTest = std::pin::Pin<
 /// from the first byte and then answers.
 const UPLINK_TEST_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// The fastest test a peer sends, kb/s (12.5 MB): the rate comes from the
+/// edge, and no answer may make a peer allocate and send without bound.
+/// Twice a 50 Mb/s stream's rate.
+const MAX_UPLINK_TEST_KBPS: u32 = 100_000;
+
 /// Sends the uplink test the tracker asked for: one second's worth of
 /// bytes at `kbps` to the edge, which measures what arrives and tells the
 /// tracker (`docs/tracker.md`, "Uplink test").
@@ -243,7 +248,8 @@ async fn test_uplink(
     peer_id: u64,
     kbps: u32,
 ) -> Result<UplinkTestResult, EdgeError> {
-    let body = bytes::Bytes::from(vec![0u8; kbps as usize * 1000 / 8]);
+    let bytes = kbps.min(MAX_UPLINK_TEST_KBPS) as usize * 1000 / 8;
+    let body = bytes::Bytes::from(vec![0u8; bytes]);
     let path = format!(
         "{UPLINK_TEST_PATH}?channel={}&peer_id={peer_id}",
         shared.channel
