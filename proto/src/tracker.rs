@@ -223,3 +223,37 @@ pub struct UplinkTestResult {
     /// The uplink's rate as measured, kb/s.
     pub kbps: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uplink_test_is_asked_only_when_named_and_its_answer_round_trips() {
+        let mut a = Assignment {
+            v: 1,
+            peer_id: 7,
+            depth: 1,
+            parent: None,
+            backup: None,
+            heartbeat_interval_ms: 2000,
+            ticket_key: String::new(),
+            observe: None,
+            punch: Vec::new(),
+            test_uplink_kbps: None,
+        };
+        let json = serde_json::to_string(&a).expect("json");
+        assert!(!json.contains("test_uplink_kbps"), "{json}");
+        // An edge that never asks (an older one) is understood.
+        assert_eq!(serde_json::from_str::<Assignment>(&json).ok(), Some(a.clone()));
+        a.test_uplink_kbps = Some(5_400);
+        let json = serde_json::to_string(&a).expect("json");
+        assert_eq!(serde_json::from_str::<Assignment>(&json).ok(), Some(a));
+        let r = UplinkTestResult {
+            bytes: 675_000,
+            kbps: 4_400,
+        };
+        let json = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<UplinkTestResult>(&json).ok(), Some(r));
+    }
+}
