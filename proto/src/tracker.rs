@@ -245,7 +245,10 @@ mod tests {
         let json = serde_json::to_string(&a).expect("json");
         assert!(!json.contains("test_uplink_kbps"), "{json}");
         // An edge that never asks (an older one) is understood.
-        assert_eq!(serde_json::from_str::<Assignment>(&json).ok(), Some(a.clone()));
+        assert_eq!(
+            serde_json::from_str::<Assignment>(&json).ok(),
+            Some(a.clone())
+        );
         a.test_uplink_kbps = Some(5_400);
         let json = serde_json::to_string(&a).expect("json");
         assert_eq!(serde_json::from_str::<Assignment>(&json).ok(), Some(a));
@@ -254,6 +257,9 @@ mod tests {
             kbps: 4_400,
         };
         let json = serde_json::to_string(&r).expect("json");
-        assert_eq!(serde_json::from_str::<UplinkTestResult>(&json).ok(), Some(r));
+        assert_eq!(
+            serde_json::from_str::<UplinkTestResult>(&json).ok(),
+            Some(r)
+        );
     }
 }

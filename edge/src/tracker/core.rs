@@ -1737,7 +1737,11 @@ impl Tracker {
                 }
             }
         }
-        for d in 1..=usize::from(self.depth_of_parent_slot(i)) {
+        // Bounded by the lists there are, whatever `i`'s depth: a peer below
+        // `max_depth` once made a heartbeat's backup search panic (the
+        // 1,000,000-viewer simulation).
+        let deepest = usize::from(self.depth_of_parent_slot(i)).min(self.open.len() - 1);
+        for d in 1..=deepest {
             for &c in self.open[d].iter().rev().take(8) {
                 if self.reaches(i, c) && consider(c) {
                     return Some(c);
