@@ -155,10 +155,7 @@ impl EdgeService {
     }
 
     async fn tracker_request(&self, req: Request<Incoming>) -> Response<Body> {
-        let from = req
-            .extensions()
-            .get::<h::RemoteAddr>()
-            .map_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.0);
+        let from = remote_addr(&req);
         let path = req.uri().path().to_owned();
         let Some(endpoint) = path.strip_prefix("/tracker/v1/") else {
             return h::text(
@@ -181,10 +178,7 @@ impl EdgeService {
     /// Measures a peer's uplink (see [`crate::uplink_test`]) and tells
     /// its tracker.
     async fn uplink_test(&self, req: Request<Incoming>) -> Response<Body> {
-        let from = req
-            .extensions()
-            .get::<h::RemoteAddr>()
-            .map_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.0);
+        let from = remote_addr(&req);
         let channel = query_param(&req, "channel");
         let peer_id = query_param(&req, "peer_id").and_then(|v| v.parse::<u64>().ok());
         let (Some(channel), Some(peer_id)) = (channel, peer_id) else {
@@ -321,6 +315,13 @@ impl EdgeService {
         };
         r
     }
+}
+
+/// The client's address (0.0.0.0:0 when the server did not record it).
+fn remote_addr(req: &Request<Incoming>) -> std::net::SocketAddr {
+    req.extensions()
+        .get::<h::RemoteAddr>()
+        .map_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.0)
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {

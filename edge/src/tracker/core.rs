@@ -1352,8 +1352,8 @@ impl Tracker {
         let mut slots = p.earned.unwrap_or(usize::from(self.config.probation_slots));
         // The viewer's cap, and an uplink test that fell short of its rate.
         let tested = p.tested_kbps.filter(|&t| t < self.uplink_test_kbps());
+        let stream = self.config.stream_kbps.max(1);
         for cap in [p.cap_kbps, tested].into_iter().flatten() {
-            let stream = self.config.stream_kbps.max(1);
             slots = slots.min((cap / stream) as usize);
         }
         slots.min(usize::from(self.config.max_children))

@@ -382,13 +382,7 @@ impl TrackerService {
         from: SocketAddr,
         at: Now,
     ) -> Result<wire::Assignment, Refusal> {
-        if !lock(&self.limiter).allow(from.ip(), at.mono) {
-            return Err(refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many tracker requests from this address; slow down",
-            ));
-        }
+        self.admit(from, at)?;
         if body.len() > wire::MAX_BODY {
             return Err(refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -629,6 +623,18 @@ impl TrackerService {
         }
     }
 
+    /// The per-address rate limit, before a request touches any state.
+    fn admit(&self, from: SocketAddr, at: Now) -> Result<(), Refusal> {
+        if lock(&self.limiter).allow(from.ip(), at.mono) {
+            return Ok(());
+        }
+        Err(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many tracker requests from this address; slow down",
+        ))
+    }
+
     /// Checks an uplink test before its body is read: the rate limit, the
     /// channel, and that `peer_id` is in its tree and asks from the
     /// address it joined from (another address's uplink says nothing of
@@ -640,13 +646,7 @@ impl TrackerService {
         from: SocketAddr,
         at: Now,
     ) -> Result<u32, Refusal> {
-        if !lock(&self.limiter).allow(from.ip(), at.mono) {
-            return Err(refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many tracker requests from this address; slow down",
-            ));
-        }
+        self.admit(from, at)?;
         let channel = self::channel(channel)?;
         self.in_known_tree(&channel, |tree| {
             let me = PeerId(peer_id);
