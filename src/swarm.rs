@@ -140,6 +140,12 @@ pub struct Report {
     pub edge_egress_bytes: u64,
     /// Edge egress in copies of the stream.
     pub edge_streams: f64,
+    /// The part of it pushed down the tree over QUIC (its root children,
+    /// and peers on the edge as their backup of last resort).
+    pub edge_tree_streams: f64,
+    /// The part of it served over HTTP (fallbacks, joins' first segments,
+    /// playlists and signatures).
+    pub edge_http_streams: f64,
     /// Share of the peers' received bytes that came from other peers.
     pub offload_ratio: f64,
     /// Best offload any scheduler could reach with these peers' uploads
@@ -508,6 +514,7 @@ fn roles(config: &SwarmConfig, index: usize, rng: &mut Rng) -> PeerOptions {
 #[derive(Debug, Clone, Copy, Default)]
 struct EdgeCounters {
     egress: u64,
+    tree_egress: u64,
     evicted_corrupt: u64,
     evicted_silent: u64,
 }
@@ -516,6 +523,7 @@ impl EdgeCounters {
     fn since(self, before: Self) -> Self {
         Self {
             egress: self.egress.saturating_sub(before.egress),
+            tree_egress: self.tree_egress.saturating_sub(before.tree_egress),
             evicted_corrupt: self.evicted_corrupt.saturating_sub(before.evicted_corrupt),
             evicted_silent: self.evicted_silent.saturating_sub(before.evicted_silent),
         }
@@ -536,6 +544,7 @@ async fn edge_counters(cluster: &Cluster) -> anyhow::Result<EdgeCounters> {
     };
     Ok(EdgeCounters {
         egress: sum("treecast_edge_egress_bytes_total{", ""),
+        tree_egress: sum("treecast_edge_egress_bytes_total{", "path=\"tree\""),
         evicted_corrupt: sum("treecast_edge_tree_evictions_total{", "reason=\"corrupt\""),
         evicted_silent: sum("treecast_edge_tree_evictions_total{", "reason=\"silent\""),
     })
@@ -851,6 +860,11 @@ fn summarize(
         stream_kbps,
         edge_egress_bytes: edge.egress,
         edge_streams: ratio(edge.egress as f64, stream_bytes),
+        edge_tree_streams: ratio(edge.tree_egress as f64, stream_bytes),
+        edge_http_streams: ratio(
+            edge.egress.saturating_sub(edge.tree_egress) as f64,
+            stream_bytes,
+        ),
         offload_ratio: offload,
         physical_limit: limit,
         offload_vs_limit: ratio(offload, limit),

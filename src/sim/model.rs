@@ -31,6 +31,12 @@ pub struct DataPlane {
     /// A QUIC handshake to a parent that is gone fails after this, ms
     /// (`CONNECT_TIMEOUT`).
     pub connect_timeout_ms: u64,
+    /// Round trips a repair gives a warm backup's `Welcome`, within
+    /// `welcome_floor_ms..=welcome_ceiling_ms` (the peer's
+    /// `REPAIR_HELLO_*`).
+    pub welcome_rtts: f64,
+    pub welcome_floor_ms: u64,
+    pub welcome_ceiling_ms: u64,
     /// A segment missing this long after it is due is fetched from the
     /// edge, ms (the peer's `fallback_grace_ms`).
     pub fallback_grace_ms: u64,
@@ -60,6 +66,9 @@ impl Default for DataPlane {
             silence_rtts: 4.0,
             switch_ms: 25.0,
             connect_timeout_ms: 2_000,
+            welcome_rtts: 8.0,
+            welcome_floor_ms: 1_000,
+            welcome_ceiling_ms: 2_000,
             fallback_grace_ms: 1_000,
             buffer_ms: 4_000,
             upload_efficiency: 0.9,
@@ -74,6 +83,12 @@ impl DataPlane {
     /// its liveness over the round trip between them.
     pub fn detect_ms(&self, rtt_ms: f64) -> u64 {
         ((self.silence_rtts * rtt_ms) as u64).clamp(self.silence_floor_ms, self.gap_ms)
+    }
+
+    /// How long a repair waits on a warm backup `rtt_ms` away that is
+    /// gone before it asks the tracker, ms.
+    pub fn welcome_timeout_ms(&self, rtt_ms: f64) -> u64 {
+        ((self.welcome_rtts * rtt_ms) as u64).clamp(self.welcome_floor_ms, self.welcome_ceiling_ms)
     }
 
     /// A switch to a live backup `rtt_ms` away, ms: connection already

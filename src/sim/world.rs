@@ -161,6 +161,9 @@ struct Viewer {
     join_backoff_ms: u64,
     /// Watching since (or since the measured window opened).
     watching_since: u64,
+    /// The epoch of its last session that ended by leaving (not by a
+    /// kill); `u32::MAX`: none.
+    left_politely: u32,
 }
 
 /// The simulation; see the module docs.
@@ -399,6 +402,7 @@ impl World {
         };
         let record = Viewer {
             epoch: 0,
+            left_politely: u32::MAX,
             alive: true,
             id: TrackerId::NONE,
             up_kbps: up,
@@ -527,6 +531,7 @@ impl World {
             }
         } else {
             self.rec.counters.leaves += 1;
+            self.viewers[v as usize].left_politely = epoch;
             if let Some(id) = self.viewers[v as usize].id.take() {
                 let _ = self.tracker.handle_leave(id, self.t());
                 self.drain();
@@ -610,6 +615,13 @@ impl World {
             Feed::Http | Feed::Edge => true,
             Feed::Peer { v, epoch } => self.current(v, epoch),
         }
+    }
+
+    /// Whether `f` is a peer whose session ended by leaving, which closed
+    /// its connections (a slot reused and left again since: not known,
+    /// so not).
+    fn closed_politely(&self, f: Feed) -> bool {
+        matches!(f, Feed::Peer { v, epoch } if self.viewers[v as usize].left_politely == epoch)
     }
 
     fn rtt_between(&self, a: V, b: V) -> f64 {
@@ -937,13 +949,19 @@ impl World {
         }
         let from = self.viewers[v as usize].gap_from;
         let backup = self.viewers[v as usize].backup;
-        if !self.feed_alive(backup) {
-            // The backup is gone too: the attempt to switch to it times
-            // out first; then it has none, and asks the tracker.
+        if !self.feed_alive(backup) && !self.closed_politely(backup) {
+            // The backup vanished too: its warm connection gives `Welcome`
+            // the repair's timeout first; then it has none, and asks the
+            // tracker. (One that left closed its warm connection: the
+            // viewer knows, and asks the tracker at once.)
+            let rtt = match backup {
+                Feed::Peer { v: b, .. } => self.rtt_between(v, b),
+                _ => 0.0,
+            };
             self.viewers[v as usize].backup = Feed::Http;
             let epoch = self.viewers[v as usize].epoch;
             self.calendar.push(
-                self.now + self.config.model.connect_timeout_ms,
+                self.now + self.config.model.welcome_timeout_ms(rtt),
                 Ev::Detect { v, epoch },
             );
             return;

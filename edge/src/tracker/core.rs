@@ -367,6 +367,13 @@ enum Trade {
 /// first), so a popular shallow peer must not be everyone's backup.
 const MAX_BACKERS: u32 = 8;
 
+/// Most peers a full peer with [room for one more](Tracker::spare_for_one)
+/// backs, none two of them siblings: each bridges one child while the
+/// tracker places it, and independent parents seldom die in the same
+/// second. (One each left most repairs in the 100-peer lab to the edge:
+/// the few such peers near a child were all taken.)
+const BRIDGE_BACKERS: u32 = 3;
+
 /// How often a heartbeat may look for a better backup than the one a peer
 /// has (the edge of last resort, or one that left or filled up): often
 /// enough to name a peer within a few heartbeats, rarely enough that
@@ -544,13 +551,16 @@ pub struct Tracker {
     avoid: u32,
     /// The first `now` given: [`Stamp`] 0.
     origin: Option<Instant>,
+    /// The last `now` given.
+    now: Stamp,
 }
 
 impl Tracker {
     /// `now` on the tracker's clock.
     fn clock(&mut self, now: Instant) -> Stamp {
         let origin = *self.origin.get_or_insert(now);
-        Stamp(now.saturating_duration_since(origin).as_micros() as u64)
+        self.now = Stamp(now.saturating_duration_since(origin).as_micros() as u64);
+        self.now
     }
 
     /// An empty tree.
@@ -571,6 +581,7 @@ impl Tracker {
             live: 0,
             depth_counts: vec![0; depths],
             origin: None,
+            now: Stamp(0),
             avoid: NONE,
         }
     }
@@ -1349,14 +1360,57 @@ impl Tracker {
         if p.leaf_only || !p.promoted {
             return 0;
         }
-        let mut slots = p.earned.unwrap_or(usize::from(self.config.probation_slots));
-        // The viewer's cap, and an uplink test that fell short of its rate.
+        self.capped(
+            p,
+            p.earned.unwrap_or(usize::from(self.config.probation_slots)),
+        )
+    }
+
+    /// `earned` children, within what `p` may have whatever it earns: the
+    /// viewer's cap, an uplink test that fell short of its rate, and
+    /// `max_children`.
+    fn capped(&self, p: &Peer, earned: usize) -> usize {
+        let mut slots = earned;
         let tested = p.tested_kbps.filter(|&t| t < self.uplink_test_kbps());
         let stream = self.config.stream_kbps.max(1);
         for cap in [p.cap_kbps, tested].into_iter().flatten() {
             slots = slots.min((cap / stream) as usize);
         }
         slots.min(usize::from(self.config.max_children))
+    }
+
+    /// Whether `c`, full, has shown its uplink may carry one child more:
+    /// it fed its children, is in slow start or past the hold after a
+    /// shortfall (its next measured window would probe for more), and
+    /// neither the viewer's cap nor its uplink test says otherwise. Such a
+    /// peer may be a backup ([`Self::stretch_near`]): its uplink bridges a
+    /// child whose parent died until the tracker has placed it.
+    fn spare_for_one(&self, c: u32) -> bool {
+        let p = &self.peers[c as usize];
+        let n = p.children.len();
+        if !p.fed || p.earned != Some(n) {
+            return false;
+        }
+        let stream = self.config.stream_kbps.max(1);
+        let tested = p.tested_kbps.filter(|&t| t < self.uplink_test_kbps());
+        p.live
+            && p.parent != NONE
+            && !p.suspect
+            && p.promoted
+            && !p.leaf_only
+            && (p.slow_start || p.shed_at.is_none_or(|t| self.now.since(t) >= PROBE_HOLD))
+            && [p.cap_kbps, tested]
+                .into_iter()
+                .flatten()
+                .all(|cap| (cap / stream) as usize > n)
+            && p.depth < self.config.max_depth
+    }
+
+    /// Whether `c` may keep the child it bridges as its own: it
+    /// [has room for one](Self::spare_for_one) and is below
+    /// `max_children`. The child is its probe, early.
+    fn may_stretch(&self, c: u32) -> bool {
+        self.spare_for_one(c) && self.children(c).len() < usize::from(self.config.max_children)
     }
 
     fn children(&self, i: u32) -> &[u32] {
@@ -1703,8 +1757,9 @@ impl Tracker {
 
     /// A backup for `i`: one with room, no deeper than `i`, that is
     /// neither its parent nor below it (on its own site first, for a peer
-    /// only its site can reach); the first that fed its children, else the
-    /// first untried. One pass over the candidates: in the 100,000-viewer
+    /// only its site can reach); the first that fed its children, else a
+    /// full one near `i` that fed its children and may take one more
+    /// ([`Self::stretch_near`]), else the first untried. One pass over the candidates: in the 100,000-viewer
     /// simulation, where a quarter of the peers test too small to feed
     /// anyone, a pass for each kind made backups a sixth of the run.
     fn backup_among(&self, i: u32) -> Option<u32> {
@@ -1748,17 +1803,73 @@ impl Tracker {
                 }
             }
         }
-        untried
+        self.stretch_near(i).or(untried)
     }
 
     /// Most peers `c` may back: its free slots (siblings lose their parent
     /// together; named the same backup with one free slot, they all
     /// switched to it, saturated its uplink and waited out its `Welcome`:
     /// most repairs over a second in the 100-peer lab), and never more
-    /// than [`MAX_BACKERS`].
+    /// than [`MAX_BACKERS`]; a full one with
+    /// [room for one more](Self::spare_for_one), [`BRIDGE_BACKERS`].
     fn backer_room(&self, c: u32) -> u32 {
         let free = self.slots(c).saturating_sub(self.children(c).len());
+        if free == 0 && self.spare_for_one(c) {
+            return BRIDGE_BACKERS;
+        }
         (free as u32).min(MAX_BACKERS)
+    }
+
+    /// Whether `b` backs a sibling of `i`: siblings lose their parent
+    /// together, and a full peer bridges one child at a time.
+    fn backs_a_sibling(&self, b: u32, i: u32) -> bool {
+        let parent = self.peers[i as usize].parent;
+        parent != NONE
+            && self
+                .children(parent)
+                .iter()
+                .any(|&s| s != i && self.backup_peer(s) == Some(b))
+    }
+
+    /// A full peer near `i` with [room for one more](Self::spare_for_one)
+    /// to back it: a sibling of its parent, else of its grandparent (so
+    /// `i` stays at its depth or rises). Proven parents are mostly full:
+    /// their slots grow only once filled, and many are at `max_children`.
+    /// One below `max_children` keeps `i` ([`Self::may_stretch`]); one at
+    /// it feeds `i` while the tracker places it elsewhere, as the edge
+    /// would. In the 100-peer `residential` lab, before this, 70 of 104
+    /// repairs went to the edge as the backup of last resort (edge 2.4
+    /// streams over QUIC against 2 root slots), and a dozen were refused
+    /// there, the tracker having moved on, and waited for a parent
+    /// dialled cold (repair p95 1.3 s).
+    fn stretch_near(&self, i: u32) -> Option<u32> {
+        let height = self.peers[i as usize].height;
+        let mut a = self.peers[i as usize].parent;
+        for _ in 0..2 {
+            if a == ROOT || a == NONE {
+                return None;
+            }
+            let up = self.peers[a as usize].parent;
+            if up == NONE {
+                return None;
+            }
+            let found = self.children(up).iter().copied().find(|&s| {
+                s != a
+                    && s != i
+                    && s != self.avoid
+                    && self.peers[s as usize].backers < BRIDGE_BACKERS
+                    && self.spare_for_one(s)
+                    && self.depth(s) + 1 + height <= self.config.max_depth
+                    && self.reaches(i, s)
+                    && self.survives_parent(s, i)
+                    && !self.backs_a_sibling(s, i)
+            });
+            if found.is_some() {
+                return found;
+            }
+            a = up;
+        }
+        None
     }
 
     fn depth_of_parent_slot(&self, i: u32) -> u8 {
@@ -1844,7 +1955,7 @@ impl Tracker {
     }
 
     /// Gives `i` (already detached) a new parent: its backup if it has
-    /// room, else the best free slot; an orphan if there is none.
+    /// room or [may stretch](Self::may_stretch), else the best free slot; an orphan if there is none.
     fn replace(&mut self, i: u32) {
         if !self.place_again(i) {
             self.events.push_back(TrackerEvent::Orphaned(self.id_of(i)));
@@ -1864,16 +1975,33 @@ impl Tracker {
         let backup = backup.filter(|&b| {
             !(no_udp && b == ROOT)
                 && self.reaches(i, b)
-                && self.has_room(b)
+                && (self.has_room(b) || (b != ROOT && self.may_stretch(b)))
                 && !self.is_in_subtree(b, i)
                 && self.depth(b) + 1 + height <= self.config.max_depth
         });
         let site = self.peers[i as usize].site;
         let target = backup.or_else(|| self.find_parent(i, site));
+        let was_edge = self.peers[i as usize].backup == ROOT;
         match target {
             Some(t) => {
+                if t != ROOT && !self.has_room(t) {
+                    // A backup stretched by one: its next probe, taken now.
+                    let p = &mut self.peers[t as usize];
+                    p.earned = Some(p.children.len() + 1);
+                }
                 self.attach(i, t);
-                let b = self.find_backup(i);
+                // A peer whose backup was the edge may be switching to it
+                // this moment: its report and its `Hello` race, and the
+                // edge admits over its slots only a peer the tracker names.
+                // It stays the backup until the next recheck, so the edge
+                // bridges the peer to its new parent. (Refused, a dozen
+                // repairs in a 100-peer lab run waited for the new parent
+                // dialled cold: 0.6-2.6 s.)
+                let b = if was_edge && t != ROOT {
+                    ROOT
+                } else {
+                    self.find_backup(i)
+                };
                 self.set_backup(i, b);
                 self.events
                     .push_back(TrackerEvent::Moved(self.assignment_of(i)));
@@ -3433,6 +3561,112 @@ mod tests {
             .handle_heartbeat(c.id, Heartbeat::default(), now)
             .expect("c");
         assert_eq!(c2.backup, Some(Node::Peer(b.id)));
+        t.check_invariants().expect("invariants");
+    }
+
+    /// `g` at the root with `p` and `u` under it: `c` under `p`, and
+    /// `fed` children under `u`, which is full at what it fed; peers may
+    /// have `max_children`.
+    fn uncle_full_at_what_it_fed(fed: usize, max_children: u8) -> (Tracker, Instant, [PeerId; 3]) {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            max_children,
+            ..config()
+        });
+        let g = join(&mut t, now);
+        age(&mut t, &mut now, &[g]);
+        let (x, y) = (join(&mut t, now), join(&mut t, now));
+        age(&mut t, &mut now, &[g, x, y]);
+        let c = join(&mut t, now);
+        let Some(Node::Peer(p)) = t.assignment(c).expect("c").parent else {
+            panic!("c is not under a peer");
+        };
+        let u = if p == x { y } else { x };
+        let mut all = vec![g, x, y, c];
+        while t.peers[u.index() as usize].children.len() < fed {
+            all.push(join(&mut t, now));
+            assert!(all.len() <= 4 + 2 * fed, "u took too few of the joiners");
+        }
+        let rec = &mut t.peers[u.index() as usize];
+        (rec.earned, rec.fed) = (Some(fed), true);
+        // Whoever u backs while it had a free slot backs nobody now.
+        for k in 0..t.peers.len() as u32 {
+            if t.backup_peer(k) == Some(u.index()) {
+                t.set_backup(k, ROOT);
+            }
+        }
+        age(&mut t, &mut now, &all);
+        (t, now, [c, p, u])
+    }
+
+    #[test]
+    fn a_full_uncle_that_fed_its_child_backs_a_peer_and_takes_it_as_its_probe() {
+        let (mut t, mut now, [c, p, u]) = uncle_full_at_what_it_fed(1, 6);
+        now += BACKUP_RECHECK;
+        let a = t.handle_heartbeat(c, Heartbeat::default(), now).expect("c");
+        assert_eq!(a.backup, Some(Node::Peer(u)), "not the edge");
+        assert_eq!(slots_of(&t, u), 1);
+        // c's parent leaves: c goes to u, which now has the slot it would
+        // have probed for at its next window.
+        t.handle_leave(p, now).expect("p");
+        let a = t.assignment(c).expect("c");
+        assert_eq!(a.parent, Some(Node::Peer(u)));
+        assert_eq!(a.depth, 3, "at the depth it had");
+        assert_eq!(slots_of(&t, u), 2);
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn an_uncle_full_at_max_children_bridges_a_peer_the_tracker_places_elsewhere() {
+        let (mut t, mut now, [c, p, u]) = uncle_full_at_what_it_fed(2, 2);
+        now += BACKUP_RECHECK;
+        let a = t.handle_heartbeat(c, Heartbeat::default(), now).expect("c");
+        assert_eq!(a.backup, Some(Node::Peer(u)));
+        // c switches to u when p dies, and is placed where there is a
+        // slot: u stays at `max_children`.
+        t.handle_leave(p, now).expect("p");
+        let a = t.assignment(c).expect("c");
+        assert!(matches!(a.parent, Some(Node::Peer(q)) if q != u), "{a:?}");
+        assert_eq!(slots_of(&t, u), 2);
+        t.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_full_uncle_backs_nobody_within_the_hold_after_it_fell_short() {
+        let (mut t, mut now, [c, _, u]) = uncle_full_at_what_it_fed(1, 6);
+        let stamp = t.now;
+        let rec = &mut t.peers[u.index() as usize];
+        (rec.slow_start, rec.shed_at) = (false, Some(stamp));
+        now += BACKUP_RECHECK;
+        let a = t.handle_heartbeat(c, Heartbeat::default(), now).expect("c");
+        assert_ne!(a.backup, Some(Node::Peer(u)));
+        // Past the hold it may probe again, and back c.
+        now += PROBE_HOLD;
+        let a = t.handle_heartbeat(c, Heartbeat::default(), now).expect("c");
+        assert_eq!(a.backup, Some(Node::Peer(u)));
+    }
+
+    #[test]
+    fn a_peer_repaired_off_the_edge_as_backup_keeps_it_until_the_next_recheck() {
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 2,
+            ..config()
+        });
+        let a = join(&mut t, now);
+        let b = join(&mut t, now);
+        // c under a, with the edge as its backup (b is a newcomer).
+        let c = join(&mut t, now);
+        assert_eq!(t.assignment(c).expect("c").backup, Some(Node::Root));
+        age(&mut t, &mut now, &[a, b, c]);
+        t.set_backup(c.index(), ROOT);
+        // a dies: c's report reaches the tracker, which places it under b;
+        // its `Hello` to the edge, on its way, must still be admitted.
+        t.handle_report(c, Report::ParentGap, now).expect("c");
+        let after = t.assignment(c).expect("c");
+        assert_eq!(after.parent, Some(Node::Peer(b)));
+        assert_eq!(after.backup, Some(Node::Root));
         t.check_invariants().expect("invariants");
     }
 
