@@ -1366,17 +1366,22 @@ impl Tracker {
         )
     }
 
-    /// `earned` children, within what `p` may have whatever it earns: the
-    /// viewer's cap, an uplink test that fell short of its rate, and
-    /// `max_children`.
+    /// `earned` children, within what `p` may have whatever it earns:
+    /// [its uplink's caps](Self::within_caps) and `max_children`.
     fn capped(&self, p: &Peer, earned: usize) -> usize {
-        let mut slots = earned;
+        self.within_caps(p, earned)
+            .min(usize::from(self.config.max_children))
+    }
+
+    /// `children`, within the viewer's cap and an uplink test that fell
+    /// short of its rate.
+    fn within_caps(&self, p: &Peer, children: usize) -> usize {
         let tested = p.tested_kbps.filter(|&t| t < self.uplink_test_kbps());
         let stream = self.config.stream_kbps.max(1);
-        for cap in [p.cap_kbps, tested].into_iter().flatten() {
-            slots = slots.min((cap / stream) as usize);
-        }
-        slots.min(usize::from(self.config.max_children))
+        [p.cap_kbps, tested]
+            .into_iter()
+            .flatten()
+            .fold(children, |n, cap| n.min((cap / stream) as usize))
     }
 
     /// Whether `c`, full, has shown its uplink may carry one child more:
@@ -1391,18 +1396,13 @@ impl Tracker {
         if !p.fed || p.earned != Some(n) {
             return false;
         }
-        let stream = self.config.stream_kbps.max(1);
-        let tested = p.tested_kbps.filter(|&t| t < self.uplink_test_kbps());
         p.live
             && p.parent != NONE
             && !p.suspect
             && p.promoted
             && !p.leaf_only
             && (p.slow_start || p.shed_at.is_none_or(|t| self.now.since(t) >= PROBE_HOLD))
-            && [p.cap_kbps, tested]
-                .into_iter()
-                .flatten()
-                .all(|cap| (cap / stream) as usize > n)
+            && self.within_caps(p, n + 1) > n
             && p.depth < self.config.max_depth
     }
 
