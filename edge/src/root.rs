@@ -214,12 +214,14 @@ impl Root {
 
     async fn child(self: Arc<Self>, incoming: quinn::Incoming) -> Result<(), TreeError> {
         let remote = incoming.remote_address();
+        let mut over_slots = false;
         let admitted = tree::admit(incoming, true, |channel, peer_id, ticket| {
             let channel = ChannelName::new(channel).map_err(|e| e.to_string())?;
             ticket::verify(ticket, &self.ticket_key, &channel, peer_id, 0, unix_now())
                 .map_err(|e| e.to_string())?;
             let streaming = self.streaming_children(&channel);
-            if streaming >= self.root_slots && !(self.names_the_edge)(&channel, peer_id) {
+            over_slots = streaming >= self.root_slots;
+            if over_slots && !(self.names_the_edge)(&channel, peer_id) {
                 return Err(format!(
                     "the edge's root slots are full ({streaming} of {} streaming); the tracker will place you",
                     self.root_slots
@@ -245,13 +247,25 @@ impl Root {
         let Ok(channel) = ChannelName::new(&child.channel) else {
             return Err(TreeError::Protocol("bad channel name".into()));
         };
-        info!(%channel, peer_id = child.peer_id, %remote, "child connected to the edge");
+        info!(%channel, peer_id = child.peer_id, %remote, over_slots, "child connected to the edge");
         self.metrics.children.inc();
         let feed = self.feed(&channel);
+        let since = std::time::Instant::now();
         let result = tree::push(&mut child, &feed, &self.push).await;
         drop(feed);
         self.metrics.children.dec();
         self.drop_idle_feed(&channel);
+        // What this child cost the edge's uplink, on the wire (headers and
+        // retransmissions included): which children the edge's tree
+        // egress went to, over its slots or within them.
+        info!(
+            %channel,
+            peer_id = child.peer_id,
+            secs = since.elapsed().as_secs_f32(),
+            sent_bytes = child.conn.stats().udp_tx.bytes,
+            over_slots,
+            "child left the edge"
+        );
         result
     }
 }

@@ -867,6 +867,7 @@ impl Tracker {
             if !fed && (p.slow_start || p.shed_at.is_some_and(|t| now.since(t) < PROBE_HOLD)) {
                 self.fell_short(i, now);
             }
+            self.note_bridge(i);
             self.mark_open(i);
         }
         self.reprobe(i, now);
@@ -964,6 +965,7 @@ impl Tracker {
         if p.children.is_empty() {
             p.tested_kbps = Some(p.tested_kbps.map_or(kbps, |t| t.max(kbps)));
         }
+        self.note_bridge(i);
         Ok(())
     }
 
@@ -1411,6 +1413,14 @@ impl Tracker {
     /// child whose parent died until the tracker has placed it.
     fn spare_for_one(&self, c: u32) -> bool {
         let p = &self.peers[c as usize];
+        self.spare_but_for_the_hold(c)
+            && (p.slow_start || p.shed_at.is_none_or(|t| self.now.since(t) >= PROBE_HOLD))
+    }
+
+    /// [`Self::spare_for_one`] but for the hold after a shortfall, which
+    /// ends with time alone, unseen by [`Self::note_bridge`].
+    fn spare_but_for_the_hold(&self, c: u32) -> bool {
+        let p = &self.peers[c as usize];
         let n = p.children.len();
         if !p.fed || p.earned != Some(n) {
             return false;
@@ -1420,7 +1430,6 @@ impl Tracker {
             && !p.suspect
             && p.promoted
             && !p.leaf_only
-            && (p.slow_start || p.shed_at.is_none_or(|t| self.now.since(t) >= PROBE_HOLD))
             && self.within_caps(p, n + 1) > n
             && p.depth < self.config.max_depth
     }
@@ -1435,7 +1444,7 @@ impl Tracker {
         if c == ROOT || c == NONE {
             return;
         }
-        let on = self.peers[c as usize].backers < BRIDGE_BACKERS && self.spare_for_one(c);
+        let on = self.peers[c as usize].backers < BRIDGE_BACKERS && self.spare_but_for_the_hold(c);
         self.set_bridge(c, on);
     }
 
@@ -1456,7 +1465,9 @@ impl Tracker {
     /// takes it out, as the bit changes or `c` changes parent.
     fn count_bridge(&mut self, c: u32, on: bool) {
         let parent = self.peers[c as usize].parent;
-        if parent == ROOT || parent == NONE {
+        // A parent that left keeps no count: its children are placed
+        // again one by one, the others still naming it meanwhile.
+        if parent == ROOT || parent == NONE || !self.peers[parent as usize].live {
             return;
         }
         let p = &mut self.peers[parent as usize];
@@ -1602,6 +1613,7 @@ impl Tracker {
     fn promote(&mut self, i: u32) {
         self.peers[i as usize].promoted = true;
         self.mark_open(i);
+        self.note_bridge(i);
     }
 
     /// The shallowest parent with room for `i` (and the subtree below it),
