@@ -143,6 +143,10 @@ pub struct Report {
     /// The part of it pushed down the tree over QUIC (its root children,
     /// and peers on the edge as their backup of last resort).
     pub edge_tree_streams: f64,
+    /// Of `edge_tree_streams`, what went to peers the edge was not the
+    /// parent of: repairs it bridged as their backup until the tracker's
+    /// placement took over.
+    pub edge_bridge_streams: f64,
     /// The part of it served over HTTP (fallbacks, joins' first segments,
     /// playlists and signatures).
     pub edge_http_streams: f64,
@@ -515,6 +519,7 @@ fn roles(config: &SwarmConfig, index: usize, rng: &mut Rng) -> PeerOptions {
 struct EdgeCounters {
     egress: u64,
     tree_egress: u64,
+    bridged: u64,
     evicted_corrupt: u64,
     evicted_silent: u64,
 }
@@ -524,6 +529,7 @@ impl EdgeCounters {
         Self {
             egress: self.egress.saturating_sub(before.egress),
             tree_egress: self.tree_egress.saturating_sub(before.tree_egress),
+            bridged: self.bridged.saturating_sub(before.bridged),
             evicted_corrupt: self.evicted_corrupt.saturating_sub(before.evicted_corrupt),
             evicted_silent: self.evicted_silent.saturating_sub(before.evicted_silent),
         }
@@ -545,6 +551,7 @@ async fn edge_counters(cluster: &Cluster) -> anyhow::Result<EdgeCounters> {
     Ok(EdgeCounters {
         egress: sum("treecast_edge_egress_bytes_total{", ""),
         tree_egress: sum("treecast_edge_egress_bytes_total{", "path=\"tree\""),
+        bridged: sum("treecast_edge_tree_bridged_bytes_total ", ""),
         evicted_corrupt: sum("treecast_edge_tree_evictions_total{", "reason=\"corrupt\""),
         evicted_silent: sum("treecast_edge_tree_evictions_total{", "reason=\"silent\""),
     })
@@ -861,6 +868,7 @@ fn summarize(
         edge_egress_bytes: edge.egress,
         edge_streams: ratio(edge.egress as f64, stream_bytes),
         edge_tree_streams: ratio(edge.tree_egress as f64, stream_bytes),
+        edge_bridge_streams: ratio(edge.bridged as f64, stream_bytes),
         edge_http_streams: ratio(
             edge.egress.saturating_sub(edge.tree_egress) as f64,
             stream_bytes,

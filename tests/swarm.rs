@@ -110,6 +110,22 @@ async fn a_swarm_with_killed_parents_and_a_corrupting_parent_plays_clean() {
         report.edge_tree_streams,
         report.edge_http_streams
     );
+    // What the edge bridged is part of what it pushed, and what its root
+    // slots carried is the rest: the slots' two copies, and the first
+    // segments of the peers that took a slot (one run: 2.38 of 2.60,
+    // 0.23 bridged).
+    assert!(
+        (0.0..=report.edge_tree_streams).contains(&report.edge_bridge_streams),
+        "bridged {} of {} streams",
+        report.edge_bridge_streams,
+        report.edge_tree_streams
+    );
+    assert!(
+        report.edge_tree_streams - report.edge_bridge_streams <= 2.0 + 1.0,
+        "the root slots carried {} streams ({} bridged)",
+        report.edge_tree_streams - report.edge_bridge_streams,
+        report.edge_bridge_streams
+    );
     let parts = report.edge_tree_streams + report.edge_http_streams;
     assert!(
         (parts - report.edge_streams).abs() < 1e-6,

@@ -284,6 +284,14 @@ impl EdgeMetrics {
         };
         let root = RootMetrics {
             egress: http.egress_bytes.with_label_values(&["tree"]),
+            bridged: reg(
+                r,
+                IntCounter::new(
+                    "treecast_edge_tree_bridged_bytes_total",
+                    "Of the tree's egress, bytes to peers the edge is not the parent of: it feeds them as their backup while a repair is placed.",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}")),
+            ),
             children: gauge(
                 r,
                 "treecast_edge_tree_children",

@@ -47,15 +47,33 @@ const SEGMENT_DEADLINE: Duration = Duration::from_secs(9);
 /// channel and peers keeping the edge as their warm backup).
 pub const MAX_CONNECTIONS: usize = 4096;
 
-/// Whether the tracker names the edge as a peer's parent or backup on a
-/// channel.
-pub type EdgeNamed = Arc<dyn Fn(&ChannelName, u64) -> bool + Send + Sync>;
+/// How often a child's bytes are counted towards the edge's egress, each
+/// time under what the tracker names the edge for it then.
+const ACCOUNT_EVERY: Duration = Duration::from_millis(500);
+
+/// What the tracker names the edge for a peer on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeRole {
+    /// The peer is one of the edge's children (a root slot).
+    Parent,
+    /// The edge is the peer's backup of last resort: fed by it, the peer
+    /// bridges a repair until the tracker's placement takes over.
+    Backup,
+}
+
+/// What the tracker names the edge for a peer on a channel now, if
+/// anything.
+pub type EdgeNamed = Arc<dyn Fn(&ChannelName, u64) -> Option<EdgeRole> + Send + Sync>;
 
 /// Root metrics.
 #[derive(Debug, Clone)]
 pub struct RootMetrics {
     /// Bytes pushed down the tree (segment data frames).
     pub egress: IntCounter,
+    /// Of those, bytes to peers the edge is not the parent of: it bridges
+    /// their repair as their backup, or they are on their way to the
+    /// parent the tracker placed them under.
+    pub bridged: IntCounter,
     /// Children connected now.
     pub children: IntGauge,
     /// Children refused (bad or missing ticket, wrong protocol, slots full,
@@ -221,7 +239,7 @@ impl Root {
                 .map_err(|e| e.to_string())?;
             let streaming = self.streaming_children(&channel);
             over_slots = streaming >= self.root_slots;
-            if over_slots && !(self.names_the_edge)(&channel, peer_id) {
+            if over_slots && (self.names_the_edge)(&channel, peer_id).is_none() {
                 return Err(format!(
                     "the edge's root slots are full ({streaming} of {} streaming); the tracker will place you",
                     self.root_slots
@@ -251,7 +269,26 @@ impl Root {
         self.metrics.children.inc();
         let feed = self.feed(&channel);
         let since = std::time::Instant::now();
-        let result = tree::push(&mut child, &feed, &self.push).await;
+        // This child's bytes first, then counted in the edge's egress by
+        // what the edge is to it at the time.
+        let sent = IntCounter::new("child_egress_bytes", "Segment bytes to one child.")
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+        let mut push = self.push.clone();
+        push.metrics.egress = sent.clone();
+        let mut counted = 0;
+        let peer_id = child.peer_id;
+        let result = {
+            let pushing = tree::push(&mut child, &feed, &push);
+            tokio::pin!(pushing);
+            let mut tick = tokio::time::interval(ACCOUNT_EVERY);
+            loop {
+                tokio::select! {
+                    r = &mut pushing => break r,
+                    _ = tick.tick() => self.account(&channel, peer_id, &sent, &mut counted),
+                }
+            }
+        };
+        self.account(&channel, peer_id, &sent, &mut counted);
         drop(feed);
         self.metrics.children.dec();
         self.drop_idle_feed(&channel);
@@ -267,6 +304,23 @@ impl Root {
             "child left the edge"
         );
         result
+    }
+}
+
+impl Root {
+    /// Adds what one child was sent since the last look to the edge's tree
+    /// egress, and to its bridged bytes unless the edge is its parent now.
+    fn account(&self, channel: &ChannelName, peer_id: u64, sent: &IntCounter, counted: &mut u64) {
+        let total = sent.get();
+        let new = total.saturating_sub(*counted);
+        *counted = total;
+        if new == 0 {
+            return;
+        }
+        self.metrics.egress.inc_by(new);
+        if (self.names_the_edge)(channel, peer_id) != Some(EdgeRole::Parent) {
+            self.metrics.bridged.inc_by(new);
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::root::EdgeRole;
 use http::StatusCode;
 use treecast_proto::ticket::{SigningKey, TicketClaims};
 use treecast_proto::ChannelName;
@@ -685,13 +686,17 @@ impl TrackerService {
     /// in `channel` now: the root admits such a child even when its slots
     /// look full (a replacement arriving before a killed child's
     /// connection timed out; a peer switching to its backup of last
-    /// resort).
-    pub fn names_the_edge(&self, channel: &ChannelName, peer_id: u64) -> bool {
-        self.tree(channel).is_some_and(|t| {
-            lock(&t).tracker.assignment(PeerId(peer_id)).is_ok_and(|a| {
-                a.parent == Some(core::Node::Root) || a.backup == Some(core::Node::Root)
-            })
-        })
+    /// resort), and counts what it sends a backer apart.
+    pub fn names_the_edge(&self, channel: &ChannelName, peer_id: u64) -> Option<EdgeRole> {
+        let tree = self.tree(channel)?;
+        let a = lock(&tree).tracker.assignment(PeerId(peer_id)).ok()?;
+        if a.parent == Some(core::Node::Root) {
+            Some(EdgeRole::Parent)
+        } else if a.backup == Some(core::Node::Root) {
+            Some(EdgeRole::Backup)
+        } else {
+            None
+        }
     }
 
     /// Runs `f` on the tree of a channel a peer names, which must have one,
