@@ -290,14 +290,30 @@ struct Peer {
     /// Bytes its children had to take from the edge in the window.
     credit_missed: u64,
     credit_since: Stamp,
-    // The first cache line ends here.
+    // The first cache line ends here. The second holds the rest of what
+    // each of its own heartbeats reads (the uplink test's and the
+    // reprobe's checks): at 100,000 peers every line a heartbeat touches
+    // is a cache miss.
     children: Vec<u32>,
     joined: Stamp,
     cap_kbps: Option<u32>,
     measured_kbps: u32,
     /// Children it has shown it can feed; `None` until a window with
-    /// children is measured (then probation slots apply).
-    earned: Option<usize>,
+    /// children is measured (then probation slots apply). Read through
+    /// [`Peer::earned`]: stored small to keep the second line.
+    earned: Option<u16>,
+    /// The best its uplink tests measured while it had no children, kb/s.
+    tested_kbps: Option<u32>,
+    /// Uplink tests asked of it ([`Tracker::handle_uplink_test`]).
+    uplink_tests: u8,
+    leaf_only: bool,
+    /// Probes since it was cut to no slots that failed too: each doubles
+    /// the wait before the next ([`Tracker::reprobe`]).
+    reprobes: u8,
+    /// Its children got at least [`SATURATED`] of their bytes from it in
+    /// its last measured window.
+    fed: bool,
+    // The second cache line ends here.
     /// When its uplink last fell short (it probes for more no sooner
     /// than [`PROBE_HOLD`] after).
     shed_at: Option<Stamp>,
@@ -308,18 +324,7 @@ struct Peer {
     /// with it to blame.
     punch_ok: u16,
     punch_failed: u16,
-    leaf_only: bool,
     promoted: bool,
-    /// Uplink tests asked of it ([`Tracker::handle_uplink_test`]).
-    uplink_tests: u8,
-    /// The best its uplink tests measured while it had no children, kb/s.
-    tested_kbps: Option<u32>,
-    /// Probes since it was cut to no slots that failed too: each doubles
-    /// the wait before the next ([`Tracker::reprobe`]).
-    reprobes: u8,
-    /// Its children got at least [`SATURATED`] of their bytes from it in
-    /// its last measured window.
-    fed: bool,
     in_open: bool,
     /// Behind a NAT; see [`JoinRequest::nat`].
     nat: bool,
@@ -413,6 +418,15 @@ impl Peer {
     /// without UDP beyond its site.
     fn site_bound(&self) -> bool {
         self.nat || self.no_udp
+    }
+
+    /// Children it has shown it can feed ([`Peer::earned`]'s field).
+    fn earned(&self) -> Option<usize> {
+        self.earned.map(usize::from)
+    }
+
+    fn set_earned(&mut self, n: usize) {
+        self.earned = Some(u16::try_from(n).unwrap_or(u16::MAX));
     }
 }
 
@@ -794,7 +808,8 @@ impl Tracker {
     /// [`PROBE_HOLD`].
     fn fell_short(&mut self, p: u32, now: Stamp) {
         let p = &mut self.peers[p as usize];
-        p.earned = Some(p.children.len());
+        let n = p.children.len();
+        p.set_earned(n);
         p.shed_at = Some(now);
         p.slow_start = false;
     }
@@ -814,12 +829,13 @@ impl Tracker {
     fn reprobe(&mut self, i: u32, now: Stamp) {
         let stream = self.config.stream_kbps;
         let p = &mut self.peers[i as usize];
+        // The hold's end (a third cache line) only for a peer cut to no
+        // slots: few are.
+        if p.earned != Some(0) || !p.children.is_empty() || p.measured_kbps < stream {
+            return;
+        }
         let hold = PROBE_HOLD * (1u32 << p.reprobes.min(MAX_REPROBE_SHIFT));
-        let due = p.earned == Some(0)
-            && p.children.is_empty()
-            && p.measured_kbps >= stream
-            && p.shed_at.is_some_and(|t| now.since(t) >= hold);
-        if !due {
+        if p.shed_at.is_none_or(|t| now.since(t) < hold) {
             return;
         }
         p.earned = Some(1);
@@ -1283,14 +1299,14 @@ impl Tracker {
         let Some(delivered) = p.delivered().filter(|_| children > 0) else {
             return;
         };
-        let earned = p.earned.unwrap_or(children);
+        let earned = p.earned().unwrap_or(children);
         let may_probe = p.shed_at.is_none_or(|t| now.since(t) >= PROBE_HOLD);
         p.fed = delivered >= SATURATED;
         if p.fed {
             // It carried its children: a probe from zero slots worked.
             p.reprobes = 0;
         }
-        p.earned = Some(if delivered < SATURATED {
+        let next = if delivered < SATURATED {
             p.slow_start = false;
             p.shed_at = Some(now);
             let proven = (u64::from(p.measured_kbps) / stream) as usize;
@@ -1304,7 +1320,8 @@ impl Tracker {
             more.min(usize::from(self.config.max_children))
         } else {
             earned
-        });
+        };
+        p.set_earned(next);
         self.note_bridge(i);
     }
 
@@ -1316,7 +1333,7 @@ impl Tracker {
     /// makes the whole tree below it a level deeper).
     fn lift(&mut self, f: u32) {
         let fp = &self.peers[f as usize];
-        if fp.earned.unwrap_or(0) < LIFT_EARNED || fp.parent == NONE || fp.depth <= 1 {
+        if fp.earned().unwrap_or(0) < LIFT_EARNED || fp.parent == NONE || fp.depth <= 1 {
             return;
         }
         let depth = fp.depth;
@@ -1324,7 +1341,7 @@ impl Tracker {
         let weak = |t: &Self, w: u32| {
             let p = &t.peers[w as usize];
             p.live
-                && p.earned.is_some_and(|e| e < LIFT_EARNED)
+                && p.earned().is_some_and(|e| e < LIFT_EARNED)
                 && p.depth < depth
                 && w != f
                 && !t.is_in_subtree(f, w)
@@ -1383,7 +1400,8 @@ impl Tracker {
         }
         self.capped(
             p,
-            p.earned.unwrap_or(usize::from(self.config.probation_slots)),
+            p.earned()
+                .unwrap_or(usize::from(self.config.probation_slots)),
         )
     }
 
@@ -1422,7 +1440,7 @@ impl Tracker {
     fn spare_but_for_the_hold(&self, c: u32) -> bool {
         let p = &self.peers[c as usize];
         let n = p.children.len();
-        if !p.fed || p.earned != Some(n) {
+        if !p.fed || p.earned() != Some(n) {
             return false;
         }
         p.live
@@ -2074,7 +2092,8 @@ impl Tracker {
                 if t != ROOT && !self.has_room(t) {
                     // A backup stretched by one: its next probe, taken now.
                     let p = &mut self.peers[t as usize];
-                    p.earned = Some(p.children.len() + 1);
+                    let n = p.children.len() + 1;
+                    p.set_earned(n);
                 }
                 self.attach(i, t);
                 // A peer whose backup was the edge may be switching to it
@@ -3691,7 +3710,8 @@ mod tests {
             assert!(all.len() <= 4 + 2 * fed, "u took too few of the joiners");
         }
         let rec = &mut t.peers[u.index() as usize];
-        (rec.earned, rec.fed) = (Some(fed), true);
+        rec.set_earned(fed);
+        rec.fed = true;
         // What the window closing with these would note.
         t.note_bridge(u.index());
         // Whoever u backs while it had a free slot backs nobody now.
