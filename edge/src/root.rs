@@ -23,6 +23,10 @@
 //!   digest (fetched through the cache once the segment is complete); a
 //!   new child first gets the last few segments; a slow child skips ahead
 //!   and a segment undeliverable within 9 s is abandoned.
+//! - what each child is sent counts in the edge's tree egress every
+//!   [`ACCOUNT_EVERY`], and apart as bridged while the tracker names the
+//!   edge only as that peer's backup (a repair it carries until the
+//!   tracker's placement takes over).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -305,9 +309,7 @@ impl Root {
         );
         result
     }
-}
 
-impl Root {
     /// Adds what one child was sent since the last look to the edge's tree
     /// egress, and to its bridged bytes unless the edge is its parent now.
     fn account(&self, channel: &ChannelName, peer_id: u64, sent: &IntCounter, counted: &mut u64) {
