@@ -24,7 +24,7 @@
 //!   new child first gets the last few segments; a slow child skips ahead
 //!   and a segment undeliverable within 9 s is abandoned.
 //! - what each child is sent counts in the edge's tree egress every
-//!   [`ACCOUNT_EVERY`], and apart as bridged while the tracker names the
+//!   500 ms, and apart as bridged while the tracker names the
 //!   edge only as that peer's backup (a repair it carries until the
 //!   tracker's placement takes over).
 
