@@ -466,7 +466,8 @@ mod tests {
         );
     }
 
-    fn jittered(reorder: f64) -> Vec<Instant> {
+    /// Release times of 200 packets handled at `now`.
+    fn jittered(reorder: f64, now: Instant) -> Vec<Instant> {
         let a = Ipv4Addr::new(10, 80, 0, 2);
         let leg = Leg {
             delay: Duration::from_millis(20),
@@ -475,7 +476,6 @@ mod tests {
             reorder,
         };
         let mut e = Emulator::new(HashMap::from([(a, leg)]), 9);
-        let now = Instant::now();
         (0..200)
             .map(
                 |_| match e.handle_packet(now, &header(a.octets(), [1, 1, 1, 1]), 1) {
@@ -492,11 +492,11 @@ mod tests {
         let within = |t: &Instant| {
             *t >= now + Duration::from_millis(20) && *t <= now + Duration::from_millis(26)
         };
-        let ordered = jittered(0.0);
+        let ordered = jittered(0.0, now);
         assert!(ordered.iter().all(within));
         assert!(ordered.windows(2).all(|w| w[1] >= w[0]), "in order");
         assert!(ordered.windows(2).any(|w| w[1] > w[0]), "but jittered");
-        let reordered = jittered(0.2);
+        let reordered = jittered(0.2, now);
         assert!(reordered.iter().all(within));
         assert!(reordered.windows(2).any(|w| w[1] < w[0]), "some overtake");
     }

@@ -330,6 +330,8 @@ struct Peer {
     nat: bool,
     /// Listed in the site's lists (`site_open`).
     in_site_open: bool,
+    /// Listed in [`Tracker::weak`].
+    in_weak: bool,
     /// No UDP leaves its site; see [`Tracker::handle_no_udp`].
     no_udp: bool,
     reach: Reach,
@@ -354,6 +356,9 @@ const MAX_REPROBE_SHIFT: u8 = 4;
 /// Children a peer must have earned to trade places with a weak peer
 /// nearer the root.
 const LIFT_EARNED: usize = 2;
+/// Weak peers looked at per level for a trade ([`Tracker::lift`]): the
+/// last listed, so a level's stale entries cost once.
+const WEAK_SCAN: usize = 8;
 
 /// Most peers an orphan's search for a peer near the top to trade places
 /// with visits (breadth-first from the edge): the top levels of a tree of
@@ -549,6 +554,9 @@ pub struct Tracker {
     /// Per depth, peers anyone can dial that may have a free slot (checked
     /// when used).
     open: Vec<Vec<u32>>,
+    /// Per depth, peers that may be weak ([`Tracker::is_weak`]; checked
+    /// when used): where [`Tracker::lift`] looks for a place for a feeder.
+    weak: Vec<Vec<u32>>,
     /// Per site and depth, peers behind a NAT that may have a free slot
     /// (checked when used; an emptied list is removed).
     site_open: std::collections::HashMap<(u32, u8), Vec<u32>>,
@@ -600,6 +608,7 @@ impl Tracker {
             root_children: Vec::new(),
             http_children: Vec::new(),
             open: vec![Vec::new(); depths],
+            weak: vec![Vec::new(); depths],
             site_open: std::collections::HashMap::new(),
             newcomers: VecDeque::new(),
             orphans: Vec::new(),
@@ -736,6 +745,7 @@ impl Tracker {
             reprobes: 0,
             fed: false,
             in_open: false,
+            in_weak: false,
             site: req.site,
             nat: req.nat,
             in_site_open: false,
@@ -806,12 +816,13 @@ impl Tracker {
     /// silent while it lived): it keeps the children it has left as its
     /// slots, leaves slow start, and probes for more only after
     /// [`PROBE_HOLD`].
-    fn fell_short(&mut self, p: u32, now: Stamp) {
-        let p = &mut self.peers[p as usize];
+    fn fell_short(&mut self, i: u32, now: Stamp) {
+        let p = &mut self.peers[i as usize];
         let n = p.children.len();
         p.set_earned(n);
         p.shed_at = Some(now);
         p.slow_start = false;
+        self.mark_weak(i);
     }
 
     /// A peer whose uplink fell short of one child has no slot, and
@@ -982,6 +993,7 @@ impl Tracker {
             p.tested_kbps = Some(p.tested_kbps.map_or(kbps, |t| t.max(kbps)));
         }
         self.note_bridge(i);
+        self.mark_weak(i);
         Ok(())
     }
 
@@ -1323,50 +1335,33 @@ impl Tracker {
         };
         p.set_earned(next);
         self.note_bridge(i);
+        self.mark_weak(i);
     }
 
-    /// Moves a proven feeder `f` towards the root: if a peer near the top
-    /// (depth 1 or 2, shallower than `f`) has shown it can feed at most
-    /// one child, the two trade places, each with its subtree. Only the
-    /// top two levels are searched: they are few, and they are where a
-    /// weak peer costs the most (a peer at depth 1 that feeds one child
-    /// makes the whole tree below it a level deeper).
+    /// Moves a proven feeder `f` towards the root: if a shallower peer
+    /// has shown it can feed at most one child ([`Self::is_weak`]), the
+    /// two trade places, each with its subtree, the shallowest such peer
+    /// first. A weak peer costs the tree a level for everything below it
+    /// (a peer at depth 1 that feeds one child makes the whole tree a level
+    /// deeper), and feeders that joined late sat deep for their session:
+    /// with only the top two levels searched, 100 simulated peers on
+    /// `residential` links under 2 root slots stayed 7 to 12 deep after
+    /// the joins; with every level, 5 to 6 ([`Self::weak`] keeps the
+    /// search to a few entries per level, as [`Self::open`] does for
+    /// joins).
     fn lift(&mut self, f: u32) {
         let fp = &self.peers[f as usize];
-        if fp.earned().unwrap_or(0) < LIFT_EARNED || fp.parent == NONE || fp.depth <= 1 {
+        let feeds = fp.earned().unwrap_or(0) >= LIFT_EARNED
+            && self.within_caps(fp, LIFT_EARNED) >= LIFT_EARNED;
+        if !feeds || fp.parent == NONE || fp.depth <= 1 {
             return;
         }
         let depth = fp.depth;
         let fparent = fp.parent;
-        let weak = |t: &Self, w: u32| {
-            let p = &t.peers[w as usize];
-            p.live
-                && p.earned().is_some_and(|e| e < LIFT_EARNED)
-                && p.depth < depth
-                && w != f
-                && !t.is_in_subtree(f, w)
-                && t.depth(fparent) + 1 + p.height <= t.config.max_depth
-        };
-        // The edge's children first, then theirs (no list built: this
-        // runs for every parent once per upload window).
-        let top = || self.root_children.iter().copied();
-        let second = || {
-            self.root_children
-                .iter()
-                .flat_map(|&c| self.peers[c as usize].children.iter().copied())
-        };
-        let Some(w) = top().chain(second()).find(|&w| weak(self, w)) else {
+        let Some(w) = (1..depth).find_map(|d| self.weak_at(d, f, fparent)) else {
             return;
         };
         let wparent = self.peers[w as usize].parent;
-        if self.is_in_subtree(wparent, f)
-            || !self.reaches(f, wparent)
-            || !self.reaches(w, fparent)
-            || self.leaves_its_lan(f, fparent, wparent)
-            || self.leaves_its_lan(w, wparent, fparent)
-        {
-            return;
-        }
         self.detach(f);
         self.detach(w);
         self.attach(f, wparent);
@@ -1377,6 +1372,101 @@ impl Tracker {
             self.events
                 .push_back(TrackerEvent::Moved(self.assignment_of(moved)));
         }
+    }
+
+    /// A weak peer at depth `d` that feeder `f` (under `fparent`) may
+    /// trade places with: among the few listed last there, one not above
+    /// `f` whose subtree fits under `fparent`. Drops stale entries.
+    fn weak_at(&mut self, d: u8, f: u32, fparent: u32) -> Option<u32> {
+        let list = usize::from(d);
+        while let Some(&top) = self.weak[list].last() {
+            if self.peers[top as usize].depth == d && self.is_weak(top) {
+                break;
+            }
+            self.weak[list].pop();
+            self.peers[top as usize].in_weak = false;
+            self.mark_weak(top);
+        }
+        let fits = |t: &Self, w: u32| {
+            let p = &t.peers[w as usize];
+            let wparent = p.parent;
+            w != f
+                && p.depth == d
+                && t.is_weak(w)
+                && !t.is_in_subtree(f, w)
+                && t.depth(fparent) + 1 + p.height <= t.config.max_depth
+                && !t.is_in_subtree(wparent, f)
+                && t.reaches(f, wparent)
+                && t.reaches(w, fparent)
+                && !t.leaves_its_lan(f, fparent, wparent)
+                && !t.leaves_its_lan(w, wparent, fparent)
+        };
+        self.weak[list]
+            .iter()
+            .rev()
+            .take(WEAK_SCAN)
+            .copied()
+            .find(|&w| fits(self, w))
+    }
+
+    /// Whether `w`, placed, feeds fewer than [`LIFT_EARNED`] children
+    /// whatever it is given: it earned fewer, its uplink test or its
+    /// viewer's cap allow fewer, or it takes none. (A site's leader fed
+    /// over HTTP is in no QUIC slot a feeder could take.)
+    fn is_weak(&self, w: u32) -> bool {
+        let p = &self.peers[w as usize];
+        p.live
+            && p.parent != NONE
+            && !p.no_udp
+            && (p.leaf_only
+                || p.earned().is_some_and(|e| e < LIFT_EARNED)
+                || self.within_caps(p, LIFT_EARNED) < LIFT_EARNED)
+    }
+
+    /// Lists `w` in [`Self::weak`] at its depth if it is weak. Called
+    /// where it may become so: its depth changes, its window closes, its
+    /// uplink falls short or is tested.
+    fn mark_weak(&mut self, w: u32) {
+        if self.peers[w as usize].in_weak || !self.is_weak(w) {
+            return;
+        }
+        let p = &mut self.peers[w as usize];
+        // Below the depth bound for a moment (see `Self::trim`): no
+        // feeder is deeper.
+        let Some(list) = self.weak.get_mut(usize::from(p.depth)) else {
+            return;
+        };
+        p.in_weak = true;
+        list.push(w);
+        let d = usize::from(p.depth);
+        // Entries go stale as peers move; a level deeper than the feeders
+        // is never searched, so its list is swept when it has grown to
+        // twice the level's peers.
+        if self.weak[d].len() as u64 > 2 * self.depth_counts[d] + 64 {
+            self.sweep_weak(d);
+        }
+    }
+
+    /// Keeps in `weak[d]` only the weak peers at depth `d`, once each.
+    fn sweep_weak(&mut self, d: usize) {
+        let mut list = std::mem::take(&mut self.weak[d]);
+        for &w in &list {
+            let p = &mut self.peers[w as usize];
+            if usize::from(p.depth) == d {
+                p.in_weak = false;
+            }
+        }
+        list.retain(|&w| {
+            let keep = {
+                let p = &self.peers[w as usize];
+                usize::from(p.depth) == d && !p.in_weak && self.is_weak(w)
+            };
+            if keep {
+                self.peers[w as usize].in_weak = true;
+            }
+            keep
+        });
+        self.weak[d] = list;
     }
 
     /// Whether moving `c`, behind its site's NAT or firewall, from `from`
@@ -2027,10 +2117,12 @@ impl Tracker {
             let p = &mut self.peers[n as usize];
             p.in_open = false;
             p.in_site_open = false;
+            p.in_weak = false;
             for &c in &p.children {
                 stack.push((c, d + 1));
             }
             self.mark_open(n);
+            self.mark_weak(n);
             self.note_bridge(n);
         }
     }
@@ -2313,6 +2405,7 @@ impl Tracker {
             p.live = false;
             p.in_open = false;
             p.in_site_open = false;
+            p.in_weak = false;
         }
         self.recount(before, i);
         self.live -= 1;
@@ -2429,6 +2522,13 @@ impl Tracker {
                     "peer {i} (site {}) cannot dial its parent or backup",
                     p.site
                 ));
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let listed = |d: usize| self.weak[d].contains(&(i as u32));
+            let d = usize::from(p.depth);
+            if d < self.weak.len() && self.is_weak(i as u32) && !listed(d) {
+                return Err(format!("weak peer {i} at depth {d} is not listed there"));
             }
         }
         let mut backers = vec![0u32; self.peers.len()];
@@ -3082,6 +3182,49 @@ mod tests {
             .filter(|e| matches!(e, TrackerEvent::Moved(a) if a.id == weak))
             .count();
         assert!(moved >= 1, "the weak peer was told of its move");
+    }
+
+    #[test]
+    fn a_feeder_deep_in_the_tree_trades_places_with_a_weak_peer_at_any_shallower_depth() {
+        // The edge (one slot) feeds A, A feeds P, P feeds W and a chain
+        // Q, R down to F at depth 5 (W, Q and R on 1 Mb/s uplinks: one
+        // child each at most). F takes two children and feeds them: it
+        // earns its slots and trades places with W, the shallowest weak
+        // peer not above it, below the top two levels the search used to
+        // stop at.
+        let mut now = Instant::now();
+        let mut t = Tracker::new(TrackerConfig {
+            root_slots: 1,
+            max_depth: 8,
+            ..config()
+        });
+        let a = join(&mut t, now);
+        let under = |t: &mut Tracker, parent: PeerId| joins_under(t, parent, None, now);
+        let p = under(&mut t, a);
+        let w = joins_under(&mut t, p, Some(1_000), now);
+        let q = joins_under(&mut t, p, Some(1_000), now);
+        let r = joins_under(&mut t, q, Some(1_000), now);
+        let f = under(&mut t, r);
+        let kids = [under(&mut t, f), under(&mut t, f)];
+        let mut all = vec![a, p, w, q, r, f];
+        all.extend(kids);
+        let depth = |t: &Tracker, x| t.assignment(x).expect("alive").depth;
+        assert_eq!((depth(&t, w), depth(&t, f)), (3, 5));
+        for _ in 0..4 {
+            second(&mut t, &mut now, &all, &[], 1.0);
+            t.check_invariants().expect("invariants");
+        }
+        assert_eq!(depth(&t, f), 3, "the feeder took the weak peer's place");
+        assert_eq!(t.assignment(f).expect("alive").parent, Some(Node::Peer(p)));
+        assert_eq!(t.assignment(w).expect("alive").parent, Some(Node::Peer(r)));
+        assert_eq!(depth(&t, kids[0]), 4, "with its subtree");
+        let moved: Vec<PeerId> = std::iter::from_fn(|| t.poll_event())
+            .filter_map(|e| match e {
+                TrackerEvent::Moved(m) => Some(m.id),
+                _ => None,
+            })
+            .collect();
+        assert!(moved.contains(&f) && moved.contains(&w), "{moved:?}");
     }
 
     /// A tree with one root slot and one established peer in it, which
