@@ -753,9 +753,32 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<Report> {
         leaving.spawn(async move { process.terminate().await });
     }
     while leaving.join_next().await.is_some() {}
+    write_arrivals(&config.cluster.work_dir.join("arrivals.csv"), &collected);
     let report = summarize(&config, collected, edge, duration, started, corrupting);
     cluster.shutdown().await;
     Ok(report)
+}
+
+/// Writes every segment arrival the peers reported (the lag figures'
+/// input, one row each) to `path`, for a closer look at a run; a failure
+/// is logged and the run goes on.
+fn write_arrivals(path: &std::path::Path, c: &Collected) {
+    let mut rows: Vec<(&(usize, u64), &Verified)> = c.arrivals.iter().collect();
+    rows.sort_by_key(|(k, _)| **k);
+    let mut out = String::from("peer,seq,source,depth,at_ms,origin_ms,backfill\n");
+    for ((peer, seq), v) in rows {
+        let source = match v.source {
+            Source::Tree => "tree",
+            Source::Edge => "edge",
+        };
+        out += &format!(
+            "{peer},{seq},{source},{},{},{},{}\n",
+            v.depth, v.at_ms, v.origin_ms, v.backfill
+        );
+    }
+    if let Err(e) = std::fs::write(path, out) {
+        warn!(path = %path.display(), error = %e, "cannot write the arrivals");
+    }
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

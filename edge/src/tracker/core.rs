@@ -2530,6 +2530,12 @@ impl Tracker {
             if d < self.weak.len() && self.is_weak(i as u32) && !listed(d) {
                 return Err(format!("weak peer {i} at depth {d} is not listed there"));
             }
+            let dialable = p.live && p.parent != NONE && p.reach != Reach::SiteOnly;
+            if dialable && self.has_room(i as u32) && !self.open[d].contains(&(i as u32)) {
+                return Err(format!(
+                    "peer {i} with room at depth {d} is not listed open"
+                ));
+            }
         }
         let mut backers = vec![0u32; self.peers.len()];
         for i in 0..self.peers.len() as u32 {
