@@ -313,6 +313,15 @@ struct Peer {
     /// Its children got at least [`SATURATED`] of their bytes from it in
     /// its last measured window.
     fed: bool,
+    /// Behind a NAT; see [`JoinRequest::nat`]. (This and the next three
+    /// are here, not further down, because every backup search reads
+    /// them, of the peer and of each candidate: a third line would be a
+    /// cache miss per candidate at 100,000 peers.)
+    nat: bool,
+    /// No UDP leaves its site; see [`Tracker::handle_no_udp`].
+    no_udp: bool,
+    promoted: bool,
+    reach: Reach,
     // The second cache line ends here.
     /// When its uplink last fell short (it probes for more no sooner
     /// than [`PROBE_HOLD`] after).
@@ -324,17 +333,11 @@ struct Peer {
     /// with it to blame.
     punch_ok: u16,
     punch_failed: u16,
-    promoted: bool,
     in_open: bool,
-    /// Behind a NAT; see [`JoinRequest::nat`].
-    nat: bool,
     /// Listed in the site's lists (`site_open`).
     in_site_open: bool,
     /// Listed in [`Tracker::weak`].
     in_weak: bool,
-    /// No UDP leaves its site; see [`Tracker::handle_no_udp`].
-    no_udp: bool,
-    reach: Reach,
 }
 
 /// Below this share of its children's bytes delivered by itself (the
@@ -1650,12 +1653,12 @@ impl Tracker {
         if c.no_udp {
             return p.site == c.site;
         }
-        p.site == c.site
-            || match p.reach {
-                Reach::Public => true,
-                Reach::Punch => c.reach != Reach::SiteOnly,
-                Reach::SiteOnly => false,
-            }
+        // The sites last: they are on the records' third cache line.
+        match p.reach {
+            Reach::Public => true,
+            Reach::Punch => c.reach != Reach::SiteOnly || p.site == c.site,
+            Reach::SiteOnly => p.site == c.site,
+        }
     }
 
     /// The shallowest peer behind `site`'s NAT that can take `i` (and
@@ -1979,7 +1982,9 @@ impl Tracker {
         let deepest = usize::from(self.depth_of_parent_slot(i)).min(self.open.len() - 1);
         for d in 1..=deepest {
             for &c in self.open[d].iter().rev().take(8) {
-                if self.reaches(i, c) && consider(c) {
+                // Room first: it reads the records' first two lines, and
+                // most listed peers have none left.
+                if self.has_room(c) && self.reaches(i, c) && consider(c) {
                     return Some(c);
                 }
             }
@@ -2753,6 +2758,18 @@ mod tests {
     fn what_a_heartbeat_touches_fills_one_cache_line() {
         assert_eq!(std::mem::offset_of!(Peer, children), 64);
         assert_eq!(std::mem::align_of::<Peer>(), 64);
+        // What a peer's own heartbeat and its backup search read stays
+        // on the second line.
+        for end in [
+            std::mem::offset_of!(Peer, fed),
+            std::mem::offset_of!(Peer, nat),
+            std::mem::offset_of!(Peer, no_udp),
+            std::mem::offset_of!(Peer, promoted),
+            std::mem::offset_of!(Peer, reach),
+            std::mem::offset_of!(Peer, tested_kbps),
+        ] {
+            assert!((64..128).contains(&end), "{end}");
+        }
     }
 
     #[test]
