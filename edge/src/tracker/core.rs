@@ -1349,7 +1349,7 @@ impl Tracker {
     /// deeper), and feeders that joined late sat deep for their session:
     /// with only the top two levels searched, 100 simulated peers on
     /// `residential` links under 2 root slots stayed 7 to 12 deep after
-    /// the joins; with every level, 5 to 6 ([`Self::weak`] keeps the
+    /// the joins; with every level, 5 to 7 ([`Self::weak`] keeps the
     /// search to a few entries per level, as [`Self::open`] does for
     /// joins).
     fn lift(&mut self, f: u32) {
@@ -1982,8 +1982,7 @@ impl Tracker {
         let deepest = usize::from(self.depth_of_parent_slot(i)).min(self.open.len() - 1);
         for d in 1..=deepest {
             for &c in self.open[d].iter().rev().take(8) {
-                // Room first: it reads the records' first two lines, and
-                // most listed peers have none left.
+                // Room first: it reads only the records' first two lines.
                 if self.has_room(c) && self.reaches(i, c) && consider(c) {
                     return Some(c);
                 }
