@@ -26,6 +26,7 @@
 //! `docs/swarm.md`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -767,13 +768,15 @@ fn write_arrivals(path: &std::path::Path, c: &Collected) {
     rows.sort_by_key(|(k, _)| **k);
     let mut out = String::from("peer,seq,source,depth,at_ms,origin_ms,backfill\n");
     for ((peer, seq), v) in rows {
-        let source = match v.source {
-            Source::Tree => "tree",
-            Source::Edge => "edge",
-        };
-        out += &format!(
-            "{peer},{seq},{source},{},{},{},{}\n",
-            v.depth, v.at_ms, v.origin_ms, v.backfill
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "{peer},{seq},{},{},{},{},{}",
+            v.source.label(),
+            v.depth,
+            v.at_ms,
+            v.origin_ms,
+            v.backfill
         );
     }
     if let Err(e) = std::fs::write(path, out) {

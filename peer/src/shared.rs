@@ -36,7 +36,8 @@ pub enum Source {
 }
 
 impl Source {
-    fn label(self) -> &'static str {
+    /// Its name in metrics' labels and reports.
+    pub fn label(self) -> &'static str {
         match self {
             Source::Tree => "tree",
             Source::Edge => "edge",
