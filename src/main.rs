@@ -329,6 +329,7 @@ fn main() -> ExitCode {
         edge: lab.edge(),
         slots: lab.peers().to_vec(),
         sites: lab.sites().to_vec(),
+        lateness: lab.lateness(),
     });
     // The demo's terminal shows its own progress and URLs; the roles' log
     // lines go to a file in its work directory.

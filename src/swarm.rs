@@ -38,6 +38,7 @@ use treecast_peer::shared::{Source, Verified};
 use treecast_peer::status::Status;
 
 use crate::cluster::{Cluster, ClusterConfig, PeerOptions, PeerProcess};
+use crate::netlab::emulator::LatenessReport;
 use crate::netlab::profile::EdgeLink;
 use crate::netlab::{link_counters, site_counters, LinkCounters, PeerNet, SiteNet};
 use crate::player::{play, PlayerReport, START_BEHIND};
@@ -90,6 +91,8 @@ pub struct NetRun {
     pub slots: Vec<PeerNet>,
     /// The profile's sites, by index (empty: every peer is public).
     pub sites: Vec<SiteNet>,
+    /// How late the lab's emulator lets packets go.
+    pub lateness: std::sync::Arc<crate::netlab::emulator::Lateness>,
 }
 
 /// p50, p95 and max of a set of values, and how many there were.
@@ -240,6 +243,10 @@ pub struct NetworkReport {
     /// Dials to a parent or backup through its NAT (the last 32 of each
     /// peer), by the NAT kinds of child and parent.
     pub direct_connection_success: Vec<DirectPair>,
+    /// How late the lab's emulator let packets go over the whole run:
+    /// packets released over 100 ms late mean the machine ran short of
+    /// CPU, and the run measured that too.
+    pub emulator_lateness: LatenessReport,
 }
 
 /// Dials through a NAT between one pair of NAT kinds.
@@ -1027,6 +1034,7 @@ fn network_report(
         links,
         sites: site_reports(net, c, secs, stream_kbps),
         direct_connection_success: direct_pairs(net, c),
+        emulator_lateness: net.lateness.report(),
     }
 }
 

@@ -313,6 +313,14 @@ impl Lab {
         Ok(lab)
     }
 
+    /// How late the emulator has let packets go so far.
+    pub fn lateness(&self) -> std::sync::Arc<emulator::Lateness> {
+        self.emulator
+            .as_ref()
+            .map(EmulatorHandle::lateness)
+            .unwrap_or_default()
+    }
+
     /// The router's namespace.
     pub fn router(&self) -> String {
         format!("{}r", self.prefix)
