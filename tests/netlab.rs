@@ -63,6 +63,22 @@ fn sixteen_peers_on_capped_delayed_links_play_without_stalls_near_the_limit() {
         "peers fed peers over their links"
     );
 
+    // The lab's network kept its promised delays: its emulator, the one
+    // thread every packet crosses, was not starved by the peers (when it
+    // was, every link slowed at once and the tree fell apart).
+    let late = &report["network"]["emulator_lateness"];
+    let released = late["released"]
+        .as_f64()
+        .expect("emulator_lateness.released");
+    let over = late["over_100ms"]
+        .as_f64()
+        .expect("emulator_lateness.over_100ms");
+    assert!(released > 10_000.0, "the emulator carried the run: {late}");
+    assert!(
+        over * 1000.0 <= released,
+        "the emulator let {over} of {released} packets go over 100 ms late"
+    );
+
     assert_eq!(f("stalls"), 0.0, "no simulated player stalled");
     assert_eq!(
         f("peer_inferred_stalls"),

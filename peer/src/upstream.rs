@@ -285,7 +285,8 @@ impl Manager {
             LinkEnd::Shed => (ReportKind::ParentShed, "shed"),
             LinkEnd::Closed(_) => (ReportKind::ParentGap, "closed"),
         };
-        warn!(parent = node.id, reason = %end, "lost the parent; switching to the backup");
+        let silent_ms = last_heard.elapsed().as_millis() as u64;
+        warn!(parent = node.id, reason = %end, silent_ms, "lost the parent; switching to the backup");
         self.tell(report, &node);
         let warm = self.warm.take_if(|w| backup == Some(NodeKey::of(&w.node)));
         if let Some(w) = warm {
@@ -374,10 +375,14 @@ impl Manager {
             let (end, last_heard) = run_link(shared, conn, control, control_rx, decoder).await;
             let _ = ended.send((number, end, last_heard)).await;
         });
-        if let Some(lost) = self.lost_at.take() {
-            self.shared.record_repair(lost.elapsed().as_millis() as u64);
+        let repair_ms = self
+            .lost_at
+            .take()
+            .map(|lost| lost.elapsed().as_millis() as u64);
+        if let Some(ms) = repair_ms {
+            self.shared.record_repair(ms);
         }
-        info!(parent = node.id, kind = %node.kind, addr = ?node.addr, reason, "streaming from a new parent");
+        info!(parent = node.id, kind = %node.kind, addr = ?node.addr, reason, repair_ms, "streaming from a new parent");
         self.shared
             .metrics
             .parent_switches
