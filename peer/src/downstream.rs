@@ -149,19 +149,42 @@ async fn child(agent: &Agent, incoming: quinn::Incoming) -> Result<(), TreeError
         metrics: shared.metrics.push(),
     };
     let opts = &opts;
-    info!(child = child.peer_id, %remote, "child connected");
+    let path = child.conn.stats().path;
+    info!(
+        child = child.peer_id,
+        %remote,
+        rtt_ms = path.rtt.as_millis() as u64,
+        lost_packets = path.lost_packets,
+        "child connected"
+    );
     shared.metrics.children_admitted.inc();
     shared.metrics.children.inc();
     let result = tree::push(&mut child, &shared.feed, opts).await;
     shared.metrics.children.dec();
+    // What the connection went through, for tracing a slow `Welcome` or
+    // a child that left its parent for silence.
+    let path = child.conn.stats().path;
+    let (rtt_ms, sent_packets, lost_packets, congestion_events) = (
+        path.rtt.as_millis() as u64,
+        path.sent_packets,
+        path.lost_packets,
+        path.congestion_events,
+    );
     if matches!(result, Err(TreeError::Shed)) {
         shared.metrics.children_shed.inc();
         warn!(
             child = child.peer_id,
+            rtt_ms,
+            sent_packets,
+            lost_packets,
+            congestion_events,
             "uplink saturated: let the newest child go"
         );
     } else {
-        info!(child = child.peer_id, "child gone");
+        info!(
+            child = child.peer_id,
+            rtt_ms, sent_packets, lost_packets, congestion_events, "child gone"
+        );
     }
     result
 }
