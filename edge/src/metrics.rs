@@ -275,6 +275,17 @@ impl EdgeMetrics {
                 )
                 .unwrap_or_else(|e| panic!("metric uplink_test_kbps: {e}")),
             ),
+            orphan_waits: reg(
+                r,
+                prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "treecast_edge_tracker_orphan_wait_seconds",
+                        "How long peers that lost their parent when no slot was free waited for a new one (fed from the edge over HTTP meanwhile).",
+                    )
+                    .buckets(vec![0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+                )
+                .unwrap_or_else(|e| panic!("metric orphan_wait_seconds: {e}")),
+            ),
             peers_behind_nat: gauge_vec(
                 r,
                 "treecast_edge_peers_behind_nat",

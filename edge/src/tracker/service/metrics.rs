@@ -57,6 +57,8 @@ pub struct TrackerMetrics {
     pub stale_reports: IntCounterVec,
     /// What peers' uplink tests carried, kb/s.
     pub uplink_tests: prometheus::Histogram,
+    /// How long orphans waited for a parent, seconds.
+    pub orphan_waits: prometheus::Histogram,
     /// Site leaders the edge feeds over HTTP (their site lets no UDP
     /// out), by channel.
     pub http_fed: IntGaugeVec,

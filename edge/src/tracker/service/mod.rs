@@ -16,11 +16,13 @@
 //! for the moment it takes to find one. Time comes in as an argument.
 //!
 //! The jobs live in their own files: [`limiter`] (the per-address rate
-//! limit), [`metrics`] (the Prometheus series), [`snapshot`] (what the
-//! dashboard shows); this file parses, dispatches and answers.
+//! limit), [`metrics`] (the Prometheus series), [`orphans`] (how long
+//! orphans wait), [`snapshot`] (what the dashboard shows); this file
+//! parses, dispatches and answers.
 
 pub mod limiter;
 pub mod metrics;
+pub mod orphans;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -148,6 +150,8 @@ struct ChannelTree {
     /// from elsewhere (at most [`MAX_PUNCHES`]).
     punches: HashMap<PeerId, Vec<SocketAddr>>,
     gauges: metrics::ChannelGauges,
+    /// Orphans waiting for a parent, since when.
+    orphans: orphans::OrphanWaits,
 }
 
 /// Where a peer can be dialled.
@@ -244,6 +248,7 @@ impl ChannelTree {
             }
         }
         self.punches.remove(&id);
+        self.orphans.forget(id);
         if let Some(p) = self.stats.remove(&id) {
             self.totals.sub(&p.totals);
             if let Some(row) = self.site_rows.get_mut(&p.site) {
@@ -341,6 +346,7 @@ impl TrackerService {
                 tickets: HashMap::new(),
                 punches: HashMap::new(),
                 gauges,
+                orphans: orphans::OrphanWaits::default(),
             }))
         });
         Ok(tree.clone())
@@ -510,7 +516,7 @@ impl TrackerService {
                         },
                     );
                     let out = self.answer(&channel, tree, a, at);
-                    self.drain(&channel, tree);
+                    self.drain(&channel, tree, at.mono);
                     Ok(out)
                 })
             }
@@ -537,7 +543,7 @@ impl TrackerService {
                         },
                         at,
                     );
-                    self.drain(&channel, tree);
+                    self.drain(&channel, tree, at.mono);
                     Ok(out)
                 })
             }
@@ -608,7 +614,7 @@ impl TrackerService {
                         }
                     }
                     .map_err(unknown)?;
-                    self.drain(&channel, tree);
+                    self.drain(&channel, tree, at.mono);
                     let a = tree
                         .tracker
                         .assignment(PeerId(req.peer_id))
@@ -677,7 +683,7 @@ impl TrackerService {
             tree.tracker
                 .handle_uplink_test(PeerId(peer_id), kbps, at.mono)
                 .map_err(unknown)?;
-            self.drain(&channel, tree);
+            self.drain(&channel, tree, at.mono);
             Ok(())
         })
     }
@@ -723,21 +729,33 @@ impl TrackerService {
             let mut guard = lock(&shared);
             let tree = &mut *guard;
             tree.tracker.handle_timeout(now);
-            self.drain(&channel, tree);
+            self.drain(&channel, tree, now);
         }
     }
 
-    fn drain(&self, channel: &ChannelName, tree: &mut ChannelTree) {
+    fn drain(&self, channel: &ChannelName, tree: &mut ChannelTree, now: Instant) {
         while let Some(e) = tree.tracker.poll_event() {
             match e {
-                TrackerEvent::Moved(_) => self
-                    .metrics
-                    .repairs
-                    .with_label_values(&[channel.as_str()])
-                    .inc(),
-                // The orphans gauge shows how many wait; the peer learns
-                // at its next heartbeat.
-                TrackerEvent::Orphaned(_) => {}
+                TrackerEvent::Moved(a) => {
+                    self.metrics
+                        .repairs
+                        .with_label_values(&[channel.as_str()])
+                        .inc();
+                    if let Some(waited) = tree.orphans.handle_placed(a.id, now) {
+                        self.metrics.orphan_waits.observe(waited.as_secs_f64());
+                        if waited >= orphans::LONG_WAIT {
+                            tracing::info!(
+                                %channel,
+                                peer = %a.id.short(),
+                                waited_ms = waited.as_millis() as u64,
+                                "an orphan waited long for a parent (fed over HTTP meanwhile)"
+                            );
+                        }
+                    }
+                }
+                // The peer learns at its next heartbeat; meanwhile its
+                // fallback feeds it from the edge.
+                TrackerEvent::Orphaned(id) => tree.orphans.handle_orphaned(id, now),
                 TrackerEvent::Evicted { id, reason } => {
                     // The tree removed it: so do the maps beside it (the
                     // only other way out is a leave, handled there).
