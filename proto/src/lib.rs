@@ -20,6 +20,7 @@
 //! - [`tracker`]: the tracker's HTTP+JSON messages (peer ↔ edge).
 //! - [`tree`]: the parent side of the tree protocol (admit a child, push to it).
 //! - [`uplink`]: when a parent's uplink is saturated, and which child it sheds.
+//! - [`prefetch`]: asking the CPU for a later cache line of a record.
 //! - [`viewer`]: the player's own stall reports and the checks they must pass.
 
 pub mod app;
@@ -28,6 +29,7 @@ pub mod forward;
 pub mod http;
 pub mod keyfile;
 pub mod names;
+pub mod prefetch;
 pub mod quic;
 pub mod signature;
 pub mod ticket;

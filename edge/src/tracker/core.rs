@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use fixedbitset::FixedBitSet;
 
 use prefetch_index::prefetch_index;
+use treecast_proto::prefetch::prefetch_line;
 
 /// Index value meaning "the root" (the edge).
 const ROOT: u32 = u32::MAX;
@@ -693,7 +694,7 @@ impl Tracker {
         let i = id.index() as usize;
         if i < self.peers.len() {
             prefetch_index(&self.peers, i);
-            prefetch_second_line(&self.peers, i);
+            prefetch_line(&self.peers, i, 1);
         }
     }
 
@@ -712,7 +713,7 @@ impl Tracker {
         // A parent's window may end at this heartbeat: `earn` then reads
         // its children, on the second line.
         if (p.parent as usize) < self.peers.len() {
-            prefetch_second_line(&self.peers, p.parent as usize);
+            prefetch_line(&self.peers, p.parent as usize, 1);
         }
     }
 
@@ -2603,27 +2604,6 @@ impl Tracker {
     pub fn depth_counts(&self) -> &[u64] {
         &self.depth_counts
     }
-}
-
-
-/// Asks the CPU for the second cache line of `peers[i]` (the crate
-/// `prefetch_index` asks only for a record's first). Every heartbeat reads
-/// that line of the peer's record (its reprobe's and uplink test's
-/// checks); on a CPU that fetches lines one at a time (an AMD EPYC, where
-/// the 100k × 60 min simulation spent a third of its heartbeats' time on
-/// that one load), it is otherwise a cache miss per heartbeat.
-#[allow(unsafe_code)]
-fn prefetch_second_line(peers: &[Peer], i: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let line = peers.as_ptr().wrapping_add(i).cast::<i8>().wrapping_add(64);
-        // SAFETY: a prefetch is a hint; it reads nothing into the program
-        // and cannot fault, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (peers, i);
 }
 
 #[cfg(test)]
