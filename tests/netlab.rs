@@ -31,7 +31,7 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn sixteen_peers_on_capped_delayed_links_play_without_stalls_near_the_limit() {
     let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netlab/ci.toml");
-    let (report, pid) = swarm_report(
+    let (report, pid, _logs) = swarm_report(
         EXE,
         &profile,
         &["--peers", "16", "--warmup", "20", "--duration", "50"],

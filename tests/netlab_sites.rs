@@ -30,7 +30,7 @@ const EXE: &str = env!("CARGO_BIN_EXE_treecast");
 #[test]
 fn offices_pull_one_copy_each_and_peers_elsewhere_reach_the_cone_office_directly() {
     let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/netlab/sites.toml");
-    let (report, pid) = swarm_report(
+    let (report, pid, _logs) = swarm_report(
         EXE,
         &profile,
         &["--peers", "12", "--warmup", "20", "--duration", "40"],

@@ -4,14 +4,36 @@
 use std::path::Path;
 use std::process::Command;
 
+/// A run's work directory (its peers' logs): removed when the test
+/// passes, kept and named on stderr when it fails, so that a failure seen
+/// once in CI can be read afterwards.
+pub struct WorkDir(Option<tempfile::TempDir>);
+
+impl WorkDir {
+    fn path(&self) -> &Path {
+        self.0.as_ref().map_or(Path::new("."), |d| d.path())
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let (true, Some(dir)) = (std::thread::panicking(), self.0.take()) {
+            eprintln!("the run's work directory, kept: {}", dir.keep().display());
+        }
+    }
+}
+
 /// Runs `exe swarm --net PROFILE ARGS --json` in a fresh work directory;
-/// fails the test unless it succeeds. Returns its JSON report and the
-/// harness's pid (its namespaces are named for it).
-pub fn swarm_report(exe: &str, profile: &Path, args: &[&str]) -> (serde_json::Value, u32) {
-    let dir = tempfile::Builder::new()
-        .prefix("treecast-netlab-")
-        .tempdir()
-        .expect("tempdir");
+/// fails the test unless it succeeds. Returns its JSON report, the
+/// harness's pid (its namespaces are named for it) and the work
+/// directory, to hold until the test's last assertion.
+pub fn swarm_report(exe: &str, profile: &Path, args: &[&str]) -> (serde_json::Value, u32, WorkDir) {
+    let dir = WorkDir(Some(
+        tempfile::Builder::new()
+            .prefix("treecast-netlab-")
+            .tempdir()
+            .expect("tempdir"),
+    ));
     let child = Command::new(exe)
         .args(["swarm", "--net"])
         .arg(profile)
@@ -33,7 +55,7 @@ pub fn swarm_report(exe: &str, profile: &Path, args: &[&str]) -> (serde_json::Va
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("a JSON report on stdout");
     eprintln!("{}", serde_json::to_string_pretty(&report).expect("json"));
-    (report, pid)
+    (report, pid, dir)
 }
 
 /// Lab namespaces owned by process `pid`.
