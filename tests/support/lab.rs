@@ -11,7 +11,7 @@ pub struct WorkDir(Option<tempfile::TempDir>);
 
 impl WorkDir {
     fn path(&self) -> &Path {
-        self.0.as_ref().map_or(Path::new("."), |d| d.path())
+        self.0.as_ref().expect("taken only when dropped").path()
     }
 }
 
