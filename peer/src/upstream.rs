@@ -339,6 +339,7 @@ impl Manager {
         } else {
             HELLO_TIMEOUT
         };
+        let before = conn.stats();
         let (control, control_rx, decoder) = tokio::time::timeout(hello_timeout, async {
             let (mut tx, mut rx) = conn.open_bi().await?;
             let _ = tx.set_priority(CONTROL_PRIORITY);
@@ -354,7 +355,21 @@ impl Manager {
             }
         })
         .await
-        .map_err(|_| TreeError::Timeout("Hello"))
+        .map_err(|_| {
+            // What arrived meanwhile tells a parent that sent nothing from
+            // a `Welcome` held behind the parent's other streams.
+            let after = conn.stats();
+            info!(
+                parent = node.id,
+                waited_ms = hello_timeout.as_millis() as u64,
+                rtt_ms = conn.rtt().as_millis() as u64,
+                datagrams_in = after.udp_rx.datagrams - before.udp_rx.datagrams,
+                stream_frames_in = after.frame_rx.stream - before.frame_rx.stream,
+                bytes_in = after.udp_rx.bytes - before.udp_rx.bytes,
+                "no Welcome in time"
+            );
+            TreeError::Timeout("Hello")
+        })
         .and_then(|r| r)
         // A parent whose uplink is full may shed a child before its
         // `Welcome` gets through.

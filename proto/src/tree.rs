@@ -315,6 +315,13 @@ pub async fn admit(
     // switches. The caller bounds how many connections it holds.
     tracing::debug!(remote = %conn.remote_address(), "connection up; waiting for its control stream");
     let (mut control, mut control_rx) = conn.accept_bi().await?;
+    // Before anything is written: quinn queues a stream for sending at the
+    // priority it has when its first bytes are written, and a later
+    // `set_priority` does not move it. Set after `Welcome`, the control
+    // stream waited behind every byte of the live segment the push queued
+    // at a higher priority: in the network lab, children received up to
+    // 2 MB of segment data and no `Welcome` for seconds.
+    let _ = control.set_priority(CONTROL_PRIORITY);
     tracing::debug!(remote = %conn.remote_address(), "control stream open");
     let mut inbound = FrameDecoder::new();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut control_rx, &mut inbound))
@@ -487,9 +494,6 @@ pub async fn push(child: &mut Admitted, feed: &Feed, opts: &PushOptions) -> Resu
             }
         });
     };
-    // Playlists and pongs go before segment data, so a child never takes a
-    // busy parent for a silent one.
-    let _ = child.control.set_priority(CONTROL_PRIORITY);
     let first = playlist.borrow_and_update().clone();
     if let Some(p) = first {
         child
