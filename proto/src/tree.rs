@@ -309,18 +309,28 @@ pub async fn admit(
     observe: bool,
     check: impl FnOnce(&str, u64, &str) -> Result<(), String>,
 ) -> Result<Arrival, TreeError> {
-    let conn = incoming.await?;
+    admit_connection(incoming.await?, observe, check).await
+}
+
+/// [`admit`] on a connection already up.
+pub async fn admit_connection(
+    conn: quinn::Connection,
+    observe: bool,
+    check: impl FnOnce(&str, u64, &str) -> Result<(), String>,
+) -> Result<Arrival, TreeError> {
     // No time limit here: a child keeps its backup parent's connection
     // warm (QUIC keep-alives) and opens the control stream only when it
     // switches. The caller bounds how many connections it holds.
     tracing::debug!(remote = %conn.remote_address(), "connection up; waiting for its control stream");
     let (mut control, mut control_rx) = conn.accept_bi().await?;
-    // Before anything is written: quinn queues a stream for sending at the
-    // priority it has when its first bytes are written, and a later
-    // `set_priority` does not move it. Set after `Welcome`, the control
-    // stream waited behind every byte of the live segment the push queued
-    // at a higher priority: in the network lab, children received up to
-    // 2 MB of segment data and no `Welcome` for seconds.
+    // `Welcome`, playlists and pongs go before segment data, so that a
+    // child never takes a busy parent for a silent one. Set before anything
+    // is written: quinn queues a stream for sending at the priority it has
+    // when its first bytes are written, and a later `set_priority` does
+    // not move it. Set after `Welcome`, the control stream waited behind
+    // every byte of the live segment the push queued at a higher priority:
+    // in the network lab, children waiting for `Welcome` received up to
+    // 2 MB of segment data instead, for seconds, and gave the parent up.
     let _ = control.set_priority(CONTROL_PRIORITY);
     tracing::debug!(remote = %conn.remote_address(), "control stream open");
     let mut inbound = FrameDecoder::new();
@@ -742,6 +752,135 @@ mod tests {
         assert!(Arc::ptr_eq(&feed.recent()[RECENT - 3].segment, &retry));
         assert!(feed.set_playlist(Bytes::from_static(b"a")));
         assert!(!feed.set_playlist(Bytes::from_static(b"a")));
+    }
+
+    /// A congestion window the test opens and closes: shut, whatever is
+    /// queued on the connection waits, and once opened a packet at a time
+    /// leaves in the order of the streams' priorities (on loopback, an
+    /// open window would send everything at once, in any order).
+    struct Gate(Arc<AtomicU64>);
+
+    impl quinn::congestion::ControllerFactory for Gate {
+        fn build(
+            self: Arc<Self>,
+            _now: std::time::Instant,
+            _mtu: u16,
+        ) -> Box<dyn quinn::congestion::Controller> {
+            Box::new(GateWindow(self.0.clone()))
+        }
+    }
+
+    #[derive(Clone)]
+    struct GateWindow(Arc<AtomicU64>);
+
+    impl quinn::congestion::Controller for GateWindow {
+        fn on_congestion_event(
+            &mut self,
+            _: std::time::Instant,
+            _: std::time::Instant,
+            _: bool,
+            _: u64,
+        ) {
+        }
+        fn on_mtu_update(&mut self, _: u16) {}
+        fn window(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+        fn clone_box(&self) -> Box<dyn quinn::congestion::Controller> {
+            Box::new(self.clone())
+        }
+        fn initial_window(&self) -> u64 {
+            self.window()
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+            self
+        }
+    }
+
+    /// A parent busy with a live segment still answers `Hello` first: the
+    /// segment's bytes already queued on the connection wait behind
+    /// `Welcome`. (With the control stream's priority set after `Welcome`
+    /// was written, the child received the whole segment first.)
+    #[tokio::test]
+    async fn welcome_goes_before_segment_data_already_queued() {
+        const SEGMENT: usize = 1 << 20;
+        let identity = crate::quic::Identity::generate().expect("identity");
+        let gate = Arc::new(AtomicU64::new(1 << 20));
+        let mut server_config = identity.server_config().expect("server config");
+        let mut transport = quinn::TransportConfig::default();
+        transport.congestion_controller_factory(Arc::new(Gate(gate.clone())));
+        server_config.transport_config(Arc::new(transport));
+        let loopback = "127.0.0.1:0".parse().expect("address");
+        let server = quinn::Endpoint::server(server_config, loopback).expect("server");
+        let addr = server.local_addr().expect("server address");
+        let mut client = quinn::Endpoint::client(loopback).expect("client");
+        let fingerprint = crate::quic::parse_fingerprint(&identity.fingerprint_hex()).expect("fp");
+        client.set_default_client_config(
+            crate::quic::client_config(fingerprint).expect("client config"),
+        );
+
+        let parent = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("handshake");
+            // Nothing leaves the parent while the segment and `Welcome` queue.
+            gate.store(0, Ordering::Relaxed);
+            let mut live = conn.open_uni().await.expect("segment stream");
+            live.set_priority(crate::forward::LIVE_PRIORITY)
+                .expect("priority");
+            live.write_all(&vec![7u8; SEGMENT])
+                .await
+                .expect("segment queued");
+            let Ok(Arrival::Child(mut child)) =
+                admit_connection(conn, false, |_, _, _| Ok(())).await
+            else {
+                panic!("the child must be admitted");
+            };
+            // Two packets per round trip from now on; the playlist wakes
+            // the connection to send, as `push` does.
+            gate.store(2 * 1500, Ordering::Relaxed);
+            child
+                .control
+                .write_all(&encode(&Frame::Playlist(Bytes::from_static(b"#EXTM3U"))))
+                .await
+                .expect("playlist");
+            (child, live, server)
+        });
+
+        let conn = client
+            .connect(addr, "treecast")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut tx, mut rx) = conn.open_bi().await.expect("control stream");
+        let hello = Frame::Hello {
+            version: VERSION,
+            channel: "demo".into(),
+            peer_id: 7,
+            ticket: String::new(),
+            next_seq: 1,
+            resume_offset: 0,
+        };
+        tx.write_all(&encode(&hello)).await.expect("Hello");
+        let mut d = FrameDecoder::new();
+        let answer = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut rx, &mut d))
+            .await
+            .expect("an answer to Hello")
+            .expect("a frame");
+        assert!(
+            matches!(answer, Frame::Welcome { .. }),
+            "{}",
+            frame_name(&answer)
+        );
+        let received = conn.stats().udp_rx.bytes;
+        assert!(
+            received < 64 * 1024,
+            "{received} bytes arrived before Welcome: the segment went first"
+        );
+        drop(parent.await.expect("parent"));
     }
 
     #[tokio::test(start_paused = true)]
